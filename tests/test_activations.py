@@ -1,0 +1,190 @@
+"""ssae_kit.activations: the store holds exactly the model's activations, and refuses bad data."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from ssae_kit import ActivationStore, cache_activations, forward_to_layer, tokenize_contexts
+from ssae_kit.corpora import content_mask
+from ssae_kit.models import get_blocks
+
+
+def _cache(tiny, docs, out, **kw):
+    model, tok = tiny
+    kw = {"ctx_len": 16, "shard_tokens": 50, "batch_size": 4, **kw}
+    return cache_activations(model, tok, docs, 1, out, **kw)
+
+
+def test_store_holds_the_layer_activations_of_text_tokens_with_their_origin(tiny, docs, tmp_path):
+    model, tok = tiny
+    store = _cache(tiny, docs, tmp_path, dtype="float32")
+    ctx = tokenize_contexts(docs, tok, 16)
+    with torch.no_grad():
+        expected = forward_to_layer(model, ctx.input_ids, 1, ctx.attention_mask)[content_mask(ctx, tok)]
+    raw = ActivationStore(tmp_path, normalize=False)
+    acts, tokens = map(torch.cat, zip(*(raw.read_shard(i) for i in range(raw.n_shards))))
+    assert store.n_tokens == len(expected) == len(acts) and store.n_shards == -(-len(acts) // 50)
+    torch.testing.assert_close(acts, expected, atol=1e-5, rtol=1e-5)
+    for token_id, doc_id, pos in tokens.tolist()[::7]:  # (token id, doc, position) points at the text
+        assert tok(docs[doc_id].text, add_special_tokens=False).input_ids[pos] == token_id
+
+
+def test_normalised_batches_have_mean_squared_norm_d_model(tiny, docs, tmp_path):
+    store = _cache(tiny, docs, tmp_path)
+    x = torch.cat(list(store.batches(64)))
+    assert x.pow(2).sum(1).mean().item() == pytest.approx(store.d_model, rel=1e-3)
+    assert store.manifest["norm_scale"] == pytest.approx((store.d_model / store.manifest["mean_sq_norm"]) ** 0.5)
+
+
+def test_shuffled_pass_yields_every_token_once_in_seeded_order(tiny, docs, tmp_path):
+    store = _cache(tiny, docs, tmp_path)
+    key = lambda batches: sorted(map(tuple, torch.cat([t for _, t in batches]).tolist()))  # noqa: E731
+    ordered = list(store.batches(32, shuffle=False, with_tokens=True))
+    shuffled = list(store.batches(32, seed=1, buffer_shards=2, with_tokens=True))
+    assert key(shuffled) == key(ordered) and len(key(ordered)) == store.n_tokens
+    again = list(store.batches(32, seed=1, buffer_shards=2, with_tokens=True))
+    other = list(store.batches(32, seed=2, buffer_shards=2, with_tokens=True))
+    assert torch.equal(again[0][1], shuffled[0][1]) and not torch.equal(other[0][1], shuffled[0][1])
+    assert all(len(b[0]) == 32 for b in shuffled[:-1])
+
+
+def test_batches_read_shards_lazily(tiny, docs, tmp_path, monkeypatch):
+    store = _cache(tiny, docs, tmp_path)
+    reads: list[int] = []
+    real = store.read_shard
+    monkeypatch.setattr(store, "read_shard", lambda i: reads.append(i) or real(i))
+    next(store.batches(8, buffer_shards=2))
+    assert len(reads) == 2 < store.n_shards
+
+
+def test_ranks_read_disjoint_shards_that_cover_the_store(tiny, docs, tmp_path):
+    store = _cache(tiny, docs, tmp_path)
+    rows = [torch.cat([t for _, t in store.batches(16, rank=r, world_size=2, with_tokens=True)]) for r in (0, 1)]
+    a, b = (set(map(tuple, r.tolist())) for r in rows)
+    assert not a & b and len(a | b) == store.n_tokens
+    with pytest.raises(ValueError, match="smaller shard_tokens"):
+        store.shard_ids(0, store.n_shards + 1)
+
+
+def test_tokens_far_above_the_median_norm_are_dropped_and_counted(tiny, docs, tmp_path):
+    model, _ = tiny
+
+    def blow_up_position_3(module, args, output):
+        output = output.clone()
+        output[:, 3] *= 1000.0
+        return output
+
+    handle = get_blocks(model)[1].register_forward_hook(blow_up_position_3)
+    try:
+        kept_all = _cache(tiny, docs, tmp_path / "all", max_norm_multiple=None)
+        filtered = _cache(tiny, docs, tmp_path / "filtered")
+    finally:
+        handle.remove()
+    n_windows = int((tokenize_contexts(docs, tiny[1], 16).attention_mask.sum(1) > 3).sum())  # have a position 3
+    assert filtered.manifest["n_outliers_dropped"] == n_windows
+    assert filtered.n_tokens == kept_all.n_tokens - n_windows
+    max_norm = lambda store: torch.cat(list(ActivationStore(store.path, normalize=False).batches(64))).norm(dim=1).max()  # noqa: E731
+    assert max_norm(filtered) * 100 < max_norm(kept_all)
+
+
+def test_max_tokens_stops_early(tiny, docs, tmp_path):
+    assert _cache(tiny, docs, tmp_path, max_tokens=77).n_tokens == 77
+
+
+def test_same_arguments_reuse_the_store_without_rewriting(tiny, docs, tmp_path):
+    _cache(tiny, docs, tmp_path)
+    stamp = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    _cache(tiny, docs, tmp_path)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == stamp
+
+
+def test_other_arguments_never_overwrite_a_complete_store_silently(tiny, docs, tmp_path):
+    _cache(tiny, docs, tmp_path)
+    with pytest.raises(ValueError, match=r"ctx_len.*overwrite=True"):
+        _cache(tiny, docs, tmp_path, ctx_len=12)
+    assert _cache(tiny, docs, tmp_path, ctx_len=12, overwrite=True).manifest["ctx_len"] == 12
+
+
+def test_killed_run_is_detected_and_rebuilt(tiny, docs, tmp_path, monkeypatch):
+    model, _ = tiny
+    calls = {"n": 0}
+
+    def die_on_third_batch(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+
+    handle = get_blocks(model)[0].register_forward_hook(die_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        _cache(tiny, docs, tmp_path, batch_size=2, shard_tokens=10)
+    handle.remove()
+    assert any(p.name.startswith("shard_") for p in tmp_path.iterdir())
+    with pytest.raises(ValueError, match="incomplete"):
+        ActivationStore(tmp_path)
+    (tmp_path / "notes.md").write_text("mine")  # the user's own file in the same folder
+    with pytest.warns(UserWarning, match="killed run"):
+        store = _cache(tiny, docs, tmp_path, batch_size=2, shard_tokens=10)
+    assert store.n_tokens == len(torch.cat(list(store.batches(100))))
+    assert (tmp_path / "notes.md").read_text() == "mine"
+
+
+def test_truncated_shard_is_refused_and_rebuilt(tiny, docs, tmp_path):
+    _cache(tiny, docs, tmp_path)
+    shard = tmp_path / "shard_00001.npy"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(ValueError, match="shard_00001.npy.*truncated.*cache_activations"):
+        ActivationStore(tmp_path)
+    with pytest.warns(UserWarning, match="Rebuilding"):
+        _cache(tiny, docs, tmp_path)
+    ActivationStore(tmp_path)
+
+
+def test_altered_shard_fails_its_checksum(tiny, docs, tmp_path):
+    store = _cache(tiny, docs, tmp_path)
+    shard = tmp_path / "shard_00000.npy"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="Checksum mismatch in .*shard_00000.npy"):
+        list(store.batches(16, shuffle=False))
+
+
+@pytest.mark.parametrize("field,value", [("model", "other-model"), ("layer", 2), ("d_model", 64)])
+def test_reopening_with_another_model_layer_or_width_is_refused(tiny, docs, tmp_path, field, value):
+    _cache(tiny, docs, tmp_path)
+    with pytest.raises(ValueError, match=f"made with {field}="):
+        ActivationStore(tmp_path, **{field: value})
+
+
+def test_foreign_manifest_is_refused(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match="not an ssae-kit activation manifest"):
+        ActivationStore(tmp_path)
+
+
+@pytest.mark.parametrize("scale,dtype", [(float("nan"), "float32"), (1e6, "float16")])
+def test_nan_or_overflowing_activations_are_refused(tiny, docs, tmp_path, scale, dtype):
+    model, _ = tiny
+    handle = get_blocks(model)[1].register_forward_hook(lambda m, a, o: o * scale)
+    try:
+        with pytest.raises(ValueError, match="NaN or inf.*dtype='float32'"):
+            _cache(tiny, docs, tmp_path, dtype=dtype)
+    finally:
+        handle.remove()
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_bad_arguments(tiny, docs, tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        _cache(tiny, [], tmp_path)
+    with pytest.raises(ValueError, match="dtype='bfloat8'.*float16"):
+        _cache(tiny, docs, tmp_path, dtype="bfloat8")
+    with pytest.raises(ValueError, match=r"blocks 0\.\.2"):
+        cache_activations(*tiny, docs, 5, tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        ActivationStore(tmp_path / "nope")
+    assert not os.listdir(tmp_path)

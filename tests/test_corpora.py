@@ -1,0 +1,99 @@
+"""ssae_kit.corpora: every source loads into Documents; windows map back to their documents."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pandas as pd
+import pytest
+import torch
+
+from ssae_kit import Document, load_corpus, tokenize_contexts
+from ssae_kit.corpora import content_mask, corpus_checksum
+
+
+def test_bbc_news_has_2225_articles_labelled_by_folder():
+    docs = load_corpus("bbc-news")
+    assert Counter(d.label for d in docs) == {
+        "business": 510, "entertainment": 386, "politics": 417, "sport": 511, "tech": 401}
+    assert docs[0].source == "bbc-news/business/001.txt"
+    assert docs[0].text.startswith("Ad sales boost Time Warner profit")
+
+
+def test_txt_file_is_one_document_per_blank_line_block(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("first doc\nstill first\n\nsecond doc\n\n\n\nthird doc\n")
+    docs = load_corpus(str(path))
+    assert [d.text for d in docs] == ["first doc\nstill first", "second doc", "third doc"]
+    assert docs[1].source == "notes.txt#1" and docs[1].label is None
+
+
+def test_jsonl_and_parquet_use_the_named_columns(tmp_path):
+    rows = [{"body": "alpha text", "topic": "x"}, {"body": "beta text", "topic": "y"}, {"body": " ", "topic": "z"}]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    pd.DataFrame(rows).to_parquet(tmp_path / "c.parquet")
+    for name in ("c.jsonl", "c.parquet"):
+        docs = load_corpus(str(tmp_path / name), text_field="body", label_field="topic")
+        assert [(d.text, d.label) for d in docs] == [("alpha text", "x"), ("beta text", "y")]
+
+
+def test_missing_text_column_names_the_columns_there(tmp_path):
+    (tmp_path / "c.jsonl").write_text(json.dumps({"body": "a"}))
+    with pytest.raises(ValueError, match=r"no column 'text'.*\['body'\].*text_field="):
+        load_corpus(str(tmp_path / "c.jsonl"))
+
+
+def test_hf_prefix_loads_a_local_dataset_folder_offline(tmp_path):
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("\n".join(json.dumps({"text": f"doc {i}", "label": i % 2}) for i in range(5)))
+    docs = load_corpus(f"hf:{folder}:train")
+    assert [d.text for d in docs] == [f"doc {i}" for i in range(5)]
+    assert docs[1].label == "1"
+
+
+def test_hf_dataset_not_cached_offline_gives_a_clear_error():
+    with pytest.raises(ValueError, match="Offline"):
+        load_corpus("hf:no-such-org/no-such-dataset-xyz")
+
+
+def test_path_that_does_not_exist_names_the_accepted_sources():
+    with pytest.raises(FileNotFoundError, match="bbc-news.*hf:<dataset id>"):
+        load_corpus("no/such/file.jsonl")
+
+
+def test_empty_corpus_is_an_error(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(ValueError, match="no documents"):
+        load_corpus(str(tmp_path / "empty.txt"))
+
+
+def test_windows_have_fixed_length_bos_first_and_map_back_to_documents(tiny, docs):
+    _, tok = tiny
+    ctx = tokenize_contexts(docs, tok, ctx_len=16)
+    assert ctx.input_ids.shape[1] == 16 and (ctx.input_ids[:, 0] == tok.bos_token_id).all()
+    for i, doc in enumerate(docs):
+        rows = (ctx.doc_ids == i).nonzero().flatten()
+        text_ids = torch.cat([ctx.input_ids[r, 1:][ctx.attention_mask[r, 1:].bool()] for r in rows])
+        assert text_ids.tolist() == tok(doc.text, add_special_tokens=False).input_ids
+        assert ctx.starts[rows].tolist() == list(range(0, 15 * len(rows), 15))
+
+
+def test_content_mask_drops_bos_and_padding(tiny):
+    _, tok = tiny
+    ctx = tokenize_contexts([Document("abcdef")], tok, ctx_len=10)
+    assert content_mask(ctx, tok).tolist() == [[False] + [True] * 6 + [False] * 3]
+
+
+def test_max_contexts_and_bad_ctx_len(tiny, docs):
+    _, tok = tiny
+    assert len(tokenize_contexts(docs, tok, ctx_len=8, max_contexts=5)) == 5
+    with pytest.raises(ValueError, match="ctx_len >= 2"):
+        tokenize_contexts(docs, tok, ctx_len=1)
+
+
+def test_corpus_checksum_depends_on_text_and_order():
+    a, b = Document("one"), Document("two")
+    assert corpus_checksum([a, b]) == corpus_checksum([Document("one", "x"), b])
+    assert corpus_checksum([a, b]) != corpus_checksum([b, a])

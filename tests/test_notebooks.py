@@ -1,0 +1,57 @@
+"""Every notebooks/NN_*.ipynb runs under papermill on its smoke parameters and writes metrics.
+
+Smoke parameters live in notebooks/smoke.yaml; each notebook gets a fresh run_dir. The checks
+below assert on the metrics.json the notebook writes, so a notebook that runs but computes
+nonsense still fails.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+import yaml
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+SMOKE = yaml.safe_load((NOTEBOOKS_DIR / "smoke.yaml").read_text()) or {}
+
+
+def _check_00_quickstart(m: dict, params: dict) -> None:
+    assert m["model"] == "smollm2-135m" and m["d_model"] == 576 and m["layer"] == 15
+    assert m["n_tokens"] == params["max_tokens"]
+    assert 0 < m["norm_mean"] <= m["norm_max"] < 12 * m["norm_mean"]  # sinks > 10x median dropped
+    assert m["n_outliers_dropped"] >= 0
+    assert m["norm_scale"] == pytest.approx((576 / m["norm_mean"] ** 2) ** 0.5, rel=0.2)
+
+
+CHECKS = {"00_quickstart": _check_00_quickstart}
+
+
+def test_notebooks_exist_and_each_has_smoke_parameters_and_checks():
+    assert NOTEBOOKS, "no notebooks found"
+    for nb in NOTEBOOKS:
+        assert nb.stem in SMOKE, f"add smoke parameters for {nb.stem} to notebooks/smoke.yaml"
+        assert nb.stem in CHECKS, f"add metric checks for {nb.stem} to tests/test_notebooks.py"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_committed_stripped_with_a_parameters_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    assert "parameters" in nb.cells[0].metadata.get("tags", []), "first cell must be tagged 'parameters'"
+    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
+    assert not dirty, f"cells {dirty} have outputs: strip them before committing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_on_smoke_parameters(path, tmp_path):
+    params = {**SMOKE.get(path.stem, {}), "run_dir": str(tmp_path / "run")}
+    papermill.execute_notebook(
+        str(path), str(tmp_path / path.name), parameters=params, cwd=str(NOTEBOOKS_DIR),
+        kernel_name="python3", progress_bar=False,
+    )
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    CHECKS[path.stem](metrics, params)
