@@ -273,13 +273,15 @@ class ActivationStore:
         return (f"ActivationStore({str(self.path)!r}, model={self.model_name!r}, layer={self.layer}, "
                 f"d_model={self.d_model}, n_tokens={self.n_tokens}, shards={self.n_shards})")
 
-    def read_shard(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shard i as (acts (n, D) float32, normalised if asked; tokens (n, 3) int32), checksums verified."""
+    def read_shard(self, i: int, normalize: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shard i as (acts (n, D) float32, tokens (n, 3) int32), checksums verified.
+
+        `normalize` (default: the store's setting) multiplies by `norm_scale`."""
         shard = self.manifest["shards"][i]
         acts = self._read(shard["file"], shard["sha256"])
         tokens = self._read(shard["tokens_file"], shard["tokens_sha256"])
         x = torch.from_numpy(acts.astype(np.float32))
-        if self.normalize:
+        if self.normalize if normalize is None else normalize:
             x *= self.norm_scale
         return x, torch.from_numpy(tokens)
 
@@ -312,6 +314,7 @@ class ActivationStore:
         buffer_shards: int = 4,
         drop_last: bool = False,
         with_tokens: bool = False,
+        normalize: bool | None = None,
     ) -> Iterator[torch.Tensor] | Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One pass over this rank's shards in batches of (batch_size, D) float32.
 
@@ -325,7 +328,7 @@ class ActivationStore:
         acts_left = torch.empty(0, self.d_model)
         tokens_left = torch.empty(0, 3, dtype=torch.int32)
         for g in range(0, len(ids), buffer_shards):
-            parts = [self.read_shard(i) for i in ids[g : g + buffer_shards]]
+            parts = [self.read_shard(i, normalize) for i in ids[g : g + buffer_shards]]
             acts = torch.cat([acts_left] + [p[0] for p in parts])
             tokens = torch.cat([tokens_left] + [p[1] for p in parts])
             if shuffle:

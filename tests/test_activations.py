@@ -56,7 +56,7 @@ def test_batches_read_shards_lazily(tiny, docs, tmp_path, monkeypatch):
     store = _cache(tiny, docs, tmp_path)
     reads: list[int] = []
     real = store.read_shard
-    monkeypatch.setattr(store, "read_shard", lambda i: reads.append(i) or real(i))
+    monkeypatch.setattr(store, "read_shard", lambda i, normalize=None: reads.append(i) or real(i, normalize))
     next(store.batches(8, buffer_shards=2))
     assert len(reads) == 2 < store.n_shards
 

@@ -1,0 +1,284 @@
+"""Train an SAE on an activation store, from scratch (GSAE) or from a general SAE (SSAE).
+
+The loop reads like the recipe: next batch -> step -> checkpoint -> log. Budgets, the LR
+schedule and the dead-latent window count tokens, not steps. A checkpoint holds everything a
+resume needs (weights, Adam, counters, RNG, data position), so a killed run resumed with
+`resume=True` ends bit-identical to one that was never killed (CPU, same seed). Under `torchrun`
+the SAE is wrapped in DDP and each rank reads its own shards. With DDP each rank tilts (TERM) over
+its own tokens; gradients are then averaged as usual.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .activations import ActivationStore
+from .io import atomic_write_json
+from .models import resolve_device
+from .sae import SAE, Architecture, SAEConfig, from_sae_lens
+from .term import ScaleRule, check_tilt, objective, per_token_loss
+
+logger = logging.getLogger(__name__)
+CHECKPOINT_FILE = "checkpoint.pt"
+LOG_FILE = "train_log.json"
+
+
+@dataclass
+class TrainConfig:
+    """How to train; the SAE shape fields apply only when training from scratch (no `init`)."""
+
+    d_sae: int = 2048
+    """Latents of a new SAE."""
+    architecture: Architecture = "relu"
+    """Architecture of a new SAE."""
+    k: int = 32
+    """Active latents per token of a new topk SAE."""
+    l1_coefficient: float = 1.0
+    """Weight of the sparsity penalty (L1 for relu, L0 for jumprelu; unused by topk)."""
+    lr: float = 1e-3
+    """Peak Adam learning rate."""
+    warmup_tokens: int = 10_000
+    """Linear LR warm-up from 0, in tokens."""
+    decay_frac: float = 0.2
+    """Fraction of the budget, at the end, over which the LR decays linearly to 0."""
+    batch_size: int = 512
+    """Tokens per optimiser step (across all ranks)."""
+    total_tokens: int = 200_000
+    """Training budget in tokens; the store is re-read in new orders as needed."""
+    objective: Literal["erm", "term"] = "erm"
+    """erm: mean per-token loss; term: tilted loss (ssae_kit.term)."""
+    tilt: float = 0.0
+    """TERM tilt t (> 0 with objective='term')."""
+    loss_scale: ScaleRule = "mean"
+    """How per-token losses are scaled before tilting (ssae_kit.term)."""
+    seed: int = 0
+    """Seeds the SAE init, data order and resampling."""
+    checkpoint_every: int = 0
+    """Write a resumable checkpoint every N steps (0: only at the end)."""
+    dead_window_tokens: int = 100_000
+    """A latent that has not fired for this many tokens counts as dead."""
+    resample_dead: bool = False
+    """Re-initialise dead latents towards badly reconstructed inputs, every dead window."""
+    log_every: int = 20
+    """Steps between logged metrics (and progress-bar updates)."""
+    device: str = "auto"
+    """auto: CUDA when present, else CPU (under torchrun: this rank's GPU)."""
+
+    def __post_init__(self) -> None:
+        check_tilt(self.tilt)
+        if self.objective == "term" and self.tilt == 0:
+            raise ValueError("objective='term' needs tilt > 0 (tilt=0 is ERM): set tilt, e.g. tilt=1.0.")
+        if self.objective == "erm" and self.tilt != 0:
+            raise ValueError(f"objective='erm' ignores tilt={self.tilt}: set objective='term' or tilt=0.")
+        if self.architecture == "topk" and not 0 < self.k <= self.d_sae:
+            raise ValueError(f"k={self.k} must be between 1 and d_sae={self.d_sae}.")
+        if self.batch_size <= 0 or self.total_tokens < self.batch_size:
+            raise ValueError(f"Need 0 < batch_size ({self.batch_size}) <= total_tokens ({self.total_tokens}).")
+
+
+@dataclass
+class TrainState:
+    """Counters a resume restores."""
+
+    step: int = 0
+    tokens: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    tokens_since_fired: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+
+
+@dataclass
+class TrainResult:
+    sae: SAE
+    log: list[dict[str, float]]
+    """One dict of metrics per `log_every` steps (step, tokens, lr, loss, mse, l0, dead_frac)."""
+
+
+def get_lr(tokens: int, cfg: TrainConfig) -> float:
+    """Warm-up, constant, then linear decay to 0 over the last `decay_frac` of the budget."""
+    warm = min(1.0, (tokens + 1) / cfg.warmup_tokens) if cfg.warmup_tokens else 1.0
+    decay_start = cfg.total_tokens * (1 - cfg.decay_frac)
+    decay = 1.0 if tokens < decay_start else max(0.0, (cfg.total_tokens - tokens) / (cfg.total_tokens - decay_start))
+    return cfg.lr * warm * decay
+
+
+def train(
+    store: ActivationStore,
+    cfg: TrainConfig,
+    init: Any = None,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train on `store`; `init` (a kit SAE or a SAELens SAE) is fine-tuned into an SSAE."""
+    rank, world, device = _distributed_setup(cfg)
+    sae = _initial_sae(store, cfg, init).to(device)
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
+    state = TrainState(tokens_since_fired=torch.zeros(sae.cfg.d_sae, device=device))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    log: list[dict[str, float]] = []
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and (out / CHECKPOINT_FILE).exists():
+        if not resume:
+            raise ValueError(f"{out} already holds a training run: pass resume=True to continue it, or a new out_dir.")
+        log = _load_checkpoint(out, cfg, sae, opt, state, gen)
+    model = torch.nn.parallel.DistributedDataParallel(sae) if world > 1 else sae
+    batches = _batches(store, cfg, state, rank, world)
+    bar = tqdm(total=cfg.total_tokens, initial=state.tokens, unit="tok", disable=rank != 0,
+               desc=f"{cfg.objective}{'' if cfg.objective == 'erm' else f' t={cfg.tilt:g}'}")
+    while state.tokens < cfg.total_tokens:
+        x = next(batches).to(device)
+        metrics = _train_step(model, sae, opt, x, cfg, state, world)
+        if cfg.resample_dead and state.tokens // cfg.dead_window_tokens > (state.tokens - cfg.batch_size) // cfg.dead_window_tokens:
+            _resample_dead(sae, opt, x, cfg, state, gen)
+        bar.update(cfg.batch_size)
+        if state.step % cfg.log_every == 0 or state.tokens >= cfg.total_tokens:
+            log.append(metrics)
+            bar.set_postfix(loss=f"{metrics['loss']:.3g}", l0=f"{metrics['l0']:.1f}")
+        if out is not None and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+            _checkpoint(out, cfg, sae, opt, state, gen, log, rank)
+    bar.close()
+    if out is not None:
+        _checkpoint(out, cfg, sae, opt, state, gen, log, rank)
+        if rank == 0:
+            sae.save(out)
+            atomic_write_json(out / LOG_FILE, log)
+    return TrainResult(sae, log)
+
+
+def _train_step(model, sae: SAE, opt, x: torch.Tensor, cfg: TrainConfig, state: TrainState, world: int) -> dict[str, float]:
+    """One Adam step under the unit-norm decoder constraint; returns this step's metrics."""
+    lr = get_lr(state.tokens, cfg)
+    out = model(x)
+    losses = per_token_loss(out.mse, out.sparsity, cfg.l1_coefficient)
+    loss = objective(losses, cfg.tilt, cfg.loss_scale)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    sae.remove_gradient_parallel_to_decoder_directions()
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.step()
+    sae.set_decoder_norm_to_unit_norm()
+    with torch.no_grad():
+        fired = (out.feature_acts > 0).any(0)
+        if world > 1:
+            dist.all_reduce(fired, op=dist.ReduceOp.MAX)
+        state.tokens_since_fired += cfg.batch_size
+        state.tokens_since_fired[fired] = 0
+        state.step += 1
+        state.tokens += cfg.batch_size
+        return dict(
+            step=state.step, tokens=state.tokens, lr=lr, loss=float(loss), mse=float(out.mse.mean()),
+            max_mse=float(out.mse.max()), l0=float((out.feature_acts > 0).sum(-1).float().mean()),
+            dead_frac=float((state.tokens_since_fired >= cfg.dead_window_tokens).float().mean()),
+        )
+
+
+def _batches(store: ActivationStore, cfg: TrainConfig, state: TrainState, rank: int, world: int):
+    """Endless batches of this rank's share; new order each epoch; skips what a resume already saw."""
+    per_rank = cfg.batch_size // world
+    if store.n_tokens < cfg.batch_size:
+        raise ValueError(f"The store has {store.n_tokens} tokens, fewer than batch_size={cfg.batch_size}; "
+                         "cache more tokens or lower batch_size.")
+    while True:
+        skip = state.batch_in_epoch
+        it = store.batches(per_rank, seed=cfg.seed + 1000 * state.epoch, rank=rank, world_size=world,
+                           drop_last=True, normalize=False)  # raw: the SAE applies its own norm_scale
+        for i, x in enumerate(it):
+            if i < skip:
+                continue
+            state.batch_in_epoch = i + 1
+            yield x
+        state.epoch += 1
+        state.batch_in_epoch = 0
+
+
+def _initial_sae(store: ActivationStore, cfg: TrainConfig, init: Any) -> SAE:
+    if init is None:
+        sae_cfg = SAEConfig(
+            d_in=store.d_model, d_sae=cfg.d_sae, architecture=cfg.architecture, k=cfg.k,
+            model_name=store.model_name, layer=store.layer, hook_name=store.hook_name, norm_scale=store.norm_scale,
+        )
+        return SAE(sae_cfg, seed=cfg.seed)
+    sae = copy.deepcopy(init) if isinstance(init, SAE) else from_sae_lens(init)
+    if sae.cfg.d_in != store.d_model:
+        raise ValueError(f"The SAE reads d_in={sae.cfg.d_in} but the store holds d_model={store.d_model} "
+                         "activations: use an SAE trained on this model, or cache this model's activations.")
+    for key, mine, theirs in (("model", sae.cfg.model_name, store.model_name), ("layer", sae.cfg.layer, store.layer)):
+        if mine not in ("", -1) and mine != theirs:
+            raise ValueError(f"The SAE was trained on {key}={mine!r} but the store holds {key}={theirs!r}: "
+                             "cache activations of the SAE's model and layer.")
+    return sae
+
+
+@torch.no_grad()
+def _resample_dead(sae: SAE, opt, x: torch.Tensor, cfg: TrainConfig, state: TrainState, gen: torch.Generator) -> None:
+    """Point dead latents at the worst-reconstructed inputs of this batch (Anthropic, 2023), reset their Adam state."""
+    dead = (state.tokens_since_fired >= cfg.dead_window_tokens).nonzero().flatten()
+    if len(dead) == 0:
+        return
+    out = sae(x)
+    x_n = x * sae.cfg.norm_scale
+    picks = torch.multinomial(out.mse.cpu() + 1e-12, len(dead), replacement=True, generator=gen).to(x.device)
+    directions = x_n[picks] - out.sae_out[picks] * sae.cfg.norm_scale
+    directions /= directions.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    alive_norm = sae.W_enc[:, state.tokens_since_fired < cfg.dead_window_tokens].norm(dim=0).mean()
+    sae.W_dec[dead] = directions
+    sae.W_enc[:, dead] = directions.T * 0.2 * (alive_norm if torch.isfinite(alive_norm) else 1.0)
+    sae.b_enc[dead] = 0.0
+    for p in (sae.W_dec, sae.W_enc, sae.b_enc):
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in opt.state.get(p, {}):
+                (opt.state[p][key][dead] if p is not sae.W_enc else opt.state[p][key][:, dead]).zero_()
+    state.tokens_since_fired[dead] = 0
+
+
+def _checkpoint(out: Path, cfg, sae, opt, state: TrainState, gen, log, rank: int) -> None:
+    """Everything a resume needs, written atomically by rank 0."""
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        payload = dict(cfg=asdict(cfg), sae_cfg=asdict(sae.cfg), sae=sae.state_dict(), opt=opt.state_dict(),
+                       state=asdict(state), gen=gen.get_state(), torch_rng=torch.get_rng_state(), log=log)
+        tmp = out / f".{CHECKPOINT_FILE}.tmp"
+        torch.save(payload, tmp)
+        os.replace(tmp, out / CHECKPOINT_FILE)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _load_checkpoint(out: Path, cfg, sae, opt, state: TrainState, gen) -> list[dict[str, float]]:
+    ckpt = torch.load(out / CHECKPOINT_FILE, map_location=sae.W_dec.device, weights_only=False)
+    changed = {k: (v, asdict(cfg)[k]) for k, v in ckpt["cfg"].items() if asdict(cfg).get(k) != v}
+    if changed:
+        raise ValueError(f"Cannot resume {out}: the config changed since it was written (old, new): {changed}. "
+                         "Resume with the old config, or train into a new out_dir.")
+    sae.load_state_dict(ckpt["sae"])
+    opt.load_state_dict(ckpt["opt"])
+    for k, v in ckpt["state"].items():
+        setattr(state, k, v)
+    gen.set_state(ckpt["gen"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    return ckpt["log"]
+
+
+def _distributed_setup(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, resolve_device(cfg.device)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size={cfg.batch_size} must divide evenly over {world} ranks.")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+    return dist.get_rank(), world, device

@@ -1,0 +1,108 @@
+"""ssae_kit.sae: the SAE function on hand-computed cases, the decoder constraint, save/load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ssae_kit.sae import SAE, SAEConfig
+
+
+def build_sae(architecture="relu", norm_scale=1.0, **kw) -> SAE:
+    """2x2 SAE: W_enc = W_dec = I, b_enc = [0, -1], b_dec = [1, 0]."""
+    sae = SAE(SAEConfig(d_in=2, d_sae=2, architecture=architecture, norm_scale=norm_scale, **kw))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(2))
+        sae.W_dec.copy_(torch.eye(2))
+        sae.b_enc.copy_(torch.tensor([0.0, -1.0]))
+        sae.b_dec.copy_(torch.tensor([1.0, 0.0]))
+    return sae
+
+
+X = torch.tensor([[3.0, 2.0]])  # pre-activations: (x - b_dec) W_enc + b_enc = [2, 1]
+
+
+@pytest.mark.parametrize("arch,kw,latents,recon,sparsity", [
+    ("relu", {}, [2.0, 1.0], [3.0, 1.0], 3.0),  # L1 = 2 + 1
+    ("topk", {"k": 1}, [2.0, 0.0], [3.0, 0.0], 0.0),
+    ("jumprelu", {"threshold": 1.5}, [2.0, 0.0], [3.0, 0.0], 1.0),  # L0 = 1
+])
+def test_forward_on_a_hand_computed_case(arch, kw, latents, recon, sparsity):
+    out = build_sae(arch, **kw)(X)
+    assert out.feature_acts.tolist() == [latents]
+    assert out.sae_out.tolist() == [recon]
+    assert out.mse.item() == pytest.approx(((X - torch.tensor(recon)) ** 2).sum().item())
+    assert out.sparsity.item() == pytest.approx(sparsity)
+
+
+def test_norm_scale_maps_raw_activations_in_and_out():
+    """With s = 2, raw x/2 is encoded like x, and the reconstruction comes back in raw units."""
+    sae = build_sae(norm_scale=2.0)
+    out = sae(X / 2)
+    assert out.feature_acts.tolist() == [[2.0, 1.0]]
+    assert out.sae_out.tolist() == [[1.5, 0.5]]
+    assert out.mse.item() == pytest.approx(1.0)  # in normalised units: ||[3,1] - [3,2]||^2
+    torch.testing.assert_close(sae.decode(sae.encode(X / 2)), out.sae_out)
+
+
+def test_topk_keeps_exactly_k_largest():
+    sae = SAE(SAEConfig(d_in=8, d_sae=64, architecture="topk", k=5))
+    f = sae.encode(torch.randn(10, 8) * 3)
+    assert ((f > 0).sum(1) <= 5).all() and ((f > 0).sum(1) == 5).float().mean() > 0.5
+
+
+def test_decoder_constraint_steps_keep_rows_at_unit_norm():
+    sae = SAE(SAEConfig(d_in=6, d_sae=12))
+    sae(torch.randn(4, 6)).mse.sum().backward()
+    sae.remove_gradient_parallel_to_decoder_directions()
+    parallel = (sae.W_dec.grad * sae.W_dec).sum(1).abs()
+    assert (parallel < 1e-6 * sae.W_dec.grad.norm(dim=1).clamp_min(1)).all()
+    with torch.no_grad():
+        sae.W_dec.mul_(3.0)
+    sae.set_decoder_norm_to_unit_norm()
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(12))
+
+
+def test_jumprelu_threshold_gets_a_gradient():
+    sae = SAE(SAEConfig(d_in=4, d_sae=8, architecture="jumprelu", threshold=0.5, bandwidth=2.0))
+    sae(torch.randn(32, 4) * 2).sparsity.sum().backward()
+    assert sae.log_threshold.grad is not None and sae.log_threshold.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "jumprelu"])
+def test_save_load_round_trip_keeps_the_function_and_provenance(arch, tmp_path):
+    cfg = SAEConfig(d_in=8, d_sae=16, architecture=arch, k=3, model_name="m", layer=4,
+                    hook_name="blocks.4.hook_resid_post", norm_scale=0.37)
+    sae = SAE(cfg, seed=3)
+    with torch.no_grad():
+        sae.b_enc.normal_()
+        sae.b_dec.normal_()
+    sae.save(tmp_path)
+    loaded = SAE.load(tmp_path)
+    assert loaded.cfg == cfg
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(loaded(x).sae_out, sae(x).sae_out, atol=1e-5, rtol=1e-5)
+    on_disk = json.loads((tmp_path / "cfg.json").read_text())
+    assert on_disk["metadata"]["hook_name"] == "blocks.4.hook_resid_post"
+    assert on_disk["normalize_activations"] == "none"  # the scale is folded into the weights
+
+
+def test_bad_configs_and_files_name_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="k=40 must be between 1 and d_sae=32"):
+        SAEConfig(d_in=4, d_sae=32, architecture="topk", k=40)
+    with pytest.raises(ValueError, match="Unknown architecture 'gated'"):
+        SAEConfig(d_in=4, d_sae=8, architecture="gated")
+    SAE(SAEConfig(d_in=4, d_sae=8)).save(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    (tmp_path / "cfg.json").write_text(json.dumps({**cfg, "architecture": "gated"}))
+    with pytest.raises(ValueError, match="architecture 'gated'.*'jumprelu', 'standard', 'topk'"):
+        SAE.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="No SAE at"):
+        SAE.load(tmp_path / "missing")
+
+
+def test_from_dict_ignores_unknown_fields():
+    cfg = SAEConfig.from_dict({"d_in": 4, "d_sae": 8, "some_future_field": 1})
+    assert (cfg.d_in, cfg.d_sae, cfg.architecture) == (4, 8, "relu")
