@@ -1,0 +1,115 @@
+"""ssae_kit.evals: each metric on a hand-computed case, and spliced CE at its two extremes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ssae_kit.evals import _Accumulator, decoder_cosine_similarities, error_by_rank, evaluate, evaluate_store, tail_coverage
+from ssae_kit.sae import SAE, SAEConfig
+
+
+def fixed_sae(W_enc, W_dec, b_dec=None, b_enc=None) -> SAE:
+    W_enc, W_dec = torch.tensor(W_enc), torch.tensor(W_dec)
+    sae = SAE(SAEConfig(d_in=W_enc.shape[0], d_sae=W_enc.shape[1]))
+    with torch.no_grad():
+        sae.W_enc.copy_(W_enc)
+        sae.W_dec.copy_(W_dec)
+        sae.b_dec.copy_(torch.tensor(b_dec) if b_dec is not None else torch.zeros(W_enc.shape[0]))
+        sae.b_enc.copy_(torch.tensor(b_enc) if b_enc is not None else torch.zeros(W_enc.shape[1]))
+    return sae
+
+
+def run(sae, x, ids):
+    acc = _Accumulator(sae)
+    acc.add(torch.tensor(x), torch.tensor(ids))
+    return acc.result(dense_threshold=0.5)
+
+
+def test_mse_and_explained_variance_use_sums_over_dims_and_variance_about_the_mean():
+    # Predicting the mean [2, 0] for x = [1, 0], [3, 0]: error 1 per token, so MSE = 1 and EV = 0.
+    # (EV about zero would be 1 - 2/10 = 0.8; dividing by d_in would give MSE 0.5.)
+    mean_sae = fixed_sae([[1.0], [0.0]], [[0.0, 0.0]], b_dec=[2.0, 0.0], b_enc=[-100.0])
+    m = run(mean_sae, [[1.0, 0.0], [3.0, 0.0]], [0, 1]).metrics
+    assert m["mse"] == pytest.approx(1.0) and m["explained_variance"] == pytest.approx(0.0, abs=1e-9)
+    identity = fixed_sae([[1.0, -1.0], [0.0, 0.0]], [[1.0, 0.0], [-1.0, 0.0]])
+    assert run(identity, [[1.0, 0.0], [3.0, 0.0]], [0, 1]).metrics["explained_variance"] == pytest.approx(1.0)
+
+
+def test_l0_density_dead_dense_entropy_and_max_activation():
+    # latent 0 reads dim 0, latent 1 reads dim 1, latent 2 never fires.
+    sae = fixed_sae([[1.0, 0.0, -1.0], [0.0, 1.0, -1.0]], torch.eye(3, 2).tolist())
+    r = run(sae, [[1.0, 1.0], [2.0, 0.0], [0.0, 0.0], [3.0, 0.0]], [5, 6, 7, 8])
+    assert r.token_l0.tolist() == [2, 1, 0, 1] and r.metrics["l0"] == 1.0
+    assert r.feature_counts.tolist() == [3, 1, 0]
+    assert r.metrics["dead_fraction"] == pytest.approx(1 / 3)
+    assert r.metrics["dense_fraction"] == pytest.approx(1 / 3)  # only latent 0 fires on > 50% of tokens
+    assert r.token_entropy.tolist() == pytest.approx([math.log(2), 0.0, 0.0, 0.0])
+    assert r.token_max_act.tolist() == [1.0, 2.0, 0.0, 3.0]
+
+
+def test_a_token_type_has_a_feature_when_it_is_some_latents_top_token():
+    sae = fixed_sae([[1.0, 0.0, -1.0], [0.0, 1.0, -1.0]], torch.eye(3, 2).tolist())
+    r = run(sae, [[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.5, 0.0]], [5, 7, 5, 9])
+    assert r.feature_top_token.tolist() == [5, 7, -1]  # latent 0 peaks on the second "5"; latent 2 is dead
+    cov = tail_coverage(r)
+    assert cov["overall"] == pytest.approx(2 / 3)  # types 5 and 7 have a feature, 9 does not
+    assert cov["cumulative"][-1] == pytest.approx(2 / 3)
+    assert sum(cov["n_types"]) == 3
+
+
+def test_error_by_rank_buckets_tokens_by_frequency_rank():
+    sae = fixed_sae([[1.0], [0.0]], [[0.0, 0.0]], b_enc=[-100.0])  # reconstructs 0: error = ||x||^2
+    r = run(sae, [[1.0, 0.0]] * 3 + [[2.0, 0.0], [3.0, 0.0]], [4, 4, 4, 8, 9])
+    out = error_by_rank(r, n_buckets=2)
+    assert out["mean_error"][0] == pytest.approx(1.0)  # rank 1: the frequent token
+    assert max(v for v in out["max_error"] if not math.isnan(v)) == pytest.approx(9.0)
+
+
+def test_decoder_cosine_similarities_of_orthogonal_and_parallel_rows():
+    sae = fixed_sae(torch.zeros(2, 3).tolist(), [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    assert sorted(decoder_cosine_similarities(sae).tolist()) == [0.0, 0.0, 1.0]
+
+
+def _identity_sae(d: int, layer: int) -> SAE:
+    eye = torch.eye(d)
+    return fixed_sae(torch.cat([eye, -eye], 1).tolist(), torch.cat([eye, -eye], 0).tolist())
+
+
+def test_spliced_ce_equals_clean_for_a_perfect_sae_and_zero_ablation_for_a_null_one(tiny, docs):
+    model, tok = tiny
+    perfect = evaluate(_identity_sae(32, 1), model, tok, docs, 1, ctx_len=16)
+    m = perfect.metrics
+    assert m["ce_sae"] == pytest.approx(m["ce_clean"], abs=1e-5) and m["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-3)
+    assert m["ce_zero"] > m["ce_clean"] and m["explained_variance"] == pytest.approx(1.0, abs=1e-5)
+    null = fixed_sae(torch.zeros(32, 4).tolist(), torch.zeros(4, 32).tolist())
+    m = evaluate(null, model, tok, docs, 1, ctx_len=16).metrics
+    assert m["ce_sae"] == pytest.approx(m["ce_zero"], abs=1e-5) and m["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-3)
+    assert m["perplexity_sae"] == pytest.approx(math.exp(m["ce_sae"]))
+
+
+def test_store_and_model_paths_agree_on_reconstruction_metrics(tiny, docs, tmp_path):
+    from ssae_kit import cache_activations
+
+    model, tok = tiny
+    store = cache_activations(model, tok, docs, 1, tmp_path, ctx_len=16, max_norm_multiple=None)
+    sae = SAE(SAEConfig(d_in=32, d_sae=64, norm_scale=store.norm_scale), seed=2)
+    a = evaluate_store(sae, store).metrics
+    b = evaluate(sae, model, tok, docs, 1, ctx_len=16).metrics
+    for key in ("n_tokens", "mse", "explained_variance", "l0", "dead_fraction"):
+        assert a[key] == pytest.approx(b[key], rel=1e-4), key
+
+
+def test_evaluating_on_the_wrong_layer_or_width_is_refused(tiny, docs, tmp_path):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="trained on layer 2, not 1: pass layer=2"):
+        evaluate(SAE(SAEConfig(d_in=32, d_sae=8, layer=2)), model, tok, docs, 1)
+    from ssae_kit import cache_activations
+
+    store = cache_activations(model, tok, docs, 1, tmp_path, ctx_len=16)
+    with pytest.raises(ValueError, match="d_in=16 but the store holds d_model=32"):
+        evaluate_store(SAE(SAEConfig(d_in=16, d_sae=8)), store)
+    assert np.isfinite(evaluate_store(SAE(SAEConfig(d_in=32, d_sae=8)), store).metrics["mse"])

@@ -1,0 +1,176 @@
+"""ssae_kit.train: learning, determinism, kill-and-resume, fine-tuning, DDP, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ssae_kit import cache_activations
+from ssae_kit.sae import SAE, SAEConfig
+from ssae_kit.train import TrainConfig, TrainState, _train_step, get_lr, train
+
+SCRIPT = Path(__file__).with_name("train_script.py")
+
+
+@pytest.fixture(scope="module")
+def store(tiny, docs, tmp_path_factory):
+    model, tok = tiny
+    return cache_activations(model, tok, docs * 4, 1, tmp_path_factory.mktemp("store"), ctx_len=16, shard_tokens=500)
+
+
+def small_cfg(**kw) -> TrainConfig:
+    base = dict(d_sae=64, batch_size=64, total_tokens=64 * 60, l1_coefficient=0.1, warmup_tokens=640, log_every=10)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_train_step__reduces_loss_when_called_repeatedly_on_same_acts(store):
+    sae = SAE(SAEConfig(d_in=store.d_model, d_sae=64, norm_scale=store.norm_scale))
+    opt = torch.optim.Adam(sae.parameters())
+    state = TrainState(tokens_since_fired=torch.zeros(64))
+    x = next(store.batches(64, normalize=False))
+    cfg = small_cfg(warmup_tokens=0)
+    losses = [_train_step(sae, sae, opt, x, cfg, state, 1)["loss"] for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0]
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "jumprelu"])
+def test_training_lowers_reconstruction_error_for_every_architecture(store, arch):
+    result = train(store, small_cfg(architecture=arch, k=8))
+    first, last = result.log[0], result.log[-1]
+    assert last["mse"] < 0.6 * first["mse"], f"{arch}: mse {first['mse']:.2f} -> {last['mse']:.2f}"
+    assert last["tokens"] == 64 * 60 and result.sae.cfg.layer == store.layer
+    if arch == "topk":
+        assert last["l0"] <= 8
+
+
+def test_same_seed_gives_identical_weights_and_another_seed_does_not(store):
+    a, b, c = (train(store, small_cfg(seed=s)).sae for s in (0, 0, 1))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(a.W_dec, c.W_dec)
+
+
+def test_lr_schedule_warms_up_holds_then_decays_to_zero():
+    cfg = TrainConfig(lr=1.0, warmup_tokens=100, total_tokens=1000, decay_frac=0.2, batch_size=10)
+    assert get_lr(0, cfg) == pytest.approx(0.01) and get_lr(99, cfg) == 1.0
+    assert get_lr(500, cfg) == 1.0 and get_lr(900, cfg) == pytest.approx(0.5) and get_lr(1000, cfg) == 0.0
+
+
+def _run(store, out, cfg: TrainConfig, resume: bool = False, wait: bool = True):
+    cmd = [sys.executable, str(SCRIPT), str(store.path), str(out), json.dumps(asdict(cfg)), "1" if resume else "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if wait:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    return proc
+
+
+def test_killed_run_resumed_ends_bit_identical_to_an_unkilled_run(store, tmp_path):
+    cfg = small_cfg(total_tokens=64 * 3000, checkpoint_every=50, log_every=100)
+    _run(store, tmp_path / "whole", cfg)
+    proc = _run(store, tmp_path / "killed", cfg, wait=False)
+    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert ckpt.exists() and not (tmp_path / "killed" / "sae_weights.safetensors").exists(), "not killed mid-run"
+    with pytest.raises(ValueError, match="resume=True"):
+        train(store, cfg, out_dir=tmp_path / "killed")
+    _run(store, tmp_path / "killed", cfg, resume=True)
+    whole, resumed = (load_file(str(tmp_path / d / "sae_weights.safetensors")) for d in ("whole", "killed"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    logs = [json.loads((tmp_path / d / "train_log.json").read_text()) for d in ("whole", "killed")]
+    assert logs[0] == logs[1]
+
+
+def test_resuming_with_a_changed_config_is_refused(store, tmp_path):
+    train(store, small_cfg(), out_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"config changed.*'lr': \(0.001, 0.01\)"):
+        train(store, small_cfg(lr=0.01), out_dir=tmp_path, resume=True)
+
+
+def test_resuming_a_finished_run_returns_it_without_training(store, tmp_path):
+    first = train(store, small_cfg(), out_dir=tmp_path)
+    again = train(store, small_cfg(), out_dir=tmp_path, resume=True)
+    assert torch.equal(first.sae.W_enc, again.sae.W_enc) and again.log == first.log
+
+
+def test_fine_tuning_starts_from_the_gsae_and_leaves_it_untouched(store):
+    gsae = train(store, small_cfg()).sae
+    before = gsae.W_dec.clone()
+    ssae = train(store, small_cfg(total_tokens=64 * 5, lr=1e-5, warmup_tokens=0, d_sae=999), init=gsae).sae
+    assert torch.equal(gsae.W_dec, before)
+    assert ssae.cfg.d_sae == 64 and ssae.cfg.norm_scale == gsae.cfg.norm_scale
+    assert 0 < (ssae.W_dec - gsae.W_dec).abs().max() < 1e-2
+
+
+def test_fine_tuning_from_a_sae_lens_sae(store):
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    lens = StandardSAE(StandardSAEConfig(d_in=store.d_model, d_sae=48))
+    ssae = train(store, small_cfg(total_tokens=64 * 5), init=lens).sae
+    assert ssae.cfg.d_sae == 48 and ssae.cfg.architecture == "relu"
+
+
+def test_sae_of_another_width_or_layer_is_refused(store):
+    with pytest.raises(ValueError, match="d_in=16 but the store holds d_model=32"):
+        train(store, small_cfg(), init=SAE(SAEConfig(d_in=16, d_sae=8)))
+    with pytest.raises(ValueError, match="layer=5 but the store holds layer=1"):
+        train(store, small_cfg(), init=SAE(SAEConfig(d_in=32, d_sae=8, layer=5)))
+
+
+def test_dead_latents_are_counted_and_resampling_revives_them(store):
+    gsae = SAE(SAEConfig(d_in=store.d_model, d_sae=64, norm_scale=store.norm_scale))
+    with torch.no_grad():
+        gsae.b_enc[:32] = -1e4  # half the latents can never fire
+    cfg = small_cfg(dead_window_tokens=640, total_tokens=64 * 30, lr=1e-4)
+    without = train(store, cfg, init=gsae)
+    assert without.log[-1]["dead_frac"] >= 0.5
+    revived = train(store, small_cfg(dead_window_tokens=640, total_tokens=64 * 30, lr=1e-4, resample_dead=True), init=gsae)
+    assert revived.log[-1]["dead_frac"] < 0.25
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(objective="term", tilt=-1.0), "must be a number >= 0"),
+    (dict(objective="term", tilt=float("nan")), "must be a number >= 0"),
+    (dict(objective="term", tilt=0.0), "needs tilt > 0"),
+    (dict(objective="erm", tilt=2.0), "ignores tilt"),
+    (dict(architecture="topk", k=100), "k=100 must be between 1 and d_sae=64"),
+])
+def test_bad_training_configs_name_the_fix(kw, match):
+    with pytest.raises(ValueError, match=match):
+        small_cfg(**kw)
+
+
+def test_store_smaller_than_a_batch_is_refused(store):
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        train(store, small_cfg(batch_size=10**6, total_tokens=10**6))
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="torchrun missing")
+def test_torchrun_two_ranks_match_single_process_training(store, tmp_path):
+    cfg = small_cfg(total_tokens=64 * 150, lr=3e-3)
+    single = train(store, cfg).sae
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", str(SCRIPT), str(store.path), str(tmp_path),
+           json.dumps(asdict(cfg)), "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0]), "ranks drifted apart"
+    ddp = SAE.load(tmp_path)
+    x = torch.cat(list(store.batches(256, normalize=False)))
+    mse_single, mse_ddp = single(x).mse.mean().item(), ddp(x).mse.mean().item()
+    assert mse_ddp == pytest.approx(mse_single, rel=0.15), (mse_single, mse_ddp)
