@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .corpora import Document, content_mask, corpus_checksum, tokenize_contexts
-from .io import MANIFEST_FILE, atomic_write_bytes, atomic_write_json, sha256_bytes
+from .io import MANIFEST_FILE, atomic_write_bytes, atomic_write_json, npy_bytes, sha256_bytes
 from .models import check_layer, d_model, forward_to_layer, hook_name
 
 logger = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class _ShardWriter:
         name = f"shard_{len(self.shards):05d}"
         entry: dict[str, Any] = {"file": f"{name}.npy", "tokens_file": f"{name}.tokens.npy", "n_tokens": n}
         for key, arr in (("", acts[:n].numpy()), ("tokens_", tokens[:n].numpy())):
-            data = _npy_bytes(arr)
+            data = npy_bytes(arr)
             atomic_write_bytes(self.out / entry[f"{key}file"], data)
             entry[f"{key}bytes"], entry[f"{key}sha256"] = len(data), sha256_bytes(data)
         self.shards.append(entry)
@@ -178,12 +178,6 @@ class _ShardWriter:
         mean_sq = self.sum_sq_norm / max(self.n_tokens, 1)
         scale = math.sqrt(self.d_model / mean_sq) if mean_sq > 0 else 1.0
         return dict(shards=self.shards, mean_sq_norm=mean_sq, norm_scale=scale)
-
-
-def _npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
 
 
 def _reusable(out: Path, request: dict[str, Any], overwrite: bool) -> bool:

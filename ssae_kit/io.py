@@ -7,11 +7,14 @@ then `os.replace`, so a killed run never leaves a half-written file under the fi
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 CACHE_ENV = "SSAE_KIT_CACHE"
 MANIFEST_FILE = "manifest.json"
@@ -47,6 +50,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    """The bytes of `arr` in .npy format (so they can be checksummed and written atomically)."""
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
 
 
 def sha256_bytes(data: bytes) -> str:

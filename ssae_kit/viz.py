@@ -29,3 +29,56 @@ def plot_norm_histogram(norms: torch.Tensor | np.ndarray, layer: int, model: str
     ax.set_title(f"{model}: activation norms after block {layer}")
     ax.legend()
     return fig
+
+
+def project_2d(x: np.ndarray) -> np.ndarray:
+    """First two principal components of the rows of `x` (centred), shape (n, 2)."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x - x.mean(0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    return x @ vt[:2].T
+
+
+def plot_selection_quality(rows: list[dict], metrics: tuple[str, ...] = ("precision", "recall")) -> Figure:
+    """Grouped bars: one panel per metric, budgets on the x-axis, one bar per strategy.
+
+    `rows` are dicts with keys strategy, budget and the metrics.
+    """
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    budgets = sorted({r["budget"] for r in rows})
+    fig = Figure(figsize=(5 * len(metrics), 3.8))
+    axes = fig.subplots(1, len(metrics))
+    width = 0.8 / len(strategies)
+    for ax, metric in zip(np.atleast_1d(axes), metrics):
+        for j, strategy in enumerate(strategies):
+            vals = [next((r[metric] for r in rows if r["strategy"] == strategy and r["budget"] == b), np.nan)
+                    for b in budgets]
+            ax.bar(np.arange(len(budgets)) + j * width, vals, width, label=strategy)
+        ax.set_xticks(np.arange(len(budgets)) + 0.4 - width / 2, [f"{b:,}" for b in budgets])
+        ax.set_xlabel("token budget (LM tokens)")
+        ax.set_ylabel(metric)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{metric} of the subdomain in the selection")
+    np.atleast_1d(axes)[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_embedding_map(points: np.ndarray, labels: list, selected: np.ndarray, seeds: np.ndarray | None = None,
+                       title: str = "pool embeddings (PCA)") -> Figure:
+    """Scatter of 2-D points coloured by label; selected documents ringed, seeds as stars."""
+    fig = Figure(figsize=(6.5, 5))
+    ax = fig.subplots()
+    labels = np.asarray([str(lab) for lab in labels])
+    for lab in sorted(set(labels)):
+        m = labels == lab
+        ax.scatter(points[m, 0], points[m, 1], s=8, alpha=0.5, label=lab)
+    ax.scatter(points[selected, 0], points[selected, 1], s=30, facecolors="none", edgecolors="black",
+               linewidths=0.8, label="selected")
+    if seeds is not None and len(seeds):
+        ax.scatter(seeds[:, 0], seeds[:, 1], marker="*", s=180, color="red", edgecolors="black", label="seeds")
+    ax.set_xlabel("principal component 1")
+    ax.set_ylabel("principal component 2")
+    ax.set_title(title)
+    ax.legend(fontsize=8, markerscale=1.5)
+    return fig

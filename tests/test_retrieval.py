@@ -1,0 +1,150 @@
+"""ssae_kit.retrieval: strategies fill the same budget, dense retrieval finds the subdomain,
+indices check their encoder, and selections and splits survive a save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ssae_kit import Document
+from ssae_kit.retrieval import (STRATEGIES, Embedder, Selection, SubdomainSplit, build_index, dedupe, index_recall, load_index,
+                                save_index, select, selection_report, split_subdomain)
+
+SPORT = ["The striker scored twice as the home team won the football match.",
+         "The goalkeeper saved a penalty in the final minute of the cup tie.",
+         "The tennis champion won the final set after a long rally.",
+         "The coach praised the midfield after the league victory on Saturday.",
+         "Fans cheered as the runner broke the world record at the athletics meeting."]
+FOOD = ["Simmer the onions in butter until soft, then add the garlic.",
+        "Bake the bread for forty minutes until the crust is golden.",
+        "Whisk the eggs with sugar and fold in the flour gently.",
+        "Season the soup with salt and pepper and serve it hot.",
+        "Roast the vegetables with olive oil and fresh rosemary."]
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return Embedder()
+
+
+@pytest.fixture(scope="module")
+def pool():
+    docs = [Document(t, "sport", f"s{i}") for i, t in enumerate(SPORT[1:])]
+    docs += [Document(t, "food", f"f{i}") for i, t in enumerate(FOOD)]
+    return docs + [Document(SPORT[1].upper(), "sport", "dup")]  # a duplicate up to case
+
+
+@pytest.fixture(scope="module")
+def seeds():
+    return [Document(SPORT[0], "sport", "seed")]
+
+
+def test_dense_retrieval_ranks_the_subdomain_first(pool, seeds, embedder, tiny):
+    sel = select(pool, seeds, "dense", 10**6, tiny[1], embedder=embedder)
+    assert [d.label for d in sel.documents[:4]] == ["sport"] * 4 and len(sel.documents) == 9  # duplicate dropped
+    assert sel.scores == sorted(sel.scores, reverse=True)
+
+
+def test_precomputed_pool_embeddings_give_the_same_selection(pool, seeds, embedder, tiny):
+    emb = embedder.embed([d.text for d in pool], progress=False)
+    a = select(pool, seeds, "dense", 200, tiny[1], embedder=embedder)
+    b = select(pool, seeds, "dense", 200, tiny[1], embedder=embedder, pool_embeddings=emb)
+    assert a.documents == b.documents
+    with pytest.raises(ValueError, match="rows for 10 pool documents"):
+        select(pool, seeds, "dense", 200, tiny[1], embedder=embedder, pool_embeddings=emb[:3])
+
+
+def test_bm25_ranks_by_shared_words(tiny):
+    pool = [Document("apples and pears", "fruit"), Document("cars and trucks", "cars"), Document("pears are sweet", "fruit")]
+    sel = select(pool, [Document("ripe pears")], "bm25", 10**6, tiny[1])
+    assert {d.text for d in sel.documents[:2]} == {"apples and pears", "pears are sweet"}
+
+
+@pytest.mark.parametrize("strategy", ["dense", "bm25", "random"])
+def test_every_strategy_fills_the_same_budget_without_exceeding_it(pool, seeds, embedder, tiny, strategy):
+    tok = tiny[1]
+    sel = select(pool, seeds, strategy, 150, tok, embedder=embedder)
+    lengths = {d.text: len(tok(d.text, add_special_tokens=False).input_ids) for d in pool}
+    assert sel.tokens_used == sum(lengths[d.text] for d in sel.documents) <= 150
+    assert min(lengths.values()) > 150 - sel.tokens_used  # nothing else would have fitted
+
+
+def test_none_takes_the_deduplicated_pool_and_seed_only_the_seeds(pool, seeds, tiny):
+    assert len(select(pool, seeds, "none", None, tiny[1]).documents) == len(dedupe(pool)) == 9
+    assert select(pool, seeds, "seed_only", None, tiny[1]).documents == seeds
+
+
+def test_random_selection_is_seeded(pool, seeds, tiny):
+    a, b, c = (select(pool, seeds, "random", 300, tiny[1], seed=s).documents for s in (0, 0, 1))
+    assert a == b and a != c
+
+
+def test_selection_report_counts_precision_recall_and_token_share(pool, seeds, tiny):
+    sel = Selection("dense", [pool[0], pool[1], pool[4]], [3.0, 2.0, 1.0], 0, 100)  # sport, sport, food
+    rep = selection_report(sel, "sport", pool, tiny[1])
+    assert rep["precision"] == pytest.approx(2 / 3) and rep["recall"] == pytest.approx(2 / 4)
+    n = [len(tiny[1](d.text, add_special_tokens=False).input_ids) for d in sel.documents]
+    assert rep["token_share"] == pytest.approx((n[0] + n[1]) / sum(n))
+
+
+def test_selection_and_split_round_trip_through_jsonl(pool, seeds, tiny, tmp_path):
+    sel = select(pool, seeds, "bm25", 200, tiny[1])
+    assert Selection.load(sel.save(tmp_path / "selection_bm25.jsonl")) == sel
+    docs = [Document(f"text {i}", "a" if i % 3 else "b", f"d{i}") for i in range(60)]
+    split = split_subdomain(docs, "b", n_seeds=2, n_heldout=5, n_ood=7, seed=3)
+    split.save(tmp_path)
+    again = SubdomainSplit.load(tmp_path)
+    assert again == split == split_subdomain(docs, "b", n_seeds=2, n_heldout=5, n_ood=7, seed=3)
+    parts = [set(d.source for d in getattr(split, k)) for k in ("pool", "seeds", "heldout", "ood")]
+    assert sum(map(len, parts)) == 60 and len(set().union(*parts)) == 60  # disjoint, complete
+    assert all(d.label == "b" for d in split.seeds + split.heldout) and all(d.label == "a" for d in split.ood)
+
+
+def test_embeddings_are_unit_norm_and_cached(pool, embedder):
+    first = embedder.embed_corpus(pool)
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(embedder.embed_corpus(pool), first)
+
+
+def test_exact_and_ivf_indices_find_the_true_neighbours(tmp_path, embedder, pool):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 16))
+    x = (centres[rng.integers(0, 20, 3000)] + 0.3 * rng.normal(size=(3000, 16))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    flat, ivf = build_index(x), build_index(x, ivf_threshold=1000)
+    assert type(flat).__name__ == "IndexFlatIP" and type(ivf).__name__ == "IndexIVFFlat"
+    assert index_recall(ivf, x) >= 0.95 and index_recall(flat, x) == 1.0
+    _, truth = flat.search(x[:50], 10)
+    brute = np.argsort(-(x[:50] @ x.T), axis=1)[:, :10]
+    assert np.mean([len(set(a) & set(b)) for a, b in zip(truth, brute)]) == 10
+    emb = embedder.embed_corpus(pool)
+    path = save_index(build_index(emb), tmp_path / "pool.faiss", embedder, pool)
+    assert load_index(path, embedder, pool).ntotal == len(pool)
+
+
+def test_index_from_another_encoder_or_pool_is_refused(tmp_path, embedder, pool):
+    path = save_index(build_index(embedder.embed_corpus(pool)), tmp_path / "pool.faiss", embedder, pool)
+    other = Embedder.__new__(Embedder)
+    other.name, other.dim = "another-encoder", 768
+    with pytest.raises(ValueError, match="built with encoder 'all-MiniLM-L6-v2'.*rebuild"):
+        load_index(path, other, pool)
+    with pytest.raises(ValueError, match="another pool"):
+        load_index(path, embedder, pool[:-1])
+
+
+def test_bad_selection_requests_name_the_fix(pool, seeds, tiny, tmp_path):
+    with pytest.raises(ValueError, match="seed set is empty"):
+        select(pool, [], "dense", 100, tiny[1])
+    with pytest.raises(ValueError, match="smaller than every candidate.*raise the budget"):
+        select(pool, seeds, "bm25", 3, tiny[1])
+    with pytest.raises(ValueError, match=f"Unknown strategy 'tfidf'; use one of {STRATEGIES}".replace("(", r"\(").replace(")", r"\)")):
+        select(pool, seeds, "tfidf", 100, tiny[1])
+    with pytest.raises(FileNotFoundError, match="run notebook 01"):
+        Selection.load(tmp_path / "selection_dense.jsonl")
+    with pytest.raises(ValueError, match="Only 0 documents have label 'tech'"):
+        split_subdomain(pool, "tech")
+
+
+def test_unknown_encoder_offline_is_a_clear_error():
+    with pytest.raises(ValueError, match="neither embedded.*local Hugging Face cache"):
+        Embedder("no-such-org/no-such-encoder")
