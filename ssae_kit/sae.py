@@ -102,7 +102,9 @@ class SAE(nn.Module):
 
     # --- the function -----------------------------------------------------------------------
     def _pre(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc  # (B, d_sae)
+        """(x - b_dec) W_enc + b_enc, (B, d_sae), written so that backward never multiplies back
+        through x: b_dec enters as a vector-matrix product, saving a (B, d_sae, d_in) matmul."""
+        return x @ self.W_enc + (self.b_enc - self.b_dec @ self.W_enc)
 
     def _activate(self, pre: torch.Tensor) -> torch.Tensor:
         if self.cfg.architecture == "relu":
@@ -131,6 +133,8 @@ class SAE(nn.Module):
     def forward(self, x: torch.Tensor) -> ForwardOutput:
         """Reconstruct raw activations (B, d_in); loss parts are per token, in normalised units."""
         x_n = x * self.cfg.norm_scale
+        if self.cfg.architecture == "topk":
+            return self._forward_topk(x_n)
         pre = self._pre(x_n)
         f = self._activate(pre)
         x_hat_n = self.decode_normalized(f)
@@ -142,6 +146,19 @@ class SAE(nn.Module):
         else:
             sparsity = torch.zeros_like(mse)
         return ForwardOutput(x_hat_n / self.cfg.norm_scale, f, mse, sparsity)
+
+    def _forward_topk(self, x_n: torch.Tensor) -> ForwardOutput:
+        """TopK forward that exploits sparsity, as sparsify does: only B*k latents are non-zero,
+        so the decoder is an embedding_bag over them and the encoder's backward is a sparse product.
+        Same function as the dense path; feature_acts is built for reporting and carries no gradient."""
+        values, indices = _TopKEncode.apply(x_n, self.W_enc, self.b_enc, self.b_dec, self.cfg.k)
+        values = F.relu(values)  # (B, k)
+        x_hat_n = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum") + self.b_dec
+        mse = (x_hat_n - x_n).pow(2).sum(-1)
+        with torch.no_grad():
+            f = torch.zeros(len(x_n), self.cfg.d_sae, dtype=values.dtype, device=values.device)
+            f.scatter_(-1, indices, values)
+        return ForwardOutput(x_hat_n / self.cfg.norm_scale, f, mse, torch.zeros_like(mse))
 
     # --- the unit-norm decoder constraint (two named steps, as in sparsify) -----------------
     @torch.no_grad()
@@ -214,6 +231,36 @@ def load_pretrained(release: str, sae_id: str, device: str | torch.device = "cpu
         ) from err
     lens = lens[0] if isinstance(lens, tuple) else lens  # SAELens < 6 returned (sae, cfg, sparsity)
     return from_sae_lens(lens).to(device)
+
+
+class _TopKEncode(torch.autograd.Function):
+    """Top-k of the encoder pre-activations, (values, indices), with a sparse backward.
+
+    Only the B*k selected pre-activations get gradient, so dL/dW_enc = x^T G with G sparse
+    (B*k non-zeros) costs B*k*d_in instead of the dense B*d_sae*d_in.
+    """
+
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, b_dec, k: int):
+        pre = x @ W_enc + (b_enc - b_dec @ W_enc)  # (B, d_sae)
+        values, indices = pre.topk(k, dim=-1, sorted=False)
+        ctx.save_for_backward(x, W_enc, b_dec, indices)
+        ctx.mark_non_differentiable(indices)
+        return values, indices
+
+    @staticmethod
+    def backward(ctx, grad_values, _grad_indices):
+        x, W_enc, b_dec, indices = ctx.saved_tensors
+        B, k = indices.shape
+        d_sae = W_enc.shape[1]
+        rows = torch.arange(B, device=x.device).repeat_interleave(k)
+        G_T = torch.sparse_coo_tensor(torch.stack([indices.flatten(), rows]), grad_values.flatten(), (d_sae, B),
+                                      check_invariants=False)  # (d_sae, B), B*k non-zeros
+        grad_b_enc = torch.zeros(d_sae, dtype=grad_values.dtype, device=x.device)
+        grad_b_enc.index_add_(0, indices.flatten(), grad_values.flatten())
+        # dpre/dW_enc is (x - b_dec): G^T x minus the b_dec part, an outer product
+        grad_W_enc = (torch.sparse.mm(G_T, x) - grad_b_enc[:, None] * b_dec[None, :]).T.contiguous()
+        return None, grad_W_enc, grad_b_enc, -(W_enc @ grad_b_enc), None
 
 
 class _JumpStep(torch.autograd.Function):

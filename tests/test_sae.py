@@ -106,3 +106,22 @@ def test_bad_configs_and_files_name_the_fix(tmp_path):
 def test_from_dict_ignores_unknown_fields():
     cfg = SAEConfig.from_dict({"d_in": 4, "d_sae": 8, "some_future_field": 1})
     assert (cfg.d_in, cfg.d_sae, cfg.architecture) == (4, 8, "relu")
+
+
+def test_sparse_topk_forward_matches_the_dense_path_in_value_and_gradient():
+    sae = SAE(SAEConfig(d_in=16, d_sae=64, architecture="topk", k=5, norm_scale=0.7), seed=4)
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.b_enc.normal_(0, 0.1)
+    x = torch.randn(32, 16) * 2
+    x_n = x * 0.7
+    dense = (sae.decode_normalized(sae.encode_normalized(x_n)) - x_n).pow(2).sum(-1).mean()
+    dense.backward()
+    expected = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    sae.zero_grad()
+    out = sae(x)
+    out.mse.mean().backward()
+    assert out.mse.mean().item() == pytest.approx(dense.item(), rel=1e-6)
+    torch.testing.assert_close(out.feature_acts, sae.encode(x))
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], atol=1e-5, rtol=1e-5, msg=f"gradient of {name}")
