@@ -89,7 +89,7 @@ def build_index(embeddings: np.ndarray, ivf_threshold: int = 50_000, min_recall:
     ivf.cp.seed = seed
     ivf.train(x)
     ivf.add(x)
-    for nprobe in (1, 2, 4, 8, 16, 32, 64, 128, 256, nlist):
+    for nprobe in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, nlist):
         ivf.nprobe = min(nprobe, nlist)
         recall = index_recall(ivf, x, seed=seed)
         if recall >= min_recall:
@@ -169,10 +169,15 @@ def select(
     embedder: Embedder | None = None,
     combine: Literal["max", "mean"] = "mean",
     pool_embeddings: np.ndarray | None = None,
+    index=None,
 ) -> Selection:
     """Pick documents of `pool` that resemble `seeds`, up to `budget_tokens` LM tokens.
 
-    `pool_embeddings` (one row per pool document, from the same `embedder`) skips embedding the pool.
+    `pool_embeddings` (one row per pool document, from the same `embedder`) skips embedding the
+    pool. With `index` (from `build_index` over the pool's embeddings), dense scores come from a
+    faiss search of the top candidates instead of a full pool x seeds product: exact for
+    combine="mean" (the mean of similarities is the similarity to the mean seed vector), and for
+    "max" exact for every document that is among some seed's candidates.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy {strategy!r}; use one of {STRATEGIES}.")
@@ -185,6 +190,9 @@ def select(
     if pool_embeddings is not None and len(pool_embeddings) != len(pool):
         raise ValueError(f"pool_embeddings has {len(pool_embeddings)} rows for {len(pool)} pool documents: "
                          "embed exactly the pool, in order.")
+    if index is not None and index.ntotal != len(pool):
+        raise ValueError(f"The index holds {index.ntotal} vectors for a pool of {len(pool)} documents: "
+                         "build it over exactly this pool's embeddings, in order.")
     keep = dedupe_indices(pool)
     pool = [pool[i] for i in keep]
     if strategy == "none":
@@ -197,10 +205,34 @@ def select(
         scores = _bm25_scores(pool, seeds, combine)
     else:
         embedder = embedder or Embedder()
+        seed_emb = embedder.embed([s.text for s in seeds], progress=False)
+        if index is not None:
+            return _select_with_index(index, pool, keep, seed_emb, combine, budget_tokens, tokenizer)
         emb = pool_embeddings[keep] if pool_embeddings is not None else embedder.embed_corpus(pool, progress=False)
-        sims = emb @ embedder.embed([s.text for s in seeds], progress=False).T
+        sims = emb @ seed_emb.T
         scores = sims.max(1) if combine == "max" else sims.mean(1)
     return _fill(pool, scores, budget_tokens, tokenizer, strategy)
+
+
+def _select_with_index(index, pool: list[Document], keep: list[int], seed_emb: np.ndarray, combine: str,
+                       budget: int, tokenizer) -> Selection:
+    """Dense selection from faiss candidates, widening the search (x4) until >= 95% of the budget
+    is used or every document is a candidate; the top candidates are exact for an exact index."""
+    queries = seed_emb.mean(0, keepdims=True) if combine == "mean" else seed_emb
+    position = {orig: i for i, orig in enumerate(keep)}  # index row (original pool position) -> deduped position
+    n_cand = 64
+    while True:
+        scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(n_cand, index.ntotal))
+        best: dict[int, float] = {}
+        for row_scores, row_ids in zip(scores, rows):
+            for sc, r in zip(row_scores, row_ids):
+                if r >= 0 and r in position:
+                    best[position[r]] = max(best.get(position[r], -np.inf), float(sc))
+        cand = sorted(best)
+        sel = _fill([pool[i] for i in cand], np.array([best[i] for i in cand]), budget, tokenizer, "dense")
+        if sel.tokens_used >= 0.95 * budget or n_cand >= index.ntotal:
+            return sel
+        n_cand *= 4
 
 
 def dedupe_indices(docs: list[Document]) -> list[int]:

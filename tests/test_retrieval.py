@@ -54,6 +54,18 @@ def test_precomputed_pool_embeddings_give_the_same_selection(pool, seeds, embedd
         select(pool, seeds, "dense", 200, tiny[1], embedder=embedder, pool_embeddings=emb[:3])
 
 
+@pytest.mark.parametrize("combine", ["mean", "max"])
+def test_selecting_through_a_faiss_index_matches_the_full_ranking(pool, seeds, embedder, tiny, combine):
+    seeds2 = seeds + [Document(SPORT[2], "sport", "seed2")]
+    index = build_index(embedder.embed_corpus(pool))
+    full = select(pool, seeds2, "dense", 200, tiny[1], embedder=embedder, combine=combine)
+    via = select(pool, seeds2, "dense", 200, tiny[1], embedder=embedder, combine=combine, index=index)
+    assert via.documents == full.documents
+    np.testing.assert_allclose(via.scores, full.scores, rtol=1e-5)
+    with pytest.raises(ValueError, match="index holds 10 vectors for a pool of 9"):
+        select(pool[:-1], seeds, "dense", 200, tiny[1], embedder=embedder, index=index)
+
+
 def test_bm25_ranks_by_shared_words(tiny):
     pool = [Document("apples and pears", "fruit"), Document("cars and trucks", "cars"), Document("pears are sweet", "fruit")]
     sel = select(pool, [Document("ripe pears")], "bm25", 10**6, tiny[1])
