@@ -104,7 +104,8 @@ class SAE(nn.Module):
     def _pre(self, x: torch.Tensor) -> torch.Tensor:
         """(x - b_dec) W_enc + b_enc, (B, d_sae), written so that backward never multiplies back
         through x: b_dec enters as a vector-matrix product, saving a (B, d_sae, d_in) matmul."""
-        return x @ self.W_enc + (self.b_enc - self.b_dec @ self.W_enc)
+        pre = torch.addmm(self.b_enc - self.b_dec @ self.W_enc, x.reshape(-1, x.shape[-1]), self.W_enc)
+        return pre.reshape(*x.shape[:-1], -1)
 
     def _activate(self, pre: torch.Tensor) -> torch.Tensor:
         if self.cfg.architecture == "relu":
@@ -120,7 +121,7 @@ class SAE(nn.Module):
 
     def decode_normalized(self, f: torch.Tensor) -> torch.Tensor:
         """(B, d_sae) latents -> (B, d_in) normalised reconstruction."""
-        return f @ self.W_dec + self.b_dec
+        return torch.addmm(self.b_dec, f.reshape(-1, f.shape[-1]), self.W_dec).reshape(*f.shape[:-1], -1)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Raw model activations (..., d_in) -> latents (..., d_sae)."""
@@ -140,7 +141,7 @@ class SAE(nn.Module):
         x_hat_n = self.decode_normalized(f)
         mse = (x_hat_n - x_n).pow(2).sum(-1)
         if self.cfg.architecture == "relu":
-            sparsity = f.abs().sum(-1)
+            sparsity = f.sum(-1)  # the L1 norm: ReLU latents are >= 0
         elif self.cfg.architecture == "jumprelu":  # L0 with a straight-through threshold gradient
             sparsity = _JumpStep.apply(pre, self.log_threshold.exp(), self.cfg.bandwidth).sum(-1)
         else:
@@ -242,7 +243,7 @@ class _TopKEncode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, b_dec, k: int):
-        pre = x @ W_enc + (b_enc - b_dec @ W_enc)  # (B, d_sae)
+        pre = torch.addmm(b_enc - b_dec @ W_enc, x, W_enc)  # (B, d_sae)
         values, indices = pre.topk(k, dim=-1, sorted=False)
         ctx.save_for_backward(x, W_enc, b_dec, indices)
         ctx.mark_non_differentiable(indices)

@@ -91,6 +91,18 @@ def test_spliced_ce_equals_clean_for_a_perfect_sae_and_zero_ablation_for_a_null_
     assert m["perplexity_sae"] == pytest.approx(math.exp(m["ce_sae"]))
 
 
+def test_a_baseline_from_the_same_text_gives_the_same_metrics_with_one_pass(tiny, docs):
+    model, tok = tiny
+    sae = SAE(SAEConfig(d_in=32, d_sae=64), seed=5)
+    first = evaluate(_identity_sae(32, 1), model, tok, docs, 1, ctx_len=16).metrics
+    full = evaluate(sae, model, tok, docs, 1, ctx_len=16).metrics
+    reused = evaluate(sae, model, tok, docs, 1, ctx_len=16, baseline=first).metrics
+    for key in ("ce_clean", "ce_zero", "ce_sae", "ce_loss_recovered", "mse"):
+        assert reused[key] == pytest.approx(full[key], rel=1e-5, abs=1e-6), key
+    with pytest.raises(ValueError, match="other documents or windows"):
+        evaluate(sae, model, tok, docs[:-1], 1, ctx_len=16, baseline=first)
+
+
 def test_store_and_model_paths_agree_on_reconstruction_metrics(tiny, docs, tmp_path):
     from ssae_kit import cache_activations
 

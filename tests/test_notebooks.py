@@ -1,8 +1,9 @@
 """Every notebooks/NN_*.ipynb runs under papermill on its smoke parameters and writes metrics.
 
-Smoke parameters live in notebooks/smoke.yaml; each notebook gets a fresh run_dir. The checks
-below assert on the metrics.json the notebook writes, so a notebook that runs but computes
-nonsense still fails.
+Smoke parameters live in notebooks/smoke.yaml. As under `make demo`, every notebook's run_dir
+is a sibling in one parent folder (later notebooks read earlier ones' outputs from there), and a
+notebook's prerequisites (REQUIRES) run first. The checks below assert on the metrics.json each
+notebook writes, so a notebook that runs but computes nonsense still fails.
 """
 
 from __future__ import annotations
@@ -63,12 +64,31 @@ def test_notebook_is_committed_stripped_with_a_parameters_cell(path):
     assert not dirty, f"cells {dirty} have outputs: strip them before committing"
 
 
+REQUIRES: dict[str, list[str]] = {}
+
+
+@pytest.fixture(scope="session")
+def run_notebook(tmp_path_factory):
+    """Runs a notebook (after its prerequisites) once per session; returns (metrics, params)."""
+    root = tmp_path_factory.mktemp("runs")
+    done: dict[str, tuple[dict, dict]] = {}
+
+    def run(stem: str) -> tuple[dict, dict]:
+        if stem not in done:
+            for dep in REQUIRES.get(stem, []):
+                run(dep)
+            params = {**SMOKE.get(stem, {}), "run_dir": str(root / stem)}
+            papermill.execute_notebook(
+                str(NOTEBOOKS_DIR / f"{stem}.ipynb"), str(root / f"{stem}.ipynb"), parameters=params,
+                cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False,
+            )
+            done[stem] = (json.loads((root / stem / "metrics.json").read_text()), params)
+        return done[stem]
+
+    return run
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_on_smoke_parameters(path, tmp_path):
-    params = {**SMOKE.get(path.stem, {}), "run_dir": str(tmp_path / "run")}
-    papermill.execute_notebook(
-        str(path), str(tmp_path / path.name), parameters=params, cwd=str(NOTEBOOKS_DIR),
-        kernel_name="python3", progress_bar=False,
-    )
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+def test_notebook_runs_on_smoke_parameters(path, run_notebook):
+    metrics, params = run_notebook(path.stem)
     CHECKS[path.stem](metrics, params)

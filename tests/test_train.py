@@ -39,7 +39,7 @@ def test_train_step__reduces_loss_when_called_repeatedly_on_same_acts(store):
     state = TrainState(tokens_since_fired=torch.zeros(64))
     x = next(store.batches(64, normalize=False))
     cfg = small_cfg(warmup_tokens=0)
-    losses = [_train_step(sae, sae, opt, x, cfg, state, 1)["loss"] for _ in range(30)]
+    losses = [_train_step(sae, sae, opt, x, cfg, state, 1, with_metrics=True)["loss"] for _ in range(30)]
     assert losses[-1] < 0.5 * losses[0]
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))
 
