@@ -195,8 +195,8 @@ def select(
                          "build it over exactly this pool's embeddings, in order.")
     keep = dedupe_indices(pool)
     pool = [pool[i] for i in keep]
-    if strategy == "none":
-        return _fill(pool, np.zeros(len(pool)), None, tokenizer, "none")
+    if strategy == "none":  # shuffled, so that a token cap downstream takes an unbiased sample
+        return _fill(pool, np.random.default_rng(seed).random(len(pool)), None, tokenizer, "none")
     if budget_tokens is None or budget_tokens <= 0:
         raise ValueError(f"Strategy {strategy!r} needs a positive budget_tokens, not {budget_tokens!r}.")
     if strategy == "random":

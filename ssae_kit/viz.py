@@ -82,3 +82,81 @@ def plot_embedding_map(points: np.ndarray, labels: list, selected: np.ndarray, s
     ax.set_title(title)
     ax.legend(fontsize=8, markerscale=1.5)
     return fig
+
+
+def plot_pareto(rows: list[dict], x: str = "l0", y: str = "perplexity_sae", baseline: dict | None = None,
+                title: str = "fidelity vs sparsity") -> Figure:
+    """One line per strategy through its sparsity sweep: mean over seeds, bars from min to max.
+
+    `rows` are dicts with keys strategy, l1 (the swept coefficient), seed, and the `x`/`y` metrics;
+    `baseline` (e.g. the GSAE's metrics) is drawn as a star.
+    """
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        points = []
+        for l1 in sorted({r["l1"] for r in rows if r["strategy"] == strategy}):
+            group = [r for r in rows if r["strategy"] == strategy and r["l1"] == l1]
+            xs, ys = np.array([r[x] for r in group]), np.array([r[y] for r in group])
+            points.append((xs.mean(), ys.mean(), ys.mean() - ys.min(), ys.max() - ys.mean()))
+        points.sort()
+        px, py, lo, hi = map(np.array, zip(*points))
+        ax.errorbar(px, py, yerr=[lo, hi], marker="o", capsize=3, label=strategy)
+    if baseline is not None:
+        ax.scatter([baseline[x]], [baseline[y]], marker="*", s=200, color="black", label="GSAE", zorder=5)
+    ax.set_xlabel("L0 (active latents per token)" if x == "l0" else x)
+    ax.set_ylabel("perplexity with the SAE spliced in" if y == "perplexity_sae" else y)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_grouped_bars(values: dict[str, dict[str, float]], ylabel: str, title: str) -> Figure:
+    """Bars for {group: {series: value}}, e.g. {strategy: {"in-domain": x, "out-of-domain": y}}."""
+    groups = list(values)
+    series = list(dict.fromkeys(s for g in values.values() for s in g))
+    fig = Figure(figsize=(max(5, 1.2 * len(groups)), 3.8))
+    ax = fig.subplots()
+    width = 0.8 / len(series)
+    for j, name in enumerate(series):
+        ax.bar(np.arange(len(groups)) + j * width, [values[g].get(name, np.nan) for g in groups], width, label=name)
+    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(curves: dict[str, tuple], xlabel: str, ylabel: str, title: str, logx: bool = False,
+                logy: bool = False, marker: str | None = "o") -> Figure:
+    """One line per name from {name: (x, y)}; NaNs leave gaps."""
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
+    for name, (x, y) in curves.items():
+        ax.plot(np.asarray(x, dtype=float), np.asarray(y, dtype=float), marker=marker, markersize=4, label=name)
+    ax.set_xscale("log" if logx else "linear")
+    ax.set_yscale("log" if logy else "linear")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_histograms(samples: dict[str, np.ndarray], xlabel: str, title: str, bins: int = 50,
+                    logy: bool = False) -> Figure:
+    """Overlaid step histograms (densities) of several samples on shared bins."""
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
+    finite = [np.asarray(v, dtype=float)[np.isfinite(v)] for v in samples.values()]
+    edges = np.histogram_bin_edges(np.concatenate(finite), bins=bins)
+    for (name, _), values in zip(samples.items(), finite):
+        ax.hist(values, bins=edges, histtype="step", density=True, linewidth=1.5, label=name)
+    ax.set_yscale("log" if logy else "linear")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig

@@ -46,7 +46,40 @@ def _check_01_retrieval(m: dict, params: dict) -> None:
     assert len(m["stability"]["dense"]) == len(params["split_seeds"])
 
 
-CHECKS = {"00_quickstart": _check_00_quickstart, "01_retrieval": _check_01_retrieval}
+def _check_02_train_ssae(m: dict, params: dict) -> None:
+    run_dir = Path(params["run_dir"])
+    strategies = {"dense", "bm25", "random", "none", "seed_only"}
+    assert {r["strategy"] for r in m["rows"]} == strategies
+    assert len(m["rows"]) == len(strategies) * len(params["ssae_l1s"]) * 2  # x (in-domain, out-of-domain)
+    for r in m["rows"]:
+        assert 0 <= r["l0"] <= params["d_sae"] and r["ce_sae"] > 0 and 0 <= r["dead_fraction"] <= 1
+        assert r["ce_vs_gsae"] == pytest.approx(r["ce_sae"] - m["gsae"][r["text"]]["ce_sae"])
+    for text in ("in-domain", "out-of-domain"):
+        g = m["gsae"][text]
+        assert g["ce_clean"] < g["ce_zero"] and g["ce_clean"] <= g["ce_sae"] + 1e-6
+    for name, path in m["ssae_dirs"].items():
+        assert (Path(path) / "cfg.json").exists() and (Path(path) / "sae_weights.safetensors").exists(), name
+    assert (run_dir / "pareto_in_domain.png").exists() and m["best_in_domain_strategy"] in strategies
+
+
+def _check_03_term_vs_erm(m: dict, params: dict) -> None:
+    run_dir = Path(params["run_dir"])
+    names = {"GSAE", "ERM"} | {f"TERM t={t:g}" for t in params["tilts"]}
+    assert set(m["summary"]) == names and m["best_term"] in names
+    for name, s in m["summary"].items():
+        assert 0 <= s["tail_coverage"] <= 1 and s["ce_sae"] > 0 and s["max_error"] >= 0, name
+        assert 0 <= s["mean_abs_cosine"] <= 1 and s["mean_entropy"] >= 0, name
+    best, erm = m["summary"][m["best_term"]], m["summary"]["ERM"]
+    assert m["term_covers_more"] == (best["tail_coverage"] > erm["tail_coverage"])  # read from numbers
+    assert m["term_ce_cost"] == pytest.approx(best["ce_sae"] - erm["ce_sae"])
+    assert len(m["pareto"]) == 2 * len(params["pareto_l1s"])
+    for fig in ("tail_coverage", "tail_coverage_cumulative", "error_by_rank", "token_entropy", "max_activation",
+                "feature_counts", "log_ratio_counts", "decoder_cosine", "pareto_term_vs_erm"):
+        assert (run_dir / f"{fig}.png").exists(), fig
+
+
+CHECKS = {"00_quickstart": _check_00_quickstart, "01_retrieval": _check_01_retrieval,
+          "02_train_ssae": _check_02_train_ssae, "03_term_vs_erm": _check_03_term_vs_erm}
 
 
 def test_notebooks_exist_and_each_has_smoke_parameters_and_checks():
@@ -64,7 +97,7 @@ def test_notebook_is_committed_stripped_with_a_parameters_cell(path):
     assert not dirty, f"cells {dirty} have outputs: strip them before committing"
 
 
-REQUIRES: dict[str, list[str]] = {}
+REQUIRES: dict[str, list[str]] = {"02_train_ssae": ["01_retrieval"], "03_term_vs_erm": ["02_train_ssae"]}
 
 
 @pytest.fixture(scope="session")
