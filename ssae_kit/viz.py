@@ -1,7 +1,15 @@
-"""Figures for the notebooks. Each function returns a matplotlib Figure with labelled axes."""
+"""Figures, feature dashboards and the feature browser for the notebooks.
+
+Plot functions return a matplotlib Figure with labelled axes (no pyplot state). Dashboards are
+self-contained HTML strings, so they render in live notebooks and in executed, static ones.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +168,135 @@ def plot_histograms(samples: dict[str, np.ndarray], xlabel: str, title: str, bin
     ax.set_title(title)
     ax.legend(fontsize=8)
     return fig
+
+
+# --- feature dashboards and the browser ----------------------------------------------------------
+@dataclass
+class FeatureActivations:
+    """Latent activations of one SAE on a bounded sample of windows, for looking at features."""
+
+    input_ids: torch.Tensor  # (N, T)
+    keep: torch.Tensor  # (N, T) bool: content tokens
+    acts: torch.Tensor  # (N, T, d_sae) float16, zero where keep is False
+
+
+@torch.no_grad()
+def collect_feature_activations(sae, model, tokenizer, docs, layer: int, ctx_len: int = 64,
+                                max_contexts: int = 64, batch_size: int = 8) -> FeatureActivations:
+    """Run the model to `layer` on up to `max_contexts` windows of `docs` and encode with `sae`."""
+    from .corpora import content_mask, tokenize_contexts
+    from .models import forward_to_layer
+
+    ctx = tokenize_contexts(docs, tokenizer, ctx_len, max_contexts=max_contexts)
+    keep = content_mask(ctx, tokenizer)
+    device = next(model.parameters()).device
+    chunks = []
+    for s in range(0, len(ctx), batch_size):
+        resid = forward_to_layer(model, ctx.input_ids[s : s + batch_size].to(device), layer,
+                                 ctx.attention_mask[s : s + batch_size].to(device))
+        f = sae.encode(resid.to(sae.W_dec.dtype)) * keep[s : s + batch_size, :, None].to(device)
+        chunks.append(f.half().cpu())
+    return FeatureActivations(ctx.input_ids, keep, torch.cat(chunks))
+
+
+def _token_html(tokenizer, token_id: int, act: float, peak: float) -> str:
+    text = html.escape(tokenizer.decode([token_id])).replace("\n", "⏎")
+    alpha = 0.0 if peak <= 0 else min(1.0, max(0.0, act / peak))
+    return f'<span title="{act:.2f}" style="background: rgba(255,120,0,{alpha:.2f})">{text}</span>'
+
+
+def top_contexts(fa: FeatureActivations, latent: int, n: int = 8) -> list[tuple[int, int, float]]:
+    """(context, position, activation) of the `n` largest activations of `latent`, one per context."""
+    per_ctx = fa.acts[:, :, latent].float()  # (N, T)
+    best, where = per_ctx.max(1)
+    order = torch.argsort(best, descending=True)[:n]
+    return [(int(c), int(where[c]), float(best[c])) for c in order if best[c] > 0]
+
+
+def dashboard_html(fa: FeatureActivations, sae, model, tokenizer, latent: int, title: str = "",
+                   n_contexts: int = 8, window: int = 12, n_logits: int = 8) -> str:
+    """A self-contained HTML dashboard of one latent: stats, histogram, top contexts, logit effects."""
+    acts = fa.acts[:, :, latent].float()[fa.keep]
+    active = acts[acts > 0]
+    rows = []
+    for c, pos, value in top_contexts(fa, latent, n_contexts):
+        lo, hi = max(0, pos - window), min(fa.input_ids.shape[1], pos + 4)
+        toks = "".join(_token_html(tokenizer, int(fa.input_ids[c, t]), float(fa.acts[c, t, latent]), value)
+                       for t in range(lo, hi) if fa.keep[c, t])
+        rows.append(f"<tr><td style='text-align:right;padding-right:8px'>{value:.2f}</td><td>{toks}</td></tr>")
+    direction = sae.W_dec[latent].detach().float().to(model.get_output_embeddings().weight.device)
+    effects = model.get_output_embeddings().weight.detach().float() @ direction  # (V,)
+    promoted = [html.escape(tokenizer.decode([int(i)])) for i in effects.topk(n_logits).indices]
+    suppressed = [html.escape(tokenizer.decode([int(i)])) for i in (-effects).topk(n_logits).indices]
+    fig = Figure(figsize=(4, 2.2))
+    ax = fig.subplots()
+    ax.hist(active.numpy(), bins=30, color="tab:orange")
+    ax.set_xlabel("activation (where > 0)")
+    ax.set_ylabel("tokens")
+    ax.set_title(f"latent {latent}: {len(active)} of {len(acts)} tokens active", fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    img = base64.b64encode(buf.getvalue()).decode()
+    return (
+        f"<div class='feature-dashboard' style='font-family:sans-serif;border:1px solid #ccc;padding:8px;margin:4px'>"
+        f"<h4 style='margin:0'>{html.escape(title)} latent {latent}</h4>"
+        f"<p style='margin:2px 0'>density {len(active) / max(len(acts), 1):.4f} · max activation "
+        f"{float(acts.max()) if len(acts) else 0:.2f}</p>"
+        f"<img src='data:image/png;base64,{img}'/>"
+        f"<p style='margin:2px 0'><b>promotes</b>: {' · '.join(promoted)}<br><b>suppresses</b>: {' · '.join(suppressed)}</p>"
+        f"<table style='font-family:monospace;font-size:12px'>{''.join(rows) or '<tr><td>never active here</td></tr>'}</table></div>"
+    )
+
+
+def latents_for_token(fa: FeatureActivations, token_id: int, n: int = 5) -> list[int]:
+    """Latents with the largest mean activation on occurrences of `token_id`."""
+    where = (fa.input_ids == token_id) & fa.keep
+    if not where.any():
+        return []
+    return fa.acts[where].float().mean(0).topk(n).indices.tolist()
+
+
+def match_latents(sae_a, sae_b) -> np.ndarray:
+    """For each latent of `sae_a`, the largest cosine between its decoder direction and any of `sae_b`'s."""
+    a = sae_a.W_dec.detach().float()
+    b = sae_b.W_dec.detach().float()
+    a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return (a @ b.T).max(1).values.numpy()
+
+
+def feature_browser(saes: dict, activations: dict, model, tokenizer, latent: int = 0):
+    """An ipywidgets browser: pick an SAE, a latent or a token to search; shows its dashboard.
+
+    The returned widget also carries the current dashboard as text/html, so an executed notebook
+    shows it where widgets are not live (nbconvert, GitHub, papermill outputs).
+    """
+    import ipywidgets as widgets
+
+    class _Browser(widgets.VBox):
+        def _repr_mimebundle_(self, **kwargs):
+            bundle = super()._repr_mimebundle_(**kwargs)
+            bundle["text/html"] = view.value
+            return bundle
+
+    pick = widgets.Dropdown(options=list(saes), description="SAE")
+    number = widgets.BoundedIntText(value=latent, min=0, max=next(iter(saes.values())).cfg.d_sae - 1, description="latent")
+    search = widgets.Text(placeholder="a token, e.g. ' software'", description="search")
+    found = widgets.HTML()
+    view = widgets.HTML()
+
+    def show(*_):
+        view.value = dashboard_html(activations[pick.value], saes[pick.value], model, tokenizer, number.value, pick.value)
+
+    def on_search(*_):
+        ids = tokenizer(search.value, add_special_tokens=False).input_ids
+        hits = latents_for_token(activations[pick.value], ids[-1], 5) if ids else []
+        found.value = f"latents firing most on {html.escape(search.value)!r}: {hits}" if hits else "no occurrence in the sample"
+        if hits:
+            number.value = hits[0]
+
+    for w in (pick, number):
+        w.observe(show, names="value")
+    search.observe(on_search, names="value")
+    show()
+    return _Browser([widgets.HBox([pick, number, search]), found, view])

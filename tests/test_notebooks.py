@@ -78,8 +78,21 @@ def _check_03_term_vs_erm(m: dict, params: dict) -> None:
         assert (run_dir / f"{fig}.png").exists(), fig
 
 
+def _check_04_visualise(m: dict, params: dict) -> None:
+    run_dir = Path(params["run_dir"])
+    assert 0 <= m["n_ssae_only"] <= m["n_latents"] and -1 <= m["median_best_cosine"] <= 1
+    assert len(m["dark_matter"]) <= params["n_dark"] and len(m["saes"]) >= 2
+    assert (run_dir / "decoder_map.png").exists()
+    executed = nbformat.read(run_dir.parent / "04_visualise.ipynb", as_version=4)
+    browser_cell = next(c for c in executed.cells if c.cell_type == "code" and "feature_browser(" in c.source)
+    bundles = [o.get("data", {}) for o in browser_cell.outputs]
+    assert any("feature-dashboard" in b.get("text/html", "") for b in bundles), "the browser left no HTML fallback"
+    assert any("application/vnd.jupyter.widget-view+json" in b for b in bundles), "the browser is not a widget"
+
+
 CHECKS = {"00_quickstart": _check_00_quickstart, "01_retrieval": _check_01_retrieval,
-          "02_train_ssae": _check_02_train_ssae, "03_term_vs_erm": _check_03_term_vs_erm}
+          "02_train_ssae": _check_02_train_ssae, "03_term_vs_erm": _check_03_term_vs_erm,
+          "04_visualise": _check_04_visualise}
 
 
 def test_notebooks_exist_and_each_has_smoke_parameters_and_checks():
@@ -97,7 +110,8 @@ def test_notebook_is_committed_stripped_with_a_parameters_cell(path):
     assert not dirty, f"cells {dirty} have outputs: strip them before committing"
 
 
-REQUIRES: dict[str, list[str]] = {"02_train_ssae": ["01_retrieval"], "03_term_vs_erm": ["02_train_ssae"]}
+REQUIRES: dict[str, list[str]] = {"02_train_ssae": ["01_retrieval"], "03_term_vs_erm": ["02_train_ssae"],
+                                  "04_visualise": ["03_term_vs_erm"]}
 
 
 @pytest.fixture(scope="session")
