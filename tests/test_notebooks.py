@@ -139,3 +139,29 @@ def run_notebook(tmp_path_factory):
 def test_notebook_runs_on_smoke_parameters(path, run_notebook):
     metrics, params = run_notebook(path.stem)
     CHECKS[path.stem](metrics, params)
+
+
+def _bad_gsae(tmp_path: Path, d_in: int, layer: int) -> str:
+    from ssae_kit.sae import SAE, SAEConfig
+
+    return str(SAE(SAEConfig(d_in=d_in, d_sae=8, layer=layer)).save(tmp_path / f"gsae_{d_in}_{layer}"))
+
+
+@pytest.mark.parametrize("case", ["unknown strategy", "notebook 01 not run", "GSAE of another width",
+                                  "GSAE of another layer"])
+def test_bad_parameters_stop_notebook_02_early_naming_the_fix(case, tmp_path, run_notebook):
+    _, retrieval = run_notebook("01_retrieval")
+    params = {**SMOKE["02_train_ssae"], "run_dir": str(tmp_path / "02"), "retrieval_dir": retrieval["run_dir"]}
+    params.update({
+        "unknown strategy": dict(strategies=["dense", "tfidf"]),
+        "notebook 01 not run": dict(retrieval_dir=str(tmp_path / "nothing_here")),
+        "GSAE of another width": dict(gsae=_bad_gsae(tmp_path, 16, 15)),
+        "GSAE of another layer": dict(gsae=_bad_gsae(tmp_path, 576, 3)),
+    }[case])
+    expected = {"unknown strategy": "Unknown strategies \\['tfidf'\\]", "notebook 01 not run": "run notebook 01 first",
+                "GSAE of another width": "d_in=16.*use a GSAE of this model",
+                "GSAE of another layer": "trained on layer 3: set layer = 3"}[case]
+    with pytest.raises(papermill.PapermillExecutionError, match=expected):
+        papermill.execute_notebook(str(NOTEBOOKS_DIR / "02_train_ssae.ipynb"), str(tmp_path / "out.ipynb"),
+                                   parameters=params, cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False)
+    assert not (tmp_path / "02" / "acts").exists(), "work started before the inputs were checked"
