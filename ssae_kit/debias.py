@@ -57,6 +57,44 @@ def _token_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return (values * k).sum(1) / k.sum(1).clamp_min(1)
 
 
+@dataclass
+class Residuals:
+    """The residual stream after one layer for a set of texts (first window each), kept in memory so
+    that every intervention at that layer (ablations, attribution) costs no further model pass."""
+
+    resid: torch.Tensor  # (N, T, d_model) float32
+    keep: torch.Tensor  # (N, T) bool: text tokens
+    layer: int
+
+    def check(self, sae: SAE) -> None:
+        """Refuse an SAE trained on another layer than these residuals."""
+        if sae.cfg.layer not in (-1, self.layer):
+            raise ValueError(f"The SAE reads layer {sae.cfg.layer} but these residuals are after layer {self.layer}: "
+                             "use an SAE of the probe's layer.")
+
+
+@torch.no_grad()
+def residuals(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], layer: int,
+              ctx_len: int = 128, batch_size: int = 16) -> Residuals:
+    """Run the model to `layer` once over `texts` (N x T x d_model floats stay in memory)."""
+    check_layer(model, layer)
+    ids, attn, keep = _first_windows(texts, tokenizer, ctx_len)
+    device = next(model.parameters()).device
+    chunks = [forward_to_layer(model, ids[s : s + batch_size].to(device), layer, attn[s : s + batch_size].to(device))
+              .float().cpu() for s in range(0, len(ids), batch_size)]
+    return Residuals(torch.cat(chunks), keep, layer)
+
+
+@torch.no_grad()
+def pool(r: Residuals, edit: Edit | None = None, batch_size: int = 64) -> torch.Tensor:
+    """(N, d_model) mean over text tokens of `edit(resid)` (of resid itself without an edit)."""
+    out = []
+    for s in range(0, len(r.resid), batch_size):
+        x = r.resid[s : s + batch_size]
+        out.append(_token_mean(edit(x) if edit is not None else x, r.keep[s : s + batch_size]))
+    return torch.cat(out)
+
+
 @torch.no_grad()
 def pooled_activations(
     model: PreTrainedModel,
@@ -71,7 +109,8 @@ def pooled_activations(
     """(N, d_model) residual stream after `layer`, mean-pooled over each text's tokens (first window).
 
     With `edit`, the residual stream after `edit_layer` (default `layer`, which must not be later)
-    is replaced by `edit(resid)` first, so an ablation at an earlier layer reaches the probe.
+    is replaced by `edit(resid)` first, so an ablation at an earlier layer reaches the probe. For an
+    edit at the probe layer itself, `pool(residuals(...), edit)` gives the same without a new pass.
     """
     check_layer(model, layer)
     edit_layer = layer if edit_layer is None else edit_layer
@@ -130,38 +169,22 @@ def group_accuracies(probe: Probe, x: torch.Tensor, y: torch.Tensor, groups: Seq
     return {**out, "overall": probe.accuracy(x, y), "worst_group": min(out.values())}
 
 
-def shift_attribution(
-    sae: SAE,
-    probe: Probe,
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: list[str],
-    labels: torch.Tensor,
-    layer: int,
-    ctx_len: int = 128,
-    batch_size: int = 16,
-) -> torch.Tensor:
-    """(d_sae,) attribution of the probe's metric -log p(y|x) to each latent at the probe layer:
-    gradient x activation (attribution patching), summed over positions, mean over examples."""
-    if sae.cfg.layer not in (-1, layer):
-        raise ValueError(f"The SAE reads layer {sae.cfg.layer} but the probe reads layer {layer}: "
-                         "attribute with an SAE of the probe's layer.")
-    ids, attn, keep = _first_windows(texts, tokenizer, ctx_len)
-    device = next(model.parameters()).device
+def shift_attribution(sae: SAE, probe: Probe, r: Residuals, labels: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """(d_sae,) attribution of the probe's metric -log p(y|x) to each latent of `sae` at the probe
+    layer (`r` holds that layer): gradient x activation (attribution patching), summed over
+    positions, mean over examples. Its negative is the first-order effect of ablating the latent."""
+    r.check(sae)
     total = torch.zeros(sae.cfg.d_sae)
-    for s in range(0, len(ids), batch_size):
-        with torch.no_grad():
-            resid = forward_to_layer(model, ids[s : s + batch_size].to(device), layer, attn[s : s + batch_size].to(device))
-        x = resid.to(sae.W_dec.dtype)
+    for s in range(0, len(r.resid), batch_size):
+        x = r.resid[s : s + batch_size].to(sae.W_dec.dtype)
+        keep = r.keep[s : s + batch_size]
         f = sae.encode(x).detach().requires_grad_()
         x_hat = sae.decode(f) + (x - sae.decode(f)).detach()  # the error term carries no gradient
-        pooled = _token_mean(x_hat, keep[s : s + batch_size].to(device))
-        metric = F.binary_cross_entropy_with_logits(probe.logits(pooled.float().cpu()), labels[s : s + batch_size].float(),
-                                                    reduction="sum")
+        metric = F.binary_cross_entropy_with_logits(probe.logits(_token_mean(x_hat, keep).float()),
+                                                    labels[s : s + batch_size].float(), reduction="sum")
         (grad,) = torch.autograd.grad(metric, f)
-        k = keep[s : s + batch_size].to(device)[..., None].to(f.dtype)
-        total += (grad * f.detach() * k).sum((0, 1)).float().cpu()
-    return total / len(ids)
+        total += (grad * f.detach() * keep[..., None]).sum((0, 1)).float()
+    return total / len(r.resid)
 
 
 def spurious_latents(
@@ -199,13 +222,8 @@ def _separation(score: torch.Tensor, label: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def latent_means(sae: SAE, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], layer: int,
-                 ctx_len: int = 128, batch_size: int = 16) -> torch.Tensor:
+def latent_means(sae: SAE, r: Residuals, batch_size: int = 64) -> torch.Tensor:
     """(N, d_sae) mean activation of every latent over each text's tokens."""
-    ids, attn, keep = _first_windows(texts, tokenizer, ctx_len)
-    device = next(model.parameters()).device
-    out = []
-    for s in range(0, len(ids), batch_size):
-        resid = forward_to_layer(model, ids[s : s + batch_size].to(device), layer, attn[s : s + batch_size].to(device))
-        out.append(_token_mean(sae.encode(resid.to(sae.W_dec.dtype)), keep[s : s + batch_size].to(device)).float().cpu())
-    return torch.cat(out)
+    r.check(sae)
+    return torch.cat([_token_mean(sae.encode(r.resid[s : s + batch_size].to(sae.W_dec.dtype)), r.keep[s : s + batch_size]).float()
+                      for s in range(0, len(r.resid), batch_size)])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssae_kit.debias import (ablation_edit, group_accuracies, latent_means, pooled_activations, shift_attribution,
-                             spurious_latents, train_probe, Probe)
+from ssae_kit.debias import (Probe, ablation_edit, group_accuracies, latent_means, pool, pooled_activations, residuals,
+                             shift_attribution, spurious_latents, train_probe)
 from ssae_kit.models import forward_to_layer
 from ssae_kit.sae import SAE, SAEConfig
 
@@ -65,6 +65,14 @@ def test_group_accuracies_report_each_group_and_the_worst():
     assert acc == {"a": 1.0, "b": 0.5, "overall": 0.75, "worst_group": 0.5}
 
 
+def test_cached_residuals_pool_like_a_fresh_pass_with_and_without_an_edit(tiny):
+    model, tok = tiny
+    r = residuals(model, tok, TEXTS, 1, ctx_len=32)
+    torch.testing.assert_close(pool(r), pooled_activations(model, tok, TEXTS, 1, ctx_len=32))
+    edit = ablation_edit(SAE(SAEConfig(d_in=32, d_sae=64, layer=1), seed=1), [0, 5, 9])
+    torch.testing.assert_close(pool(r, edit), pooled_activations(model, tok, TEXTS, 1, ctx_len=32, edit=edit))
+
+
 def test_attribution_predicts_the_effect_of_ablating_a_latent(tiny):
     model, tok = tiny
     sae = SAE(SAEConfig(d_in=32, d_sae=64, layer=1), seed=3)
@@ -72,14 +80,13 @@ def test_attribution_predicts_the_effect_of_ablating_a_latent(tiny):
         sae.b_enc.fill_(0.1)
         sae.W_dec.mul_(0.05)  # small latent contributions: ablating one stays in the first-order regime
     labels = torch.tensor([1, 0, 1, 0, 1, 0])
-    x = pooled_activations(model, tok, TEXTS, 1, ctx_len=32)
-    probe = train_probe(x, labels, epochs=3)
-    attr = shift_attribution(sae, probe, model, tok, TEXTS, labels, 1, ctx_len=32)
+    r = residuals(model, tok, TEXTS, 1, ctx_len=32)
+    probe = train_probe(pool(r), labels, epochs=3)
+    attr = shift_attribution(sae, probe, r, labels)
     assert attr.shape == (64,)
 
     def metric(edit=None):
-        pooled = pooled_activations(model, tok, TEXTS, 1, ctx_len=32, edit=edit)
-        return torch.nn.functional.binary_cross_entropy_with_logits(probe.logits(pooled), labels.float()).item()
+        return torch.nn.functional.binary_cross_entropy_with_logits(probe.logits(pool(r, edit)), labels.float()).item()
 
     j, eps = int(attr.abs().argmax()), 1e-2
 
@@ -90,8 +97,8 @@ def test_attribution_predicts_the_effect_of_ablating_a_latent(tiny):
     change = metric(shrink_latent_j) - metric()
     assert change == pytest.approx(-eps * attr[j].item(), rel=0.05)  # attribution is the first-order effect
     assert (metric(ablation_edit(sae, [j])) - metric()) * attr[j].item() < 0  # full ablation: same direction
-    with pytest.raises(ValueError, match="reads layer 2 but the probe reads layer 1"):
-        shift_attribution(SAE(SAEConfig(d_in=32, d_sae=8, layer=2)), probe, model, tok, TEXTS, labels, 1)
+    with pytest.raises(ValueError, match="reads layer 2 but these residuals are after layer 1"):
+        shift_attribution(SAE(SAEConfig(d_in=32, d_sae=8, layer=2)), probe, r, labels)
 
 
 def test_spurious_rule_picks_latents_that_separate_gender_more_than_profession():
@@ -105,6 +112,6 @@ def test_spurious_rule_picks_latents_that_separate_gender_more_than_profession()
 
 def test_latent_means_average_each_text(tiny):
     model, tok = tiny
-    means = latent_means(identity_sae(32), model, tok, TEXTS[:2], 1, ctx_len=32)
+    means = latent_means(identity_sae(32), residuals(model, tok, TEXTS[:2], 1, ctx_len=32))
     pooled = pooled_activations(model, tok, TEXTS[:2], 1, ctx_len=32)
     torch.testing.assert_close(means[:, :32] - means[:, 32:], pooled, atol=1e-5, rtol=1e-5)  # relu(x) - relu(-x) = x
