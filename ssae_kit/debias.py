@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .bios import Bio, BiosSplits, group_of
 from .corpora import Document, content_mask, tokenize_contexts
 from .models import check_layer, forward_to_layer, splice
 from .sae import SAE
@@ -227,3 +228,90 @@ def latent_means(sae: SAE, r: Residuals, batch_size: int = 64) -> torch.Tensor:
     r.check(sae)
     return torch.cat([_token_mean(sae.encode(r.resid[s : s + batch_size].to(sae.W_dec.dtype)), r.keep[s : s + batch_size]).float()
                       for s in range(0, len(r.resid), batch_size)])
+
+
+@dataclass
+class DebiasConfig:
+    """Probe and SHIFT settings (the reference: AdamW lr 0.01, one epoch)."""
+
+    probe_lr: float = 0.01
+    """AdamW learning rate of every head (profession, gender, oracle)."""
+    probe_epochs: int = 1
+    """Epochs of every head; raise it for small data sets."""
+    top_n: int = 20
+    """Candidate latents: the top_n by |attribution|."""
+    margin: float = 0.1
+    """Spurious when gender separation exceeds profession separation by this much."""
+    force_spurious: tuple[int, ...] = ()
+    """Latents ablated whatever the rule says."""
+    force_keep: tuple[int, ...] = ()
+    """Latents never ablated."""
+    seed: int = 0
+    """Seeds the heads' data order."""
+
+
+@dataclass
+class DebiasData:
+    """Residuals and labels of the three sets: the ambiguous training set (profession = gender),
+    a balanced set A (trains the gender probe and the oracle, judges features) and a balanced set
+    B on which every accuracy is reported. Labels: profession 1 = professor, gender 1 = female."""
+
+    train: Residuals
+    train_profession: torch.Tensor
+    balanced_a: Residuals
+    a_profession: torch.Tensor
+    a_gender: torch.Tensor
+    balanced_b: Residuals
+    b_profession: torch.Tensor
+    b_gender: torch.Tensor
+    b_groups: list[str]
+
+
+def report_row(data: DebiasData, cfg: DebiasConfig, probe: Probe | None = None, edit: Edit | None = None,
+               oracle: bool = False) -> dict[str, float]:
+    """Profession, gender and worst-group accuracy on balanced set B, with `edit` applied.
+
+    `probe=None` trains a new profession head on the (edited) ambiguous set, i.e. "+ retrain";
+    `oracle=True` trains it on balanced set A instead. The gender accuracy is that of a separate
+    head trained on (edited) set A to predict gender: 0.5 means gender is no longer readable.
+    """
+    x_train, x_a, x_b = pool(data.train, edit), pool(data.balanced_a, edit), pool(data.balanced_b, edit)
+    kw = dict(lr=cfg.probe_lr, epochs=cfg.probe_epochs, seed=cfg.seed)
+    if oracle:
+        probe = train_probe(x_a, data.a_profession, **kw)
+    elif probe is None:
+        probe = train_probe(x_train, data.train_profession, **kw)
+    acc = group_accuracies(probe, x_b, data.b_profession, data.b_groups)
+    gender = train_probe(x_a, data.a_gender, **kw).accuracy(x_b, data.b_gender)
+    return dict(profession=acc["overall"], gender=gender, worst_group=acc["worst_group"],
+                **{f"acc {g}": v for g, v in acc.items() if g not in ("overall", "worst_group")})
+
+
+def find_spurious(sae: SAE, probe: Probe, data: DebiasData, cfg: DebiasConfig) -> dict:
+    """SHIFT's feature pick: attribution on the ambiguous set, the top_n candidates, then the
+    automatic gender-vs-profession rule on balanced set A (with the manual overrides)."""
+    attribution = shift_attribution(sae, probe, data.train, data.train_profession)
+    candidates = attribution.abs().topk(min(cfg.top_n, sae.cfg.d_sae)).indices.tolist()
+    means = latent_means(sae, data.balanced_a)
+    spurious = spurious_latents(candidates, means, data.a_gender, data.a_profession, cfg.margin,
+                                cfg.force_spurious, cfg.force_keep)
+    return dict(attribution=attribution, candidates=candidates, spurious=spurious,
+                gender_separation={j: _separation(means[:, j], data.a_gender) for j in candidates},
+                profession_separation={j: _separation(means[:, j], data.a_profession) for j in candidates})
+
+
+def build_debias_data(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, splits: BiosSplits, layer: int,
+                      ctx_len: int = 128, transform: Callable[[Bio], str] | None = None) -> DebiasData:
+    """Residuals and labels of the three sets; the balanced test set is split per group into halves
+    A and B. `transform` rewrites each bio's text first (e.g. the token-deletion baseline)."""
+    text = transform or (lambda b: b.text)
+    a, b = [], []
+    for group in sorted({group_of(x) for x in splits.balanced_test}):
+        members = [x for x in splits.balanced_test if group_of(x) == group]
+        a += members[0::2]
+        b += members[1::2]
+    prof = lambda bios: torch.tensor([int(x.profession == "professor") for x in bios])  # noqa: E731
+    gender = lambda bios: torch.tensor([int(x.gender == "female") for x in bios])  # noqa: E731
+    res = lambda bios: residuals(model, tokenizer, [text(x) for x in bios], layer, ctx_len)  # noqa: E731
+    return DebiasData(res(splits.ambiguous_train), prof(splits.ambiguous_train), res(a), prof(a), gender(a),
+                      res(b), prof(b), gender(b), [group_of(x) for x in b])

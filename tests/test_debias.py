@@ -115,3 +115,17 @@ def test_latent_means_average_each_text(tiny):
     means = latent_means(identity_sae(32), residuals(model, tok, TEXTS[:2], 1, ctx_len=32))
     pooled = pooled_activations(model, tok, TEXTS[:2], 1, ctx_len=32)
     torch.testing.assert_close(means[:, :32] - means[:, 32:], pooled, atol=1e-5, rtol=1e-5)  # relu(x) - relu(-x) = x
+
+
+def test_debias_data_splits_the_balanced_set_per_group_and_labels_it(tiny):
+    from ssae_kit.bios import make_splits, synthetic_bios
+    from ssae_kit.debias import DebiasConfig, build_debias_data, report_row
+
+    model, tok = tiny
+    splits = make_splits(synthetic_bios(120, seed=1), n_train_per_group=10, n_test_per_group=6, seed=1)
+    data = build_debias_data(model, tok, splits, 1, ctx_len=48)
+    assert len(data.train.resid) == 20 and set(data.train_profession.tolist()) == {0, 1}
+    assert sorted(data.b_groups) == sorted(["female nurse", "female professor", "male nurse", "male professor"] * 3)
+    assert data.a_gender.sum() == 6 and data.a_profession.sum() == 6  # 3 per group in each half
+    row = report_row(data, DebiasConfig(probe_epochs=2))
+    assert set(row) >= {"profession", "gender", "worst_group"} and row["worst_group"] <= row["profession"]

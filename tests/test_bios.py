@@ -1,0 +1,224 @@
+"""ssae_kit.bios: synthetic bios are balanced, varied and consistent; the loader maps LabHC's codes;
+the splits keep their groups apart; token deletion removes the gender cues it names.
+
+Offline and CPU-only: `HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python -m pytest tests/test_bios.py -q`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from ssae_kit.bios import (
+    PROFESSION_CODES,
+    Bio,
+    delete_gender_tokens,
+    group_of,
+    load_bias_in_bios,
+    make_splits,
+    synthetic_bios,
+)
+
+MALE_WORDS = re.compile(r"\b(?:he|him|his|himself|Mr)\b", re.IGNORECASE)
+FEMALE_WORDS = re.compile(r"\b(?:she|her|hers|herself|Ms|Mrs|Miss)\b", re.IGNORECASE)
+
+
+def _sentences(text: str) -> list[str]:
+    """Split into sentences, not fooled by the abbreviations the templates use."""
+    return re.split(r"(?<=[.!?])\s+", re.sub(r"\b(Dr|Prof|Mr|Ms|St)\.", r"\1", text))
+
+
+def _opening(bio: Bio) -> str:
+    """The first two lowercase words of the first sentence, once name, titles and pronouns are gone."""
+    first = delete_gender_tokens(_sentences(bio.text)[0], bio.name)
+    return " ".join([w for w in re.findall(r"[A-Za-z']+", first) if w.islower()][:2])
+
+
+@pytest.fixture(scope="module")
+def bios() -> list[Bio]:
+    return synthetic_bios(200, seed=0)
+
+
+def test_synthetic_bios_are_deterministic_by_seed_and_differ_across_seeds():
+    assert synthetic_bios(40, seed=1) == synthetic_bios(40, seed=1)
+    other = synthetic_bios(40, seed=2)
+    assert len({b.text for b in other} & {b.text for b in synthetic_bios(40, seed=1)}) == 0, "seeds share bios"
+
+
+def test_synthetic_bios_are_balanced_over_the_four_groups_and_shuffled(bios):
+    assert Counter(group_of(b) for b in bios) == {
+        "male professor": 50, "female professor": 50, "male nurse": 50, "female nurse": 50}
+    first_half = Counter(b.profession for b in bios[:100])
+    assert 30 < first_half["nurse"] < 70, f"bios look sorted by group: {first_half}"
+
+
+def test_an_n_not_divisible_by_four_stays_balanced_in_gender_and_profession():
+    small = synthetic_bios(10, seed=3)
+    assert Counter(b.gender for b in small) == {"male": 5, "female": 5}
+    assert Counter(b.profession for b in small) == {"professor": 5, "nurse": 5}
+    assert {b.profession for b in synthetic_bios(6, professions=("nurse",))} == {"nurse"}
+
+
+def test_pronouns_and_titles_match_the_bio_gender(bios):
+    for b in bios:
+        wrong = FEMALE_WORDS if b.gender == "male" else MALE_WORDS
+        assert not wrong.search(b.text), f"{b.gender} bio has {wrong.search(b.text).group()!r}: {b.text}"
+    for gender, words in (("male", MALE_WORDS), ("female", FEMALE_WORDS)):
+        share = sum(bool(words.search(b.text)) for b in bios if b.gender == gender) / 100
+        assert share > 0.8, f"only {share:.0%} of {gender} bios show a gendered word"
+
+
+def test_bios_are_varied_in_wording_and_length(bios):
+    assert len({_sentences(b.text)[0] for b in bios}) >= 190
+    for profession in ("professor", "nurse"):
+        shapes = {_opening(b) for b in bios if b.profession == profession}
+        assert len(shapes) >= 6, f"{profession} bios open in too few ways: {sorted(shapes)}"
+    assert {len(_sentences(b.text)) for b in bios} == {2, 3, 4, 5}
+    for profession, phrases in {
+        "professor": ("professor", "lecturer", "faculty", "teaches", "PhD", "research"),
+        "nurse": ("registered nurse", "RN", "ward", "nurse practitioner", "patients", "hospital"),
+    }.items():
+        texts = " ".join(b.text for b in bios if b.profession == profession)
+        assert all(re.search(rf"\b{p}\b", texts, re.IGNORECASE) for p in phrases), profession
+    assert len({b.name.split()[0] for b in bios}) > 60, "first names repeat too much"
+
+
+def test_every_bio_names_its_person():
+    for b in synthetic_bios(40, seed=5):
+        assert b.name and b.name in b.text
+
+
+def test_synthetic_bios_reject_professions_without_templates():
+    with pytest.raises(ValueError, match="surgeon.*load_bias_in_bios"):
+        synthetic_bios(4, professions=("professor", "surgeon"))
+
+
+def test_labhc_codes_from_the_dataset_card():
+    assert PROFESSION_CODES["professor"] == 21 and PROFESSION_CODES["nurse"] == 13
+
+
+LABHC_ROWS = [
+    {"hard_text": "He teaches algebra.", "profession": 21, "gender": 0},
+    {"hard_text": "She runs a lab.", "profession": 21, "gender": 1},
+    {"hard_text": "He works nights on the ward.", "profession": 13, "gender": 0},
+    {"hard_text": "She is an RN.", "profession": 13, "gender": 1},
+    {"hard_text": "She argues cases.", "profession": 2, "gender": 1},  # attorney: filtered out
+    {"hard_text": "He fixes teeth.", "profession": 6, "gender": 0},  # dentist: filtered out
+    {"hard_text": "She is a charge nurse.", "profession": 13, "gender": 1},
+]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_loader_maps_codes_and_keeps_only_the_requested_professions(tmp_path, suffix):
+    path = tmp_path / f"bios{suffix}"
+    if suffix == ".parquet":
+        pd.DataFrame(LABHC_ROWS).to_parquet(path)
+    else:
+        path.write_text("\n".join(json.dumps(r) for r in LABHC_ROWS))
+    loaded = load_bias_in_bios(str(path))
+    assert [(b.text, b.profession, b.gender) for b in loaded] == [
+        ("He teaches algebra.", "professor", "male"),
+        ("She runs a lab.", "professor", "female"),
+        ("He works nights on the ward.", "nurse", "male"),
+        ("She is an RN.", "nurse", "female"),
+        ("She is a charge nurse.", "nurse", "female"),
+    ]
+    limited = load_bias_in_bios(str(path), limit_per_group=1)
+    assert [b.text for b in limited if group_of(b) == "female nurse"] == ["She is an RN."]
+    assert [b.profession for b in load_bias_in_bios(str(path), professions=("attorney",))] == ["attorney"]
+
+
+def test_loader_names_missing_columns_and_the_ones_needed(tmp_path):
+    path = tmp_path / "bios.jsonl"
+    path.write_text(json.dumps({"text": "x", "profession": 21}))
+    with pytest.raises(ValueError, match=r"lacks columns \['hard_text', 'gender'\].*\['profession', 'text'\]"):
+        load_bias_in_bios(str(path))
+
+
+def test_loader_says_which_profession_has_no_rows(tmp_path):
+    path = tmp_path / "bios.parquet"
+    pd.DataFrame([r for r in LABHC_ROWS if r["profession"] != 21]).to_parquet(path)
+    with pytest.raises(ValueError, match="no 'professor' rows.*code 21"):
+        load_bias_in_bios(str(path))
+
+
+def test_loader_rejects_unknown_gender_codes_and_professions(tmp_path):
+    path = tmp_path / "bios.jsonl"
+    rows = LABHC_ROWS + [{"hard_text": "x", "profession": 21, "gender": 2}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(ValueError, match=r"gender codes \[2\].*0 = male, 1 = female"):
+        load_bias_in_bios(str(path))
+    with pytest.raises(ValueError, match="Unknown professions \\['nurses'\\]"):
+        load_bias_in_bios(str(path), professions=("nurses",))
+
+
+def test_hub_dataset_not_cached_offline_says_so_and_names_the_fix():
+    with pytest.raises(ValueError, match="not cached.*OFFLINE.*local .parquet/.jsonl"):
+        load_bias_in_bios("hf:no-such-org/no-such-bias-in-bios-xyz")
+
+
+def test_missing_path_and_bad_suffix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist.*hf:<dataset id>"):
+        load_bias_in_bios(str(tmp_path / "nope.parquet"))
+    (tmp_path / "bios.csv").write_text("hard_text,profession,gender\n")
+    with pytest.raises(ValueError, match="use .parquet or .jsonl"):
+        load_bias_in_bios(str(tmp_path / "bios.csv"))
+
+
+def test_splits_have_the_right_groups_counts_and_no_shared_text(bios):
+    splits = make_splits(bios, n_train_per_group=20, n_test_per_group=10, seed=0)
+    assert Counter(map(group_of, splits.ambiguous_train)) == {"male professor": 20, "female nurse": 20}
+    assert Counter(map(group_of, splits.ambiguous_test)) == {"male professor": 10, "female nurse": 10}
+    assert Counter(map(group_of, splits.balanced_test)) == {
+        "male professor": 10, "female professor": 10, "male nurse": 10, "female nurse": 10}
+    sets = [{b.text for b in s} for s in (splits.ambiguous_train, splits.ambiguous_test, splits.balanced_test)]
+    assert sum(map(len, sets)) == len(set.union(*sets)), "a bio is in two splits"
+
+
+def test_splits_are_deterministic_by_seed_and_test_sets_ignore_train_size(bios):
+    a = make_splits(bios, 20, 10, seed=0)
+    assert a == make_splits(bios, 20, 10, seed=0)
+    assert a.balanced_test != make_splits(bios, 20, 10, seed=1).balanced_test
+    bigger = make_splits(bios, 30, 10, seed=0)
+    assert sorted(b.text for b in bigger.balanced_test) == sorted(b.text for b in a.balanced_test)
+
+
+def test_splits_drop_duplicate_texts_before_drawing():
+    bio = Bio("Same text.", "professor", "male")
+    others = [Bio(f"{g} {i}.", g.split()[1], g.split()[0])
+              for g in ("female professor", "male nurse", "female nurse") for i in range(2)]
+    with pytest.raises(ValueError, match="'male professor' has 1 bios, needs 3"):
+        make_splits([bio] * 5 + others, n_train_per_group=1, n_test_per_group=1)
+
+
+def test_too_few_bios_names_each_short_group_and_the_counts(bios):
+    both = r"'male professor' has 50 bios, needs 60; 'female nurse' has 50 bios, needs 60"
+    with pytest.raises(ValueError, match=both):
+        make_splits(bios, n_train_per_group=40, n_test_per_group=10)
+    with pytest.raises(ValueError, match="'female professor' has 0 bios"):
+        make_splits([b for b in bios if group_of(b) != "female professor"], 5, 5)
+
+
+def test_delete_gender_tokens_removes_pronouns_titles_and_the_name():
+    text = "Dr. Anna Smith is a nurse. She loves her job, and Smith's patients thank her herself."
+    out = delete_gender_tokens(text, name="Anna Smith")
+    assert out == "Dr. is a nurse. loves job, and patients thank.", out
+    out = delete_gender_tokens("Mr. Lee said HE would see HIM and his dog.", name="Lee")
+    assert out == "said would see and dog.", out
+    assert delete_gender_tokens("Ms. Ray and Mrs. Ng  met Miss Cole.") == "Ray and Ng met Cole."
+
+
+def test_delete_gender_tokens_keeps_words_that_only_contain_pronouns():
+    text = "Heather, the other chair, will never miss the theme; hers is there."
+    assert delete_gender_tokens(text) == "Heather, the other chair, will never miss the theme; is there."
+
+
+def test_delete_gender_tokens_leaves_synthetic_bios_without_gender_words(bios):
+    for b in bios[:50]:
+        out = delete_gender_tokens(b.text, b.name)
+        assert not MALE_WORDS.search(out) and not FEMALE_WORDS.search(out), out
+        assert not any(re.search(rf"\b{re.escape(p)}\b", out) for p in b.name.split()), out
