@@ -103,6 +103,13 @@ _DETAILS = {
         "{He} is a member of the American Nurses Association and of its {state} chapter.",
     ),
 }
+# Intros that say nothing about the profession (for bios written without a profession cue).
+_NEUTRAL_INTROS = (
+    "{name} lives in {city}, {state}.",
+    "{name} has worked in {city} since {year}.",
+    "{name} grew up in {state} and now works in {city}.",
+    "{name} joined {his} current employer in {year}.",
+)
 _PERSONAL = (
     "{He} lives in {city} with {his} {family}.",
     "In {his} free time, {he} enjoys {hobby}.",
@@ -131,12 +138,18 @@ _FAMILIES = ("partner and two children", "family", "partner and their dog", "thr
 _HOBBIES = ("hiking", "gardening", "playing the piano", "baking bread", "running", "birdwatching", "sailing")
 
 
-def synthetic_bios(n: int, seed: int = 0, professions: Sequence[str] = ("professor", "nurse")) -> list[Bio]:
+def synthetic_bios(n: int, seed: int = 0, professions: Sequence[str] = ("professor", "nurse"),
+                   profession_cue_rate: float = 1.0) -> list[Bio]:
     """`n` varied, faker-written bios, balanced over gender and profession, deterministic by seed.
 
     They stand in for LabHC/bias_in_bios offline. As in the real bios, gender shows only through
-    pronouns, names and titles, the cues that `delete_gender_tokens` removes.
+    pronouns, names and titles, the cues that `delete_gender_tokens` removes. With probability
+    1 - `profession_cue_rate` a bio is written without any profession cue (a neutral intro and
+    personal sentences only): real bios often state the profession weakly while pronouns are
+    everywhere, which is what makes a classifier on the ambiguous set take the gender shortcut.
     """
+    if not 0.0 <= profession_cue_rate <= 1.0:
+        raise ValueError(f"profession_cue_rate={profession_cue_rate} must be between 0 and 1.")
     if n < 0:
         raise ValueError(f"n={n}: ask for n >= 0 bios.")
     unknown = [p for p in professions if p not in _INTROS]
@@ -151,16 +164,18 @@ def synthetic_bios(n: int, seed: int = 0, professions: Sequence[str] = ("profess
     # Walk the groups so that any n is balanced in gender and in profession (to within one).
     k = len(professions)
     labels = [(professions[i % k], GENDERS[(i + (i // k) * (k % 2 == 0)) % 2]) for i in range(n)]
-    return [_bio(fake, rng, *labels[i]) for i in rng.permutation(n)]
+    return [_bio(fake, rng, *labels[i], cued=bool(rng.random() < profession_cue_rate)) for i in rng.permutation(n)]
 
 
-def _bio(fake: Faker, rng: np.random.Generator, profession: str, gender: Gender) -> Bio:
-    """One bio: an intro sentence, then 1-4 sentences of detail, personal ones last."""
+def _bio(fake: Faker, rng: np.random.Generator, profession: str, gender: Gender, cued: bool = True) -> Bio:
+    """One bio: an intro sentence, then 1-4 sentences of detail, personal ones last; without a
+    profession cue (`cued=False`) a neutral intro and 1-3 personal sentences."""
     fields = _fields(fake, rng, profession, gender)
-    pool = _DETAILS[profession] + _PERSONAL
-    picked = rng.choice(len(pool), size=int(rng.integers(1, 5)), replace=False)
-    picked = sorted(picked, key=lambda i: i >= len(_DETAILS[profession]))  # stable: keeps the random order
-    sentences = [_pick(rng, _INTROS[profession])] + [pool[i] for i in picked]
+    details = _DETAILS[profession] if cued else ()
+    pool = details + _PERSONAL
+    picked = rng.choice(len(pool), size=int(rng.integers(1, min(5, len(pool) + 1))), replace=False)
+    picked = sorted(picked, key=lambda i: i >= len(details))  # stable: keeps the random order
+    sentences = [_pick(rng, _INTROS[profession] if cued else _NEUTRAL_INTROS)] + [pool[i] for i in picked]
     text = " ".join(s.format(**fields) for s in sentences)
     return Bio(text, profession, gender, name=f"{fields['first']} {fields['last']}")
 

@@ -90,9 +90,22 @@ def _check_04_visualise(m: dict, params: dict) -> None:
     assert any("application/vnd.jupyter.widget-view+json" in b for b in bundles), "the browser is not a widget"
 
 
+def _check_05_debias(m: dict, params: dict) -> None:
+    rows = {"Original", "GSAE SHIFT", "GSAE SHIFT + retrain", "SSAE SHIFT", "SSAE SHIFT + retrain", "1/8 GSAE SHIFT",
+            "1/8 SSAE SHIFT", "Token deletion + retrain", "Oracle"}
+    assert set(m["table"]) == rows and len(m["per_seed"]) == len(params["seeds"])
+    for name, cells in m["table"].items():
+        for metric, (mean, sd) in cells.items():
+            assert 0 <= mean <= 1 and sd >= 0, (name, metric)
+        assert cells["worst_group"][0] <= cells["profession"][0] + 1e-9, name
+    diffs = [r["SSAE SHIFT"]["worst_group"] - r["GSAE SHIFT"]["worst_group"] for r in m["per_seed"]]
+    assert m["ssae_minus_gsae_worst_group"] == pytest.approx(diffs)  # the conclusion reads the numbers
+    assert (Path(params["run_dir"]) / "debias_accuracies.png").exists()
+
+
 CHECKS = {"00_quickstart": _check_00_quickstart, "01_retrieval": _check_01_retrieval,
           "02_train_ssae": _check_02_train_ssae, "03_term_vs_erm": _check_03_term_vs_erm,
-          "04_visualise": _check_04_visualise}
+          "04_visualise": _check_04_visualise, "05_debias_bias_in_bios": _check_05_debias}
 
 
 def test_notebooks_exist_and_each_has_smoke_parameters_and_checks():
