@@ -1,0 +1,125 @@
+"""Taxonomy-structured domains (TSDA, Liu et al. ICML 2023) in miniature: the data side.
+
+A taxonomy is a tree whose leaves are domains. Convention used everywhere in the kit: the
+taxonomy matrix A holds the *normalised tree distance* between leaves, the number of edges on the
+path between them divided by the largest such number, so A is symmetric, A_ii = 0 (same leaf)
+and max A = 1 (farthest leaves). The synthetic DT benchmark is written from the paper's
+description only (its repository has no licence): leaves spread by angle theta, each domain a
+pair of mirrored Gaussian blobs, so that a classifier fit at theta = 0 is wrong at theta = pi.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import numpy as np
+
+Tree = str | dict | list  # a leaf name, {name: subtree(s)}, or a list of subtrees
+
+
+def parse_taxonomy(taxonomy: Tree | list[tuple[str, str]]) -> Tree:
+    """Accept a nested dict/list tree, or an edge list [(parent, child), ...] with a single root."""
+    if isinstance(taxonomy, list) and taxonomy and all(isinstance(e, tuple) and len(e) == 2 for e in taxonomy):
+        children: dict[str, list[str]] = {}
+        for parent, child in taxonomy:
+            children.setdefault(parent, []).append(child)
+        roots = set(children) - {c for _, c in taxonomy}
+        if len(roots) != 1:
+            raise ValueError(f"The edge list has roots {sorted(roots)}: a taxonomy needs exactly one root (a tree).")
+        build = lambda node: {node: [build(c) for c in children[node]]} if node in children else node  # noqa: E731
+        return build(roots.pop())
+    return taxonomy
+
+
+def leaf_depths(tree: Tree) -> dict[str, list[str]]:
+    """{leaf: path of node names from the root to the leaf} (inner list nodes get positional names)."""
+    paths: dict[str, list[str]] = {}
+
+    def walk(node: Tree, path: list[str]) -> None:
+        if isinstance(node, str):
+            if node in paths:
+                raise ValueError(f"Leaf {node!r} appears twice in the taxonomy: leaf names must be unique.")
+            paths[node] = path + [node]
+        elif isinstance(node, dict):
+            for name, sub in node.items():
+                for child in sub if isinstance(sub, list) else [sub]:
+                    walk(child, path + [f"{name}"])
+        else:
+            for i, child in enumerate(node):
+                walk(child, path + [f"{'/'.join(path)}#{i}"])
+
+    walk(tree, [])
+    return paths
+
+
+def taxonomy_matrix(taxonomy: Tree | list[tuple[str, str]], leaves: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """(leaf names, A) with A the normalised tree distance between leaves, in `leaves` order."""
+    paths = leaf_depths(parse_taxonomy(taxonomy))
+    leaves = list(paths) if leaves is None else list(leaves)
+    unknown = [leaf for leaf in leaves if leaf not in paths]
+    if unknown:
+        raise ValueError(f"Leaves {unknown} are not in the taxonomy (its leaves: {sorted(paths)}): fix the names.")
+    n = len(leaves)
+    dist = np.zeros((n, n))
+    for i, a in enumerate(leaves):
+        for j, b in enumerate(leaves):
+            pa, pb = paths[a], paths[b]
+            common = next((k for k, (u, v) in enumerate(zip(pa, pb)) if u != v), min(len(pa), len(pb)))
+            dist[i, j] = (len(pa) - common) + (len(pb) - common)
+    return leaves, dist / dist.max() if dist.max() > 0 else dist
+
+
+def check_taxonomy_matrix(A: np.ndarray, n_domains: int) -> np.ndarray:
+    """Return A as float if it is a valid taxonomy matrix for `n_domains` domains, else raise naming the fix."""
+    A = np.asarray(A, dtype=float)
+    if A.ndim != 2 or A.shape[0] != A.shape[1]:
+        raise ValueError(f"The taxonomy matrix has shape {A.shape}; it must be square (n_domains x n_domains).")
+    if A.shape[0] != n_domains:
+        raise ValueError(f"The taxonomy matrix is {A.shape[0]}x{A.shape[0]} but there are {n_domains} domains: "
+                         "give one row per domain, in the domains' order.")
+    if not np.allclose(A, A.T) or np.abs(np.diag(A)).max() > 1e-9:
+        raise ValueError("The taxonomy matrix must be symmetric with a zero diagonal (a distance between domains).")
+    return A
+
+
+def binary_tree(leaves: list[str]) -> Tree:
+    """A balanced binary tree over `leaves` in their order (neighbours in the list share subtrees)."""
+    if len(leaves) == 1:
+        return leaves[0]
+    half = (len(leaves) + 1) // 2
+    return [binary_tree(leaves[:half]), binary_tree(leaves[half:])]
+
+
+@dataclass
+class DomainData:
+    """Points of all domains. Shapes: x (N, 2); y, domain (N,); theta, is_source (L,); A (L, L)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    domain: np.ndarray
+    theta: np.ndarray
+    is_source: np.ndarray
+    A: np.ndarray
+    leaves: list[str]
+
+
+def make_dt(n_leaves: int = 14, theta_max: float = np.pi, n_per_class: int = 50, sd: float = 0.5,
+            n_sources: int = 3, seed: int = 0) -> DomainData:
+    """The DT benchmark: leaf u at angle theta_u in [0, theta_max] (DT-14: 14 leaves, pi; DT-40: 40
+    leaves, beyond a full turn), class 0 a blob at r_u (cos, sin)(theta_u), class 1 its mirror at
+    -r_u (cos, sin)(theta_u), r_u = 1 + 3 theta_u / pi; the `n_sources` leaves nearest theta = 0 are
+    labelled sources, the rest unlabelled targets; A from a balanced binary tree over theta order."""
+    if n_sources < 1 or n_sources >= n_leaves:
+        raise ValueError(f"n_sources={n_sources}: need at least one source and one target among {n_leaves} leaves.")
+    rng = np.random.default_rng(seed)
+    theta = np.linspace(0.0, theta_max, n_leaves)
+    leaves = [f"leaf{u:02d}" for u in range(n_leaves)]
+    xs, ys, ds = [], [], []
+    for u, t in enumerate(theta):
+        centre = (1 + 3 * t / np.pi) * np.array([np.cos(t), np.sin(t)])
+        for label, sign in ((0, 1.0), (1, -1.0)):
+            xs.append(sign * centre + sd * rng.standard_normal((n_per_class, 2)))
+            ys.append(np.full(n_per_class, label))
+            ds.append(np.full(n_per_class, u))
+    _, A = taxonomy_matrix(binary_tree(leaves), leaves)
+    return DomainData(np.concatenate(xs).astype(np.float32), np.concatenate(ys), np.concatenate(ds), theta,
+                      np.arange(n_leaves) < n_sources, A, leaves)
