@@ -96,7 +96,6 @@ def pool(r: Residuals, edit: Edit | None = None, batch_size: int = 64) -> torch.
     return torch.cat(out)
 
 
-@torch.no_grad()
 def pooled_activations(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -117,14 +116,8 @@ def pooled_activations(
     edit_layer = layer if edit_layer is None else edit_layer
     if edit is not None and edit_layer > layer:
         raise ValueError(f"The SAE edit is at layer {edit_layer}, after the probe layer {layer}: it cannot reach the probe.")
-    ids, attn, keep = _first_windows(texts, tokenizer, ctx_len)
-    device = next(model.parameters()).device
-    out = []
-    for s in range(0, len(ids), batch_size):
-        with splice(model, edit_layer, edit) if edit is not None else nullcontext():
-            resid = forward_to_layer(model, ids[s : s + batch_size].to(device), layer, attn[s : s + batch_size].to(device))
-        out.append(_token_mean(resid, keep[s : s + batch_size].to(device)).float().cpu())
-    return torch.cat(out)
+    with splice(model, edit_layer, edit) if edit is not None else nullcontext():
+        return pool(residuals(model, tokenizer, texts, layer, ctx_len, batch_size))
 
 
 @dataclass
