@@ -22,7 +22,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .activations import ActivationStore
-from .io import atomic_write_json
+from .io import SAE_WEIGHTS_FILE, atomic_write_json
 from .models import resolve_device
 from .sae import SAE, Architecture, SAEConfig, from_sae_lens
 from .term import ScaleRule, check_tilt, objective, per_token_loss
@@ -130,6 +130,7 @@ def train(
         if not resume:
             raise ValueError(f"{out} already holds a training run: pass resume=True to continue it, or a new out_dir.")
         log = _load_checkpoint(out, cfg, sae, opt, state, gen)
+    first_step = state.step
     model = torch.nn.parallel.DistributedDataParallel(sae) if world > 1 else sae
     batches = _batches(store, cfg, state, rank, world)
     bar = tqdm(total=cfg.total_tokens, initial=state.tokens, unit="tok", disable=rank != 0,
@@ -147,7 +148,8 @@ def train(
         if out is not None and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
             _checkpoint(out, cfg, sae, opt, state, gen, log, rank)
     bar.close()
-    if out is not None:
+    finished_before = state.step == first_step and (out is not None and (out / SAE_WEIGHTS_FILE).exists())
+    if out is not None and not finished_before:  # a resumed, already finished run is returned as it is
         _checkpoint(out, cfg, sae, opt, state, gen, log, rank)
         if rank == 0:
             sae.save(out)

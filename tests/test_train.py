@@ -103,8 +103,10 @@ def test_resuming_with_a_changed_config_is_refused(store, tmp_path):
 
 def test_resuming_a_finished_run_returns_it_without_training(store, tmp_path):
     first = train(store, small_cfg(), out_dir=tmp_path)
+    stamp = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     again = train(store, small_cfg(), out_dir=tmp_path, resume=True)
     assert torch.equal(first.sae.W_enc, again.sae.W_enc) and again.log == first.log
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == stamp  # nothing rewritten
 
 
 def test_fine_tuning_starts_from_the_gsae_and_leaves_it_untouched(store):
