@@ -2,9 +2,10 @@
 
 Two sources give the same `list[Bio]`: `load_bias_in_bios` reads LabHC/bias_in_bios (from the Hub
 or a local .parquet/.jsonl with its schema) and maps its integer codes to names; `synthetic_bios`
-writes professor and nurse bios with faker, so the case study runs offline. `make_splits` builds the
-ambiguous set (profession and gender coincide) and the balanced test set; `delete_gender_tokens` is
-the token-deletion baseline that SHIFT is compared with.
+writes bios of any of its 28 professions with faker and the sentences of `bio_templates`, so the
+case study and the taxonomy probes run offline. `make_splits` builds the ambiguous set (profession
+and gender coincide) and the balanced test set; `delete_gender_tokens` is the token-deletion
+baseline that SHIFT is compared with.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from faker import Faker
+
+from .bio_templates import DETAILS, INTROS, NEUTRAL_INTROS, PERSONAL
 
 Gender = Literal["male", "female"]
 GENDERS: tuple[Gender, Gender] = ("male", "female")
@@ -59,63 +62,8 @@ def group_of(bio: Bio) -> str:
     return f"{bio.gender} {bio.profession}"
 
 
-# One sentence per template, filled by `_fields`: {he}/{his}/{him} follow the bio's gender, {name}
-# is the full name with an optional title, {short} the title and surname or the first name.
-_INTROS = {
-    "professor": (
-        "{name} is an associate professor of {field} at {uni}.",
-        "{name} teaches {field} at {uni}, where {he} has been on the faculty since {year}.",
-        "{name} is a senior lecturer in {field} at {uni} in {city}, {state}.",
-        "{name} holds the {other} Chair in {field} at {uni}.",
-        "A member of the {field} faculty at {uni}, {name} earned {his} PhD at {uni2} in {year}.",
-        "{name} joined {uni} as an assistant professor in {year} and became a full professor of {field} in {year2}.",
-        "{name} is a professor in the Department of {field} at {uni}.",
-        "{name} lectures on {topic} in the {field} department of {uni}.",
-    ),
-    "nurse": (
-        "{name} is a registered nurse at {hospital} in {city}, {state}.",
-        "{name}, RN, works on the {ward} ward at {hospital}.",
-        "{name} has worked as a nurse in {specialty} for {n} years.",
-        "{name} is a nurse practitioner specializing in {specialty} at {hospital}.",
-        "After finishing the nursing program at {uni} in {year}, {name} joined the {ward} unit at {hospital}.",
-        "{name} is the charge nurse of the {ward} unit at {hospital}.",
-        "{name} is a licensed practical nurse who cares for patients at {hospital} in {city}.",
-        "{name} works night shifts as a staff RN in the {ward} department of {hospital}.",
-    ),
-}
-_DETAILS = {
-    "professor": (
-        "{His} research focuses on {topic}.",
-        "{He} has published more than {count} peer-reviewed articles on {topic2}.",
-        "{He} received {award} in {year2}.",
-        "Before moving to {city}, {he} was a postdoctoral fellow at {uni2}.",
-        "{He} teaches undergraduate courses on {topic2} and supervises {n} doctoral students.",
-        "{short} serves on the editorial board of the Journal of {field}.",
-        "{His} work on {topic} has been funded by the National Science Foundation since {year2}.",
-    ),
-    "nurse": (
-        "{He} holds a Bachelor of Science in Nursing from {uni}.",
-        "{He} is certified in {cert} and mentors newly graduated nurses.",
-        "{His} patients describe {him} as calm, patient and attentive.",
-        "{He} received the DAISY Award for Extraordinary Nurses in {year2}.",
-        "Before joining {hospital}, {he} spent {n} years in {specialty} at {hospital2}.",
-        "{short} also trains colleagues in infection control on the {ward} ward.",
-        "{He} is a member of the American Nurses Association and of its {state} chapter.",
-    ),
-}
-# Intros that say nothing about the profession (for bios written without a profession cue).
-_NEUTRAL_INTROS = (
-    "{name} lives in {city}, {state}.",
-    "{name} has worked in {city} since {year}.",
-    "{name} grew up in {state} and now works in {city}.",
-    "{name} joined {his} current employer in {year}.",
-)
-_PERSONAL = (
-    "{He} lives in {city} with {his} {family}.",
-    "In {his} free time, {he} enjoys {hobby}.",
-    "Outside work, {short} is happiest {hobby}.",
-    "{He} grew up in {state} and still spends {his} summers there.",
-)
+# Who may carry "Dr." as a title (professors may also be "Prof."); everyone else is Mr. or Ms.
+_DOCTORS = frozenset({"physician", "surgeon", "dentist", "chiropractor", "psychologist"})
 _FIELDS = {
     "Chemistry": ("catalysis", "polymer synthesis", "battery materials"),
     "History": ("medieval trade networks", "the history of public health", "colonial Latin America"),
@@ -152,11 +100,12 @@ def synthetic_bios(n: int, seed: int = 0, professions: Sequence[str] = ("profess
         raise ValueError(f"profession_cue_rate={profession_cue_rate} must be between 0 and 1.")
     if n < 0:
         raise ValueError(f"n={n}: ask for n >= 0 bios.")
-    unknown = [p for p in professions if p not in _INTROS]
+    unknown = [p for p in professions if p not in INTROS]
     if unknown or not professions:
         raise ValueError(
-            f"synthetic_bios writes only {sorted(_INTROS)} bios, got professions={list(professions)}; "
-            "use load_bias_in_bios for other professions."
+            f"synthetic_bios got professions={list(professions)}"
+            + (f", of which {unknown} are unknown" if unknown else "")
+            + f": name at least one of LabHC's {list(LABHC_PROFESSIONS)}."
         )
     rng = np.random.default_rng(seed)
     fake = Faker("en_US")
@@ -171,11 +120,11 @@ def _bio(fake: Faker, rng: np.random.Generator, profession: str, gender: Gender,
     """One bio: an intro sentence, then 1-4 sentences of detail, personal ones last; without a
     profession cue (`cued=False`) a neutral intro and 1-3 personal sentences."""
     fields = _fields(fake, rng, profession, gender)
-    details = _DETAILS[profession] if cued else ()
-    pool = details + _PERSONAL
+    details = DETAILS[profession] if cued else ()
+    pool = details + PERSONAL
     picked = rng.choice(len(pool), size=int(rng.integers(1, min(5, len(pool) + 1))), replace=False)
     picked = sorted(picked, key=lambda i: i >= len(details))  # stable: keeps the random order
-    sentences = [_pick(rng, _INTROS[profession] if cued else _NEUTRAL_INTROS)] + [pool[i] for i in picked]
+    sentences = [_pick(rng, INTROS[profession] if cued else NEUTRAL_INTROS)] + [pool[i] for i in picked]
     text = " ".join(s.format(**fields) for s in sentences)
     return Bio(text, profession, gender, name=f"{fields['first']} {fields['last']}")
 
@@ -184,14 +133,15 @@ def _fields(fake: Faker, rng: np.random.Generator, profession: str, gender: Gend
     """Everything a template can name, drawn once per person so the sentences agree."""
     first = fake.first_name_male() if gender == "male" else fake.first_name_female()
     last = fake.last_name()
-    titles = ("Dr.", "Prof.") if profession == "professor" else ("Mr.",) if gender == "male" else ("Ms.",)
+    titles = (("Dr.", "Prof.") if profession == "professor" else ("Dr.",) if profession in _DOCTORS
+              else ("Mr.",) if gender == "male" else ("Ms.",))
     title = _pick(rng, titles) if rng.random() < 0.3 else ""
     he, his, him = ("he", "his", "him") if gender == "male" else ("she", "her", "her")
     field = _pick(rng, tuple(_FIELDS))
     topic, topic2 = (_FIELDS[field][i] for i in rng.choice(len(_FIELDS[field]), size=2, replace=False))
     year = int(rng.integers(1985, 2013))
     place = dict(city=fake.city(), state=fake.state(), last=fake.last_name())
-    return dict(
+    fields = dict(
         first=first, last=last, name=f"{title} {first} {last}".strip(),
         short=f"{title} {last}" if title else first,
         he=he, He=he.capitalize(), his=his, His=his.capitalize(), him=him,
@@ -202,6 +152,14 @@ def _fields(fake: Faker, rng: np.random.Generator, profession: str, gender: Gend
         n=str(rng.integers(2, 20)), count=str(rng.integers(20, 150)),
         ward=_pick(rng, _WARDS), specialty=_pick(rng, _SPECIALTIES), cert=_pick(rng, _CERTS),
         award=_pick(rng, _AWARDS), family=_pick(rng, _FAMILIES), hobby=_pick(rng, _HOBBIES),
+    )
+    # Workplaces made from names already drawn, with no draw of their own, so that adding them
+    # changed no bio that was written before.
+    city, other = place["city"], fields["other"]
+    return fields | dict(
+        firm=f"{place['last']} & {other}", company=f"{other} Systems", studio=f"{place['last']} Studio",
+        school=f"{city} High School", church=f"{city} Community Church", gym=f"{city} Fitness",
+        paper=f"the {city} Herald",
     )
 
 

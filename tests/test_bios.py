@@ -1,5 +1,6 @@
-"""ssae_kit.bios: synthetic bios are balanced, varied and consistent; the loader maps LabHC's codes;
-the splits keep their groups apart; token deletion removes the gender cues it names.
+"""ssae_kit.bios: synthetic bios are balanced, varied and consistent, for every LabHC profession;
+the loader maps LabHC's codes; the splits keep their groups apart; token deletion removes the gender
+cues it names.
 
 Offline and CPU-only: `HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python -m pytest tests/test_bios.py -q`.
 """
@@ -10,12 +11,18 @@ import json
 import re
 from collections import Counter
 
+import numpy as np
 import pandas as pd
 import pytest
+from faker import Faker
 
+from ssae_kit.bio_templates import DETAILS, INTROS, NEUTRAL_INTROS, PERSONAL
 from ssae_kit.bios import (
+    GENDERS,
+    LABHC_PROFESSIONS,
     PROFESSION_CODES,
     Bio,
+    _fields,
     delete_gender_tokens,
     group_of,
     load_bias_in_bios,
@@ -92,9 +99,103 @@ def test_every_bio_names_its_person():
         assert b.name and b.name in b.text
 
 
-def test_synthetic_bios_reject_professions_without_templates():
-    with pytest.raises(ValueError, match="surgeon.*load_bias_in_bios"):
-        synthetic_bios(4, professions=("professor", "surgeon"))
+def test_synthetic_bios_reject_unknown_professions_and_name_the_valid_ones():
+    with pytest.raises(ValueError, match=r"\['astronaut'\] are unknown.*'accountant'.*'yoga_teacher'"):
+        synthetic_bios(4, professions=("professor", "astronaut"))
+    with pytest.raises(ValueError, match="at least one of LabHC's"):
+        synthetic_bios(4, professions=())
+
+
+# Words that give gender away without a placeholder: templates leave gender to {he}, {his}, {name}...
+GENDERED_WORDS = re.compile(
+    r"\b(?:he|she|his|her|hers|him|himself|herself|Mr|Ms|Mrs|Miss|man|woman|men|women|male|female|"
+    r"wife|husband|son|daughter|mother|father|brother|sister|boy|girl|lady|gentleman|guy|actress|hostess|"
+    r"chairman|spokesman|businessman|businesswoman|frontman|craftsman|sportsman|alumnus|alumna)\b",
+    re.IGNORECASE,
+)
+# A word stem that states each profession or its work, which every intro of it must contain.
+PROFESSION_CUES = {
+    "accountant": "account", "architect": "architect", "attorney": "attorney|law|litigation",
+    "chiropractor": "chiropract", "comedian": "comed|stand-up", "composer": "compos|music", "dentist": "dent",
+    "dietitian": "dietitian|dietetic", "dj": "DJ|spinning records", "filmmaker": "film",
+    "interior_designer": "interior design", "journalist": "journalis|reporter", "model": "model",
+    "nurse": "nurs|RN", "painter": "paint", "paralegal": "paralegal", "pastor": "pastor",
+    "personal_trainer": "personal trainer", "photographer": "photograph", "physician": "physician|medical",
+    "poet": "poet|poetry", "professor": "professor|lecture|faculty|teaches|chair", "psychologist": "psycholog",
+    "rapper": "rap|hip-hop", "software_engineer": "software|engineer", "surgeon": "surg", "teacher": "teach",
+    "yoga_teacher": "yoga",
+}
+
+
+def _template_fields(profession: str, gender: str, seed: int = 0) -> dict[str, str]:
+    fake = Faker("en_US")
+    fake.seed_instance(seed)
+    return _fields(fake, np.random.default_rng(seed), profession, gender)
+
+
+def test_templates_cover_every_labhc_profession():
+    assert list(INTROS) == list(DETAILS) == list(LABHC_PROFESSIONS)
+    for profession in LABHC_PROFESSIONS:
+        assert len(set(INTROS[profession])) >= 5 and len(set(DETAILS[profession])) >= 5, profession
+
+
+@pytest.mark.parametrize("profession", LABHC_PROFESSIONS)
+def test_every_template_formats_as_one_sentence_for_both_genders(profession):
+    templates = INTROS[profession] + DETAILS[profession] + NEUTRAL_INTROS + PERSONAL
+    for gender in GENDERS:
+        fields = _template_fields(profession, gender)
+        wrong = FEMALE_WORDS if gender == "male" else MALE_WORDS
+        for template in templates:
+            text = template.format(**fields)  # a KeyError names a placeholder _fields does not fill
+            assert len(_sentences(text)) == 1 and text.endswith("."), text
+            assert "{" not in text and not wrong.search(text), text
+
+
+def test_no_template_writes_a_gendered_word():
+    templates = [t for table in (INTROS, DETAILS) for ts in table.values() for t in ts] + [*NEUTRAL_INTROS, *PERSONAL]
+    for template in templates:
+        words = re.sub(r"\{\w+\}", "", template)
+        assert not GENDERED_WORDS.search(words), f"{GENDERED_WORDS.search(words).group()!r} in {template!r}"
+
+
+def test_every_intro_states_its_profession():
+    assert list(PROFESSION_CUES) == list(LABHC_PROFESSIONS)
+    for profession, cue in PROFESSION_CUES.items():
+        for intro in INTROS[profession]:
+            assert re.search(rf"\b(?:{cue})", intro, re.IGNORECASE), f"{profession}: {intro!r}"
+
+
+def test_all_28_professions_give_one_bio_per_gender_each():
+    bios = synthetic_bios(56, seed=0, professions=LABHC_PROFESSIONS)
+    assert Counter(map(group_of, bios)) == {f"{g} {p}": 1 for g in GENDERS for p in LABHC_PROFESSIONS}
+    assert Counter(map(group_of, synthetic_bios(28 * 6, seed=1, professions=LABHC_PROFESSIONS))) == {
+        f"{g} {p}": 3 for g in GENDERS for p in LABHC_PROFESSIONS}
+
+
+def test_an_odd_number_of_professions_stays_balanced_in_gender_and_profession():
+    three = ("surgeon", "rapper", "accountant")
+    assert Counter(map(group_of, synthetic_bios(12, seed=0, professions=three))) == {
+        f"{g} {p}": 2 for g in GENDERS for p in three}
+    seven = synthetic_bios(7, seed=0, professions=three)
+    assert sorted(Counter(b.gender for b in seven).values()) == [3, 4]
+    assert sorted(Counter(b.profession for b in seven).values()) == [2, 2, 3]
+
+
+def test_bios_of_every_profession_show_gender_only_through_its_cues():
+    bios = synthetic_bios(28 * 8, seed=2, professions=LABHC_PROFESSIONS, profession_cue_rate=0.8)
+    doctors = {"physician", "surgeon", "dentist", "chiropractor", "psychologist"}
+    seen: set[tuple[bool, str]] = set()
+    for b in bios:
+        assert b.name and b.name in b.text, b.text
+        wrong = FEMALE_WORDS if b.gender == "male" else MALE_WORDS
+        assert not wrong.search(b.text), f"{b.gender} {b.profession}: {b.text}"
+        titles = set(re.findall(rf"\b(Dr|Prof|Mr|Ms)\. {re.escape(b.name)}", b.text))
+        assert titles <= ({"Dr", "Prof"} if b.profession == "professor" else {"Dr"} if b.profession in doctors
+                          else {"Mr"} if b.gender == "male" else {"Ms"}), b.text
+        seen |= {(b.profession in doctors, t) for t in titles}
+        out = delete_gender_tokens(b.text, b.name)
+        assert not MALE_WORDS.search(out) and not FEMALE_WORDS.search(out), out
+    assert {(True, "Dr"), (False, "Mr"), (False, "Ms")} <= seen, f"some titles never show: {seen}"
 
 
 def test_labhc_codes_from_the_dataset_card():
