@@ -1,4 +1,4 @@
-"""Taxonomy-structured domains (TSDA, Liu et al. ICML 2023) in miniature: the data side.
+"""Taxonomy-structured domain adaptation (TSDA, Liu et al. ICML 2023, arXiv 2306.07874) in miniature.
 
 A taxonomy is a tree whose leaves are domains. Convention used everywhere in the kit: the
 taxonomy matrix A holds the *normalised tree distance* between leaves, the number of edges on the
@@ -6,12 +6,22 @@ path between them divided by the largest such number, so A is symmetric, A_ii = 
 and max A = 1 (farthest leaves). The synthetic DT benchmark is written from the paper's
 description only (its repository has no licence): leaves spread by angle theta, each domain a
 pair of mirrored Gaussian blobs, so that a classifier fit at theta = 0 is wrong at theta = pi.
+
+Models (`train_da`): source-only; DANN (encoder E, predictor F, multi-class domain discriminator
+D); TSDA (E also reads its domain's row of A, and a taxonomist T maps encodings to 2-d points whose
+distances across domains must rebuild A): min_{E,F} max_D L_pred - lambda_d L_D + lambda_t L_T,
+T minimising L_T; and an oracle trained with every domain's labels. DANN is literally TSDA with
+lambda_t = 0 and no taxonomy input, which a test checks step for step.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as nnf
 
 Tree = str | dict | list  # a leaf name, {name: subtree(s)}, or a list of subtrees
 
@@ -123,3 +133,170 @@ def make_dt(n_leaves: int = 14, theta_max: float = np.pi, n_per_class: int = 50,
     _, A = taxonomy_matrix(binary_tree(leaves), leaves)
     return DomainData(np.concatenate(xs).astype(np.float32), np.concatenate(ys), np.concatenate(ds), theta,
                       np.arange(n_leaves) < n_sources, A, leaves)
+
+
+def flat_matrix(n_domains: int) -> np.ndarray:
+    """The flat taxonomy (every leaf a child of the root): 1 between distinct domains, 0 on the diagonal."""
+    return 1.0 - np.eye(n_domains)
+
+
+def taxonomist_loss(points: torch.Tensor, domain: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """Relative squared error of T's geometry: mean over pairs (i, j) of points from different
+    domains u != v of ((|p_i - p_j| - A_uv) / A_uv)^2. Pairs with A_uv = 0 carry no target and are skipped."""
+    target = A[domain][:, domain]
+    keep = target > 0
+    if not keep.any():
+        return points.sum() * 0.0  # one domain in the batch: nothing to rebuild
+    one = torch.ones_like(target)
+    sq = (points[:, None, :] - points[None, :, :]).pow(2).sum(-1)
+    d = torch.where(keep, sq, one).sqrt()  # no sqrt(0) on the diagonal: its gradient is inf
+    return (((d - target) / torch.where(keep, target, one)).pow(2) * keep).sum() / keep.sum()
+
+
+METHODS = ("source_only", "dann", "tsda", "oracle")
+
+
+@dataclass(frozen=True)
+class DAConfig:
+    """One run of `train_da`. TSDA-flat is method "tsda" with `flat_matrix` as A."""
+
+    method: str = "tsda"
+    """source_only | dann | tsda | oracle (source-only's architecture, trained on every domain's labels)."""
+    lambda_d: float = 1.0
+    """Weight of the adversarial domain loss (DANN, TSDA)."""
+    lambda_t: float = 1.0
+    """Weight of the taxonomist loss in E's objective (TSDA)."""
+    taxonomy_input: bool | None = None
+    """E reads x and its domain's row of A; None: only for TSDA."""
+    hidden: int = 64
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+
+
+def _mlp(sizes: list[int], seed: int) -> nn.Sequential:
+    with torch.random.fork_rng(devices=[]):  # each network's init depends on the seed only
+        torch.manual_seed(seed)
+        layers: list[nn.Module] = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        return nn.Sequential(*layers[:-1])
+
+
+@dataclass
+class DAModel:
+    """A trained run: encoder, predictor, and (adversarial methods) discriminator and taxonomist."""
+
+    cfg: DAConfig
+    A: np.ndarray
+    E: nn.Module
+    F: nn.Module
+    D: nn.Module | None = None
+    T: nn.Module | None = None
+
+    def inputs(self, x: np.ndarray, domain: np.ndarray) -> torch.Tensor:
+        """E's input: x, then the domain's row of A when the method reads the taxonomy."""
+        parts = [np.asarray(x, np.float32)]
+        if _reads_taxonomy(self.cfg):
+            parts.append(self.A[np.asarray(domain)].astype(np.float32))
+        return torch.from_numpy(np.concatenate(parts, axis=1))
+
+    @torch.no_grad()
+    def predict(self, x: np.ndarray, domain: np.ndarray) -> np.ndarray:
+        return self.F(self.E(self.inputs(x, domain))).argmax(-1).numpy()
+
+
+def _reads_taxonomy(cfg: DAConfig) -> bool:
+    return cfg.method == "tsda" if cfg.taxonomy_input is None else cfg.taxonomy_input
+
+
+def check_domain_data(data: DomainData, labelled: np.ndarray) -> None:
+    """Raise naming the fix when A does not fit the domains or no labelled (source) point exists."""
+    check_taxonomy_matrix(data.A, len(data.leaves))
+    if len(data.is_source) != len(data.leaves):
+        raise ValueError(f"is_source has {len(data.is_source)} entries for {len(data.leaves)} domains: one per domain.")
+    if not data.is_source.any():
+        raise ValueError("No source domain: mark at least one domain as labelled (is_source[u] = True).")
+    if data.domain.min() < 0 or data.domain.max() >= len(data.leaves):
+        raise ValueError(f"Domain indices must lie in [0, {len(data.leaves)}): one index per leaf in `leaves`.")
+    if not labelled.any():
+        raise ValueError("The source domains hold no points: give each source domain some labelled points.")
+
+
+def train_da(data: DomainData, cfg: DAConfig, A: np.ndarray | None = None, labelled: np.ndarray | None = None) -> DAModel:
+    """Train one method on `data` (labels used only where `labelled`, by default the source domains'
+    points; every label for the oracle). `A` replaces data.A as the taxonomy E and T see (TSDA-flat)."""
+    if cfg.method not in METHODS:
+        raise ValueError(f"Unknown method {cfg.method!r}: choose from {METHODS}.")
+    n_dom = len(data.leaves)
+    labelled = data.is_source[data.domain] if labelled is None else np.asarray(labelled, bool)
+    check_domain_data(data, labelled)
+    A = check_taxonomy_matrix(data.A if A is None else A, n_dom)
+    if cfg.method == "oracle":
+        labelled = np.ones(len(data.y), bool)
+    d_in = data.x.shape[1] + (n_dom if _reads_taxonomy(cfg) else 0)
+    h = cfg.hidden
+    m = DAModel(cfg, A, E=_mlp([d_in, h, h, h], cfg.seed * 10), F=_mlp([h, h, 2], cfg.seed * 10 + 1))
+    adversarial = cfg.method in ("dann", "tsda")
+    if adversarial:
+        m.D = _mlp([h, h, n_dom], cfg.seed * 10 + 2)
+    if cfg.method == "tsda":
+        m.T = _mlp([h, h, 2], cfg.seed * 10 + 3)
+    opt = lambda *nets: torch.optim.Adam([p for n in nets for p in n.parameters()], lr=cfg.lr, betas=(0.5, 0.999))  # noqa: E731
+    opt_ef = opt(m.E, m.F)
+    opt_d = opt(m.D) if m.D is not None else None
+    opt_t = opt(m.T) if m.T is not None else None
+    x_all, y_all = m.inputs(data.x, data.domain), torch.from_numpy(data.y).long()
+    dom_all, A_t = torch.from_numpy(data.domain).long(), torch.from_numpy(A).float()
+    lab_idx, rng = np.flatnonzero(labelled), np.random.default_rng(cfg.seed)
+    for _ in range(cfg.steps):
+        lab = torch.from_numpy(rng.choice(lab_idx, cfg.batch_size))
+        anyb = torch.from_numpy(rng.integers(0, len(data.y), cfg.batch_size))
+        loss = nnf.cross_entropy(m.F(m.E(x_all[lab])), y_all[lab])
+        if adversarial:  # D and T step on detached encodings first, then E and F play against them
+            e, u = m.E(x_all[anyb]), dom_all[anyb]
+            opt_d.zero_grad()
+            nnf.cross_entropy(m.D(e.detach()), u).backward()
+            opt_d.step()
+            loss = loss - cfg.lambda_d * nnf.cross_entropy(m.D(e), u)
+            if m.T is not None:
+                opt_t.zero_grad()
+                taxonomist_loss(m.T(e.detach()), u, A_t).backward()
+                opt_t.step()
+                loss = loss + cfg.lambda_t * taxonomist_loss(m.T(e), u, A_t)
+        opt_ef.zero_grad()
+        loss.backward()
+        opt_ef.step()
+    return m
+
+
+def accuracy_by_domain(model: DAModel, data: DomainData) -> np.ndarray:
+    """Accuracy of `model` in each domain, shape (n_domains,)."""
+    correct = model.predict(data.x, data.domain) == data.y
+    return np.array([correct[data.domain == u].mean() for u in range(len(data.leaves))])
+
+
+def select_on_source(data: DomainData, configs: list[DAConfig], A: np.ndarray | None = None,
+                     val_fraction: float = 0.25) -> tuple[DAModel, list[tuple[float, float]]]:
+    """Train each config with `val_fraction` of the source points held out; keep the most accurate
+    on them, ties going to the lower cross-entropy. Target labels are never read (unsupervised DA).
+    Returns the chosen model and each config's (source-val accuracy, source-val cross-entropy)."""
+    if not configs:
+        raise ValueError("No configs to choose from: pass at least one DAConfig.")
+    src = np.flatnonzero(data.is_source[data.domain])
+    if len(src) < 2:
+        raise ValueError("No source domain with points to validate on: mark at least one domain as a source.")
+    val = np.random.default_rng(configs[0].seed + 7).choice(src, max(1, int(val_fraction * len(src))), replace=False)
+    labelled = data.is_source[data.domain].copy()
+    labelled[val] = False
+    models, scores = [], []
+    for cfg in configs:
+        m = train_da(data, cfg, A, labelled)
+        with torch.no_grad():
+            logits = m.F(m.E(m.inputs(data.x[val], data.domain[val])))
+        y = torch.from_numpy(data.y[val]).long()
+        models.append(m)
+        scores.append((float((logits.argmax(-1) == y).float().mean()), float(nnf.cross_entropy(logits, y))))
+    best = min(range(len(configs)), key=lambda k: (-scores[k][0], scores[k][1]))
+    return models[best], scores

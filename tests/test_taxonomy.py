@@ -64,3 +64,83 @@ def test_bad_taxonomies_name_the_fix():
 
 def test_binary_tree_keeps_order_and_balance():
     assert binary_tree(["a", "b", "c"]) == [["a", "b"], "c"]
+
+
+# --- the models (Part 1) ---------------------------------------------------------------------
+
+from ssae_kit.taxonomy import DAConfig, DomainData, accuracy_by_domain, flat_matrix, select_on_source, taxonomist_loss, train_da  # noqa: E402
+import torch  # noqa: E402
+
+
+def test_taxonomist_loss_on_a_hand_computed_case():
+    A = torch.tensor([[0, 0.5, 1], [0.5, 0, 1], [1, 1, 0]])
+    points = torch.tensor([[0.0, 0], [1, 0], [0, 2]])
+    # d01 = 1 vs 0.5 -> ((1 - .5) / .5)^2 = 1; d02 = 2 vs 1 -> 1; d12 = sqrt(5) vs 1 -> (sqrt(5) - 1)^2
+    expected = (1 + 1 + (5**0.5 - 1) ** 2) / 3
+    assert float(taxonomist_loss(points, torch.tensor([0, 1, 2]), A)) == pytest.approx(expected, rel=1e-6)
+    # a second domain-0 point at p0: its pair with p0 is skipped (same domain), its other pairs count
+    more = torch.cat([points, points[:1]])
+    expected = (1 + 1 + (5**0.5 - 1) ** 2 + 1 + 1) / 5
+    assert float(taxonomist_loss(more, torch.tensor([0, 1, 2, 0]), A)) == pytest.approx(expected, rel=1e-6)
+    # gradients stay finite although a point sits on top of another
+    more.requires_grad_(True)
+    taxonomist_loss(more, torch.tensor([0, 1, 2, 0]), A).backward()
+    assert torch.isfinite(more.grad).all()
+
+
+def _weights(model) -> list[torch.Tensor]:
+    return [p.detach().clone() for net in (model.E, model.F, model.D) for p in net.parameters()]
+
+
+def test_tsda_without_taxonomist_or_taxonomy_input_takes_exactly_dann_steps():
+    data = make_dt(seed=0)
+    dann = train_da(data, DAConfig("dann", seed=2, steps=60))
+    bare = train_da(data, DAConfig("tsda", lambda_t=0.0, taxonomy_input=False, seed=2, steps=60))
+    assert bare.T is not None  # the taxonomist is there and trained; it just has no weight in E's loss
+    assert all(torch.equal(a, b) for a, b in zip(_weights(dann), _weights(bare)))
+    tilted = train_da(data, DAConfig("tsda", lambda_t=1.0, taxonomy_input=False, seed=2, steps=60))
+    assert not all(torch.equal(a, b) for a, b in zip(_weights(dann), _weights(tilted)))  # lambda_t does act
+
+
+def test_training_is_deterministic_by_seed():
+    data = make_dt(seed=0)
+    a, b = (train_da(data, DAConfig("tsda", seed=5, steps=40)) for _ in range(2))
+    c = train_da(data, DAConfig("tsda", seed=6, steps=40))
+    assert all(torch.equal(x, y) for x, y in zip(_weights(a), _weights(b)))
+    assert not all(torch.equal(x, y) for x, y in zip(_weights(a), _weights(c)))
+
+
+def test_the_taxonomy_input_is_the_domain_row_of_the_given_matrix():
+    data = make_dt(seed=0)
+    flat = train_da(data, DAConfig("tsda", steps=1), A=flat_matrix(14))
+    x = flat.inputs(data.x[:3], np.array([0, 5, 13]))
+    assert x.shape == (3, 2 + 14) and torch.equal(x[:, 2:], torch.from_numpy(flat_matrix(14)[[0, 5, 13]]).float())
+    assert train_da(data, DAConfig("dann", steps=1)).inputs(data.x[:3], np.zeros(3, int)).shape == (3, 2)
+
+
+def test_oracle_learns_every_domain_and_source_only_fails_on_the_mirrored_half():
+    data, test = make_dt(seed=0), make_dt(seed=100)
+    oracle = accuracy_by_domain(train_da(data, DAConfig("oracle", steps=800)), test)
+    source_only = accuracy_by_domain(train_da(data, DAConfig("source_only", steps=800)), test)
+    assert oracle.mean() > 0.95
+    assert source_only[:3].mean() > 0.95 and source_only[test.theta > 0.75 * np.pi].mean() < 0.3  # labels flipped
+
+
+def test_model_selection_reads_source_labels_only():
+    data = make_dt(seed=0)
+    hidden = DomainData(data.x, np.where(data.is_source[data.domain], data.y, 1 - data.y), data.domain, data.theta,
+                        data.is_source, data.A, data.leaves)  # every target label flipped
+    configs = [DAConfig("dann", lambda_d=ld, steps=40) for ld in (0.3, 1.0)]
+    (m1, s1), (m2, s2) = select_on_source(data, configs), select_on_source(hidden, configs)
+    assert s1 == s2 and all(torch.equal(a, b) for a, b in zip(_weights(m1), _weights(m2)))
+
+
+def test_bad_domain_data_names_the_fix():
+    data = make_dt(seed=0)
+    no_source = DomainData(data.x, data.y, data.domain, data.theta, np.zeros(14, bool), data.A, data.leaves)
+    with pytest.raises(ValueError, match="No source domain"):
+        train_da(no_source, DAConfig("dann", steps=1))
+    with pytest.raises(ValueError, match="there are 14 domains"):
+        train_da(data, DAConfig("tsda", steps=1), A=flat_matrix(13))
+    with pytest.raises(ValueError, match="Unknown method 'coral'"):
+        train_da(data, DAConfig("coral", steps=1))
