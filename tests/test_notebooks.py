@@ -178,3 +178,15 @@ def test_bad_parameters_stop_notebook_02_early_naming_the_fix(case, tmp_path, ru
         papermill.execute_notebook(str(NOTEBOOKS_DIR / "02_train_ssae.ipynb"), str(tmp_path / "out.ipynb"),
                                    parameters=params, cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False)
     assert not (tmp_path / "02" / "acts").exists(), "work started before the inputs were checked"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_papermill_reads_every_parameter(path):
+    """`papermill --help-notebook` and its type checks see each parameter (a quote or '=' in a comment breaks them)."""
+    import ast
+
+    cell = nbformat.read(path, as_version=4).cells[0].source
+    assigned = [t.id for node in ast.parse(cell).body if isinstance(node, ast.Assign) for t in node.targets]
+    inspected = papermill.inspect_notebook(str(path))
+    assert list(inspected) == assigned
+    assert all(p["help"] for p in inspected.values()), "every parameter needs a comment saying what it is"
