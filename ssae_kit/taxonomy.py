@@ -16,6 +16,8 @@ lambda_t = 0 and no taxonomy input, which a test checks step for step.
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -300,3 +302,44 @@ def select_on_source(data: DomainData, configs: list[DAConfig], A: np.ndarray | 
         scores.append((float((logits.argmax(-1) == y).float().mean()), float(nnf.cross_entropy(logits, y))))
     best = min(range(len(configs)), key=lambda k: (-scores[k][0], scores[k][1]))
     return models[best], scores
+
+
+def compare_methods(data: DomainData, test: DomainData, seed: int, lambda_d_grid: tuple[float, ...] = (0.3, 1.0),
+                    lambda_t_grid: tuple[float, ...] = (0.3, 1.0), **cfg: object) -> dict[str, dict]:
+    """One seed of the benchmark: source-only, DANN (lambda_d from its grid), TSDA and TSDA-flat (lambda_d = 1,
+    lambda_t from its grid), all chosen on source validation, and the oracle; each scored per domain on `test`.
+    Returns {method: {"per_domain": accuracies, "target": mean over target domains, "chosen": {...}, "source_val": [...]}}."""
+    runs = {
+        "source-only": ([DAConfig("source_only", seed=seed, **cfg)], None),
+        "DANN": ([DAConfig("dann", lambda_d=ld, seed=seed, **cfg) for ld in lambda_d_grid], None),
+        "TSDA": ([DAConfig("tsda", lambda_t=lt, seed=seed, **cfg) for lt in lambda_t_grid], None),
+        "TSDA-flat": ([DAConfig("tsda", lambda_t=lt, seed=seed, **cfg) for lt in lambda_t_grid], flat_matrix(len(data.leaves))),
+        "oracle": ([DAConfig("oracle", seed=seed, **cfg)], None),
+    }
+    out = {}
+    for name, (configs, A) in runs.items():
+        model, scores = (train_da(data, configs[0]), []) if name == "oracle" else select_on_source(data, configs, A)
+        acc = accuracy_by_domain(model, test)
+        grid_key = {"DANN": "lambda_d", "TSDA": "lambda_t", "TSDA-flat": "lambda_t"}.get(name)
+        out[name] = dict(per_domain=acc.tolist(), target=float(acc[~test.is_source].mean()), source_val=scores,
+                         chosen={grid_key: getattr(model.cfg, grid_key)} if grid_key else {})
+    return out
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def compare_over_seeds(datasets: dict[int, tuple[DomainData, DomainData]], n_jobs: int = 1, **kw: object) -> dict[int, dict]:
+    """`compare_methods` for each {seed: (data, test)}, over `n_jobs` processes (one thread each;
+    the networks are tiny, so processes, not threads, are what scales). Same results for any n_jobs."""
+    if n_jobs <= 1:
+        threads = torch.get_num_threads()
+        _one_thread()  # as in the workers, so that results do not depend on n_jobs
+        try:
+            return {seed: compare_methods(d, t, seed, **kw) for seed, (d, t) in datasets.items()}
+        finally:
+            torch.set_num_threads(threads)
+    with ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) as pool:
+        futures = {seed: pool.submit(compare_methods, d, t, seed, **kw) for seed, (d, t) in datasets.items()}
+        return {seed: f.result() for seed, f in futures.items()}

@@ -144,3 +144,17 @@ def test_bad_domain_data_names_the_fix():
         train_da(data, DAConfig("tsda", steps=1), A=flat_matrix(13))
     with pytest.raises(ValueError, match="Unknown method 'coral'"):
         train_da(data, DAConfig("coral", steps=1))
+
+
+def test_compare_over_seeds_gives_the_same_results_in_one_or_two_processes():
+    from ssae_kit.taxonomy import compare_over_seeds
+
+    datasets = {s: (make_dt(6, n_per_class=20, n_sources=2, seed=s), make_dt(6, n_per_class=20, n_sources=2, seed=50 + s))
+                for s in (0, 1)}
+    kw = dict(lambda_d_grid=(1.0,), lambda_t_grid=(0.3, 1.0), steps=20)
+    serial, parallel = compare_over_seeds(datasets, n_jobs=1, **kw), compare_over_seeds(datasets, n_jobs=2, **kw)
+    assert serial == parallel
+    r = serial[0]
+    assert set(r) == {"source-only", "DANN", "TSDA", "TSDA-flat", "oracle"} and len(r["TSDA"]["source_val"]) == 2
+    assert r["TSDA"]["chosen"]["lambda_t"] in (0.3, 1.0) and r["oracle"]["chosen"] == {}
+    assert r["DANN"]["target"] == pytest.approx(np.mean(r["DANN"]["per_domain"][2:]))
