@@ -14,7 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.figure import Figure
+
+from .taxonomy import leaf_depths, parse_taxonomy
 
 
 def save_figure(fig: Figure, run_dir: str | Path, name: str) -> Path:
@@ -300,3 +303,87 @@ def feature_browser(saes: dict, activations: dict, model, tokenizer, latent: int
     search.observe(on_search, names="value")
     show()
     return _Browser([widgets.HBox([pick, number, search]), found, view])
+
+
+def plot_domains(x: np.ndarray, y: np.ndarray, domain: np.ndarray, theta: np.ndarray, is_source: np.ndarray,
+                 title: str = "") -> Figure:
+    """The DT data drawn by leaf: colour = the leaf's angle, marker = class, sources outlined in black."""
+    fig = Figure(figsize=(6, 5.5))
+    ax = fig.subplots()
+    colours = theta[domain] / max(float(theta.max()), 1e-9)
+    for label, marker in ((0, "o"), (1, "^")):
+        m = y == label
+        ax.scatter(x[m, 0], x[m, 1], c=colours[m], cmap="viridis", vmin=0, vmax=1, marker=marker, s=10, alpha=0.6,
+                   label=f"class {label}")
+    src = is_source[domain]
+    ax.scatter(x[src, 0], x[src, 1], facecolors="none", edgecolors="black", s=14, linewidths=0.4, label="source (labelled)")
+    ax.set_xlabel("x1")
+    ax.set_ylabel("x2")
+    ax.set_aspect("equal")
+    ax.set_title(title or "domains by angle (colour), classes by marker")
+    ax.legend(loc="lower left", fontsize=8)
+    return fig
+
+
+def plot_tree_values(tree, leaves: list[str], values: dict[str, np.ndarray], title: str, marked: np.ndarray | None = None,
+                     label: str = "accuracy") -> Figure:
+    """One dendrogram per row of `values` ({name: one value in [0, 1] per leaf, in `leaves` order}), each
+    leaf a coloured square with its value; `marked` leaves (e.g. sources) get a black frame."""
+    paths = leaf_depths(parse_taxonomy(tree))
+    xpos = {leaf: i for i, leaf in enumerate(leaves)}
+    depth = max(len(p) for p in paths.values())
+    fig = Figure(figsize=(max(6, 0.45 * len(leaves)), 1.9 * len(values)))
+    axes = np.atleast_1d(fig.subplots(len(values), 1))
+    for ax, (name, vals) in zip(axes, values.items()):
+        _draw_dendrogram(ax, paths, xpos, depth)
+        sc = ax.scatter(range(len(leaves)), np.zeros(len(leaves)), c=vals, cmap="RdYlGn", vmin=0, vmax=1, marker="s", s=150,
+                        edgecolors=["black" if marked is not None and marked[i] else "none" for i in range(len(leaves))])
+        for i, v in enumerate(vals):
+            ax.annotate(f"{100 * v:.0f}", (i, 0), ha="center", va="center", fontsize=6)
+        ax.set_ylabel(name, rotation=0, ha="right", va="center")
+        ax.set_yticks([])
+        ax.set_xticks([])
+        ax.set_ylim(-0.6, depth)
+        for side in ("top", "right", "left", "bottom"):
+            ax.spines[side].set_visible(False)
+    axes[-1].set_xticks(range(len(leaves)), leaves, rotation=90, fontsize=7)
+    fig.colorbar(sc, ax=list(axes), shrink=0.6, label=label)
+    fig.suptitle(title)
+    return fig
+
+
+def _draw_dendrogram(ax, paths: dict[str, list[str]], xpos: dict[str, int], depth: int) -> None:
+    """Inner node at path prefix length L drawn at height depth - L, over the mean x of its children."""
+    def node(prefix: tuple) -> float:
+        members = [leaf for leaf, path in paths.items() if tuple(path[: len(prefix)]) == prefix]
+        if len(members) == 1 and len(paths[members[0]]) == len(prefix):
+            return xpos[members[0]]
+        children = sorted({tuple(paths[m][: len(prefix) + 1]) for m in members}, key=lambda c: min(
+            xpos[m] for m in members if tuple(paths[m][: len(c)]) == c))
+        xs = [node(c) for c in children]
+        height = depth - len(prefix)
+        ax.plot([min(xs), max(xs)], [height, height], color="0.4", lw=1)
+        for c, xv in zip(children, xs):
+            leaf = len(c) == len(paths[[m for m in members if tuple(paths[m][: len(c)]) == c][0]])
+            ax.plot([xv, xv], [0.35 if leaf else depth - len(c), height], color="0.4", lw=1)
+        return float(np.mean(xs))
+
+    node(())
+
+
+def plot_leaf_map(points: np.ndarray, leaves: list[str], groups: list[str], title: str) -> Figure:
+    """Leaf centroids in 2-d (e.g. a taxonomist's points), labelled, coloured by their subtree."""
+    fig = Figure(figsize=(7, 6))
+    ax = fig.subplots()
+    names = list(dict.fromkeys(groups))
+    cmap = colormaps["tab10"]
+    for k, g in enumerate(names):
+        m = np.array([gg == g for gg in groups])
+        ax.scatter(points[m, 0], points[m, 1], color=cmap(k % 10), label=g, s=40)
+    for (px, py), leaf in zip(points, leaves):
+        ax.annotate(leaf, (px, py), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("taxonomist axis 1")
+    ax.set_ylabel("taxonomist axis 2")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig

@@ -103,9 +103,44 @@ def _check_05_debias(m: dict, params: dict) -> None:
     assert (Path(params["run_dir"]) / "debias_accuracies.png").exists()
 
 
+def _verdict(diffs: list[float]) -> str:
+    import numpy as np
+
+    mean, se = np.mean(diffs), np.std(diffs, ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else np.inf
+    return "better" if mean > 2 * se else "worse" if mean < -2 * se else "no clear difference"
+
+
+def _check_06_taxonomy(m: dict, params: dict) -> None:
+    p1, p2, n_leaves = m["part1"], m["part2"], params["n_leaves"]
+    methods = {"source-only", "DANN", "TSDA", "TSDA-flat", "oracle"}
+    assert set(p1["table"]) == methods and len(p1["per_seed"]) == len(params["seeds"])
+    for seed, res in p1["per_seed"].items():
+        for method, r in res.items():
+            assert len(r["per_domain"]) == n_leaves and all(0 <= a <= 1 for a in r["per_domain"]), (seed, method)
+            assert r["target"] == pytest.approx(sum(r["per_domain"][params["n_sources"]:]) / (n_leaves - params["n_sources"]))
+    per_seed = list(p1["per_seed"].values())
+    assert p1["flat_gap"] == pytest.approx([abs(r["TSDA-flat"]["target"] - r["DANN"]["target"]) for r in per_seed])
+    assert p1["tsda_minus_dann"] == pytest.approx([r["TSDA"]["target"] - r["DANN"]["target"] for r in per_seed])
+    assert p1["tsda_vs_dann"] == _verdict(p1["tsda_minus_dann"])  # the conclusion reads the numbers
+    assert p1["table"]["oracle"][0] > p1["table"]["source-only"][0]  # target labels help on mirrored domains
+    probe = p2["probe"]
+    assert set(probe) == {"residual", "GSAE", "SSAE-05 (professor, nurse)", f"SSAE ({params.get('ssae_subtree', 'health')})"}
+    for name, cells in probe.items():
+        assert cells["flat"]["rho"] is None and {"taxonomy", "shuffled"} <= set(cells), name
+        for target, c in cells.items():
+            assert 0 <= c["stress"][0] <= 1 and (c["rho"] is None or -1 <= c["rho"][0] <= 1), (name, target)
+    # the residual stream keeps the profession tree beyond what the probe fits to a shuffled one
+    assert probe["residual"]["taxonomy"]["rho"][0] > probe["residual"]["shuffled"]["rho"][0] + 0.2
+    for target, diffs in p2["ssae_minus_gsae_rho"].items():
+        assert len(diffs) == len(params["probe_seeds"]) and p2["ssae_vs_gsae"][target] == _verdict(diffs)
+    for fig in ("dt_data", "dt_per_leaf", "taxonomy_probe", "taxonomist_map"):
+        assert (Path(params["run_dir"]) / f"{fig}.png").exists(), fig
+
+
 CHECKS = {"00_quickstart": _check_00_quickstart, "01_retrieval": _check_01_retrieval,
           "02_train_ssae": _check_02_train_ssae, "03_term_vs_erm": _check_03_term_vs_erm,
-          "04_visualise": _check_04_visualise, "05_debias_bias_in_bios": _check_05_debias}
+          "04_visualise": _check_04_visualise, "05_debias_bias_in_bios": _check_05_debias,
+          "06_taxonomy_domain_adaptation": _check_06_taxonomy}
 
 
 def test_notebooks_exist_and_each_has_smoke_parameters_and_checks():
@@ -124,7 +159,8 @@ def test_notebook_is_committed_stripped_with_a_parameters_cell(path):
 
 
 REQUIRES: dict[str, list[str]] = {"02_train_ssae": ["01_retrieval"], "03_term_vs_erm": ["02_train_ssae"],
-                                  "04_visualise": ["03_term_vs_erm"]}
+                                  "04_visualise": ["03_term_vs_erm"],
+                                  "06_taxonomy_domain_adaptation": ["05_debias_bias_in_bios"]}
 
 
 @pytest.fixture(scope="session")
@@ -190,3 +226,18 @@ def test_papermill_reads_every_parameter(path):
     inspected = papermill.inspect_notebook(str(path))
     assert list(inspected) == assigned
     assert all(p["help"] for p in inspected.values()), "every parameter needs a comment saying what it is"
+
+
+@pytest.mark.parametrize("case", ["unknown subtree", "leaf without bios", "notebook 05 not run"])
+def test_bad_parameters_stop_notebook_06_early_naming_the_fix(case, tmp_path):
+    params = {**SMOKE["06_taxonomy_domain_adaptation"], "run_dir": str(tmp_path / "06"), **{
+        "unknown subtree": dict(ssae_subtree="law"),
+        "leaf without bios": dict(taxonomy={"root": [{"health": ["nurse", "surgeon"]}, {"space": ["astronaut"]}]}),
+        "notebook 05 not run": dict(debias_dir=str(tmp_path / "nothing_here")),
+    }[case]}
+    expected = {"unknown subtree": "ssae_subtree='law' is not a subtree.*choose from", "leaf without bios":
+                r"Leaves \['astronaut'\] have no synthetic bios", "notebook 05 not run": "run notebook 05 first"}[case]
+    with pytest.raises(papermill.PapermillExecutionError, match=expected):
+        papermill.execute_notebook(str(NOTEBOOKS_DIR / "06_taxonomy_domain_adaptation.ipynb"), str(tmp_path / "out.ipynb"),
+                                   parameters=params, cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False)
+    assert not (tmp_path / "06").exists(), "work started before the inputs were checked"
