@@ -213,8 +213,8 @@ def _reads_taxonomy(cfg: DAConfig) -> bool:
     return cfg.method == "tsda" if cfg.taxonomy_input is None else cfg.taxonomy_input
 
 
-def check_domain_data(data: DomainData, labelled: np.ndarray) -> None:
-    """Raise naming the fix when A does not fit the domains or no labelled (source) point exists."""
+def check_domain_data(data: DomainData) -> None:
+    """Raise naming the fix when A or the domain indices do not fit the leaves, or no source domain exists."""
     check_taxonomy_matrix(data.A, len(data.leaves))
     if len(data.is_source) != len(data.leaves):
         raise ValueError(f"is_source has {len(data.is_source)} entries for {len(data.leaves)} domains: one per domain.")
@@ -222,8 +222,6 @@ def check_domain_data(data: DomainData, labelled: np.ndarray) -> None:
         raise ValueError("No source domain: mark at least one domain as labelled (is_source[u] = True).")
     if data.domain.min() < 0 or data.domain.max() >= len(data.leaves):
         raise ValueError(f"Domain indices must lie in [0, {len(data.leaves)}): one index per leaf in `leaves`.")
-    if not labelled.any():
-        raise ValueError("The source domains hold no points: give each source domain some labelled points.")
 
 
 def train_da(data: DomainData, cfg: DAConfig, A: np.ndarray | None = None, labelled: np.ndarray | None = None) -> DAModel:
@@ -232,8 +230,10 @@ def train_da(data: DomainData, cfg: DAConfig, A: np.ndarray | None = None, label
     if cfg.method not in METHODS:
         raise ValueError(f"Unknown method {cfg.method!r}: choose from {METHODS}.")
     n_dom = len(data.leaves)
+    check_domain_data(data)
     labelled = data.is_source[data.domain] if labelled is None else np.asarray(labelled, bool)
-    check_domain_data(data, labelled)
+    if not labelled.any():
+        raise ValueError("No labelled point: give the source domains some points (or pass a non-empty `labelled`).")
     A = check_taxonomy_matrix(data.A if A is None else A, n_dom)
     if cfg.method == "oracle":
         labelled = np.ones(len(data.y), bool)

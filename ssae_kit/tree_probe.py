@@ -98,7 +98,7 @@ def _components(features: np.ndarray, fit: np.ndarray, k: int) -> np.ndarray:
     mean = features[fit].mean(0)
     _, _, vt = np.linalg.svd(features[fit] - mean, full_matrices=False)
     z = (features - mean) @ vt[:k].T
-    return z / (z[fit].std(0) + 1e-9)
+    return z / (z[fit].std() + 1e-9)  # one scale for all: whitening would blow small, noisy components up
 
 
 def taxonomist_map(features: np.ndarray, leaf_names: list[str], taxonomy: Tree | list[tuple[str, str]],

@@ -241,3 +241,21 @@ def test_bad_parameters_stop_notebook_06_early_naming_the_fix(case, tmp_path):
         papermill.execute_notebook(str(NOTEBOOKS_DIR / "06_taxonomy_domain_adaptation.ipynb"), str(tmp_path / "out.ipynb"),
                                    parameters=params, cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False)
     assert not (tmp_path / "06").exists(), "work started before the inputs were checked"
+
+
+def test_notebook_06_probes_user_features_against_a_user_taxonomy(tmp_path):
+    """Own features (.npz) and own tree (a nested dict: papermill passes JSON, so no tuples): no model, no SAE."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    centres = {"a1": 0.0, "a2": 1.0, "b1": 6.0, "b2": 7.0}
+    leaves = [leaf for leaf in centres for _ in range(8)]
+    features = np.array([[centres[leaf]] * 3 for leaf in leaves]) + 0.1 * rng.standard_normal((len(leaves), 3))
+    np.savez(tmp_path / "mine.npz", features=features, leaves=np.array(leaves))
+    params = {**SMOKE["06_taxonomy_domain_adaptation"], "run_dir": str(tmp_path / "06"), "features_file": str(tmp_path / "mine.npz"),
+              "taxonomy": {"root": [{"a": ["a1", "a2"]}, {"b": ["b1", "b2"]}]}, "debias_dir": str(tmp_path / "no_05_needed")}
+    papermill.execute_notebook(str(NOTEBOOKS_DIR / "06_taxonomy_domain_adaptation.ipynb"), str(tmp_path / "out.ipynb"),
+                               parameters=params, cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False)
+    m = json.loads((tmp_path / "06" / "metrics.json").read_text())["part2"]
+    assert list(m["probe"]) == ["features"] and m["n_texts"] == len(leaves) and m["ssae_minus_gsae_rho"] == {}
+    assert m["probe"]["features"]["taxonomy"]["rho"][0] > 0.5  # a1-a2 and b1-b2 close, a-b far: found

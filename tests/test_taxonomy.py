@@ -158,3 +158,13 @@ def test_compare_over_seeds_gives_the_same_results_in_one_or_two_processes():
     assert set(r) == {"source-only", "DANN", "TSDA", "TSDA-flat", "oracle"} and len(r["TSDA"]["source_val"]) == 2
     assert r["TSDA"]["chosen"]["lambda_t"] in (0.3, 1.0) and r["oracle"]["chosen"] == {}
     assert r["DANN"]["target"] == pytest.approx(np.mean(r["DANN"]["per_domain"][2:]))
+
+
+def test_user_domain_data_with_bad_indices_or_no_labelled_point_names_the_fix():
+    data = make_dt(6, n_sources=2, seed=0)
+    stray = DomainData(data.x, data.y, np.where(data.domain == 5, 6, data.domain), data.theta, data.is_source, data.A,
+                       data.leaves)
+    with pytest.raises(ValueError, match=r"Domain indices must lie in \[0, 6\)"):
+        train_da(stray, DAConfig("dann", steps=1))
+    with pytest.raises(ValueError, match="No labelled point"):
+        train_da(data, DAConfig("dann", steps=1), labelled=np.zeros(len(data.y), bool))
