@@ -101,14 +101,19 @@ def _components(features: np.ndarray, fit: np.ndarray, k: int) -> np.ndarray:
     return z / (z[fit].std() + 1e-9)  # one scale for all: whitening would blow small, noisy components up
 
 
+def _leaf_means(z: np.ndarray, leaf: np.ndarray, rows: np.ndarray, n_leaves: int) -> np.ndarray:
+    """(n_leaves, k) mean of z over each leaf's texts among `rows` (a boolean mask)."""
+    return np.stack([z[rows & (leaf == u)].mean(0) for u in range(n_leaves)])
+
+
 def taxonomist_map(features: np.ndarray, leaf_names: list[str], taxonomy: Tree | list[tuple[str, str]],
                    cfg: ProbeConfig = ProbeConfig()) -> tuple[list[str], np.ndarray]:
     """(leaves, their 2-d points) from a taxonomist fit on all texts: a picture, not a score."""
     tree = parse_taxonomy(taxonomy)
     leaves, A = taxonomy_matrix(tree, [name for name in leaf_depths(tree) if name in set(leaf_names)])
-    z = _components(np.asarray(features, dtype=np.float64), np.ones(len(leaf_names), bool), cfg.n_components)
-    names = np.array(leaf_names)
-    centroids = np.stack([z[names == leaf].mean(0) for leaf in leaves])
+    every = np.ones(len(leaf_names), bool)
+    z = _components(np.asarray(features, dtype=np.float64), every, cfg.n_components)
+    centroids = _leaf_means(z, np.array([leaves.index(name) for name in leaf_names]), every, len(leaves))
     T = fit_taxonomist(centroids, A, cfg.dim, cfg.steps, cfg.lr)
     with torch.no_grad():
         return leaves, T(torch.as_tensor(centroids, dtype=torch.float32)).numpy()
@@ -131,10 +136,9 @@ def probe_once(features: np.ndarray, leaf: np.ndarray, A: np.ndarray, target: np
     n = len(A)
     fit, score = _halves(leaf, n, seed)
     z = _components(features, fit, cfg.n_components)
-    leaf_means = lambda part: np.stack([z[part & (leaf == u)].mean(0) for u in range(n)])  # noqa: E731
-    T = fit_taxonomist(leaf_means(fit), target, cfg.dim, cfg.steps, cfg.lr, seed)
+    T = fit_taxonomist(_leaf_means(z, leaf, fit, n), target, cfg.dim, cfg.steps, cfg.lr, seed)
     with torch.no_grad():
-        points = T(torch.as_tensor(leaf_means(score), dtype=torch.float32)).numpy()
+        points = T(torch.as_tensor(_leaf_means(z, leaf, score, n), dtype=torch.float32)).numpy()
     D = np.linalg.norm(points[:, None] - points[None], axis=-1)
     i, j = np.triu_indices(n, k=1)
     return dict(rho=spearman(D[i, j], target[i, j]), stress=stress(D[i, j], target[i, j]),
@@ -150,9 +154,9 @@ def probe_taxonomy(features: np.ndarray, leaf_names: list[str], taxonomy: Tree |
     if features.ndim != 2 or len(features) != len(leaf_names):
         raise ValueError(f"features has shape {features.shape} for {len(leaf_names)} texts: give one row per text.")
     tree = parse_taxonomy(taxonomy)
-    present = set(leaf_names)
-    leaves, A = taxonomy_matrix(tree, [name for name in leaf_depths(tree) if name in present] + sorted(
-        present - set(leaf_depths(tree))))  # unknown names go last, where taxonomy_matrix names them
+    order, present = list(leaf_depths(tree)), set(leaf_names)
+    # the tree's order; unknown names go last, where taxonomy_matrix names them in its error
+    leaves, A = taxonomy_matrix(tree, [name for name in order if name in present] + sorted(present - set(order)))
     index = {name: u for u, name in enumerate(leaves)}
     leaf = np.array([index[name] for name in leaf_names])
     few = [name for name in leaves if (leaf == index[name]).sum() < 2]
