@@ -205,8 +205,12 @@ class DAModel:
         return torch.from_numpy(np.concatenate(parts, axis=1))
 
     @torch.no_grad()
+    def logits(self, x: np.ndarray, domain: np.ndarray) -> torch.Tensor:
+        """F's class logits for points `x` of domains `domain`."""
+        return self.F(self.E(self.inputs(x, domain)))
+
     def predict(self, x: np.ndarray, domain: np.ndarray) -> np.ndarray:
-        return self.F(self.E(self.inputs(x, domain))).argmax(-1).numpy()
+        return self.logits(x, domain).argmax(-1).numpy()
 
 
 def _reads_taxonomy(cfg: DAConfig) -> bool:
@@ -295,9 +299,7 @@ def select_on_source(data: DomainData, configs: list[DAConfig], A: np.ndarray | 
     models, scores = [], []
     for cfg in configs:
         m = train_da(data, cfg, A, labelled)
-        with torch.no_grad():
-            logits = m.F(m.E(m.inputs(data.x[val], data.domain[val])))
-        y = torch.from_numpy(data.y[val]).long()
+        logits, y = m.logits(data.x[val], data.domain[val]), torch.from_numpy(data.y[val]).long()
         models.append(m)
         scores.append((float((logits.argmax(-1) == y).float().mean()), float(nnf.cross_entropy(logits, y))))
     best = min(range(len(configs)), key=lambda k: (-scores[k][0], scores[k][1]))
