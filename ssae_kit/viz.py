@@ -354,18 +354,22 @@ def plot_tree_values(tree, leaves: list[str], values: dict[str, np.ndarray], tit
 
 def _draw_dendrogram(ax, paths: dict[str, list[str]], xpos: dict[str, int], depth: int) -> None:
     """Inner node at path prefix length L drawn at height depth - L, over the mean x of its children."""
+    is_leaf = lambda prefix: bool(prefix) and paths.get(prefix[-1]) == list(prefix)  # noqa: E731
+
     def node(prefix: tuple) -> float:
-        members = [leaf for leaf, path in paths.items() if tuple(path[: len(prefix)]) == prefix]
-        if len(members) == 1 and len(paths[members[0]]) == len(prefix):
-            return xpos[members[0]]
-        children = sorted({tuple(paths[m][: len(prefix) + 1]) for m in members}, key=lambda c: min(
-            xpos[m] for m in members if tuple(paths[m][: len(c)]) == c))
-        xs = [node(c) for c in children]
+        if is_leaf(prefix):
+            return xpos[prefix[-1]]
+        children = {}  # child prefix -> its leftmost leaf position, to draw children left to right
+        for leaf, path in paths.items():
+            if tuple(path[: len(prefix)]) == prefix:
+                child = tuple(path[: len(prefix) + 1])
+                children[child] = min(children.get(child, xpos[leaf]), xpos[leaf])
+        ordered = sorted(children, key=children.get)
+        xs = [node(c) for c in ordered]
         height = depth - len(prefix)
         ax.plot([min(xs), max(xs)], [height, height], color="0.4", lw=1)
-        for c, xv in zip(children, xs):
-            leaf = len(c) == len(paths[[m for m in members if tuple(paths[m][: len(c)]) == c][0]])
-            ax.plot([xv, xv], [0.35 if leaf else depth - len(c), height], color="0.4", lw=1)
+        for c, xv in zip(ordered, xs):
+            ax.plot([xv, xv], [0.35 if is_leaf(c) else depth - len(c), height], color="0.4", lw=1)
         return float(np.mean(xs))
 
     node(())
