@@ -228,15 +228,18 @@ def test_papermill_reads_every_parameter(path):
     assert all(p["help"] for p in inspected.values()), "every parameter needs a comment saying what it is"
 
 
-@pytest.mark.parametrize("case", ["unknown subtree", "leaf without bios", "notebook 05 not run"])
-def test_bad_parameters_stop_notebook_06_early_naming_the_fix(case, tmp_path):
+@pytest.mark.parametrize("case", ["unknown subtree", "leaf without bios", "notebook 05 not run", "SAE of another layer"])
+def test_bad_parameters_stop_notebook_06_early_naming_the_fix(case, tmp_path, run_notebook):
+    _, debias = run_notebook("05_debias_bias_in_bios")
     params = {**SMOKE["06_taxonomy_domain_adaptation"], "run_dir": str(tmp_path / "06"), **{
         "unknown subtree": dict(ssae_subtree="law"),
         "leaf without bios": dict(taxonomy={"root": [{"health": ["nurse", "surgeon"]}, {"space": ["astronaut"]}]}),
         "notebook 05 not run": dict(debias_dir=str(tmp_path / "nothing_here")),
+        "SAE of another layer": dict(debias_dir=debias["run_dir"], saes={"other": _bad_gsae(tmp_path, 576, 3)}),
     }[case]}
     expected = {"unknown subtree": "ssae_subtree='law' is not a subtree.*choose from", "leaf without bios":
-                r"Leaves \['astronaut'\] have no synthetic bios", "notebook 05 not run": "run notebook 05 first"}[case]
+                r"Leaves \['astronaut'\] have no synthetic bios", "notebook 05 not run": "run notebook 05 first",
+                "SAE of another layer": r"SAEs \{'other': 3\} read other layers than layer = 6"}[case]
     with pytest.raises(papermill.PapermillExecutionError, match=expected):
         papermill.execute_notebook(str(NOTEBOOKS_DIR / "06_taxonomy_domain_adaptation.ipynb"), str(tmp_path / "out.ipynb"),
                                    parameters=params, cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False)
