@@ -15,7 +15,7 @@ export JUPYTER_RUNTIME_DIR := $(CACHE)/jupyter/runtime
 export IPYTHONDIR := $(CACHE)/ipython
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test clean
+.PHONY: demo test gsae clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python notebooks/run_all.py --out runs/demo
+
+# Rebuild the shipped GSAE (data/saes/smollm2-135m-l6) in the background; re-running resumes it.
+gsae: $(STAMP)
+	mkdir -p runs/gsae
+	nohup $(BIN)/python data/saes/build_gsae.py >> runs/gsae/build.log 2>&1 &
+	@echo "Building the GSAE in the background (about 80 minutes on 2 cores). Follow it: tail -f runs/gsae/build.log"
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest

@@ -18,6 +18,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 BBC_TOPICS = ("business", "entertainment", "politics", "sport", "tech")
+SPLITS_DIR = Path(__file__).resolve().parents[1] / "data" / "splits"
+"""Committed held-out splits, `<corpus name>.json`: document sources no SAE of the kit trains on."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,34 @@ def load_corpus(
     if not docs:
         raise ValueError(f"Corpus {name_or_path!r} has no documents: check the file or the split.")
     return docs
+
+
+def heldout_split(docs: list[Document], name: str = "bbc-news") -> tuple[list[Document], list[Document]]:
+    """(train, heldout) by the committed list `data/splits/<name>.json` of held-out document sources.
+
+    Every evaluation in the kit reads `heldout` (in the committed, topic-mixed order) and no SAE
+    trains on it, so numbers from different notebooks and sessions score the same text. `train`
+    leaves out held-out documents and any document with the same text as one (BBC has
+    duplicates), and keeps one copy of texts it holds twice.
+    """
+    path = SPLITS_DIR / f"{name}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"No held-out split {path}: the kit ships one for 'bbc-news' (run from a clone of "
+                                "the repository, whose data/ folder holds it).")
+    order = json.loads(path.read_text())["heldout"]
+    by_source = {d.source: d for d in docs}
+    missing = [s for s in order if s not in by_source]
+    if missing:
+        raise ValueError(f"{len(missing)} held-out documents of {path.name} are not in the corpus (e.g. {missing[0]!r}): "
+                         f"pass the full {name!r} corpus, not a subset.")
+    heldout = [by_source[s] for s in order]
+    seen = {d.text for d in heldout}
+    train = []
+    for d in docs:
+        if d.text not in seen:
+            seen.add(d.text)
+            train.append(d)
+    return train, heldout
 
 
 def _bbc_news() -> list[Document]:

@@ -13,24 +13,35 @@ Definitions (PAPER §3; one code path for training logs and evals):
 - A token type "has a feature" when it is the top token of some latent: the token on which that
   latent reaches its largest activation in the evaluation data.
 - Token-activation entropy: entropy of p_j = f_j / sum_j f_j over the latents active on a token.
-Everything streams batch by batch: only per-token scalars and per-latent counters are kept.
+- Massive-norm tokens (one rule with `cache_activations`): a content token whose residual norm
+  exceeds `max_norm_multiple` x its batch's median is never trained on, so `evaluate` leaves it
+  clean in the spliced pass and out of every reconstruction average (as SAEBench does);
+  `n_outliers` counts them. It still counts as a CE target.
+- Differences between two SAEs (`compare`) carry a 95% bootstrap interval over documents,
+  paired (both SAEs scored on the same documents), from `scipy.stats.bootstrap`.
+- Health: `health_warnings` flags dead fraction > 50%, EV < 0, and spliced CE at or above
+  zero-ablation CE; `evaluate` warns and records them under `health_warnings`.
+Everything streams batch by batch: only per-token scalars, per-document sums and per-latent
+counters are kept.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import stats
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .activations import ActivationStore
 from .corpora import Document, content_mask, corpus_checksum, tokenize_contexts
-from .models import check_layer, forward_to_layer, splice
+from .models import check_layer, d_model, forward_to_layer, splice
 from .sae import SAE
 
 
@@ -47,12 +58,17 @@ class EvalResult:
     feature_counts: np.ndarray  # (d_sae,) tokens on which each latent fired
     feature_max: np.ndarray  # (d_sae,) largest activation of each latent
     feature_top_token: np.ndarray  # (d_sae,) token id where that maximum occurred; -1 if dead
+    doc_stats: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per evaluated document (same order in every `evaluate` of the same docs): `doc` (its index
+    in docs), `n_tokens`, `sq_err` and `sq_dev` (sums of ||x - x_hat||^2 and ||x - mean||^2,
+    normalised units), `n_targets`, `ce_sae` and `ce_clean` (summed CE; clean is NaN when a
+    baseline was reused). Empty for `evaluate_store`."""
 
 
 class _Accumulator:
     """Streams batches of raw activations through the SAE and keeps only the statistics."""
 
-    def __init__(self, sae: SAE):
+    def __init__(self, sae: SAE, n_docs: int = 0):
         self.sae = sae
         d_sae, d_in = sae.cfg.d_sae, sae.cfg.d_in
         self.n = 0
@@ -63,10 +79,15 @@ class _Accumulator:
         self.f_max = torch.zeros(d_sae)
         self.f_top = torch.full((d_sae,), -1, dtype=torch.long)
         self.per_token: dict[str, list[torch.Tensor]] = {k: [] for k in ("ids", "mse", "l0", "max", "entropy")}
+        self.n_docs = n_docs
+        self.doc_n = torch.zeros(n_docs, dtype=torch.float64)
+        self.doc_sum_x = torch.zeros(n_docs, d_in, dtype=torch.float64)
+        self.doc_sq = torch.zeros(n_docs, dtype=torch.float64)
+        self.doc_err = torch.zeros(n_docs, dtype=torch.float64)
 
     @torch.no_grad()
-    def add(self, x: torch.Tensor, token_ids: torch.Tensor) -> None:
-        """x: (n, d_in) raw activations; token_ids: (n,)."""
+    def add(self, x: torch.Tensor, token_ids: torch.Tensor, doc_ids: torch.Tensor | None = None) -> None:
+        """x: (n, d_in) raw activations; token_ids, doc_ids: (n,)."""
         out = self.sae(x)
         f = out.feature_acts.float().cpu()
         x_n = (x * self.sae.cfg.norm_scale).double().cpu()
@@ -85,6 +106,12 @@ class _Accumulator:
         for key, value in (("ids", token_ids.cpu()), ("mse", out.mse.float().cpu()), ("l0", active.sum(1)),
                            ("max", f.max(1).values), ("entropy", entropy)):
             self.per_token[key].append(value)
+        if doc_ids is not None:
+            d = doc_ids.cpu().long()
+            self.doc_n.index_add_(0, d, torch.ones(len(d), dtype=torch.float64))
+            self.doc_sum_x.index_add_(0, d, x_n)
+            self.doc_sq.index_add_(0, d, x_n.pow(2).sum(1))
+            self.doc_err.index_add_(0, d, out.mse.double().cpu())
 
     def result(self, dense_threshold: float) -> EvalResult:
         if self.n == 0:
@@ -99,14 +126,28 @@ class _Accumulator:
             dense_fraction=float((density > dense_threshold).double().mean()),
             mean_token_entropy=float(cat["entropy"].mean()), mean_max_activation=float(cat["max"].mean()),
         )
+        # sum over a document's tokens of ||x - mean||^2, the mean taken over all evaluated tokens
+        sq_dev = self.doc_sq - 2 * self.doc_sum_x @ mean + self.doc_n * float(mean.pow(2).sum())
+        doc_stats = dict(n_tokens=self.doc_n.numpy(), sq_err=self.doc_err.numpy(), sq_dev=sq_dev.numpy())
         return EvalResult(metrics, cat["ids"], cat["mse"], cat["l0"], cat["max"], cat["entropy"],
-                          self.counts.numpy(), self.f_max.numpy(), self.f_top.numpy())
+                          self.counts.numpy(), self.f_max.numpy(), self.f_top.numpy(), doc_stats)
+
+
+def check_sae_reads(sae: SAE, model_name: str, layer: int, d_in: int) -> None:
+    """Raise unless `sae` reads activations of this model, layer and width (unknown fields pass)."""
+    if sae.cfg.d_in != d_in:
+        raise ValueError(f"The SAE reads d_in={sae.cfg.d_in} but these activations have d_model={d_in}: "
+                         "use an SAE of this model.")
+    if sae.cfg.layer not in (-1, layer):
+        raise ValueError(f"The SAE was trained on layer {sae.cfg.layer}, not {layer}: pass layer={sae.cfg.layer}.")
+    if sae.cfg.model_name and model_name and sae.cfg.model_name != model_name:
+        raise ValueError(f"The SAE was trained on model {sae.cfg.model_name!r}, not {model_name!r}: "
+                         "use an SAE of this model, or load the SAE's model.")
 
 
 def evaluate_store(sae: SAE, store: ActivationStore, batch_size: int = 4096, dense_threshold: float = 0.1) -> EvalResult:
     """Reconstruction, sparsity and tail metrics on a cached store (no model needed, no CE)."""
-    if sae.cfg.d_in != store.d_model:
-        raise ValueError(f"The SAE reads d_in={sae.cfg.d_in} but the store holds d_model={store.d_model}.")
+    check_sae_reads(sae, store.model_name, store.layer, store.d_model)
     acc = _Accumulator(sae)
     device = sae.W_dec.device
     for x, tokens in store.batches(batch_size, shuffle=False, with_tokens=True, normalize=False):
@@ -125,51 +166,87 @@ def evaluate(
     batch_size: int = 8,
     max_contexts: int | None = None,
     dense_threshold: float = 0.1,
-    baseline: dict[str, float] | None = None,
+    baseline: dict[str, Any] | None = None,
+    max_norm_multiple: float | None = 10.0,
 ) -> EvalResult:
     """All metrics on `docs`: the SAE's reconstruction at `layer` and its effect on the model's loss.
 
     `baseline`: the metrics of an earlier `evaluate` on the same documents and windows; its clean
     and zero-ablation CE are reused, so each further SAE costs one full forward instead of three.
+    `max_norm_multiple`: the massive-norm rule of `cache_activations` (module docstring); None
+    scores every content token.
     """
     check_layer(model, layer)
-    text_id = dict(eval_docs=corpus_checksum(docs), ctx_len=ctx_len, max_contexts=max_contexts)
+    check_sae_reads(sae, model.name_or_path, layer, d_model(model))
+    text_id = dict(eval_docs=corpus_checksum(docs), ctx_len=ctx_len, max_contexts=max_contexts,
+                   max_norm_multiple=max_norm_multiple)
     if baseline is not None and any(baseline.get(k) != v for k, v in text_id.items()):
         raise ValueError("The baseline was computed on other documents or windows: evaluate it on the same "
-                         "docs, ctx_len and max_contexts, or pass baseline=None.")
-    if sae.cfg.layer not in (-1, layer):
-        raise ValueError(f"The SAE was trained on layer {sae.cfg.layer}, not {layer}: pass layer={sae.cfg.layer}.")
+                         "docs, ctx_len, max_contexts and max_norm_multiple, or pass baseline=None.")
     ctx = tokenize_contexts(docs, tokenizer, ctx_len, max_contexts=max_contexts)
     keep_all = content_mask(ctx, tokenizer)
     device = next(model.parameters()).device
-    acc = _Accumulator(sae)
-    ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
-    n_targets = 0
+    acc = _Accumulator(sae, n_docs=len(docs))
+    doc_ce = {k: torch.zeros(len(docs), dtype=torch.float64) for k in ("clean", "sae", "zero", "targets")}
+    n_outliers = 0
     for start in tqdm(range(0, len(ctx), batch_size), desc="evaluating", unit="batch"):
         sl = slice(start, start + batch_size)
         ids, mask = ctx.input_ids[sl].to(device), ctx.attention_mask[sl].to(device)
         keep = keep_all[sl].to(device)
+        doc = ctx.doc_ids[sl]
         resid = forward_to_layer(model, ids, layer, mask)  # (B, T, D)
-        acc.add(resid[keep].to(sae.W_dec.dtype), ids[keep])
+        scored = keep & ~_massive(resid, keep, max_norm_multiple)
+        n_outliers += int((keep & ~scored).sum())
+        acc.add(resid[scored].to(sae.W_dec.dtype), ids[scored], doc[:, None].expand_as(ids)[scored.cpu()])
         targets = keep[:, 1:]
-        n_targets += int(targets.sum())
-        with splice(model, layer, lambda r: _replace(r, keep, sae.decode(sae.encode(r.to(sae.W_dec.dtype))))):
-            ce["sae"] += _ce_sum(model, ids, mask, targets)
+        doc_ce["targets"].index_add_(0, doc, targets.sum(1).double().cpu())
+        with splice(model, layer, lambda r: _replace(r, scored, sae.decode(sae.encode(r.to(sae.W_dec.dtype))))):
+            doc_ce["sae"].index_add_(0, doc, _ce_sums(model, ids, mask, targets))
         if baseline is None:
-            ce["clean"] += _ce_sum(model, ids, mask, targets)
+            doc_ce["clean"].index_add_(0, doc, _ce_sums(model, ids, mask, targets))
             with splice(model, layer, lambda r: _replace(r, keep, torch.zeros_like(r))):
-                ce["zero"] += _ce_sum(model, ids, mask, targets)
+                doc_ce["zero"].index_add_(0, doc, _ce_sums(model, ids, mask, targets))
     result = acc.result(dense_threshold)
-    ce = {k: v / max(n_targets, 1) for k, v in ce.items()}
+    n_targets = max(float(doc_ce["targets"].sum()), 1.0)
+    ce = {k: float(doc_ce[k].sum()) / n_targets for k in ("clean", "sae", "zero")}
     if baseline is not None:
         ce["clean"], ce["zero"] = baseline["ce_clean"], baseline["ce_zero"]
+        doc_ce["clean"][:] = math.nan
     gap = ce["zero"] - ce["clean"]
     result.metrics.update(
         ce_clean=ce["clean"], ce_sae=ce["sae"], ce_zero=ce["zero"], ce_delta=ce["sae"] - ce["clean"],
         ce_loss_recovered=(ce["zero"] - ce["sae"]) / gap if gap > 0 else math.nan,
-        perplexity_clean=math.exp(ce["clean"]), perplexity_sae=math.exp(ce["sae"]), **text_id,
+        perplexity_clean=math.exp(ce["clean"]), perplexity_sae=math.exp(ce["sae"]), n_outliers=n_outliers,
+        **text_id,
     )
+    result.doc_stats.update(doc=np.arange(len(docs)), n_targets=doc_ce["targets"].numpy(),
+                            ce_sae=doc_ce["sae"].numpy(), ce_clean=doc_ce["clean"].numpy())
+    result.metrics["health_warnings"] = health_warnings(result.metrics)
+    for message in result.metrics["health_warnings"]:
+        warnings.warn(f"Unhealthy SAE ({sae.cfg.model_name or 'model?'}, layer {layer}): {message}", stacklevel=2)
     return result
+
+
+def health_warnings(metrics: dict[str, Any]) -> list[str]:
+    """Plain sentences for the signs of a broken SAE: most latents dead, EV below 0, spliced CE no
+    better than zero-ablating the layer. Empty when none applies."""
+    out = []
+    if metrics.get("dead_fraction", 0.0) > 0.5:
+        out.append(f"{100 * metrics['dead_fraction']:.0f}% of latents are dead (never active on "
+                   f"{metrics.get('n_tokens', 0):,} tokens).")
+    if metrics.get("explained_variance", 1.0) < 0:
+        out.append(f"explained variance is {metrics['explained_variance']:.2f}: the reconstruction is worse than the mean.")
+    if "ce_sae" in metrics and metrics["ce_sae"] >= metrics.get("ce_zero", math.inf):
+        out.append(f"spliced CE {metrics['ce_sae']:.3f} is no better than zero-ablation ({metrics['ce_zero']:.3f}).")
+    return out
+
+
+def _massive(resid: torch.Tensor, keep: torch.Tensor, multiple: float | None) -> torch.Tensor:
+    """(B, T) True where a content token's norm exceeds `multiple` x the batch's median norm."""
+    if multiple is None or not keep.any():
+        return torch.zeros_like(keep)
+    norms = resid.norm(dim=-1)
+    return keep & (norms > multiple * norms[keep].median())
 
 
 def _replace(resid: torch.Tensor, keep: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -177,11 +254,75 @@ def _replace(resid: torch.Tensor, keep: torch.Tensor, new: torch.Tensor) -> torc
     return torch.where(keep[..., None], new.to(resid.dtype), resid)
 
 
-def _ce_sum(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor) -> float:
-    """Summed next-token cross-entropy over positions whose target is a content token."""
+def _ce_sums(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B,) summed next-token cross-entropy per window, over positions whose target is a content token."""
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]  # (B, T-1, V)
     losses = F.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
-    return float(losses[targets].sum())
+    return (losses * targets).sum(1).double().cpu()
+
+
+@dataclass(frozen=True)
+class Difference:
+    """`metric` of SAE a minus SAE b on the same documents, with a paired bootstrap interval."""
+
+    metric: str
+    estimate: float
+    low: float
+    high: float
+    confidence: float
+    n_docs: int
+
+    def verdict(self, a: str, b: str) -> str:
+        """One sentence read off the interval: a difference only when it excludes 0."""
+        better = "lower" if self.metric == "ce" else "higher"
+        what = {"ce": "spliced CE", "ev": "explained variance", "mse": "MSE"}[self.metric]
+        span = f"{self.estimate:+.3f} [{self.low:+.3f}, {self.high:+.3f}], {100 * self.confidence:.0f}% CI over {self.n_docs} documents"
+        if self.low > 0 or self.high < 0:
+            side = "higher" if self.low > 0 else "lower"
+            good = "better" if side == better else "worse"
+            return f"{a} has {side} {what} than {b} ({good}): {span}."
+        return f"No clear difference in {what} between {a} and {b}: {span}."
+
+
+def compare(a: EvalResult, b: EvalResult, metric: Literal["ce", "ev", "mse"] = "ce", confidence: float = 0.95,
+            n_resamples: int = 2000, seed: int = 0) -> Difference:
+    """a minus b for spliced CE (nats per target token), EV or MSE, with a `confidence` bootstrap
+    interval (BCa, `scipy.stats.bootstrap`) resampling documents, paired: the same resampled
+    documents for both SAEs. Both must come from `evaluate` on the same docs and windows."""
+    for r in (a, b):
+        if not r.doc_stats or "ce_sae" not in r.doc_stats:
+            raise ValueError("compare needs per-document results of evaluate() (evaluate_store keeps none).")
+    if a.metrics["eval_docs"] != b.metrics["eval_docs"] or a.metrics["ctx_len"] != b.metrics["ctx_len"] \
+            or a.metrics["max_contexts"] != b.metrics["max_contexts"]:
+        raise ValueError("compare needs both SAEs evaluated on the same docs, ctx_len and max_contexts.")
+    sa, sb = a.doc_stats, b.doc_stats
+    used = sa["n_targets"] > 0
+    if metric == "ce":
+        data = (sa["ce_sae"][used], sb["ce_sae"][used], sa["n_targets"][used])
+
+        def statistic(x, y, n, axis=-1):
+            return (x.sum(axis) - y.sum(axis)) / n.sum(axis)
+    elif metric == "ev":  # EV_a - EV_b = (err_b - err_a) / dev
+        data = (sa["sq_err"][used], sb["sq_err"][used], sa["sq_dev"][used])
+
+        def statistic(x, y, dev, axis=-1):
+            return (y.sum(axis) - x.sum(axis)) / dev.sum(axis)
+    elif metric == "mse":
+        data = (sa["sq_err"][used], sb["sq_err"][used], sa["n_tokens"][used])
+
+        def statistic(x, y, n, axis=-1):
+            return (x.sum(axis) - y.sum(axis)) / n.sum(axis)
+    else:
+        raise ValueError(f"Unknown metric {metric!r}: use 'ce', 'ev' or 'mse'.")
+    if used.sum() < 2:
+        raise ValueError("compare needs at least 2 evaluated documents to resample: evaluate more text.")
+    estimate = float(statistic(*data))
+    with warnings.catch_warnings():  # BCa is undefined when every resample gives the same value
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        ci = stats.bootstrap(data, statistic, paired=True, vectorized=True, confidence_level=confidence,
+                             n_resamples=n_resamples, method="BCa", random_state=seed).confidence_interval
+    low, high = (float(ci.low), float(ci.high)) if np.isfinite([ci.low, ci.high]).all() else (estimate, estimate)
+    return Difference(metric, estimate, low, high, confidence, int(used.sum()))
 
 
 def tail_coverage(result: EvalResult, n_bins: int = 8) -> dict[str, Any]:

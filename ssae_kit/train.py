@@ -42,6 +42,9 @@ class TrainConfig:
     """Architecture of a new SAE."""
     k: int = 32
     """Active latents per token of a new topk SAE."""
+    b_dec_init: Literal["mean", "zeros"] = "mean"
+    """Pre-encoder bias of a new SAE: the data mean (so a constant offset, e.g. a massive
+    dimension, is not the latents' job; SAELens' `b_dec_init_method`) or zeros."""
     l1_coefficient: float = 1.0
     """Weight of the sparsity penalty (L1 for relu, L0 for jumprelu; unused by topk)."""
     lr: float = 1e-3
@@ -216,7 +219,11 @@ def _initial_sae(store: ActivationStore, cfg: TrainConfig, init: Any) -> SAE:
             d_in=store.d_model, d_sae=cfg.d_sae, architecture=cfg.architecture, k=cfg.k,
             model_name=store.model_name, layer=store.layer, hook_name=store.hook_name, norm_scale=store.norm_scale,
         )
-        return SAE(sae_cfg, seed=cfg.seed)
+        sae = SAE(sae_cfg, seed=cfg.seed)
+        if cfg.b_dec_init == "mean":
+            with torch.no_grad():
+                sae.b_dec.copy_(_store_mean(store) * store.norm_scale)
+        return sae
     sae = copy.deepcopy(init) if isinstance(init, SAE) else from_sae_lens(init)
     if sae.cfg.d_in != store.d_model:
         raise ValueError(f"The SAE reads d_in={sae.cfg.d_in} but the store holds d_model={store.d_model} "
@@ -226,6 +233,18 @@ def _initial_sae(store: ActivationStore, cfg: TrainConfig, init: Any) -> SAE:
             raise ValueError(f"The SAE was trained on {key}={mine!r} but the store holds {key}={theirs!r}: "
                              "cache activations of the SAE's model and layer.")
     return sae
+
+
+def _store_mean(store: ActivationStore, max_tokens: int = 100_000) -> torch.Tensor:
+    """Mean raw activation over the store's first shards (up to `max_tokens`), deterministic."""
+    total, n = torch.zeros(store.d_model, dtype=torch.float64), 0
+    for i in range(store.n_shards):
+        x, _ = store.read_shard(i, normalize=False)
+        total += x[: max_tokens - n].double().sum(0)
+        n += min(len(x), max_tokens - n)
+        if n >= max_tokens:
+            break
+    return (total / n).float()
 
 
 @torch.no_grad()

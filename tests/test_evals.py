@@ -8,7 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from ssae_kit.evals import _Accumulator, decoder_cosine_similarities, error_by_rank, evaluate, evaluate_store, tail_coverage
+from ssae_kit.evals import (
+    EvalResult,
+    _Accumulator,
+    _massive,
+    compare,
+    decoder_cosine_similarities,
+    error_by_rank,
+    evaluate,
+    evaluate_store,
+    health_warnings,
+    tail_coverage,
+)
 from ssae_kit.sae import SAE, SAEConfig
 
 
@@ -86,7 +97,8 @@ def test_spliced_ce_equals_clean_for_a_perfect_sae_and_zero_ablation_for_a_null_
     assert m["ce_sae"] == pytest.approx(m["ce_clean"], abs=1e-5) and m["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-3)
     assert m["ce_zero"] > m["ce_clean"] and m["explained_variance"] == pytest.approx(1.0, abs=1e-5)
     null = fixed_sae(torch.zeros(32, 4).tolist(), torch.zeros(4, 32).tolist())
-    m = evaluate(null, model, tok, docs, 1, ctx_len=16).metrics
+    with pytest.warns(UserWarning, match="no better than zero-ablation"):
+        m = evaluate(null, model, tok, docs, 1, ctx_len=16).metrics
     assert m["ce_sae"] == pytest.approx(m["ce_zero"], abs=1e-5) and m["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-3)
     assert m["perplexity_sae"] == pytest.approx(math.exp(m["ce_sae"]))
 
@@ -110,7 +122,7 @@ def test_store_and_model_paths_agree_on_reconstruction_metrics(tiny, docs, tmp_p
     store = cache_activations(model, tok, docs, 1, tmp_path, ctx_len=16, max_norm_multiple=None)
     sae = SAE(SAEConfig(d_in=32, d_sae=64, norm_scale=store.norm_scale), seed=2)
     a = evaluate_store(sae, store).metrics
-    b = evaluate(sae, model, tok, docs, 1, ctx_len=16).metrics
+    b = evaluate(sae, model, tok, docs, 1, ctx_len=16, max_norm_multiple=None).metrics
     for key in ("n_tokens", "mse", "explained_variance", "l0", "dead_fraction"):
         assert a[key] == pytest.approx(b[key], rel=1e-4), key
 
@@ -122,6 +134,102 @@ def test_evaluating_on_the_wrong_layer_or_width_is_refused(tiny, docs, tmp_path)
     from ssae_kit import cache_activations
 
     store = cache_activations(model, tok, docs, 1, tmp_path, ctx_len=16)
-    with pytest.raises(ValueError, match="d_in=16 but the store holds d_model=32"):
+    with pytest.raises(ValueError, match="d_in=16 but these activations have d_model=32"):
         evaluate_store(SAE(SAEConfig(d_in=16, d_sae=8)), store)
     assert np.isfinite(evaluate_store(SAE(SAEConfig(d_in=32, d_sae=8)), store).metrics["mse"])
+
+
+def test_evaluate_and_caching_drop_the_same_massive_norm_tokens(tiny, docs, tmp_path):
+    from ssae_kit import cache_activations
+
+    model, tok = tiny
+    store = cache_activations(model, tok, docs, 1, tmp_path, ctx_len=16, max_norm_multiple=1.1, batch_size=8)
+    sae = _identity_sae(32, 1)
+    m = evaluate(sae, model, tok, docs, 1, ctx_len=16, max_norm_multiple=1.1).metrics
+    everything = evaluate(sae, model, tok, docs, 1, ctx_len=16, max_norm_multiple=None).metrics
+    assert m["n_outliers"] > 0 and everything["n_outliers"] == 0
+    assert m["n_tokens"] + m["n_outliers"] == everything["n_tokens"]
+    assert m["n_outliers"] == store.manifest["n_outliers_dropped"] and m["n_tokens"] == store.n_tokens
+
+
+def test_massive_flags_only_content_tokens_far_above_the_median():
+    resid = torch.ones(1, 4, 2)
+    resid[0, 2] *= 100
+    keep = torch.tensor([[False, True, True, True]])
+    resid[0, 0] *= 1000  # a special token: never flagged
+    assert _massive(resid, keep, 10.0).tolist() == [[False, False, True, False]]
+    assert not _massive(resid, keep, None).any()
+
+
+def _fake(ce_sae, n_targets, sq_err=None, sq_dev=None, docs="d") -> EvalResult:
+    n = len(ce_sae)
+    stats = dict(ce_sae=np.asarray(ce_sae, float), n_targets=np.asarray(n_targets, float),
+                 sq_err=np.asarray(sq_err if sq_err is not None else np.ones(n), float),
+                 sq_dev=np.asarray(sq_dev if sq_dev is not None else np.ones(n), float), n_tokens=np.ones(n))
+    empty = np.zeros(0)
+    return EvalResult(dict(eval_docs=docs, ctx_len=16, max_contexts=None), empty, empty, empty, empty, empty,
+                      empty, empty, empty, stats)
+
+
+def test_compare_matches_the_normal_interval_for_paired_per_token_differences():
+    # One target per document: the statistic is the mean paired difference, whose 95% interval is
+    # about mean +- 1.96 sd / sqrt(n) for n = 400 normal differences.
+    rng = np.random.default_rng(0)
+    b = rng.normal(4.0, 1.0, 400)
+    diff = rng.normal(-0.1, 0.5, 400)
+    d = compare(_fake(b + diff, np.ones(400)), _fake(b, np.ones(400)), "ce")
+    half = 1.96 * diff.std(ddof=1) / np.sqrt(400)
+    assert d.estimate == pytest.approx(diff.mean())
+    assert d.low == pytest.approx(diff.mean() - half, abs=0.15 * half)
+    assert d.high == pytest.approx(diff.mean() + half, abs=0.15 * half)
+    assert d.verdict("SSAE", "GSAE").startswith("SSAE has lower spliced CE than GSAE (better)")
+
+
+def test_compare_weights_documents_by_their_tokens_and_reads_no_difference_off_an_interval_with_zero():
+    # Per-token CE differences: +1 on a 3-token document, -1 on a 1-token document -> (3 - 1) / 4.
+    d = compare(_fake([3.0, -1.0], [3, 1]), _fake([0.0, 0.0], [3, 1]), "ce", n_resamples=200)
+    assert d.estimate == pytest.approx(0.5) and d.low < 0 < d.high
+    assert d.verdict("a", "b").startswith("No clear difference in spliced CE between a and b")
+    same = compare(_fake([1.0, 2.0], [1, 1]), _fake([1.0, 2.0], [1, 1]), "ce")
+    assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0)
+
+
+def test_compare_ev_is_the_difference_of_error_sums_over_the_deviation_sum():
+    a = _fake([0, 0], [1, 1], sq_err=[1.0, 1.0], sq_dev=[5.0, 5.0])
+    b = _fake([0, 0], [1, 1], sq_err=[2.0, 2.0], sq_dev=[5.0, 5.0])
+    d = compare(a, b, "ev")
+    assert d.estimate == pytest.approx(0.2) and d.verdict("a", "b").startswith("a has higher explained variance")
+
+
+def test_compare_refuses_results_on_other_documents():
+    with pytest.raises(ValueError, match="same docs"):
+        compare(_fake([1.0, 2.0], [1, 1], docs="x"), _fake([1.0, 2.0], [1, 1], docs="y"))
+
+
+def test_compare_on_real_evaluations_finds_the_identity_sae_better_than_a_null_one(tiny, docs):
+    model, tok = tiny
+    perfect = evaluate(_identity_sae(32, 1), model, tok, docs, 1, ctx_len=16)
+    null = fixed_sae(torch.zeros(32, 4).tolist(), torch.zeros(4, 32).tolist())
+    with pytest.warns(UserWarning):
+        bad = evaluate(null, model, tok, docs, 1, ctx_len=16, baseline=perfect.metrics)
+    d = compare(perfect, bad, "ce")
+    assert d.estimate == pytest.approx(perfect.metrics["ce_sae"] - bad.metrics["ce_sae"], abs=1e-6)
+    assert d.low <= d.estimate <= d.high  # a random tiny model barely reads layer 1: CE moves little
+    ev = compare(perfect, bad, "ev")
+    assert ev.estimate == pytest.approx(1.0 - bad.metrics["explained_variance"], abs=1e-6) and ev.low > 0
+    assert perfect.doc_stats["n_targets"].sum() > 0 and len(perfect.doc_stats["doc"]) == len(docs)
+
+
+def test_health_warnings_name_dead_latents_negative_ev_and_ce_worse_than_zero_ablation():
+    healthy = dict(dead_fraction=0.1, explained_variance=0.8, ce_sae=4.0, ce_zero=9.0, n_tokens=100)
+    assert health_warnings(healthy) == []
+    sick = dict(dead_fraction=0.9, explained_variance=-0.2, ce_sae=9.5, ce_zero=9.0, n_tokens=100)
+    words = " ".join(health_warnings(sick))
+    assert "90% of latents are dead" in words and "explained variance is -0.20" in words
+    assert "no better than zero-ablation" in words
+
+
+def test_evaluating_an_sae_of_another_model_is_refused(tiny, docs):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="trained on model 'gpt2', not 'tiny-llama'"):
+        evaluate(SAE(SAEConfig(d_in=32, d_sae=8, model_name="gpt2")), model, tok, docs, 1)

@@ -1,0 +1,213 @@
+"""Rebuild the kit's shipped general SAE (GSAE) for the embedded model, bit for bit on CPU.
+
+Recipe: cache one layer's residual stream over the BBC news *train* split (the committed held-out
+split, data/splits/bbc-news.json, is never trained on), train one ReLU SAE per sparsity
+coefficient, evaluate each with `ssae_kit.evals.evaluate` on the held-out split, write the
+frontier, and ship the chosen point into data/saes/<id>/ (SAELens format, fp16 weights, model
+card). Every step is resumable: the store is reused when complete, training resumes from its
+checkpoint, finished SAEs and evaluations are kept. Deterministic for a fixed thread count.
+
+    make gsae                                  # in the background, log in runs/gsae/build.log
+    .venv/bin/python data/saes/build_gsae.py   # the same, in the foreground
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ssae_kit import SAE, TrainConfig, cache_activations, evaluate, load_corpus, load_model, train
+from ssae_kit.corpora import heldout_split
+from ssae_kit.io import SAE_WEIGHTS_FILE, atomic_write_json
+
+HERE = Path(__file__).resolve().parent
+log = logging.getLogger("build_gsae")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--layer", type=int, default=6)
+    p.add_argument("--d-sae", type=int, default=4608, help="latents (8 x d_model of SmolLM2)")
+    p.add_argument("--l1", type=float, nargs="+", default=[2.5, 3.5, 5.0], help="sparsity coefficients (frontier)")
+    p.add_argument("--ship", type=float, default=None, help="coefficient to ship; default: see _pick")
+    p.add_argument("--tokens", type=int, default=6_000_000, help="training tokens per SAE")
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--ctx-len", type=int, default=128)
+    p.add_argument("--max-docs", type=int, default=None, help="train documents to cache (tiny test budget)")
+    p.add_argument("--eval-contexts", type=int, default=200, help="held-out windows evaluated (~127 tokens each)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads: fixed, since sums depend on it")
+    p.add_argument("--work", default="runs/gsae", help="store, checkpoints and log")
+    p.add_argument("--out", default=str(HERE), help="where the shipped SAE folder goes")
+    p.add_argument("--id", default=None, help="shipped folder name; default smollm2-135m-l<layer>")
+    return p.parse_args(argv)
+
+
+TARGETS = dict(max_l0=64, min_ev=0.90, max_ce_delta=0.35, max_dead=0.03)
+
+
+def meets_targets(m: dict[str, float]) -> bool:
+    return (m["l0"] <= TARGETS["max_l0"] and m["explained_variance"] >= TARGETS["min_ev"]
+            and m["ce_delta"] <= TARGETS["max_ce_delta"] and m["dead_fraction"] <= TARGETS["max_dead"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = load_model(args.model, device="cpu")
+    train_docs, heldout = heldout_split(load_corpus("bbc-news"))
+    train_docs = train_docs[: args.max_docs]
+
+    t0 = time.perf_counter()
+    store = cache_activations(model, tokenizer, train_docs, args.layer, work / "acts", ctx_len=args.ctx_len)
+    log.info("store: %s (%.0f s)", store, time.perf_counter() - t0)
+
+    points, baseline = [], None
+    for l1 in args.l1:
+        run = work / f"l1_{l1:g}_tok{args.tokens}"
+        point = _point(run, l1, args, store, model, tokenizer, heldout, baseline)
+        baseline = baseline or point
+        points.append(point)
+        log.info("l1=%g: L0 %.1f EV %.3f CE %+.3f dead %.3f (%.0f s)", l1, point["l0"], point["explained_variance"],
+                 point["ce_delta"], point["dead_fraction"], point["train_seconds"])
+        atomic_write_json(work / "frontier.json", points)
+
+    ship = _pick(points, args.ship)
+    sae_id = args.id or f"{args.model}-l{args.layer}"
+    shipped = _ship(work / f"l1_{ship['l1']:g}_tok{args.tokens}" / "fp16", Path(args.out) / sae_id)
+    card = dict(id=sae_id, model=args.model, layer=args.layer, hook_name=f"blocks.{args.layer}.hook_resid_post",
+                d_sae=args.d_sae, l1_coefficient=ship["l1"], targets=TARGETS, meets_targets=meets_targets(ship),
+                metrics={k: v for k, v in ship.items() if k not in ("train_config", "train_log")}, frontier=points,
+                n_train_docs=len(train_docs), n_train_tokens=store.n_tokens,
+                n_outliers_dropped=store.manifest["n_outliers_dropped"], n_heldout_docs=len(heldout),
+                tokens_seen=args.tokens, threads=args.threads, torch=torch.__version__, machine=platform.machine(),
+                command="make gsae  # = " + _command(argv))
+    atomic_write_json(shipped / "card.json", card)
+    (shipped / "README.md").write_text(_model_card(card))
+    log.info("shipped %s (l1=%g)", shipped, ship["l1"])
+
+
+def _point(run: Path, l1: float, args, store, model, tokenizer, heldout, baseline: dict | None) -> dict:
+    """Train one frontier point (resumable) and evaluate it as it would ship (fp16 weights)."""
+    done = run / "point.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    cfg = TrainConfig(d_sae=args.d_sae, l1_coefficient=l1, lr=args.lr, batch_size=args.batch_size,
+                      total_tokens=args.tokens, warmup_tokens=min(200_000, args.tokens // 10),
+                      checkpoint_every=200, log_every=50, device="cpu", seed=0)
+    t0 = time.perf_counter()
+    result = train(store, cfg, out_dir=run, resume=True)
+    seconds = _train_seconds(run, time.perf_counter() - t0)
+    half = _to_fp16(run, run / "fp16")
+    ev = evaluate(SAE.load(half), model, tokenizer, heldout, args.layer, ctx_len=args.ctx_len,
+                  max_contexts=args.eval_contexts, baseline=baseline).metrics
+    point = dict(l1=l1, train_seconds=seconds, train_config=cfg.__dict__,
+                 train_log=[{k: r[k] for k in ("tokens", "loss", "mse", "l0", "dead_frac")} for r in result.log], **ev)
+    atomic_write_json(done, point)
+    return point
+
+
+def _train_seconds(run: Path, elapsed: float) -> float:
+    """Wall time of a run's training, kept across resumes in run/seconds.json."""
+    path = run / "seconds.json"
+    before = json.loads(path.read_text())["seconds"] if path.exists() else 0.0
+    atomic_write_json(path, {"seconds": before + elapsed})
+    return before + elapsed
+
+
+def _pick(points: list[dict], ship: float | None) -> dict:
+    """The requested point; else the best spliced CE among points meeting every target; else
+    among points within the L0 budget; else the best spliced CE overall."""
+    if ship is not None:
+        return next(p for p in points if p["l1"] == ship)
+    for ok in (meets_targets, lambda p: p["l0"] <= TARGETS["max_l0"], lambda p: True):
+        good = [p for p in points if ok(p)]
+        if good:
+            return min(good, key=lambda p: p["ce_delta"])
+    raise ValueError("no frontier points")
+
+
+def _to_fp16(run: Path, dest: Path) -> Path:
+    """A copy of the SAE folder with fp16 weights (half the size; the kit loads them in fp32)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(run / "cfg.json", dest / "cfg.json")
+    weights = load_file(str(run / SAE_WEIGHTS_FILE))
+    save_file({k: v.to(torch.float16).contiguous() for k, v in weights.items()}, str(dest / SAE_WEIGHTS_FILE))
+    return dest
+
+
+def _ship(src: Path, dest: Path) -> Path:
+    """Copy the chosen fp16 SAE folder to `dest`, replacing it as one unit."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def _command(argv: list[str] | None) -> str:
+    import sys
+
+    return " ".join(["python", "data/saes/build_gsae.py", *(sys.argv[1:] if argv is None else argv)])
+
+
+def _model_card(c: dict) -> str:
+    m = c["metrics"]
+    rows = "\n".join(
+        f"| {p['l1']:g} | {p['l0']:.1f} | {p['explained_variance']:.3f} | {p['ce_delta']:+.3f} | "
+        f"{p['ce_loss_recovered']:.3f} | {p['dead_fraction']:.3f} | {p['train_seconds'] / 60:.0f} |"
+        for p in c["frontier"])
+    return f"""# {c['id']}: a general SAE for {c['model']}, layer {c['layer']}
+
+ReLU SAE (L1 penalty) with {c['d_sae']} latents on the residual stream after block {c['layer']}
+(`{c['hook_name']}`), in SAELens' format (`cfg.json` + `sae_weights.safetensors`, fp16 weights
+loaded into fp32). Load it with `ssae_kit.load_pretrained("ssae-kit", "{c['id']}")`, or with
+`sae_lens.SAE.load_from_disk` on this folder.
+
+## Data
+- Train: BBC news (`load_corpus("bbc-news")`) minus the committed held-out split
+  `data/splits/bbc-news.json`: {c['n_train_docs']} documents, {c['n_train_tokens']:,} content tokens in
+  windows of 128 (BOS/EOS/PAD left out; {c['n_outliers_dropped']} tokens above 10x their batch's
+  median norm dropped, the same rule `evaluate` applies).
+- Evaluation: the held-out split ({c['n_heldout_docs']} documents, topic-mixed order), first
+  {m['n_tokens']:,} content tokens, with `ssae_kit.evals.evaluate`.
+
+## Training
+Tokens seen: {c['tokens_seen']:,}; l1 coefficient {c['l1_coefficient']:g}; other settings in
+`card.json` (`frontier[].train_config`). CPU, {c['threads']} torch threads, torch {c['torch']},
+{c['machine']}.
+
+## Metrics on the held-out split (this folder, as shipped)
+| L0 | EV | spliced CE - clean (nats) | CE loss recovered | dead | CE clean | CE spliced | CE zero-ablation |
+|---|---|---|---|---|---|---|---|
+| {m['l0']:.1f} | {m['explained_variance']:.3f} | {m['ce_delta']:+.3f} | {m['ce_loss_recovered']:.3f} | {m['dead_fraction']:.3f} | {m['ce_clean']:.3f} | {m['ce_sae']:.3f} | {m['ce_zero']:.3f} |
+
+Targets: L0 <= {c['targets']['max_l0']}, EV >= {c['targets']['min_ev']}, spliced CE <= +{c['targets']['max_ce_delta']} nats,
+dead <= {100 * c['targets']['max_dead']:.0f}% (dead = never active on the {m['n_tokens']:,} evaluated tokens).
+Meets all targets: **{'yes' if c['meets_targets'] else 'no'}**.
+
+## Frontier (one SAE per sparsity coefficient, each evaluated with fp16 weights as shipped)
+| l1 | L0 | EV | spliced CE - clean | CE recovered | dead | train minutes |
+|---|---|---|---|---|---|---|
+{rows}
+
+## Rebuild
+`{c['command']}` from a clean clone: deterministic on CPU for the same thread count and torch.
+"""
+
+
+if __name__ == "__main__":
+    main()
