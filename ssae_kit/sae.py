@@ -217,8 +217,24 @@ def from_sae_lens(sae_lens_sae: Any) -> SAE:
         return SAE.load(tmp)
 
 
+SHIPPED_RELEASE = "ssae-kit"
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "saes"
+"""SAEs the kit ships (`load_pretrained("ssae-kit", "<folder name>")`), each with its model card."""
+
+
+def shipped_saes() -> list[str]:
+    """Ids of the SAEs in data/saes/ (folders holding a cfg.json)."""
+    return sorted(p.parent.name for p in SHIPPED_DIR.glob(f"*/{SAE_CFG_FILE}"))
+
+
 def load_pretrained(release: str, sae_id: str, device: str | torch.device = "cpu") -> SAE:
-    """A pretrained SAE from SAELens' registry (e.g. Gemma Scope as the GSAE); needs `sae-lens` and internet."""
+    """A pretrained SAE by (release, id), the call shape of SAELens' registry: release "ssae-kit"
+    is one the kit ships in data/saes/ (offline); any other release goes through SAELens' registry
+    (e.g. Gemma Scope as the GSAE), which needs `sae-lens` and internet or a cached download."""
+    if release == SHIPPED_RELEASE:
+        if sae_id not in shipped_saes():
+            raise ValueError(f"The kit ships no SAE {sae_id!r}; shipped: {shipped_saes() or 'none found in ' + str(SHIPPED_DIR)}.")
+        return SAE.load(SHIPPED_DIR / sae_id, device=device)
     try:
         from sae_lens import SAE as LensSAE
     except ImportError as err:
@@ -232,6 +248,18 @@ def load_pretrained(release: str, sae_id: str, device: str | torch.device = "cpu
         ) from err
     lens = lens[0] if isinstance(lens, tuple) else lens  # SAELens < 6 returned (sae, cfg, sparsity)
     return from_sae_lens(lens).to(device)
+
+
+def resolve_sae(spec: str, device: str | torch.device = "cpu") -> SAE:
+    """An SAE from a notebook parameter: a folder with cfg.json, or "release:sae_id" (the kit's
+    shipped release "ssae-kit" or SAELens'); a clear error otherwise, before any work."""
+    if Path(spec).expanduser().is_dir():
+        return SAE.load(Path(spec).expanduser(), device=device)
+    release, sep, sae_id = spec.partition(":")
+    if not sep or not sae_id:
+        raise ValueError(f"SAE {spec!r} is neither a folder nor 'release:sae_id': give a folder with {SAE_CFG_FILE}, "
+                         f"'{SHIPPED_RELEASE}:<id>' (shipped: {shipped_saes()}), or a SAELens release and id.")
+    return load_pretrained(release, sae_id, device=device)
 
 
 class _TopKEncode(torch.autograd.Function):

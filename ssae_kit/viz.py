@@ -50,7 +50,7 @@ def project_2d(x: np.ndarray) -> np.ndarray:
     return x @ vt[:2].T
 
 
-def plot_selection_quality(rows: list[dict], metrics: tuple[str, ...] = ("precision", "recall")) -> Figure:
+def plot_selection_quality(rows: list[dict], metrics: tuple[str, ...] = ("token_precision", "recall")) -> Figure:
     """Grouped bars: one panel per metric, budgets on the x-axis, one bar per strategy.
 
     `rows` are dicts with keys strategy, budget and the metrics.
@@ -64,12 +64,17 @@ def plot_selection_quality(rows: list[dict], metrics: tuple[str, ...] = ("precis
         for j, strategy in enumerate(strategies):
             vals = [next((r[metric] for r in rows if r["strategy"] == strategy and r["budget"] == b), np.nan)
                     for b in budgets]
-            ax.bar(np.arange(len(budgets)) + j * width, vals, width, label=strategy)
+            low = [next((r.get(f"{metric}_low", np.nan) for r in rows if r["strategy"] == strategy and r["budget"] == b),
+                        np.nan) for b in budgets]
+            high = [next((r.get(f"{metric}_high", np.nan) for r in rows if r["strategy"] == strategy and r["budget"] == b),
+                         np.nan) for b in budgets]
+            err = None if np.isnan(low).all() else np.array([np.subtract(vals, low), np.subtract(high, vals)])
+            ax.bar(np.arange(len(budgets)) + j * width, vals, width, label=strategy, yerr=err, capsize=2)
         ax.set_xticks(np.arange(len(budgets)) + 0.4 - width / 2, [f"{b:,}" for b in budgets])
         ax.set_xlabel("token budget (LM tokens)")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(metric.replace("_", " "))
         ax.set_ylim(0, 1.05)
-        ax.set_title(f"{metric} of the subdomain in the selection")
+        ax.set_title(f"{metric.replace('_', ' ')} of the subdomain in the selection")
     np.atleast_1d(axes)[0].legend(fontsize=8)
     fig.tight_layout()
     return fig

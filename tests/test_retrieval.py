@@ -8,7 +8,8 @@ import pytest
 
 from ssae_kit import Document
 from ssae_kit.retrieval import (STRATEGIES, Embedder, Selection, SubdomainSplit, build_index, dedupe, index_recall, load_index,
-                                save_index, select, selection_report, split_subdomain)
+                                save_index, precision_difference, select, selection_report,
+                                split_subdomain)
 
 SPORT = ["The striker scored twice as the home team won the football match.",
          "The goalkeeper saved a penalty in the final minute of the cup tie.",
@@ -93,12 +94,39 @@ def test_random_selection_is_seeded(pool, seeds, tiny):
     assert a == b and a != c
 
 
-def test_selection_report_counts_precision_recall_and_token_share(pool, seeds, tiny):
+def test_selection_report_gives_token_precision_with_an_interval_then_document_precision_and_recall(pool, seeds, tiny):
     sel = Selection("dense", [pool[0], pool[1], pool[4]], [3.0, 2.0, 1.0], 0, 100)  # sport, sport, food
     rep = selection_report(sel, "sport", pool, tiny[1])
-    assert rep["precision"] == pytest.approx(2 / 3) and rep["recall"] == pytest.approx(2 / 4)
+    assert list(rep)[0] == "token_precision"
+    assert rep["doc_precision"] == pytest.approx(2 / 3) and rep["recall"] == pytest.approx(2 / 4)
     n = [len(tiny[1](d.text, add_special_tokens=False).input_ids) for d in sel.documents]
-    assert rep["token_share"] == pytest.approx((n[0] + n[1]) / sum(n))
+    assert rep["token_precision"] == pytest.approx((n[0] + n[1]) / sum(n))
+    assert rep["token_precision_low"] <= rep["token_precision"] <= rep["token_precision_high"]
+    assert rep["token_precision_high"] - rep["token_precision_low"] > 0  # 3 documents: a wide interval
+
+
+def test_token_precision_differs_from_document_precision_when_lengths_differ(tiny):
+    # One long subdomain document and nine short others: half the documents' story is wrong.
+    docs = [Document("word " * 400, "in", "long")] + [Document("short text", "out", f"s{i}") for i in range(9)]
+    rep = selection_report(Selection("random", docs, [0.0] * 10, 0, None), "in", docs, tiny[1])
+    assert rep["doc_precision"] == pytest.approx(0.1) and rep["token_precision"] > 0.9
+
+
+def test_precision_difference_interval_excludes_zero_only_for_a_real_gap(tiny):
+    good = [Document(f"sport text number {i}", "sport", f"g{i}") for i in range(30)]
+    bad = [Document(f"food text number {i}", "food", f"b{i}") for i in range(30)]
+    pure, mixed = Selection("dense", good, [0.0] * 30, 0, None), Selection("random", good[:15] + bad[:15], [0.0] * 30, 0, None)
+    est, low, high = precision_difference(pure, mixed, "sport", tiny[1])
+    assert est == pytest.approx(0.5, abs=0.02) and low > 0
+    est, low, high = precision_difference(mixed, mixed, "sport", tiny[1])
+    assert est == 0 and low < 0 < high
+
+
+def test_none_and_random_controls_are_different_experiments(pool, seeds, tiny):
+    none = select(pool, seeds, "none", None, tiny[1], seed=0).documents
+    for budget in (60, 120, 300):
+        rnd = select(pool, seeds, "random", budget, tiny[1], seed=0).documents
+        assert rnd != none[: len(rnd)]  # its own seed stream: not a prefix of none's order
 
 
 def test_selection_and_split_round_trip_through_jsonl(pool, seeds, tiny, tmp_path):
@@ -112,6 +140,19 @@ def test_selection_and_split_round_trip_through_jsonl(pool, seeds, tiny, tmp_pat
     parts = [set(d.source for d in getattr(split, k)) for k in ("pool", "seeds", "heldout", "ood")]
     assert sum(map(len, parts)) == 60 and len(set().union(*parts)) == 60  # disjoint, complete
     assert all(d.label == "b" for d in split.seeds + split.heldout) and all(d.label == "a" for d in split.ood)
+
+
+def test_a_committed_heldout_split_supplies_the_test_text_and_seeds_come_from_the_rest():
+    docs = [Document(f"text {i}", "a" if i % 3 else "b", f"d{i}") for i in range(60)]
+    heldout, rest = docs[:20], docs[20:]
+    split = split_subdomain(rest, "b", n_seeds=2, n_heldout=4, n_ood=5, seed=1, heldout_docs=heldout)
+    assert split.heldout == [d for d in heldout if d.label == "b"][:4] and split.ood == [d for d in heldout if d.label == "a"][:5]
+    assert {d.source for d in split.seeds + split.pool} <= {d.source for d in rest} and len(split.pool) == 38
+    assert split_subdomain(rest, "b", 2, 4, 5, seed=2, heldout_docs=heldout).heldout == split.heldout
+    with pytest.raises(ValueError, match="also in `docs`"):
+        split_subdomain(docs, "b", 2, 4, 5, heldout_docs=heldout)
+    with pytest.raises(ValueError, match="only 7 documents of 'b'.*lower n_heldout"):
+        split_subdomain(rest, "b", 2, 10, 5, heldout_docs=heldout)
 
 
 def test_embeddings_are_unit_norm_and_cached(pool, embedder):
