@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .io import SAE_CFG_FILE, SAE_WEIGHTS_FILE, atomic_write_json
+from .models import layer_of_hook
 
 Architecture = Literal["relu", "topk", "jumprelu"]
 _TO_SAELENS = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}
@@ -50,9 +51,9 @@ class SAEConfig:
     model_name: str = ""
     """Model the SAE reads, as given to load_model."""
     layer: int = -1
-    """Block whose output (resid_post) the SAE reads."""
+    """Block whose output (resid_post) the SAE reads; -1: unknown, accepted at any layer."""
     hook_name: str = ""
-    """TransformerLens-style hook name, e.g. blocks.6.hook_resid_post."""
+    """TransformerLens-style hook name, e.g. blocks.6.hook_resid_post; must agree with `layer`."""
     norm_scale: float = 1.0
     """Factor applied to raw activations before encoding (the store's norm_scale)."""
 
@@ -63,6 +64,9 @@ class SAEConfig:
             raise ValueError(f"k={self.k} must be between 1 and d_sae={self.d_sae}; lower k or raise d_sae.")
         if not (self.norm_scale > 0 and math.isfinite(self.norm_scale)):
             raise ValueError(f"norm_scale={self.norm_scale} must be a positive finite number.")
+        if self.hook_name and layer_of_hook(self.hook_name) != self.layer:
+            raise ValueError(f"layer={self.layer} but hook_name={self.hook_name!r} reads layer "
+                             f"{layer_of_hook(self.hook_name)}: set layer to match, or hook_name=''.")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
@@ -317,6 +321,7 @@ def _cfg_from_saelens(raw: dict[str, Any], path: Path) -> SAEConfig:
                dtype=raw.get("dtype", "float32"))
     kit.setdefault("model_name", meta.get("model_name") or "")
     kit.setdefault("hook_name", meta.get("hook_name") or "")
+    kit.setdefault("layer", layer_of_hook(kit["hook_name"]) if kit["hook_name"] else -1)
     if arch == "topk":
         kit["k"] = raw.get("k", kit.get("k", 32))
     return SAEConfig.from_dict(kit)

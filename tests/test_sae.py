@@ -94,6 +94,8 @@ def test_bad_configs_and_files_name_the_fix(tmp_path):
         SAEConfig(d_in=4, d_sae=32, architecture="topk", k=40)
     with pytest.raises(ValueError, match="Unknown architecture 'gated'"):
         SAEConfig(d_in=4, d_sae=8, architecture="gated")
+    with pytest.raises(ValueError, match="layer=3 but hook_name='blocks.4.hook_resid_post' reads layer 4"):
+        SAEConfig(d_in=4, d_sae=8, layer=3, hook_name="blocks.4.hook_resid_post")
     SAE(SAEConfig(d_in=4, d_sae=8)).save(tmp_path)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     (tmp_path / "cfg.json").write_text(json.dumps({**cfg, "architecture": "gated"}))
