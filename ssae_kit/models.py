@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -193,6 +194,17 @@ def d_model(model: PreTrainedModel) -> int:
 def hook_name(layer: int) -> str:
     """TransformerLens/SAELens name of the residual stream after block `layer`."""
     return f"blocks.{layer}.hook_resid_post"
+
+
+def layer_of_hook(name: str) -> int:
+    """The block whose output a hook reads: N for blocks.N.hook_resid_post, N-1 for blocks.N.hook_resid_pre
+    (TransformerLens feeds block N the output of block N-1 unchanged); refuses any other hook."""
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", name)
+    layer = int(m[1]) - (m[2] == "pre") if m else -1
+    if layer < 0:
+        raise ValueError(f"hook_name={name!r} is not the residual stream after a block, which is all the kit "
+                         "reads (blocks.N.hook_resid_post, or blocks.N+1.hook_resid_pre): use such an SAE.")
+    return layer
 
 
 def check_layer(model: nn.Module, layer: int) -> int:

@@ -1,11 +1,14 @@
 """The sparse autoencoder: ReLU (L1), TopK and JumpReLU in one class, saved in SAELens' format.
 
-PAPER §2: f = act(W_enc (x - b_dec) + b_enc), x_hat = W_dec f + b_dec, decoder rows at unit norm.
+PAPER §2: f = act(W_enc (x - b_dec) + b_enc), x_hat = W_dec f + b_dec, decoder rows at unit norm;
+SAEs with SAELens' `apply_b_dec_to_input=False` (Gemma Scope) encode x itself, not x - b_dec.
 The SAE works on the store's *normalised* activations (x * norm_scale, see activations.py) so a
 sparsity coefficient means the same across models and layers; `encode`/`decode`/`forward` take
 and return raw model activations and apply the scale themselves. On disk the scale is folded into
 the weights (W_enc * s, W_dec / s, b_dec / s) so SAELens, which applies no normalisation in
-`load_from_disk`, computes the same function on raw activations.
+`load_from_disk`, computes the same function on raw activations. `SAE.load` gives SAELens' function
+for every cfg.json field that changes it, or refuses naming the field. Parameters are float32: the
+kit computes and fine-tunes in float32, and upcasts bfloat16/float16 weights on load.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .io import SAE_CFG_FILE, SAE_WEIGHTS_FILE, atomic_write_json
+from .models import layer_of_hook
 
 Architecture = Literal["relu", "topk", "jumprelu"]
 _TO_SAELENS = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}
@@ -45,14 +49,16 @@ class SAEConfig:
     """Initial JumpReLU threshold (normalised units)."""
     bandwidth: float = 0.001
     """Width of the rectangle kernel of JumpReLU's straight-through threshold gradient."""
-    dtype: str = "float32"
-    """Parameter dtype."""
+    apply_b_dec_to_input: bool = True
+    """Subtract b_dec from the input before encoding (SAELens' flag; Gemma Scope turns it off)."""
+    dtype: Literal["float32"] = "float32"
+    """Parameter dtype: the kit computes and fine-tunes in float32 (`SAE.load` upcasts bf16/fp16 weights)."""
     model_name: str = ""
     """Model the SAE reads, as given to load_model."""
     layer: int = -1
-    """Block whose output (resid_post) the SAE reads."""
+    """Block whose output (resid_post) the SAE reads; -1: unknown, accepted at any layer."""
     hook_name: str = ""
-    """TransformerLens-style hook name, e.g. blocks.6.hook_resid_post."""
+    """TransformerLens-style hook name, e.g. blocks.6.hook_resid_post; must agree with `layer`."""
     norm_scale: float = 1.0
     """Factor applied to raw activations before encoding (the store's norm_scale)."""
 
@@ -63,6 +69,12 @@ class SAEConfig:
             raise ValueError(f"k={self.k} must be between 1 and d_sae={self.d_sae}; lower k or raise d_sae.")
         if not (self.norm_scale > 0 and math.isfinite(self.norm_scale)):
             raise ValueError(f"norm_scale={self.norm_scale} must be a positive finite number.")
+        if self.dtype != "float32":
+            raise ValueError(f"dtype={self.dtype!r}: the kit computes and fine-tunes in float32, so keep "
+                             "dtype='float32'; SAE.load upcasts bfloat16/float16 weights.")
+        if self.hook_name and layer_of_hook(self.hook_name) != self.layer:
+            raise ValueError(f"layer={self.layer} but hook_name={self.hook_name!r} reads layer "
+                             f"{layer_of_hook(self.hook_name)}: set layer to match, or hook_name=''.")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
@@ -88,23 +100,26 @@ class SAE(nn.Module):
     def __init__(self, cfg: SAEConfig, seed: int | None = 0):
         super().__init__()
         self.cfg = cfg
-        dtype = getattr(torch, cfg.dtype)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=gen, dtype=torch.float32)
+        W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=gen)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         # Encoder initialised as the decoder's transpose (Anthropic's April 2024 update, SAELens).
-        self.W_dec = nn.Parameter(W_dec.to(dtype))  # (d_sae, d_in)
-        self.W_enc = nn.Parameter(W_dec.T.clone().to(dtype))  # (d_in, d_sae)
-        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, dtype=dtype))
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=dtype))
+        self.W_dec = nn.Parameter(W_dec)  # (d_sae, d_in)
+        self.W_enc = nn.Parameter(W_dec.T.clone())  # (d_in, d_sae)
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
         if cfg.architecture == "jumprelu":
-            self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.threshold), dtype=dtype))
+            self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.threshold)))
 
     # --- the function -----------------------------------------------------------------------
+    def _input_bias(self) -> torch.Tensor:
+        """(d_in,) what encoding subtracts from x: b_dec, or 0 with apply_b_dec_to_input off (as SAELens)."""
+        return self.b_dec * self.cfg.apply_b_dec_to_input
+
     def _pre(self, x: torch.Tensor) -> torch.Tensor:
         """(x - b_dec) W_enc + b_enc, (B, d_sae), written so that backward never multiplies back
         through x: b_dec enters as a vector-matrix product, saving a (B, d_sae, d_in) matmul."""
-        pre = torch.addmm(self.b_enc - self.b_dec @ self.W_enc, x.reshape(-1, x.shape[-1]), self.W_enc)
+        pre = torch.addmm(self.b_enc - self._input_bias() @ self.W_enc, x.reshape(-1, x.shape[-1]), self.W_enc)
         return pre.reshape(*x.shape[:-1], -1)
 
     def _activate(self, pre: torch.Tensor) -> torch.Tensor:
@@ -152,7 +167,7 @@ class SAE(nn.Module):
         """TopK forward that exploits sparsity, as sparsify does: only B*k latents are non-zero,
         so the decoder is an embedding_bag over them and the encoder's backward is a sparse product.
         Same function as the dense path; feature_acts is built for reporting and carries no gradient."""
-        values, indices = _TopKEncode.apply(x_n, self.W_enc, self.b_enc, self.b_dec, self.cfg.k)
+        values, indices = _TopKEncode.apply(x_n, self.W_enc, self.b_enc, self._input_bias(), self.cfg.k)
         values = F.relu(values)  # (B, k)
         x_hat_n = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum") + self.b_dec
         mse = (x_hat_n - x_n).pow(2).sum(-1)
@@ -192,28 +207,41 @@ class SAE(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> SAE:
-        """Load a folder written by `save` or by SAELens (`cfg.json` + `sae_weights.safetensors`)."""
+        """Load a folder written by `save` or by SAELens 6 (`cfg.json` + `sae_weights.safetensors`).
+
+        Computes what SAELens' `load_from_disk` computes, or refuses naming the cfg.json field it
+        cannot honour. Weights are rounded to cfg.json's dtype, as SAELens does, then held in float32.
+        A topk SAE with rescale_acts_by_decoder_norm gets its decoder norms folded into the encoder,
+        as SAELens' `fold_W_dec_norm` does: the same latents and reconstruction, a unit-norm decoder.
+        """
         path = Path(path)
         if not (path / SAE_CFG_FILE).exists():
             raise FileNotFoundError(f"No SAE at {path}: expected {SAE_CFG_FILE} and {SAE_WEIGHTS_FILE} there.")
         raw = json.loads((path / SAE_CFG_FILE).read_text())
         cfg = _cfg_from_saelens(raw, path)
         sae = cls(cfg, seed=None)
-        t = load_file(str(path / SAE_WEIGHTS_FILE))
+        stored = _stored_dtype(raw, path)
+        t = {k: v.to(stored).float() for k, v in load_file(str(path / SAE_WEIGHTS_FILE)).items()}
+        if cfg.architecture == "topk" and raw.get("rescale_acts_by_decoder_norm", False):
+            n = t["W_dec"].norm(dim=1).clamp_min(1e-8)  # (d_sae,)
+            t.update(W_enc=t["W_enc"] * n, b_enc=t["b_enc"] * n, W_dec=t["W_dec"] / n[:, None])
         s = cfg.norm_scale
         state = {"W_enc": t["W_enc"] / s, "b_enc": t["b_enc"], "W_dec": t["W_dec"] * s, "b_dec": t["b_dec"] * s}
         if cfg.architecture == "jumprelu":
             state["log_threshold"] = t["threshold"].clamp_min(1e-12).log()
-        sae.load_state_dict({k: v.to(getattr(torch, cfg.dtype)) for k, v in state.items()})
+        sae.load_state_dict(state)
         return sae.to(device)
 
 
 def from_sae_lens(sae_lens_sae: Any) -> SAE:
-    """Convert a SAELens SAE object through its own save format, which `SAE.load` reads."""
+    """Convert a SAELens SAE object through its own save format, which `SAE.load` reads.
+
+    A SAELens training SAE is saved in its inference form (batchtopk becomes jumprelu), as SAELens
+    does at the end of training."""
     if not hasattr(sae_lens_sae, "save_model"):
         raise ValueError(f"Expected an ssae_kit SAE or a SAELens SAE, not {type(sae_lens_sae).__name__}.")
     with tempfile.TemporaryDirectory() as tmp:
-        sae_lens_sae.save_model(tmp)
+        getattr(sae_lens_sae, "save_inference_model", sae_lens_sae.save_model)(tmp)
         return SAE.load(tmp)
 
 
@@ -315,7 +343,7 @@ class _JumpStep(torch.autograd.Function):
 def _saelens_cfg(cfg: SAEConfig) -> dict[str, Any]:
     out: dict[str, Any] = {
         "d_in": cfg.d_in, "d_sae": cfg.d_sae, "dtype": cfg.dtype, "device": "cpu",
-        "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
+        "apply_b_dec_to_input": cfg.apply_b_dec_to_input, "normalize_activations": "none", "reshape_activations": "none",
         "architecture": _TO_SAELENS[cfg.architecture],
         "metadata": {
             "sae_lens_version": "6.0.0", "model_name": cfg.model_name, "hook_name": cfg.hook_name,
@@ -328,23 +356,43 @@ def _saelens_cfg(cfg: SAEConfig) -> dict[str, Any]:
 
 
 def _cfg_from_saelens(raw: dict[str, Any], path: Path) -> SAEConfig:
-    arch = raw.get("architecture", "standard")
+    """The kit's config for a SAELens 6 cfg.json; refuses, naming the field, what the kit cannot compute."""
+    file = path / SAE_CFG_FILE
+    meta = raw.get("metadata") or {}
+    version = str(meta.get("sae_lens_version") or raw.get("sae_lens_version") or "none")
+    major = version.split(".")[0]
+    if not (major.isdigit() and int(major) >= 6):
+        raise ValueError(
+            f"{file} has sae_lens_version={version!r}, a format older than SAELens 6 that the kit does not read: "
+            "load it with SAELens (SAE.load_from_disk) and convert it with ssae_kit.sae.from_sae_lens."
+        )
+    arch = raw.get("architecture")
     if arch not in _FROM_SAELENS:
+        hint = " SAELens' save_inference_model saves a batchtopk SAE as jumprelu." if "batchtopk" in str(arch) else ""
         raise ValueError(
-            f"{path / SAE_CFG_FILE} has architecture {arch!r}; the kit reads {sorted(_FROM_SAELENS)} "
-            "(SAELens names). Convert it with SAELens or pick an SAE of a supported architecture."
+            f"{file} has architecture {arch!r}; the kit reads {sorted(_FROM_SAELENS)} (SAELens names). "
+            f"Pick an SAE of a supported architecture.{hint}"
         )
-    if raw.get("normalize_activations", "none") not in ("none", None):
-        raise ValueError(
-            f"{path / SAE_CFG_FILE} asks for normalize_activations={raw['normalize_activations']!r}; "
-            "fold the normalisation into the weights first (SAELens: fold_activation_norm_scaling_factor)."
-        )
-    meta = raw.get("metadata", {}) or {}
+    for field, fix in (("normalize_activations", "fold the normalisation into the weights first "
+                                                 "(SAELens: fold_activation_norm_scaling_factor)"),
+                       ("reshape_activations", "the kit reads the residual stream, not attention heads")):
+        if raw.get(field, "none") not in ("none", None):
+            raise ValueError(f"{file} asks for {field}={raw[field]!r}, which the kit does not apply: {fix}.")
     kit = dict(meta.get("ssae_kit", {}))
-    kit.update(d_in=raw["d_in"], d_sae=raw["d_sae"], architecture=_FROM_SAELENS[arch],
-               dtype=raw.get("dtype", "float32"))
+    kit.update(d_in=raw["d_in"], d_sae=raw["d_sae"], architecture=_FROM_SAELENS[arch], dtype="float32",
+               apply_b_dec_to_input=raw.get("apply_b_dec_to_input", True))
     kit.setdefault("model_name", meta.get("model_name") or "")
     kit.setdefault("hook_name", meta.get("hook_name") or "")
+    kit.setdefault("layer", layer_of_hook(kit["hook_name"]) if kit["hook_name"] else -1)
     if arch == "topk":
         kit["k"] = raw.get("k", kit.get("k", 32))
     return SAEConfig.from_dict(kit)
+
+
+def _stored_dtype(raw: dict[str, Any], path: Path) -> torch.dtype:
+    """The dtype SAELens casts the weights to on load (cfg.json `dtype`, its DTYPE_MAP names)."""
+    name = str(raw.get("dtype", "float32")).removeprefix("torch.")
+    if name not in ("float32", "float64", "float16", "bfloat16"):
+        raise ValueError(f"{path / SAE_CFG_FILE} has dtype={raw['dtype']!r}; SAELens and the kit read "
+                         "float32, float64, float16 or bfloat16.")
+    return getattr(torch, name)

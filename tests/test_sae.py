@@ -28,6 +28,9 @@ X = torch.tensor([[3.0, 2.0]])  # pre-activations: (x - b_dec) W_enc + b_enc = [
     ("relu", {}, [2.0, 1.0], [3.0, 1.0], 3.0),  # L1 = 2 + 1
     ("topk", {"k": 1}, [2.0, 0.0], [3.0, 0.0], 0.0),
     ("jumprelu", {"threshold": 1.5}, [2.0, 0.0], [3.0, 0.0], 1.0),  # L0 = 1
+    # apply_b_dec_to_input off (Gemma Scope): pre-activations x W_enc + b_enc = [3, 1]
+    ("relu", {"apply_b_dec_to_input": False}, [3.0, 1.0], [4.0, 1.0], 4.0),
+    ("topk", {"k": 1, "apply_b_dec_to_input": False}, [3.0, 0.0], [4.0, 0.0], 0.0),
 ])
 def test_forward_on_a_hand_computed_case(arch, kw, latents, recon, sparsity):
     out = build_sae(arch, **kw)(X)
@@ -94,6 +97,10 @@ def test_bad_configs_and_files_name_the_fix(tmp_path):
         SAEConfig(d_in=4, d_sae=32, architecture="topk", k=40)
     with pytest.raises(ValueError, match="Unknown architecture 'gated'"):
         SAEConfig(d_in=4, d_sae=8, architecture="gated")
+    with pytest.raises(ValueError, match="dtype='bfloat16': the kit computes and fine-tunes in float32"):
+        SAEConfig(d_in=4, d_sae=8, dtype="bfloat16")
+    with pytest.raises(ValueError, match="layer=3 but hook_name='blocks.4.hook_resid_post' reads layer 4"):
+        SAEConfig(d_in=4, d_sae=8, layer=3, hook_name="blocks.4.hook_resid_post")
     SAE(SAEConfig(d_in=4, d_sae=8)).save(tmp_path)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     (tmp_path / "cfg.json").write_text(json.dumps({**cfg, "architecture": "gated"}))
@@ -108,8 +115,10 @@ def test_from_dict_ignores_unknown_fields():
     assert (cfg.d_in, cfg.d_sae, cfg.architecture) == (4, 8, "relu")
 
 
-def test_sparse_topk_forward_matches_the_dense_path_in_value_and_gradient():
-    sae = SAE(SAEConfig(d_in=16, d_sae=64, architecture="topk", k=5, norm_scale=0.7), seed=4)
+@pytest.mark.parametrize("apply_b_dec_to_input", [True, False])
+def test_sparse_topk_forward_matches_the_dense_path_in_value_and_gradient(apply_b_dec_to_input):
+    sae = SAE(SAEConfig(d_in=16, d_sae=64, architecture="topk", k=5, norm_scale=0.7,
+                        apply_b_dec_to_input=apply_b_dec_to_input), seed=4)
     with torch.no_grad():
         sae.b_dec.normal_()
         sae.b_enc.normal_(0, 0.1)

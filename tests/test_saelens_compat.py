@@ -1,68 +1,165 @@
-"""SAELens reads what the kit saves and the kit reads what SAELens saves, offline, same function.
+"""SAELens reads what the kit saves and the kit reads what SAELens saves, offline, to the same function.
 
-Needs `sae-lens` (in the dev extra). Checks encode/decode on raw activations to atol 1e-5 for
-the three architectures, including a non-trivial normalisation scale folded into the weights.
+Needs `sae-lens` (in the dev extra). SAEs are built with SAELens' own classes (Standard, TopK,
+JumpReLU, BatchTopK in its inference form), with each flag that changes the function on and off,
+in float32 and bfloat16, and the kit's encode/decode are compared with SAELens' own on the same
+inputs to relative error 1e-5. The kit computes in float32, so a bfloat16 SAE is compared with
+SAELens run in float32 on the same stored weights. A cfg.json field the kit cannot honour is
+refused by name.
 """
 
 from __future__ import annotations
 
+import json
+import math
+from typing import Any
+
 import pytest
 import torch
 from sae_lens import SAE as LensSAE
-from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+from sae_lens import (
+    BatchTopKTrainingSAE,
+    BatchTopKTrainingSAEConfig,
+    GatedSAE,
+    GatedSAEConfig,
+    JumpReLUSAE,
+    JumpReLUSAEConfig,
+    StandardSAE,
+    StandardSAEConfig,
+    TopKSAE,
+    TopKSAEConfig,
+)
 from sae_lens.saes.sae import SAEMetadata
 
+from ssae_kit import cache_activations
 from ssae_kit.sae import SAE, SAEConfig, from_sae_lens, load_pretrained
+from ssae_kit.train import TrainConfig, train
 
-ARCHS = ["relu", "topk", "jumprelu"]
-
-
-def _random_kit_sae(arch: str) -> SAE:
-    sae = SAE(SAEConfig(d_in=16, d_sae=48, architecture=arch, k=6, threshold=0.05, model_name="tiny-llama",
-                        layer=1, hook_name="blocks.1.hook_resid_post", norm_scale=0.4), seed=1)
-    with torch.no_grad():
-        sae.b_enc.normal_(0, 0.1)
-        sae.b_dec.normal_(0, 0.5)
-    return sae
+HOOK = "blocks.1.hook_resid_post"
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_sae_lens_loads_a_kit_sae_and_computes_the_same_function(arch, tmp_path):
-    kit = _random_kit_sae(arch)
-    kit.save(tmp_path)
-    lens = LensSAE.load_from_disk(str(tmp_path), device="cpu")
-    x = torch.randn(20, 16) * 3
-    with torch.no_grad():
-        torch.testing.assert_close(lens.encode(x), kit.encode(x), atol=1e-5, rtol=1e-5)
-        f = kit.encode(x)
-        torch.testing.assert_close(lens.decode(f), kit.decode(f), atol=1e-5, rtol=1e-5)
-    assert lens.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
+@pytest.fixture(scope="module")
+def store(tiny, docs, tmp_path_factory):
+    """Layer-1 activations of the tiny model, as in test_train.py."""
+    model, tok = tiny
+    return cache_activations(model, tok, docs * 4, 1, tmp_path_factory.mktemp("store"), ctx_len=16, shard_tokens=500)
 
 
-def _random_lens_sae(arch: str):
-    common = dict(d_in=16, d_sae=48, metadata=SAEMetadata(model_name="tiny-llama", hook_name="blocks.1.hook_resid_post"))
-    lens = {"relu": lambda: StandardSAE(StandardSAEConfig(**common)),
-            "topk": lambda: TopKSAE(TopKSAEConfig(k=6, **common)),
-            "jumprelu": lambda: JumpReLUSAE(JumpReLUSAEConfig(**common))}[arch]()
+def _lens_sae(arch: str, dtype: str = "float32", d_in: int = 16, hook_name: str = HOOK, **flags: Any) -> Any:
+    """A SAELens SAE with random weights: non-zero b_dec, decoder rows of uneven norm (so that
+    rescale_acts_by_decoder_norm matters), thresholds that silence part of the latents.
+    batchtopk is SAELens' training class; SAELens saves it as jumprelu (save_inference_model)."""
+    common = dict(d_in=d_in, d_sae=48, dtype=dtype, metadata=SAEMetadata(model_name="tiny-llama", hook_name=hook_name))
+    lens = {"standard": lambda: StandardSAE(StandardSAEConfig(**common, **flags)),
+            "topk": lambda: TopKSAE(TopKSAEConfig(k=6, **common, **flags)),
+            "jumprelu": lambda: JumpReLUSAE(JumpReLUSAEConfig(**common, **flags)),
+            "batchtopk": lambda: BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(k=6, **common, **flags))}[arch]()
     with torch.no_grad():
         for p in lens.parameters():
             p.normal_(0, 0.3)
+        lens.W_dec.mul_(torch.rand(48, 1) * 2 + 0.5)
         if arch == "jumprelu":
-            lens.threshold.uniform_(0.0, 0.3)
+            lens.threshold.uniform_(0.0, 1.0)
+        if arch == "batchtopk":
+            lens.topk_threshold.fill_(0.5)
     return lens
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_kit_loads_a_sae_lens_sae_and_computes_the_same_function(arch, tmp_path):
-    lens = _random_lens_sae(arch)
-    lens.save_model(str(tmp_path))
-    for kit in (SAE.load(tmp_path), from_sae_lens(lens)):
-        assert kit.cfg.architecture == arch and kit.cfg.hook_name == "blocks.1.hook_resid_post"
-        x = torch.randn(20, 16) * 3
-        with torch.no_grad():
-            torch.testing.assert_close(kit.encode(x), lens.encode(x), atol=1e-5, rtol=1e-5)
-            f = lens.encode(x)
-            torch.testing.assert_close(kit.decode(f), lens.decode(f), atol=1e-5, rtol=1e-5)
+def _assert_same_function(kit: SAE, lens: Any, x: torch.Tensor) -> None:
+    """The kit's encode and decode equal SAELens' on x, to relative error 1e-5."""
+    with torch.no_grad():
+        f = lens.encode(x)
+        for name, mine, theirs in (("encode", kit.encode(x), f), ("decode", kit.decode(f), lens.decode(f))):
+            err = ((mine - theirs).norm() / theirs.norm()).item()
+            assert err <= 1e-5, f"{name} differs from SAELens': relative error {err:.1e}"
+
+
+LENS_CASES = [
+    *[("standard", {"apply_b_dec_to_input": a}) for a in (True, False)],
+    *[("jumprelu", {"apply_b_dec_to_input": a}) for a in (True, False)],
+    *[("topk", {"apply_b_dec_to_input": a, "rescale_acts_by_decoder_norm": r}) for a in (True, False) for r in (True, False)],
+    *[("batchtopk", {"rescale_acts_by_decoder_norm": r}) for r in (True, False)],
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("arch,flags", LENS_CASES, ids=[f"{a}-{f}" for a, f in LENS_CASES])
+def test_kit_loads_a_sae_lens_sae_to_sae_lens_function_and_saves_it_back(arch, flags, dtype, tmp_path):
+    lens = _lens_sae(arch, dtype, **flags)
+    (lens.save_inference_model if arch == "batchtopk" else lens.save_model)(str(tmp_path / "lens"))
+    reference = LensSAE.load_from_disk(str(tmp_path / "lens"), dtype="float32")  # the stored weights, in float32
+    x = torch.randn(20, 16)
+    assert 0.05 < (reference.encode(x) > 0).float().mean() < 0.95, "the test SAE should silence some latents"
+    for kit in (SAE.load(tmp_path / "lens"), from_sae_lens(lens)):
+        assert all(p.dtype == torch.float32 for p in kit.parameters()) and kit.cfg.dtype == "float32"
+        assert kit.cfg.layer == 1 and kit.cfg.apply_b_dec_to_input == flags.get("apply_b_dec_to_input", True)
+        _assert_same_function(kit, reference, x)
+    kit.save(tmp_path / "kit")
+    _assert_same_function(kit, LensSAE.load_from_disk(str(tmp_path / "kit")), x)
+
+
+@pytest.mark.parametrize("apply_b_dec_to_input", [True, False])
+@pytest.mark.parametrize("arch", ["relu", "topk", "jumprelu"])
+def test_sae_lens_loads_a_kit_sae_to_the_kit_function(arch, apply_b_dec_to_input, tmp_path):
+    kit = SAE(SAEConfig(d_in=16, d_sae=48, architecture=arch, k=6, threshold=0.05, model_name="tiny-llama", layer=1,
+                        hook_name=HOOK, norm_scale=0.4, apply_b_dec_to_input=apply_b_dec_to_input), seed=1)
+    with torch.no_grad():
+        kit.b_enc.normal_(0, 0.1)
+        kit.b_dec.normal_(0, 0.5)
+    kit.save(tmp_path)
+    lens = LensSAE.load_from_disk(str(tmp_path))
+    assert lens.cfg.metadata.hook_name == HOOK and lens.cfg.apply_b_dec_to_input == apply_b_dec_to_input
+    _assert_same_function(kit, lens, torch.randn(20, 16) * 3)
+    assert SAE.load(tmp_path).cfg == kit.cfg
+
+
+@pytest.mark.parametrize("hook_name,layer", [("blocks.15.hook_resid_post", 15), ("blocks.16.hook_resid_pre", 15)])
+def test_layer_is_read_from_the_hook_name(hook_name, layer, tmp_path):
+    _lens_sae("standard", hook_name=hook_name).save_model(str(tmp_path))
+    assert SAE.load(tmp_path).cfg.layer == layer
+
+
+def test_layer_guards_refuse_a_sae_lens_sae_of_another_layer(store):
+    lens = _lens_sae("standard", d_in=store.d_model, hook_name="blocks.2.hook_resid_post")
+    with pytest.raises(ValueError, match="layer=2 but the store holds layer=1"):
+        train(store, TrainConfig(batch_size=64, total_tokens=64), init=lens)
+
+
+def test_fine_tuning_from_a_bfloat16_sae_lens_sae_gives_a_float32_sae(store):
+    lens = _lens_sae("jumprelu", "bfloat16", d_in=store.d_model, apply_b_dec_to_input=False)  # as Gemma Scope
+    result = train(store, TrainConfig(batch_size=64, total_tokens=64 * 5, warmup_tokens=0, log_every=1), init=lens)
+    assert all(p.dtype == torch.float32 for p in result.sae.parameters())
+    assert result.sae.cfg.layer == 1 and not result.sae.cfg.apply_b_dec_to_input
+    assert len(result.log) == 5 and all(math.isfinite(m["loss"]) for m in result.log)
+
+
+@pytest.mark.parametrize("lens,match", [
+    (lambda: GatedSAE(GatedSAEConfig(d_in=4, d_sae=8)), "architecture 'gated'"),
+    (lambda: BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=4, d_sae=8, k=2)),
+     "architecture 'batchtopk'.*save_inference_model saves a batchtopk SAE as jumprelu"),
+], ids=["gated", "batchtopk-training-checkpoint"])
+def test_an_architecture_the_kit_does_not_compute_is_refused_by_name(lens, match, tmp_path):
+    lens().save_model(str(tmp_path))
+    with pytest.raises(ValueError, match=match):
+        SAE.load(tmp_path)
+
+
+@pytest.mark.parametrize("edit,match", [
+    ({"normalize_activations": "layer_norm"}, "normalize_activations='layer_norm'"),
+    ({"reshape_activations": "hook_z"}, "reshape_activations='hook_z'"),
+    ({"dtype": "int8"}, "dtype='int8'"),
+    ({"metadata": {"sae_lens_version": "5.9.0"}}, "sae_lens_version='5.9.0'"),
+    ({"metadata": {"sae_lens_version": "6.0.0", "hook_name": "blocks.3.hook_mlp_out"}},
+     "hook_name='blocks.3.hook_mlp_out' is not the residual stream after a block"),
+    ({"metadata": {"sae_lens_version": "6.0.0", "hook_name": "blocks.0.hook_resid_pre"}},
+     "hook_name='blocks.0.hook_resid_pre' is not the residual stream after a block"),
+], ids=["normalize_activations", "reshape_activations", "dtype", "pre-6-format", "hook-not-resid", "hook-embeddings"])
+def test_a_cfg_field_the_kit_cannot_honour_is_refused_by_name(edit, match, tmp_path):
+    StandardSAE(StandardSAEConfig(d_in=4, d_sae=8)).save_model(str(tmp_path))
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    (tmp_path / "cfg.json").write_text(json.dumps({**cfg, **edit}))
+    with pytest.raises(ValueError, match=match):
+        SAE.load(tmp_path)
 
 
 def test_load_pretrained_offline_says_it_is_not_cached(monkeypatch):
