@@ -32,7 +32,7 @@ demo: $(STAMP)
 gsae: $(STAMP)
 	mkdir -p runs/gsae
 	nohup $(BIN)/python data/saes/build_gsae.py >> runs/gsae/build.log 2>&1 &
-	@echo "Building the GSAE in the background (about 80 minutes on 2 cores). Follow it: tail -f runs/gsae/build.log"
+	@echo "Building the GSAE in the background (about an hour on 2 cores). Follow it: tail -f runs/gsae/build.log"
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest

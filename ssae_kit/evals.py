@@ -263,7 +263,8 @@ def _ce_sums(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, targ
 
 @dataclass(frozen=True)
 class Difference:
-    """`metric` of SAE a minus SAE b on the same documents, with a paired bootstrap interval."""
+    """`metric` of SAE a minus SAE b on the same text, with a paired bootstrap interval (over
+    documents; over token types for tail coverage, where `n_docs` counts types)."""
 
     metric: str
     estimate: float
@@ -275,8 +276,9 @@ class Difference:
     def verdict(self, a: str, b: str) -> str:
         """One sentence read off the interval: a difference only when it excludes 0."""
         better = "lower" if self.metric == "ce" else "higher"
-        what = {"ce": "spliced CE", "ev": "explained variance", "mse": "MSE"}[self.metric]
-        span = f"{self.estimate:+.3f} [{self.low:+.3f}, {self.high:+.3f}], {100 * self.confidence:.0f}% CI over {self.n_docs} documents"
+        what = {"ce": "spliced CE", "ev": "explained variance", "mse": "MSE", "coverage": "tail coverage"}[self.metric]
+        units = "token types" if self.metric == "coverage" else "documents"
+        span = f"{self.estimate:+.3f} [{self.low:+.3f}, {self.high:+.3f}], {100 * self.confidence:.0f}% CI over {self.n_docs} {units}"
         if self.low > 0 or self.high < 0:
             side = "higher" if self.low > 0 else "lower"
             good = "better" if side == better else "worse"
@@ -341,6 +343,22 @@ def tail_coverage(result: EvalResult, n_bins: int = 8) -> dict[str, Any]:
     cumulative = np.cumsum(has[order]) / np.arange(1, len(order) + 1)
     return dict(bin_edges=edges.tolist(), coverage=per_bin, n_types=[int((which == b).sum()) for b in range(len(edges) - 1)],
                 freq_sorted=freq[order].tolist(), cumulative=cumulative.tolist(), overall=float(has.mean()))
+
+
+def tail_coverage_difference(a: EvalResult, b: EvalResult, confidence: float = 0.95, seed: int = 0) -> Difference:
+    """Overall tail coverage of a minus b (fraction of token types that have a feature), with a
+    paired bootstrap interval over token types (percentile; both SAEs read the same tokens)."""
+    if not np.array_equal(a.token_ids, b.token_ids):
+        raise ValueError("tail_coverage_difference needs both SAEs evaluated on the same tokens.")
+    types = np.unique(a.token_ids)
+    has = [np.isin(types, r.feature_top_token[r.feature_top_token >= 0]).astype(float) for r in (a, b)]
+    estimate = float(has[0].mean() - has[1].mean())
+    if len(types) < 2 or np.array_equal(has[0], has[1]):
+        return Difference("coverage", estimate, estimate, estimate, confidence, len(types))
+    ci = stats.bootstrap((has[0], has[1]), lambda x, y, axis=-1: x.mean(axis) - y.mean(axis), paired=True,
+                         vectorized=True, confidence_level=confidence, n_resamples=2000, method="percentile",
+                         random_state=seed).confidence_interval
+    return Difference("coverage", estimate, float(ci.low), float(ci.high), confidence, len(types))
 
 
 def error_by_rank(result: EvalResult, n_buckets: int = 8) -> dict[str, list[float]]:

@@ -127,15 +127,23 @@ def plot_pareto(rows: list[dict], x: str = "l0", y: str = "perplexity_sae", base
     return fig
 
 
-def plot_grouped_bars(values: dict[str, dict[str, float]], ylabel: str, title: str) -> Figure:
-    """Bars for {group: {series: value}}, e.g. {strategy: {"in-domain": x, "out-of-domain": y}}."""
+def plot_grouped_bars(values: dict[str, dict[str, float]], ylabel: str, title: str,
+                      intervals: dict[str, dict[str, tuple[float, float]]] | None = None) -> Figure:
+    """Bars for {group: {series: value}}, e.g. {strategy: {"in-domain": x, "out-of-domain": y}};
+    `intervals` ({group: {series: (low, high)}}) draws each bar's interval as an error bar."""
     groups = list(values)
     series = list(dict.fromkeys(s for g in values.values() for s in g))
     fig = Figure(figsize=(max(5, 1.2 * len(groups)), 3.8))
     ax = fig.subplots()
     width = 0.8 / len(series)
     for j, name in enumerate(series):
-        ax.bar(np.arange(len(groups)) + j * width, [values[g].get(name, np.nan) for g in groups], width, label=name)
+        vals = np.array([values[g].get(name, np.nan) for g in groups])
+        err = None
+        if intervals is not None:
+            lo = np.array([intervals.get(g, {}).get(name, (np.nan, np.nan))[0] for g in groups])
+            hi = np.array([intervals.get(g, {}).get(name, (np.nan, np.nan))[1] for g in groups])
+            err = np.nan_to_num(np.array([vals - lo, hi - vals]))
+        ax.bar(np.arange(len(groups)) + j * width, vals, width, label=name, yerr=err, capsize=3)
     ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_ylabel(ylabel)

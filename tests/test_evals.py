@@ -19,6 +19,7 @@ from ssae_kit.evals import (
     evaluate_store,
     health_warnings,
     tail_coverage,
+    tail_coverage_difference,
 )
 from ssae_kit.sae import SAE, SAEConfig
 
@@ -233,3 +234,20 @@ def test_evaluating_an_sae_of_another_model_is_refused(tiny, docs):
     model, tok = tiny
     with pytest.raises(ValueError, match="trained on model 'gpt2', not 'tiny-llama'"):
         evaluate(SAE(SAEConfig(d_in=32, d_sae=8, model_name="gpt2")), model, tok, docs, 1)
+
+
+def test_tail_coverage_difference_is_paired_over_token_types():
+    ids = np.array([1, 1, 2, 3, 4, 5, 6, 7])
+
+    def result(top):
+        empty = np.zeros(0)
+        return EvalResult({}, ids, empty, empty, empty, empty, empty, empty, np.array(top), {})
+
+    more, fewer = result([1, 2, 3, 4, -1]), result([1, 2, -1, -1, -1])
+    d = tail_coverage_difference(more, fewer)
+    assert d.estimate == pytest.approx(2 / 7) and d.n_docs == 7 and d.low <= d.estimate <= d.high
+    assert d.verdict("TERM", "ERM").startswith("TERM has higher tail coverage than ERM (better)") == (d.low > 0)
+    same = tail_coverage_difference(more, more)
+    assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="same tokens"):
+        tail_coverage_difference(more, EvalResult({}, ids[:-1], *[np.zeros(0)] * 6, np.array([1]), {}))

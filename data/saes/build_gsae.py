@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--layer", type=int, default=6)
     p.add_argument("--d-sae", type=int, default=4608, help="latents (8 x d_model of SmolLM2)")
-    p.add_argument("--l1", type=float, nargs="+", default=[0.55, 0.8, 1.2], help="sparsity coefficients (frontier)")
+    p.add_argument("--l1", type=float, nargs="+", default=[0.55, 1.2, 1.4], help="sparsity coefficients (frontier)")
     p.add_argument("--ship", type=float, default=None, help="coefficient to ship; default: see _pick")
     p.add_argument("--tokens", type=int, default=4_000_000, help="training tokens per SAE")
     p.add_argument("--batch-size", type=int, default=2048)
@@ -128,15 +128,14 @@ def _train_seconds(run: Path, elapsed: float) -> float:
 
 
 def _pick(points: list[dict], ship: float | None) -> dict:
-    """The requested point; else the best spliced CE among points meeting every target; else
-    among points within the L0 budget; else the best spliced CE overall."""
+    """The requested point; else the best spliced CE among points meeting every target; else the
+    best spliced CE within the L0 budget; else the sparsest point."""
     if ship is not None:
         return next(p for p in points if p["l1"] == ship)
-    for ok in (meets_targets, lambda p: p["l0"] <= TARGETS["max_l0"], lambda p: True):
-        good = [p for p in points if ok(p)]
-        if good:
+    for ok in (meets_targets, lambda p: p["l0"] <= TARGETS["max_l0"]):
+        if good := [p for p in points if ok(p)]:
             return min(good, key=lambda p: p["ce_delta"])
-    raise ValueError("no frontier points")
+    return min(points, key=lambda p: p["l0"])
 
 
 def _to_fp16(run: Path, dest: Path) -> Path:
