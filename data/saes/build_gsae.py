@@ -169,6 +169,9 @@ def _model_card(c: dict) -> str:
         f"| {p['l1']:g} | {p['l0']:.1f} | {p['explained_variance']:.3f} | {p['ce_delta']:+.3f} | "
         f"{p['ce_loss_recovered']:.3f} | {p['dead_fraction']:.3f} | {p['train_seconds'] / 60:.0f} |"
         for p in c["frontier"])
+    log = next(p for p in c["frontier"] if p["l1"] == c["l1_coefficient"])["train_log"]
+    curve = "\n".join(f"| {r['tokens']:,} | {r['mse']:.1f} | {r['l0']:.1f} | {r['dead_frac']:.3f} |"
+                      for r in log[:: max(1, len(log) // 8)] + log[-1:])
     return f"""# {c['id']}: a general SAE for {c['model']}, layer {c['layer']}
 
 ReLU SAE (L1 penalty) with {c['d_sae']} latents on the residual stream after block {c['layer']}
@@ -202,6 +205,11 @@ Meets all targets: **{'yes' if c['meets_targets'] else 'no'}**.
 | l1 | L0 | EV | spliced CE - clean | CE recovered | dead | train minutes |
 |---|---|---|---|---|---|---|
 {rows}
+
+## Time curve of the shipped point (training batches: MSE in normalised units, E||x||^2 = d_in)
+| tokens seen | MSE | L0 | dead (no fire in 100k tokens) |
+|---|---|---|---|
+{curve}
 
 ## Rebuild
 `{c['command']}` from a clean clone: deterministic on CPU for the same thread count and torch.
