@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +47,9 @@ class TrainConfig:
     """Pre-encoder bias of a new SAE: the data mean (so a constant offset, e.g. a massive
     dimension, is not the latents' job; SAELens' `b_dec_init_method`), zeros, or the geometric
     median (Weiszfeld; sparsify's init, SAELens' former option; less pulled by outlier tokens)."""
+    norm_scale_from: Literal["store", "centered"] = "store"
+    """Input scale of a new SAE: the store's sqrt(d_model / E||x||^2), or sqrt(d_model / E||x - mean||^2),
+    which a massive constant dimension cannot shrink (see `_centered_norm_scale`)."""
     l1_coefficient: float = 1.0
     """Weight of the sparsity penalty (L1 for relu, L0 for jumprelu; unused by topk)."""
     lr: float = 1e-3
@@ -216,7 +220,7 @@ def _batches(store: ActivationStore, cfg: TrainConfig, state: TrainState, rank: 
 
 def _initial_sae(store: ActivationStore, cfg: TrainConfig, init: Any) -> SAE:
     if init is None:
-        norm_scale = store.norm_scale
+        norm_scale = store.norm_scale if cfg.norm_scale_from == "store" else _centered_norm_scale(store)
         sae_cfg = SAEConfig(
             d_in=store.d_model, d_sae=cfg.d_sae, architecture=cfg.architecture, k=cfg.k,
             model_name=store.model_name, layer=store.layer, hook_name=store.hook_name, norm_scale=norm_scale,
@@ -260,6 +264,16 @@ def _store_sample(store: ActivationStore, max_tokens: int = 100_000) -> torch.Te
         if n >= max_tokens:
             break
     return torch.cat(parts)
+
+
+def _centered_norm_scale(store: ActivationStore) -> float:
+    """sqrt(d_model / E||x - mean||^2) over the tokens `_store_mean` averages.
+
+    The store's scale sqrt(d_model / E||x||^2) counts a constant offset: where a near-constant
+    dimension carries 90% of E||x||^2, everything else is shrunk ~3x, so the L1 coefficient bites
+    ~3x harder than on a model without one. b_dec removes the offset; this scale ignores it too."""
+    x = _store_sample(store).double()
+    return math.sqrt(store.d_model / float((x - x.mean(0)).pow(2).sum(1).mean()))
 
 
 def geometric_median(x: torch.Tensor, max_iter: int = 100, tol: float = 1e-6, chunk: int = 8192) -> torch.Tensor:
