@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,9 +43,13 @@ class TrainConfig:
     """Architecture of a new SAE."""
     k: int = 32
     """Active latents per token of a new topk SAE."""
-    b_dec_init: Literal["mean", "zeros"] = "mean"
+    b_dec_init: Literal["mean", "zeros", "geometric_median"] = "mean"
     """Pre-encoder bias of a new SAE: the data mean (so a constant offset, e.g. a massive
-    dimension, is not the latents' job; SAELens' `b_dec_init_method`) or zeros."""
+    dimension, is not the latents' job; SAELens' `b_dec_init_method`), zeros, or the geometric
+    median (Weiszfeld; sparsify's init, SAELens' former option; less pulled by outlier tokens)."""
+    norm_scale_from: Literal["store", "centered"] = "store"
+    """Input scale of a new SAE: the store's sqrt(d_model / E||x||^2), or sqrt(d_model / E||x - mean||^2),
+    which a massive constant dimension cannot shrink (see `_centered_norm_scale`)."""
     l1_coefficient: float = 1.0
     """Weight of the sparsity penalty (L1 for relu, L0 for jumprelu; unused by topk)."""
     lr: float = 1e-3
@@ -215,14 +220,16 @@ def _batches(store: ActivationStore, cfg: TrainConfig, state: TrainState, rank: 
 
 def _initial_sae(store: ActivationStore, cfg: TrainConfig, init: Any) -> SAE:
     if init is None:
+        norm_scale = store.norm_scale if cfg.norm_scale_from == "store" else _centered_norm_scale(store)
         sae_cfg = SAEConfig(
             d_in=store.d_model, d_sae=cfg.d_sae, architecture=cfg.architecture, k=cfg.k,
-            model_name=store.model_name, layer=store.layer, hook_name=store.hook_name, norm_scale=store.norm_scale,
+            model_name=store.model_name, layer=store.layer, hook_name=store.hook_name, norm_scale=norm_scale,
         )
         sae = SAE(sae_cfg, seed=cfg.seed)
-        if cfg.b_dec_init == "mean":
+        if cfg.b_dec_init != "zeros":
+            b_dec = _store_mean(store) if cfg.b_dec_init == "mean" else geometric_median(_store_sample(store))
             with torch.no_grad():
-                sae.b_dec.copy_(_store_mean(store) * store.norm_scale)
+                sae.b_dec.copy_(b_dec * norm_scale)
         return sae
     sae = copy.deepcopy(init) if isinstance(init, SAE) else from_sae_lens(init)
     if sae.cfg.d_in != store.d_model:
@@ -245,6 +252,51 @@ def _store_mean(store: ActivationStore, max_tokens: int = 100_000) -> torch.Tens
         if n >= max_tokens:
             break
     return (total / n).float()
+
+
+def _store_sample(store: ActivationStore, max_tokens: int = 100_000) -> torch.Tensor:
+    """(n, d_model) raw activations of the store's first shards (the tokens `_store_mean` averages)."""
+    parts, n = [], 0
+    for i in range(store.n_shards):
+        x, _ = store.read_shard(i, normalize=False)
+        parts.append(x[: max_tokens - n])
+        n += len(parts[-1])
+        if n >= max_tokens:
+            break
+    return torch.cat(parts)
+
+
+def _centered_norm_scale(store: ActivationStore) -> float:
+    """sqrt(d_model / E||x - mean||^2) over the tokens `_store_mean` averages.
+
+    The store's scale sqrt(d_model / E||x||^2) counts a constant offset: where a near-constant
+    dimension carries 90% of E||x||^2, everything else is shrunk ~3x, so the L1 coefficient bites
+    ~3x harder than on a model without one. b_dec removes the offset; this scale ignores it too."""
+    x = _store_sample(store).double()
+    return math.sqrt(store.d_model / float((x - x.mean(0)).pow(2).sum(1).mean()))
+
+
+def geometric_median(x: torch.Tensor, max_iter: int = 100, tol: float = 1e-6, chunk: int = 8192) -> torch.Tensor:
+    """The point minimising the summed distance to the rows of x (n, d), by Weiszfeld iterations.
+
+    Float64, fixed chunking and order, so deterministic on CPU. Starts from the mean and stops when a
+    step moves less than `tol` x the mean distance to the points."""
+    guess = x.double().mean(0)
+    for _ in range(max_iter):
+        num, den, dist_sum = torch.zeros_like(guess), 0.0, 0.0
+        for part in x.split(chunk):
+            part = part.double()
+            dist = (part - guess).norm(dim=1)
+            w = 1 / dist.clamp_min(1e-12)  # a point on the guess would divide by zero
+            num += w @ part
+            den += float(w.sum())
+            dist_sum += float(dist.sum())
+        new = num / den
+        moved = float((new - guess).norm())
+        guess = new
+        if moved <= tol * dist_sum / len(x):
+            break
+    return guess.float()
 
 
 @torch.no_grad()
