@@ -286,3 +286,16 @@ def test_notebook_06_probes_user_features_against_a_user_taxonomy(tmp_path):
     m = json.loads((tmp_path / "06" / "metrics.json").read_text())["part2"]
     assert list(m["probe"]) == ["features"] and m["n_texts"] == len(leaves) and m["ssae_minus_gsae_rho"] == {}
     assert m["probe"]["features"]["taxonomy"]["rho"][0] > 0.5  # a1-a2 and b1-b2 close, a-b far: found
+
+
+@pytest.mark.parametrize("case", ["unknown source", "no seeds", "mistyped GSAE"])
+def test_bad_parameters_stop_notebook_05_before_any_work(case, tmp_path):
+    params = {**SMOKE["05_debias_bias_in_bios"], "run_dir": str(tmp_path / "05"), **{
+        "unknown source": dict(source="bios.csv"), "no seeds": dict(seeds=[]),
+        "mistyped GSAE": dict(gsae="ssae-kit:no-such-gsae")}[case]}
+    expected = {"unknown source": "source='bios.csv' is not 'synthetic'", "no seeds": "seeds is empty",
+                "mistyped GSAE": "ships no SAE 'no-such-gsae'"}[case]
+    with pytest.raises(papermill.PapermillExecutionError, match=expected):
+        papermill.execute_notebook(str(NOTEBOOKS_DIR / "05_debias_bias_in_bios.ipynb"), str(tmp_path / "out.ipynb"),
+                                   parameters=params, cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False)
+    assert not (tmp_path / "05").exists(), "work started before the inputs were checked"
