@@ -291,16 +291,22 @@ def match_latents(sae_a, sae_b) -> np.ndarray:
 def feature_browser(saes: dict, activations: dict, model, tokenizer, latent: int = 0):
     """An ipywidgets browser: pick an SAE, a latent or a token to search; shows its dashboard.
 
-    The returned widget also carries the current dashboard as text/html, so an executed notebook
-    shows it where widgets are not live (nbconvert, GitHub, papermill outputs).
+    Displaying it gives two outputs: the widget, live in JupyterLab, and a static snapshot of the
+    dashboard it shows then (plain HTML). Static copies (nbconvert HTML, GitHub) cannot draw widgets
+    and, given one output holding both, pick the widget and show nothing; a separate output they draw.
     """
     import ipywidgets as widgets
 
     class _Browser(widgets.VBox):
-        def _repr_mimebundle_(self, **kwargs):
-            bundle = super()._repr_mimebundle_(**kwargs)
-            bundle["text/html"] = view.value
-            return bundle
+        def _ipython_display_(self, **kwargs):
+            from IPython.display import HTML, display
+
+            bundle = self._repr_mimebundle_(**kwargs)
+            bundle["text/plain"] = "feature browser (live where widgets are; the snapshot below shows its dashboard)"
+            display(bundle, raw=True)
+            display(HTML(f"<div class='feature-browser-snapshot'><p style='font-family:sans-serif;font-size:12px;"
+                         f"color:#555;margin:6px 0 0 4px'>Snapshot of the browser for copies without live widgets: "
+                         f"{html.escape(pick.value)}, latent {number.value}</p>{view.value}</div>"))
 
     pick = widgets.Dropdown(options=list(saes), description="SAE")
     number = widgets.BoundedIntText(value=latent, min=0, max=next(iter(saes.values())).cfg.d_sae - 1, description="latent")

@@ -1,4 +1,5 @@
-"""Figures show once, inline, as PNGs (with and without pyplot), and leave nothing behind."""
+"""Figures show once, inline, as PNGs (with and without pyplot), and leave nothing behind; the
+feature browser displays as a widget plus a separate static snapshot of its dashboard."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import weakref
 import nbformat
 from nbclient import NotebookClient
 
-from ssae_kit.viz import plot_curves
+from ssae_kit import SAE, SAEConfig
+from ssae_kit.viz import collect_feature_activations, feature_browser, plot_curves
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -47,4 +49,20 @@ def test_a_kernel_shows_each_returned_figure_once_with_and_without_pyplot(tmp_pa
     NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(tmp_path)}}).execute()
     pngs = [sum("image/png" in o.get("data", {}) for o in cell.outputs) for cell in nb.cells]
     assert pngs == [1, 1, 1], f"image/png outputs per cell {pngs}: expected one per figure"
+
+
+def test_feature_browser_displays_a_widget_and_a_separate_static_dashboard(tiny, docs, monkeypatch):
+    import IPython.display
+
+    model, tokenizer = tiny
+    sae = SAE(SAEConfig(d_in=32, d_sae=16, layer=1))
+    fa = collect_feature_activations(sae, model, tokenizer, docs, layer=1, ctx_len=16, max_contexts=4)
+    browser = feature_browser({"GSAE": sae}, {"GSAE": fa}, model, tokenizer, latent=3)
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, raw=False: shown.append(obj if raw else obj.data))
+    browser._ipython_display_()
+    widget, snapshot = shown
+    assert "application/vnd.jupyter.widget-view+json" in widget and "text/html" not in widget, widget.keys()
+    assert "feature-browser-snapshot" in snapshot and "feature-dashboard" in snapshot and "latent 3" in snapshot
+    assert "data:image/png;base64," in snapshot, "the snapshot lost its activation histogram"
 
