@@ -65,4 +65,7 @@ def test_feature_browser_displays_a_widget_and_a_separate_static_dashboard(tiny,
     assert "application/vnd.jupyter.widget-view+json" in widget and "text/html" not in widget, widget.keys()
     assert "feature-browser-snapshot" in snapshot and "feature-dashboard" in snapshot and "latent 3" in snapshot
     assert "data:image/png;base64," in snapshot, "the snapshot lost its activation histogram"
+    controls, _, view = browser.children
+    controls.children[1].value = 5  # what typing a latent number in a live kernel does
+    assert "latent 5" in view.value and "latent 3" not in view.value, "the widget's dashboard did not follow"
 
