@@ -1,19 +1,30 @@
-"""What a reader sees in the executed notebooks: each figure as an image (in the .ipynb and in
-nbconvert's HTML), the feature browser as a widget plus a static dashboard, and the same outputs
-again when nbval re-runs a notebook.
+"""What a reader sees in the executed notebooks: each figure as an image (in the .ipynb, in
+nbconvert's HTML and in JupyterLab drawn by headless Chromium), the feature browser as a widget
+plus a static dashboard, and the same outputs again when nbval re-runs a notebook.
 
 It reads the notebooks tests/test_notebooks.py executed on smoke parameters earlier in the session
 (its `runs*` folder under pytest's base temp) and executes any it does not find, so this file also
-runs alone (all notebooks first: minutes).
+runs alone (all notebooks first: minutes). The browser test skips itself where Chromium is absent
+(`apt-get install chromium`; .ci/run installs it).
 """
+
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
+import json
+import os
 import re
+import secrets
+import shutil
+import signal
+import socket
 import struct
 import subprocess
 import sys
+import time
+import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -25,6 +36,7 @@ from test_notebooks import NOTEBOOKS, NOTEBOOKS_DIR, REQUIRES, SMOKE
 TESTS = Path(__file__).resolve().parent
 SANITIZE = TESTS / "nbval_sanitize.cfg"
 NBVAL_STEMS = ("00_quickstart", "01_retrieval", "04_visualise")  # 02, 03, 05, 06 train SAEs: too slow to re-run
+BROWSER_STEMS = ("04_visualise", "03_term_vs_erm")  # the widget; the most figures
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
@@ -183,3 +195,177 @@ def test_nbval_fails_when_a_printed_result_changes_between_runs_with_the_same_se
     assert not nbval_failures["seeded"], "a seeded notebook failed: is a timing or address left unsanitised?"
     assert len(nbval_failures["unseeded"]) == 1 and "mean of 1000 draws" in nbval_failures["unseeded"][0], (
         "an unseeded random number changed between runs and nbval did not notice")
+
+
+# --- a real browser: JupyterLab in headless Chromium --------------------------------------------------
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+# Read from the rendered page. `windowingMode: none` (set below) keeps every cell in the DOM.
+PAGE_STATE_JS = """(() => {
+  const nb = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook');
+  if (!nb) return null;
+  const box = e => { const r = e.getBoundingClientRect(); return [r.width, r.height]; };
+  return {
+    cells: nb.querySelectorAll('.jp-Cell').length,
+    images: [...nb.querySelectorAll('.jp-RenderedImage img')].map(i => [i.naturalWidth, ...box(i)]),
+    widget: !!nb.querySelector('.jupyter-widgets .widget-dropdown select'),
+    widget_dashboard: !!nb.querySelector('.jupyter-widgets .feature-dashboard'),
+    snapshot: !!nb.querySelector('.jp-RenderedHTMLCommon .feature-browser-snapshot .feature-dashboard'),
+    errors: [...nb.querySelectorAll('.jp-OutputArea-output')].map(o => o.innerText)
+      .filter(t => /Traceback|Error displaying widget|model not found/.test(t)).map(t => t.slice(0, 300)),
+  };
+})()"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(what: str, check, timeout: float, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with {proc.returncode}")
+        try:
+            if (value := check()) is not None:
+                return value
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{what}: not ready after {timeout:.0f} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to this process only (JupyterLab then shuts down its kernels), SIGKILL if it lingers."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class _DevTools:
+    """Just enough of the Chrome DevTools protocol: call a method on a page and wait for its answer."""
+
+    def __init__(self, ws_url: str):
+        from tornado.websocket import websocket_connect
+
+        async def connect():
+            return await websocket_connect(ws_url, max_message_size=1 << 28)
+
+        self.loop = asyncio.new_event_loop()
+        self.ws = self.loop.run_until_complete(connect())
+        self.next_id = 0
+
+    def __call__(self, method: str, **params):
+        async def call():
+            self.next_id += 1
+            await self.ws.write_message(json.dumps({"id": self.next_id, "method": method, "params": params}))
+            while True:  # events arrive only for enabled domains; none are
+                reply = json.loads(await self.ws.read_message())
+                if reply.get("id") == self.next_id:
+                    if "error" in reply:
+                        raise RuntimeError(f"{method}: {reply['error']}")
+                    return reply["result"]
+
+        return self.loop.run_until_complete(asyncio.wait_for(call(), 60))
+
+    def close(self) -> None:
+        self.ws.close()
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def lab_page(executed, tmp_path_factory):
+    """(open(stem) -> page state, screenshot(path) -> bytes): JupyterLab on copies of the executed
+    notebooks, signed as trusted as `make demo` does, opened in one headless Chromium tab."""
+    if CHROMIUM is None:
+        pytest.skip("Chromium not found: `apt-get install chromium` (.ci/run installs it) to run the browser test")
+    root = tmp_path_factory.mktemp("lab")
+    env = {**os.environ, **{var: str(root / sub) for var, sub in (
+        ("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"), ("JUPYTER_RUNTIME_DIR", "runtime"),
+        ("JUPYTERLAB_SETTINGS_DIR", "settings"), ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"), ("IPYTHONDIR", "ipython"))}}
+    for var in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR"):
+        Path(env[var]).mkdir()
+    for name, settings in (("notebook-extension/tracker", {"windowingMode": "none"}),  # all cells drawn, not only those in view
+                           ("apputils-extension/notification", {"fetchNews": "false", "checkForUpdates": False})):
+        (root / "settings" / "@jupyterlab" / f"{name}.jupyterlab-settings").parent.mkdir(parents=True, exist_ok=True)
+        (root / "settings" / "@jupyterlab" / f"{name}.jupyterlab-settings").write_text(json.dumps(settings))
+    (root / "config" / "jupyter_server_config.json").write_text(json.dumps(  # server extensions the test needs not
+        {"ServerApp": {"jpserver_extensions": {"jupyter_lsp": False, "jupyter_server_terminals": False}}}))
+    from nbformat.sign import NotebookNotary
+
+    notary = NotebookNotary(data_dir=env["JUPYTER_DATA_DIR"])
+    (root / "notebooks").mkdir()
+    for stem in BROWSER_STEMS:
+        nb = nbformat.read(executed(stem), as_version=4)
+        notary.sign(nb)
+        nbformat.write(nb, root / "notebooks" / f"{stem}.ipynb")
+    port, token = _free_port(), secrets.token_hex(16)
+    lab = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+                            f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+                            f"--ServerApp.root_dir={root / 'notebooks'}", "--LabApp.news_url=None",
+                            *(["--allow-root"] if os.geteuid() == 0 else [])],
+                           env=env, stdout=subprocess.DEVNULL, stderr=open(root / "lab.log", "w"))
+    chromium = None
+    try:
+        _wait_for("JupyterLab", lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}"), 120, lab)
+        profile = root / "chromium"
+        chromium = subprocess.Popen([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                                     "--no-first-run", "--no-default-browser-check", f"--user-data-dir={profile}",
+                                     "--remote-debugging-port=0", "--window-size=1400,1000", "about:blank"],
+                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        devtools_port = _wait_for("Chromium", lambda: (profile / "DevToolsActivePort").read_text().split()[0], 60, chromium)
+        pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{devtools_port}/json/list"))
+        page = _DevTools(next(p for p in pages if p["type"] == "page")["webSocketDebuggerUrl"])
+
+        def open_notebook(stem: str, ready) -> dict:
+            page("Page.navigate", url=f"http://127.0.0.1:{port}/lab/tree/{stem}.ipynb?reset&token={token}")
+            state: dict = {}
+
+            def rendered():
+                state.update(page("Runtime.evaluate", expression=PAGE_STATE_JS, returnByValue=True)["result"].get("value") or {})
+                return state if state and ready(state) else None
+
+            try:
+                return _wait_for(f"{stem} in JupyterLab", rendered, 240)
+            except TimeoutError:
+                return state  # the test's asserts say what is missing
+
+        def screenshot(selector: str, path: Path) -> int:
+            page("Runtime.evaluate", expression=f"document.querySelector('{selector}')?.closest('.jp-Cell')?.scrollIntoView()")
+            png = base64.b64decode(page("Page.captureScreenshot", format="png")["data"])
+            path.write_bytes(png)
+            return len(png)
+
+        yield open_notebook, screenshot
+        page.close()
+    finally:
+        if chromium is not None:
+            _stop(chromium)
+        _stop(lab)
+
+
+@pytest.mark.parametrize("stem", BROWSER_STEMS)
+def test_jupyterlab_in_chromium_draws_each_figure_and_the_live_browser(stem, lab_page, executed, tmp_path):
+    open_notebook, screenshot = lab_page
+    nb = nbformat.read(executed(stem), as_version=4)
+    n_figures = len(_figure_cells(nb))
+    n_png = sum("image/png" in o.get("data", {}) for c in _code_cells(nb) for o in c.outputs)
+    has_browser = any("feature_browser(" in c.source for c in _code_cells(nb))
+    state = open_notebook(stem, lambda s: s["cells"] == len(nb.cells) and len(s["images"]) >= n_png
+                          and all(w > 0 for w, _, _ in s["images"]) and (s["widget_dashboard"] or not has_browser))
+    assert state.get("cells") == len(nb.cells), f"JupyterLab drew {state.get('cells')} of {len(nb.cells)} cells"
+    images = state["images"]
+    assert len(images) == n_png == n_figures, f"{len(images)} <img> for {n_figures} figures"
+    assert all(natural > 0 and w > 0 and h > 0 for natural, w, h in images), f"an image drew empty: {images}"
+    assert not state["errors"], state["errors"]
+    if has_browser:
+        assert state["widget"] and state["widget_dashboard"], "the feature browser widget was not drawn"
+        assert state["snapshot"], "the static snapshot of the browser is missing"
+        size = screenshot(".feature-browser-snapshot", tmp_path / f"{stem}.png")
+        assert size > 10_000, "the screenshot is blank"
