@@ -1,4 +1,5 @@
-# Two entry points: `make demo` (all notebooks on the embedded defaults) and `make test`.
+# Two entry points: `make demo` (all notebooks on the embedded defaults) and `make test`;
+# `make lab` opens the notebooks in JupyterLab.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,9 +14,11 @@ export JUPYTER_CONFIG_DIR := $(CACHE)/jupyter/config
 export JUPYTER_DATA_DIR := $(CACHE)/jupyter/data
 export JUPYTER_RUNTIME_DIR := $(CACHE)/jupyter/runtime
 export IPYTHONDIR := $(CACHE)/ipython
+# jupyter-lsp (a JupyterLab dependency) runs `npm prefix -g`, which writes logs into npm's cache.
+export npm_config_cache := $(CACHE)/npm
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test gsae clean
+.PHONY: demo test gsae lab clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +36,12 @@ gsae: $(STAMP)
 	mkdir -p runs/gsae
 	nohup $(BIN)/python data/saes/build_gsae.py >> runs/gsae/build.log 2>&1 &
 	@echo "Building the GSAE in the background (about an hour on 2 cores). Follow it: tail -f runs/gsae/build.log"
+
+# JupyterLab in the kit's environment, serving the repo and opening on notebooks/ (runs/demo/ holds
+# `make demo`'s executed copies); Jupyter prints the URL with its token. Ctrl-C stops it.
+lab: $(STAMP)
+	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest

@@ -1,7 +1,8 @@
 """Run every notebooks/NN_*.ipynb with papermill, in order, on its defaults (or smoke params).
 
 Each notebook writes into <out>/<notebook stem>/ (figures, metrics.json, artefacts) and its
-executed copy goes to <out>/<notebook>.ipynb. Used by `make demo`.
+executed copy goes to <out>/<notebook>.ipynb, signed as trusted (you ran it), so JupyterLab draws
+its widgets from the saved state as it would had you run it there. Used by `make demo`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import argparse
 import time
 from pathlib import Path
 
+import nbformat
 import papermill
 import yaml
+from nbformat.sign import NotebookNotary
 
 HERE = Path(__file__).resolve().parent
 
@@ -36,6 +39,7 @@ def main() -> None:
         start = time.perf_counter()
         papermill.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd=str(HERE),
                                    kernel_name="python3")
+        NotebookNotary().sign(nbformat.read(out / nb.name, as_version=4))
         timings.append((nb.stem, time.perf_counter() - start, run_dir))
     print("\nDone. Executed notebooks, figures and metrics:")
     for stem, seconds, run_dir in timings:

@@ -1,6 +1,7 @@
 """Figures, feature dashboards and the feature browser for the notebooks.
 
-Plot functions return a matplotlib Figure with labelled axes (no pyplot state). Dashboards are
+Plot functions return a `NotebookFigure` (a matplotlib Figure with labelled axes and no pyplot
+state) that a notebook cell shows inline as a PNG by ending with `fig`. Dashboards are
 self-contained HTML strings, so they render in live notebooks and in executed, static ones.
 """
 
@@ -20,18 +21,37 @@ from matplotlib.figure import Figure
 from .taxonomy import leaf_depths, parse_taxonomy
 
 
+DPI = 110  # of the PNG shown in the notebook and of the one saved in the run folder
+
+
+class NotebookFigure(Figure):
+    """A Figure that IPython shows as a PNG when a cell ends with it, in a live kernel and under papermill.
+
+    The kit never imports pyplot, so no figure sits in pyplot's registry (none to close, none shown twice
+    by the inline backend's end-of-cell flush), and a figure is freed like any object once unreferenced.
+    Without pyplot IPython has no formatter for Figures and prints `<Figure size ...>`; `_repr_png_`
+    gives it one. Where a user has imported pyplot, the inline backend's own Figure formatter wins
+    (IPython tries type printers before `_repr_png_`), so the figure still appears once.
+    """
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+        return buf.getvalue()
+
+
 def save_figure(fig: Figure, run_dir: str | Path, name: str) -> Path:
     """Save `fig` as `<run_dir>/<name>.png` (the notebooks' figures live in the run folder)."""
     path = Path(run_dir) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
     return path
 
 
 def plot_norm_histogram(norms: torch.Tensor | np.ndarray, layer: int, model: str, bins: int = 60) -> Figure:
     """Histogram of per-token residual-stream L2 norms, with the mean marked."""
     norms = np.asarray(norms, dtype=np.float64)
-    fig = Figure(figsize=(6, 3.5))
+    fig = NotebookFigure(figsize=(6, 3.5))
     ax = fig.subplots()
     ax.hist(norms, bins=bins, color="tab:blue", alpha=0.8, label=f"{len(norms):,} tokens")
     ax.axvline(norms.mean(), color="tab:red", linestyle="--", label=f"mean {norms.mean():.1f}")
@@ -57,7 +77,7 @@ def plot_selection_quality(rows: list[dict], metrics: tuple[str, ...] = ("token_
     """
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     budgets = sorted({r["budget"] for r in rows})
-    fig = Figure(figsize=(5 * len(metrics), 3.8))
+    fig = NotebookFigure(figsize=(5 * len(metrics), 3.8))
     axes = fig.subplots(1, len(metrics))
     width = 0.8 / len(strategies)
     for ax, metric in zip(np.atleast_1d(axes), metrics):
@@ -83,7 +103,7 @@ def plot_selection_quality(rows: list[dict], metrics: tuple[str, ...] = ("token_
 def plot_embedding_map(points: np.ndarray, labels: list, selected: np.ndarray, seeds: np.ndarray | None = None,
                        title: str = "pool embeddings (PCA)") -> Figure:
     """Scatter of 2-D points coloured by label; selected documents ringed, seeds as stars."""
-    fig = Figure(figsize=(6.5, 5))
+    fig = NotebookFigure(figsize=(6.5, 5))
     ax = fig.subplots()
     labels = np.asarray([str(lab) for lab in labels])
     for lab in sorted(set(labels)):
@@ -107,7 +127,7 @@ def plot_pareto(rows: list[dict], x: str = "l0", y: str = "perplexity_sae", base
     `rows` are dicts with keys strategy, l1 (the swept coefficient), seed, and the `x`/`y` metrics;
     `baseline` (e.g. the GSAE's metrics) is drawn as a star.
     """
-    fig = Figure(figsize=(6.5, 4.5))
+    fig = NotebookFigure(figsize=(6.5, 4.5))
     ax = fig.subplots()
     for strategy in dict.fromkeys(r["strategy"] for r in rows):
         points = []
@@ -133,7 +153,7 @@ def plot_grouped_bars(values: dict[str, dict[str, float]], ylabel: str, title: s
     `intervals` ({group: {series: (low, high)}}) draws each bar's interval as an error bar."""
     groups = list(values)
     series = list(dict.fromkeys(s for g in values.values() for s in g))
-    fig = Figure(figsize=(max(5, 1.2 * len(groups)), 3.8))
+    fig = NotebookFigure(figsize=(max(5, 1.2 * len(groups)), 3.8))
     ax = fig.subplots()
     width = 0.8 / len(series)
     for j, name in enumerate(series):
@@ -156,7 +176,7 @@ def plot_grouped_bars(values: dict[str, dict[str, float]], ylabel: str, title: s
 def plot_curves(curves: dict[str, tuple], xlabel: str, ylabel: str, title: str, logx: bool = False,
                 logy: bool = False, marker: str | None = "o") -> Figure:
     """One line per name from {name: (x, y)}; NaNs leave gaps."""
-    fig = Figure(figsize=(6.5, 4.2))
+    fig = NotebookFigure(figsize=(6.5, 4.2))
     ax = fig.subplots()
     for name, (x, y) in curves.items():
         ax.plot(np.asarray(x, dtype=float), np.asarray(y, dtype=float), marker=marker, markersize=4, label=name)
@@ -172,7 +192,7 @@ def plot_curves(curves: dict[str, tuple], xlabel: str, ylabel: str, title: str, 
 def plot_histograms(samples: dict[str, np.ndarray], xlabel: str, title: str, bins: int = 50,
                     logy: bool = False) -> Figure:
     """Overlaid step histograms (densities) of several samples on shared bins."""
-    fig = Figure(figsize=(6.5, 4.2))
+    fig = NotebookFigure(figsize=(6.5, 4.2))
     ax = fig.subplots()
     finite = [np.asarray(v, dtype=float)[np.isfinite(v)] for v in samples.values()]
     edges = np.histogram_bin_edges(np.concatenate(finite), bins=bins)
@@ -284,16 +304,22 @@ def match_latents(sae_a, sae_b) -> np.ndarray:
 def feature_browser(saes: dict, activations: dict, model, tokenizer, latent: int = 0):
     """An ipywidgets browser: pick an SAE, a latent or a token to search; shows its dashboard.
 
-    The returned widget also carries the current dashboard as text/html, so an executed notebook
-    shows it where widgets are not live (nbconvert, GitHub, papermill outputs).
+    Displaying it gives two outputs: the widget, live in JupyterLab, and a static snapshot of the
+    dashboard it shows then (plain HTML). Static copies (nbconvert HTML, GitHub) cannot draw widgets
+    and, given one output holding both, pick the widget and show nothing; a separate output they draw.
     """
     import ipywidgets as widgets
 
     class _Browser(widgets.VBox):
-        def _repr_mimebundle_(self, **kwargs):
-            bundle = super()._repr_mimebundle_(**kwargs)
-            bundle["text/html"] = view.value
-            return bundle
+        def _ipython_display_(self, **kwargs):
+            from IPython.display import HTML, display
+
+            bundle = self._repr_mimebundle_(**kwargs)
+            bundle["text/plain"] = "feature browser (live where widgets are; the snapshot below shows its dashboard)"
+            display(bundle, raw=True)
+            display(HTML(f"<div class='feature-browser-snapshot'><p style='font-family:sans-serif;font-size:12px;"
+                         f"color:#555;margin:6px 0 0 4px'>Snapshot of the browser for copies without live widgets: "
+                         f"{html.escape(pick.value)}, latent {number.value}</p>{view.value}</div>"))
 
     pick = widgets.Dropdown(options=list(saes), description="SAE")
     number = widgets.BoundedIntText(value=latent, min=0, max=next(iter(saes.values())).cfg.d_sae - 1, description="latent")
@@ -321,7 +347,7 @@ def feature_browser(saes: dict, activations: dict, model, tokenizer, latent: int
 def plot_domains(x: np.ndarray, y: np.ndarray, domain: np.ndarray, theta: np.ndarray, is_source: np.ndarray,
                  title: str = "") -> Figure:
     """The DT data drawn by leaf: colour = the leaf's angle, marker = class, sources outlined in black."""
-    fig = Figure(figsize=(6, 5.5))
+    fig = NotebookFigure(figsize=(6, 5.5))
     ax = fig.subplots()
     colours = theta[domain] / max(float(theta.max()), 1e-9)
     for label, marker in ((0, "o"), (1, "^")):
@@ -345,7 +371,7 @@ def plot_tree_values(tree, leaves: list[str], values: dict[str, np.ndarray], tit
     paths = leaf_depths(parse_taxonomy(tree))
     xpos = {leaf: i for i, leaf in enumerate(leaves)}
     depth = max(len(p) for p in paths.values())
-    fig = Figure(figsize=(max(6, 0.45 * len(leaves)), 1.9 * len(values)))
+    fig = NotebookFigure(figsize=(max(6, 0.45 * len(leaves)), 1.9 * len(values)))
     axes = np.atleast_1d(fig.subplots(len(values), 1))
     for ax, (name, vals) in zip(axes, values.items()):
         _draw_dendrogram(ax, paths, xpos, depth)
@@ -390,7 +416,7 @@ def _draw_dendrogram(ax, paths: dict[str, list[str]], xpos: dict[str, int], dept
 
 def plot_leaf_map(points: np.ndarray, leaves: list[str], groups: list[str], title: str) -> Figure:
     """Leaf centroids in 2-d (e.g. a taxonomist's points), labelled, coloured by their subtree."""
-    fig = Figure(figsize=(7, 6))
+    fig = NotebookFigure(figsize=(7, 6))
     ax = fig.subplots()
     names = list(dict.fromkeys(groups))
     cmap = colormaps["tab10"]

@@ -1,0 +1,71 @@
+"""Figures show once, inline, as PNGs (with and without pyplot), and leave nothing behind; the
+feature browser displays as a widget plus a separate static snapshot of its dashboard."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import nbformat
+from nbclient import NotebookClient
+
+from ssae_kit import SAE, SAEConfig
+from ssae_kit.viz import collect_feature_activations, feature_browser, plot_curves
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _curves():
+    return plot_curves({"a": ([1, 2, 3], [3, 1, 2])}, "x (units)", "y (units)", "a line")
+
+
+def test_ipython_formats_a_kit_figure_as_png_without_pyplot():
+    from IPython.core.formatters import DisplayFormatter
+
+    data, _ = DisplayFormatter().format(_curves())
+    assert data["image/png"].startswith(PNG_SIGNATURE), "no PNG: a cell ending in `fig` would print <Figure size ...>"
+
+
+def test_figures_are_freed_once_unreferenced_and_never_enter_pyplot():
+    fig = _curves()
+    ref = weakref.ref(fig)
+    import matplotlib.pyplot as plt  # only to ask its registry; the kit itself never imports pyplot
+
+    assert plt.get_fignums() == [], "a viz figure went into pyplot's registry"
+    del fig
+    gc.collect()
+    assert ref() is None, "something in the kit still holds the figure (memory would grow per figure)"
+
+
+def test_a_kernel_shows_each_returned_figure_once_with_and_without_pyplot(tmp_path):
+    """A live kernel's displayhook: a cell ending in `fig` gives one image/png; after `import
+    matplotlib.pyplot` (inline backend active, its Figure formatter registered) still exactly one."""
+    make = "from ssae_kit.viz import plot_curves\nfig = plot_curves({'a': ([1, 2], [3, 4])}, 'x', 'y', 't')\n"
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell(make + "fig"),
+        nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\n" + make + "fig"),
+        nbformat.v4.new_code_cell("plt.plot([1, 2]);"),  # the user's own pyplot figure, for comparison
+    ])
+    NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    pngs = [sum("image/png" in o.get("data", {}) for o in cell.outputs) for cell in nb.cells]
+    assert pngs == [1, 1, 1], f"image/png outputs per cell {pngs}: expected one per figure"
+
+
+def test_feature_browser_displays_a_widget_and_a_separate_static_dashboard(tiny, docs, monkeypatch):
+    import IPython.display
+
+    model, tokenizer = tiny
+    sae = SAE(SAEConfig(d_in=32, d_sae=16, layer=1))
+    fa = collect_feature_activations(sae, model, tokenizer, docs, layer=1, ctx_len=16, max_contexts=4)
+    browser = feature_browser({"GSAE": sae}, {"GSAE": fa}, model, tokenizer, latent=3)
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, raw=False: shown.append(obj if raw else obj.data))
+    browser._ipython_display_()
+    widget, snapshot = shown
+    assert "application/vnd.jupyter.widget-view+json" in widget and "text/html" not in widget, widget.keys()
+    assert "feature-browser-snapshot" in snapshot and "feature-dashboard" in snapshot and "latent 3" in snapshot
+    assert "data:image/png;base64," in snapshot, "the snapshot lost its activation histogram"
+    controls, _, view = browser.children
+    controls.children[1].value = 5  # what typing a latent number in a live kernel does
+    assert "latent 5" in view.value and "latent 3" not in view.value, "the widget's dashboard did not follow"
+
