@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .corpora import Document, content_mask, corpus_checksum, tokenize_contexts
-from .io import MANIFEST_FILE, atomic_write_bytes, atomic_write_json, npy_bytes, sha256_bytes
-from .models import check_layer, d_model, forward_to_layer, hook_name
+from .io import MANIFEST_FILE, atomic_write_bytes, atomic_write_json, check_writable_dir, npy_bytes, sha256_bytes
+from .models import check_ctx_len, check_layer, d_model, forward_to_layer, hook_name
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +69,14 @@ def cache_activations(
     The number dropped is recorded in the manifest; None keeps every token.
     """
     check_layer(model, layer)
+    check_ctx_len(model, ctx_len)
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; use one of {DTYPES}.")
+    for name, value, fix in (("batch_size", batch_size, "contexts per forward pass"),
+                             ("shard_tokens", shard_tokens, "tokens per shard file"),
+                             ("max_tokens", max_tokens, "or None to cache every token")):
+        if value is not None and value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer ({fix}).")
     if not docs:
         raise ValueError("No documents to cache: the corpus is empty.")
     out = Path(out_dir)
@@ -81,6 +87,7 @@ def cache_activations(
     )
     if _reusable(out, request, overwrite):
         return ActivationStore(out)
+    check_writable_dir(out)  # a complete store is reused read-only; building one needs writing
     _remove_store_files(out)
 
     contexts = tokenize_contexts(docs, tokenizer, ctx_len, prepend_bos)
@@ -259,6 +266,12 @@ class ActivationStore:
     norm_scale = property(lambda self: self.manifest["norm_scale"])
     hook_name = property(lambda self: self.manifest["hook_name"])
     n_shards = property(lambda self: len(self.manifest["shards"]))
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of every shard's checksum: equal fingerprints mean the same activations,
+        in the same shards (so the same data order for a given seed)."""
+        return sha256_bytes("".join(s["sha256"] + s["tokens_sha256"] for s in self.manifest["shards"]).encode())[:16]
 
     def __len__(self) -> int:
         return self.n_tokens

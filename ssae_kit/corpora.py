@@ -2,6 +2,7 @@
 
 Sources: the embedded BBC news corpus (`"bbc-news"`), local `.txt` / `.jsonl` / `.parquet`
 files, and Hugging Face datasets (`"hf:<id>[:split]"`, which also takes a local dataset folder).
+A malformed row, or one without text, is an error naming the file and row (blank texts are skipped).
 Windows never cross a document boundary, and each keeps its document id and start offset, so
 any cached token can be traced back to the text it came from.
 """
@@ -11,8 +12,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal, get_args
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -20,6 +25,8 @@ from transformers import PreTrainedTokenizerBase
 BBC_TOPICS = ("business", "entertainment", "politics", "sport", "tech")
 SPLITS_DIR = Path(__file__).resolve().parents[1] / "data" / "splits"
 """Committed held-out splits, `<corpus name>.json`: document sources no SAE of the kit trains on."""
+TxtSplit = Literal["paragraph", "line"]
+LONG_DOCUMENT_CHARS = 10_000  # a .txt paragraph this long, over several lines, is probably a list
 
 
 @dataclass(frozen=True)
@@ -37,8 +44,22 @@ def load_corpus(
     text_field: str = "text",
     label_field: str | None = "label",
     limit: int | None = None,
+    split: TxtSplit = "paragraph",
 ) -> list[Document]:
-    """Load a corpus by name (`"bbc-news"`), local path, or `"hf:<dataset id>[:split]"`."""
+    """Load a corpus by name (`"bbc-news"`), local path, or `"hf:<dataset id>[:split]"`.
+
+    Args:
+        text_field: the column (.jsonl / .parquet / hf) holding the text; every row needs one.
+        label_field: the column holding the label. The default "label" is used if the source
+            has that column, else every label is None; any other name must be a column. A row
+            with a missing or null label gets None. Labels come from this column only.
+        split: how a .txt file is cut into documents: "paragraph" at blank (or whitespace-only)
+            lines, "line" one document per line. Other sources ignore it. A paragraph of over
+            10k characters spanning several lines draws a warning suggesting split="line".
+    """
+    if split not in get_args(TxtSplit):
+        raise ValueError(f"split={split!r} must be 'paragraph' or 'line' (how a .txt file is cut into "
+                         "documents); a Hugging Face split goes in the name: 'hf:<dataset id>:<split>'.")
     if name_or_path == "bbc-news":
         docs = _bbc_news()
     elif name_or_path.startswith("hf:"):
@@ -51,7 +72,7 @@ def load_corpus(
                 ".txt/.jsonl/.parquet file, or 'hf:<dataset id>[:split]'."
             )
         if path.suffix == ".txt":
-            docs = _txt(path)
+            docs = _txt(path, split)
         elif path.suffix in (".jsonl", ".parquet"):
             docs = _table(path, text_field, label_field)
         else:
@@ -104,15 +125,33 @@ def _bbc_news() -> list[Document]:
     return docs
 
 
-def _txt(path: Path) -> list[Document]:
-    blocks = [b.strip() for b in path.read_text(encoding="utf-8").split("\n\n")]
-    return [Document(b, None, f"{path.name}#{i}") for i, b in enumerate(blocks) if b]
+def _txt(path: Path, split: TxtSplit) -> list[Document]:
+    text = path.read_text(encoding="utf-8")
+    blocks = [b.strip() for b in (re.split(r"\n\s*\n", text) if split == "paragraph" else text.splitlines())]
+    docs = [Document(b, None, f"{path.name}#{i}") for i, b in enumerate(blocks) if b]
+    longest = max(docs, key=lambda d: len(d.text), default=None)
+    if split == "paragraph" and longest and len(longest.text) > LONG_DOCUMENT_CHARS and "\n" in longest.text:
+        warnings.warn(f"{longest.source} is one document of {len(longest.text):,} characters over "
+                      f"{longest.text.count(chr(10)) + 1} lines, as split='paragraph' cuts only at blank lines. "
+                      "If the file holds one item per line, pass split='line'.", stacklevel=3)
+    return docs
 
 
 def _table(path: Path, text_field: str, label_field: str | None) -> list[Document]:
     if path.suffix == ".jsonl":
+        rows = []
         with path.open(encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}, line {n}, is not valid JSON ({err.msg}): "
+                                     "fix or remove that line.") from err
+                if not isinstance(rows[-1], dict):
+                    raise ValueError(f"{path}, line {n}, is not a JSON object: each line must be one "
+                                     '{"text": ..., ...} record.')
     else:
         import pandas as pd
 
@@ -135,18 +174,30 @@ def _hf_dataset(spec: str, text_field: str, label_field: str | None) -> list[Doc
 
 
 def _rows_to_docs(rows, text_field: str, label_field: str | None, source: str) -> list[Document]:
+    """Documents from dict rows, labels by load_corpus's rule; rows with blank text are skipped."""
     rows = list(rows)
-    if rows and text_field not in rows[0]:
-        raise ValueError(
-            f"{source} has no column {text_field!r}; its columns are {sorted(rows[0])}. "
-            "Pass text_field= naming the text column."
-        )
-    has_label = bool(rows) and label_field is not None and label_field in rows[0]
-    return [
-        Document(str(r[text_field]), str(r[label_field]) if has_label else None, f"{source}#{i}")
-        for i, r in enumerate(rows)
-        if str(r[text_field]).strip()
-    ]
+    columns = sorted(set().union(*rows))
+    if rows and text_field not in columns:
+        raise ValueError(f"{source} has no column {text_field!r}; its columns are {columns}. "
+                         "Pass text_field= naming the text column.")
+    if label_field not in (None, "label", *columns):
+        raise ValueError(f"{source} has no label column {label_field!r}; its columns are {columns}. "
+                         "Pass label_field= naming the label column, or label_field=None for no labels.")
+    docs = []
+    for i, r in enumerate(rows):
+        if _is_null(r.get(text_field)):
+            problem = f"no {text_field!r} field" if text_field not in r else f"{text_field!r} = null"
+            raise ValueError(f"Row {i} of {source} ({source}#{i}, counting from 0) has {problem}: "
+                             "give every row a text, or drop that row.")
+        if str(r[text_field]).strip():
+            label = None if label_field is None or _is_null(r.get(label_field)) else str(r[label_field])
+            docs.append(Document(str(r[text_field]), label, f"{source}#{i}"))
+    return docs
+
+
+def _is_null(value: Any) -> bool:
+    """None, or NaN (how pandas reads a missing value)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def corpus_checksum(docs: list[Document]) -> str:

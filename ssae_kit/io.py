@@ -1,7 +1,9 @@
 """On-disk names, the kit's cache folder and atomic writes, in one place.
 
 Every artefact the kit writes goes through `atomic_write_*`: a temp file in the same folder,
-then `os.replace`, so a killed run never leaves a half-written file under the final name.
+fsynced, then `os.replace`, so a killed run (or a power cut) never leaves a half-written file
+under the final name. `atomic_write_dir` does the same for a set of files that belong together
+(an SAE's config and weights), and `check_writable_dir` fails a long job before it starts.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
+import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -31,25 +36,88 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file + rename, so readers never see a partial file."""
+def check_writable_dir(path: str | Path) -> Path:
+    """Create folder `path` if needed and prove a file can be written there.
+
+    Called before any long work, so a run whose results could not be saved fails at once."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as err:
+        raise ValueError(
+            f"Cannot write to the output folder {path} ({err.strerror or err}): "
+            "pass a folder you can write to, or fix its permissions."
+        ) from err
+    return path
+
+
+def atomic_write_with(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Call `write(f)` on a temp file next to `path`, fsync it, then rename it to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync(path.parent)  # makes the rename itself durable
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically, so readers never see a partial file."""
+    atomic_write_with(path, lambda f: f.write(data))
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_write_dir(path: str | Path, write: Callable[[Path], Any], marker: str) -> Path:
+    """Write files that belong together as one unit: `write(tmp)` fills a new folder next to
+    `path`; its files are fsynced, then moved into place.
+
+    A new `path` is that folder renamed, so it appears complete or not at all. An existing folder
+    may hold other files (a training run keeps its checkpoint next to its SAE), so there the old
+    `marker` file is removed first and the new one moved in last: a folder that holds `marker`
+    holds the files written with it, never a mix of two saves, and readers look for `marker`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        names = sorted((p.name for p in tmp.iterdir()), key=lambda name: name == marker)
+        assert names and names[-1] == marker, f"write() must create {marker} in the folder it is given"
+        for name in names:
+            _fsync(tmp / name)
+        if path.is_dir():
+            (path / marker).unlink(missing_ok=True)
+            for name in names:
+                os.replace(tmp / name, path / name)
+        else:
+            os.replace(tmp, path)
+        _fsync(path)
+        _fsync(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries (so renames in it survive a power cut), to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def npy_bytes(arr: np.ndarray) -> bytes:

@@ -39,6 +39,13 @@ _BLOCK_PATHS = (
     "model.decoder.layers",  # OPT
 )
 TinyArch = Literal["llama", "gpt2", "gpt_neox", "gemma"]
+# What a model folder needs, as (what, file patterns any of which will do).
+_MODEL_FILES = (
+    ("config.json", ("config.json",)),
+    ("weights (*.safetensors or *.bin)", ("*.safetensors", "*.bin")),
+    ("tokenizer files (tokenizer.json, tokenizer_config.json, tokenizer.model or vocab.json)",
+     ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")),
+)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -56,15 +63,21 @@ def load_model(
     """Load `(model, tokenizer)` in eval mode: an embedded name, a local folder or a Hub id.
 
     dtype None means float32 on CPU and bfloat16 on CUDA. The model's `name_or_path` is set to
-    `name`, which is what manifests and SAE configs record as the model's name.
+    `name`, which is what manifests and SAE configs record as the model's name. A name that can
+    only be a path (it starts with /, ., ~ or has more than one /) must exist; a Hub id has one /.
     """
     dev = resolve_device(device)
     if dtype is None:
         dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    folder = Path(name).expanduser()
     if name in EMBEDDED_MODELS:
         path = str(embedded_model_dir(name))
-    elif Path(name).expanduser().is_dir():
-        path = str(Path(name).expanduser())
+    elif folder.is_dir():
+        _check_model_folder(folder)
+        path = str(folder)
+    elif name.startswith(("/", ".", "~")) or name.count("/") > 1 or folder.exists():
+        raise FileNotFoundError(f"Model folder {name!r} does not exist (or is not a folder): check the path. "
+                                "A Hugging Face Hub id looks like 'org/name'.")
     else:
         path = name
     try:
@@ -76,6 +89,14 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     model.name_or_path = model.config._name_or_path = name
     return model.to(dev).eval(), tokenizer
+
+
+def _check_model_folder(folder: Path) -> None:
+    """Raise naming what a folder lacks to be a Hugging Face model (config, weights, tokenizer)."""
+    missing = [what for what, patterns in _MODEL_FILES if not any(any(folder.glob(p)) for p in patterns)]
+    if missing:
+        raise ValueError(f"{folder} is not a Hugging Face model folder: it lacks {'; '.join(missing)}. "
+                         "Write one with model.save_pretrained(folder) and tokenizer.save_pretrained(folder).")
 
 
 def _not_found_message(name: str) -> str:
@@ -213,6 +234,18 @@ def check_layer(model: nn.Module, layer: int) -> int:
     if not isinstance(layer, int) or not 0 <= layer < n:
         raise ValueError(f"Layer {layer!r} is out of range: this model has blocks 0..{n - 1}.")
     return layer
+
+
+def check_ctx_len(model: PreTrainedModel, ctx_len: int) -> int:
+    """Return `ctx_len` if the model has that many positions, else raise naming its limit.
+
+    Checked before any work: past the limit a model with learned positions fails deep inside
+    with an IndexError, and one with rotary positions runs on positions it never saw."""
+    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if limit is not None and ctx_len > limit:
+        raise ValueError(f"ctx_len={ctx_len} is more than the {limit} positions of {model.name_or_path} "
+                         f"(max_position_embeddings): pass ctx_len <= {limit}.")
+    return ctx_len
 
 
 class _StopForward(Exception):

@@ -23,6 +23,7 @@ import importlib.util
 import json
 import logging
 import re
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -187,7 +188,8 @@ def select(
     pool. With `index` (from `build_index` over the pool's embeddings), dense scores come from a
     faiss search of the top candidates instead of a full pool x seeds product: exact for
     combine="mean" (the mean of similarities is the similarity to the mean seed vector), and for
-    "max" exact for every document that is among some seed's candidates.
+    "max" exact for every document that is among some seed's candidates. A budget that holds the
+    whole (de-duplicated) pool makes every strategy pick all of it, which a warning points out.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy {strategy!r}; use one of {STRATEGIES}.")
@@ -197,12 +199,10 @@ def select(
         raise ValueError(f"combine={combine!r} must be 'max' or 'mean'.")
     if strategy == "seed_only":
         return _fill(seeds, np.zeros(len(seeds)), None, tokenizer, "seed_only")
-    if pool_embeddings is not None and len(pool_embeddings) != len(pool):
-        raise ValueError(f"pool_embeddings has {len(pool_embeddings)} rows for {len(pool)} pool documents: "
-                         "embed exactly the pool, in order.")
-    if index is not None and index.ntotal != len(pool):
-        raise ValueError(f"The index holds {index.ntotal} vectors for a pool of {len(pool)} documents: "
-                         "build it over exactly this pool's embeddings, in order.")
+    if not pool:
+        raise ValueError("The pool is empty: there is nothing to select from. Pass the documents to choose "
+                         "from (e.g. split.pool).")
+    n_given = len(pool)
     keep = dedupe_indices(pool)
     pool = [pool[i] for i in keep]
     if strategy == "none":  # shuffled, so that a token cap downstream takes an unbiased sample
@@ -215,13 +215,38 @@ def select(
         scores = _bm25_scores(pool, seeds, combine)
     else:
         embedder = embedder or Embedder()
+        if pool_embeddings is not None:
+            _check_pool_vectors("pool_embeddings", pool_embeddings.shape, n_given, embedder)
+        if index is not None:
+            _check_pool_vectors("The index", (index.ntotal, index.d), n_given, embedder)
         seed_emb = embedder.embed([s.text for s in seeds], progress=False)
         if index is not None:
-            return _select_with_index(index, pool, keep, seed_emb, combine, budget_tokens, tokenizer)
+            return _warn_if_whole_pool(
+                _select_with_index(index, pool, keep, seed_emb, combine, budget_tokens, tokenizer), len(pool))
         emb = pool_embeddings[keep] if pool_embeddings is not None else embedder.embed_corpus(pool, progress=False)
         sims = emb @ seed_emb.T
         scores = sims.max(1) if combine == "max" else sims.mean(1)
-    return _fill(pool, scores, budget_tokens, tokenizer, strategy)
+    return _warn_if_whole_pool(_fill(pool, scores, budget_tokens, tokenizer, strategy), len(pool))
+
+
+def _check_pool_vectors(what: str, shape: tuple[int, ...], n_pool: int, embedder: Embedder) -> None:
+    """Precomputed vectors must be one per pool document, from `embedder`."""
+    if shape[0] != n_pool:
+        raise ValueError(f"{what} holds {shape[0]} vectors for a pool of {n_pool} documents: "
+                         "build it from exactly this pool's embeddings, in order.")
+    if shape[-1] != embedder.dim:
+        raise ValueError(f"{what} holds {shape[-1]}-dimensional vectors but encoder {embedder.name!r} gives "
+                         f"{embedder.dim}: build it from this encoder's embeddings (embedder.embed_corpus(pool)).")
+
+
+def _warn_if_whole_pool(selection: Selection, n_pool: int) -> Selection:
+    """Warn when the budget holds every document: then every strategy picks the whole pool."""
+    if len(selection.documents) == n_pool:
+        warnings.warn(f"budget_tokens={selection.budget_tokens} holds the whole pool ({selection.tokens_used} tokens "
+                      f"after de-duplication), so {selection.strategy!r} picks every document: 'random' (and every "
+                      f"strategy) equals 'none'. Use a budget below {selection.tokens_used} to compare strategies.",
+                      stacklevel=3)
+    return selection
 
 
 def _select_with_index(index, pool: list[Document], keep: list[int], seed_emb: np.ndarray, combine: str,
@@ -266,8 +291,16 @@ def _bm25_scores(pool: list[Document], seeds: list[Document], combine: str) -> n
     import bm25s
 
     retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize([d.text for d in pool], stopwords="en", show_progress=False), show_progress=False)
+    corpus = bm25s.tokenize([d.text for d in pool], stopwords="en", show_progress=False)
     queries = bm25s.tokenize([s.text for s in seeds], stopwords="en", show_progress=False, return_ids=False)
+    wordless = [s.source or s.text[:40] for s, q in zip(seeds, queries) if not q]
+    if wordless:
+        raise ValueError(f"BM25 cannot use the seeds {wordless}: no word is left once English stop words are "
+                         "removed. Give seeds with content words, or use strategy='dense'.")
+    if not corpus.vocab:
+        raise ValueError("BM25 cannot score the pool: no document has a word left once English stop words are "
+                         "removed. Use strategy='dense', or a pool of real text.")
+    retriever.index(corpus, show_progress=False)
     per_seed = np.stack([retriever.get_scores(q) for q in queries], axis=1)  # (n_pool, n_seeds)
     return per_seed.max(1) if combine == "max" else per_seed.mean(1)
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .io import SAE_CFG_FILE, SAE_WEIGHTS_FILE, atomic_write_json
+from .io import SAE_CFG_FILE, SAE_WEIGHTS_FILE, atomic_write_dir, atomic_write_json
 from .models import layer_of_hook
 
 Architecture = Literal["relu", "topk", "jumprelu"]
@@ -189,9 +189,7 @@ class SAE(nn.Module):
 
     # --- SAELens on-disk format --------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write `cfg.json` + `sae_weights.safetensors` that SAELens' `SAE.load_from_disk` reads."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        """Write `cfg.json` + `sae_weights.safetensors` that SAELens' `SAE.load_from_disk` reads, as one unit."""
         s = self.cfg.norm_scale
         tensors = {
             "W_enc": self.W_enc.detach() * s, "b_enc": self.b_enc.detach(),
@@ -199,11 +197,12 @@ class SAE(nn.Module):
         }
         if self.cfg.architecture == "jumprelu":
             tensors["threshold"] = self.log_threshold.detach().exp()
-        tmp = path / f".{SAE_WEIGHTS_FILE}.tmp"
-        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-        tmp.replace(path / SAE_WEIGHTS_FILE)
-        atomic_write_json(path / SAE_CFG_FILE, _saelens_cfg(self.cfg))
-        return path
+
+        def write(tmp: Path) -> None:
+            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp / SAE_WEIGHTS_FILE))
+            atomic_write_json(tmp / SAE_CFG_FILE, _saelens_cfg(self.cfg))
+
+        return atomic_write_dir(path, write, marker=SAE_CFG_FILE)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> SAE:

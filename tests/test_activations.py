@@ -188,3 +188,40 @@ def test_bad_arguments(tiny, docs, tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         ActivationStore(tmp_path / "nope")
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(shard_tokens=0), r"shard_tokens=0 must be a positive integer \(tokens per shard file\)"),
+    (dict(batch_size=0), r"batch_size=0 must be a positive integer \(contexts per forward pass\)"),
+    (dict(max_tokens=-5), r"max_tokens=-5 must be a positive integer \(or None to cache every token\)"),
+    (dict(ctx_len=513), r"ctx_len=513 is more than the 512 positions of tiny-llama.*ctx_len <= 512"),
+])
+def test_bad_sizes_are_refused_before_any_work(tiny, docs, tmp_path, kw, match):
+    model, _ = tiny
+    calls: list[int] = []
+    handle = get_blocks(model)[0].register_forward_hook(lambda m, a, o: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=match):
+            _cache(tiny, docs, tmp_path / "store", **kw)
+    finally:
+        handle.remove()
+    assert not calls and not os.listdir(tmp_path), "work was done before the arguments were checked"
+
+
+def test_unwritable_out_dir_is_refused_before_any_work(tiny, docs, tmp_path):
+    model, _ = tiny
+    (tmp_path / "file.txt").write_text("not a folder")
+    calls: list[int] = []
+    handle = get_blocks(model)[0].register_forward_hook(lambda m, a, o: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match="Cannot write to the output folder .*file.txt/store"):
+            _cache(tiny, docs, tmp_path / "file.txt" / "store")
+    finally:
+        handle.remove()
+    assert not calls
+
+
+def test_fingerprint_is_equal_for_the_same_activations_only(tiny, docs, tmp_path):
+    a, again = _cache(tiny, docs[:3], tmp_path / "a"), _cache(tiny, docs[:3], tmp_path / "again")
+    other = _cache(tiny, docs[:2], tmp_path / "other")
+    assert a.fingerprint == again.fingerprint != other.fingerprint

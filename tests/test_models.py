@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ssae_kit import forward_to_layer, get_blocks, load_model, splice, tiny_model
-from ssae_kit.models import byte_tokenizer, check_layer, hook_name, n_layers
+from ssae_kit.models import byte_tokenizer, check_ctx_len, check_layer, hook_name, n_layers
 
 ARCHS = ["llama", "gpt2", "gpt_neox", "gemma"]
 
@@ -100,6 +100,28 @@ def test_load_model_from_local_folder_matches_the_saved_model(tmp_path, tiny):
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
     assert loaded.name_or_path == str(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["/no/such/model-folder", "./no-such-folder", "~/no/such/folder"])
+def test_load_model_path_that_does_not_exist_says_so(name):
+    with pytest.raises(FileNotFoundError, match="does not exist.*check the path"):
+        load_model(name, device="cpu")
+
+
+def test_load_model_folder_that_is_not_a_model_names_what_it_lacks(tmp_path, tiny):
+    with pytest.raises(ValueError, match=r"not a Hugging Face model folder: it lacks config.json; weights.*; tokenizer"):
+        load_model(str(tmp_path), device="cpu")
+    tiny[0].save_pretrained(tmp_path)  # config and weights, but no tokenizer
+    with pytest.raises(ValueError, match=r"it lacks tokenizer files \(tokenizer.json.*save_pretrained"):
+        load_model(str(tmp_path), device="cpu")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_ctx_len_beyond_the_model_positions_is_refused_with_the_limit(arch):
+    model, _ = tiny_model(arch)  # 512 positions: learned (gpt2) or rotary (llama)
+    assert check_ctx_len(model, 512) == 512
+    with pytest.raises(ValueError, match=f"ctx_len=513 is more than the 512 positions of tiny-{arch}.*ctx_len <= 512"):
+        check_ctx_len(model, 513)
 
 
 def test_embedded_model_missing_package_names_the_install_command(tmp_path, monkeypatch):

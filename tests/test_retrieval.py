@@ -51,7 +51,7 @@ def test_precomputed_pool_embeddings_give_the_same_selection(pool, seeds, embedd
     a = select(pool, seeds, "dense", 200, tiny[1], embedder=embedder)
     b = select(pool, seeds, "dense", 200, tiny[1], embedder=embedder, pool_embeddings=emb)
     assert a.documents == b.documents
-    with pytest.raises(ValueError, match="rows for 10 pool documents"):
+    with pytest.raises(ValueError, match="pool_embeddings holds 3 vectors for a pool of 10 documents"):
         select(pool, seeds, "dense", 200, tiny[1], embedder=embedder, pool_embeddings=emb[:3])
 
 
@@ -203,3 +203,32 @@ def test_bad_selection_requests_name_the_fix(pool, seeds, tiny, tmp_path):
 def test_unknown_encoder_offline_is_a_clear_error():
     with pytest.raises(ValueError, match="neither embedded.*local Hugging Face cache"):
         Embedder("no-such-org/no-such-encoder")
+
+
+@pytest.mark.parametrize("strategy", ["none", "random", "bm25", "dense"])
+def test_empty_pool_is_refused_with_the_kits_message(seeds, tiny, strategy):
+    with pytest.raises(ValueError, match="The pool is empty: there is nothing to select from"):
+        select([], seeds, strategy, 100, tiny[1])
+
+
+def test_bm25_with_stop_word_only_seeds_or_pool_says_why(pool, seeds, tiny):
+    with pytest.raises(ValueError, match=r"BM25 cannot use the seeds \['empty'\]: no word is left.*strategy='dense'"):
+        select(pool, seeds + [Document("the and of it", "sport", "empty")], "bm25", 100, tiny[1])
+    with pytest.raises(ValueError, match="BM25 cannot score the pool: no document has a word left"):
+        select([Document("the of"), Document("and it is")], seeds, "bm25", 100, tiny[1])
+
+
+def test_index_or_embeddings_of_another_encoder_dimension_are_refused(pool, seeds, embedder, tiny):
+    other = np.random.default_rng(0).normal(size=(len(pool), 16)).astype(np.float32)
+    match = "holds 16-dimensional vectors but encoder 'all-MiniLM-L6-v2' gives 384: build it from this encoder"
+    with pytest.raises(ValueError, match=f"The index {match}"):
+        select(pool, seeds, "dense", 200, tiny[1], embedder=embedder, index=build_index(other))
+    with pytest.raises(ValueError, match=f"pool_embeddings {match}"):
+        select(pool, seeds, "dense", 200, tiny[1], embedder=embedder, pool_embeddings=other)
+
+
+def test_budget_holding_the_whole_pool_warns_that_random_equals_none(pool, seeds, tiny):
+    with pytest.warns(UserWarning, match=r"budget_tokens=1000000 holds the whole pool.*'random' \(and every "
+                                         r"strategy\) equals 'none'"):
+        sel = select(pool, seeds, "random", 10**6, tiny[1])
+    assert len(sel.documents) == len(dedupe(pool))

@@ -1,0 +1,87 @@
+"""ssae_kit.io: files and folders are written whole or not at all; unwritable folders fail early."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssae_kit.io import atomic_write_dir, atomic_write_with, check_writable_dir
+from ssae_kit.sae import SAE, SAEConfig
+
+
+def _writer(version: str):
+    def write(folder: Path) -> None:
+        (folder / "weights.bin").write_text(version)
+        (folder / "cfg.json").write_text(version)
+    return write
+
+
+def test_atomic_write_dir_makes_a_new_folder_whole_or_not_at_all(tmp_path):
+    atomic_write_dir(tmp_path / "sae", _writer("v1"), marker="cfg.json")
+    assert sorted(p.name for p in (tmp_path / "sae").iterdir()) == ["cfg.json", "weights.bin"]
+
+    def crash(folder: Path) -> None:
+        (folder / "weights.bin").write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_dir(tmp_path / "other", crash, marker="cfg.json")
+    assert [p.name for p in tmp_path.iterdir()] == ["sae"], "a partial folder or a temp folder was left behind"
+
+
+def test_atomic_write_dir_into_a_run_folder_keeps_its_other_files_and_never_mixes_two_saves(tmp_path, monkeypatch):
+    (tmp_path / "checkpoint.pt").write_text("ckpt")
+    atomic_write_dir(tmp_path, _writer("v1"), marker="cfg.json")
+    atomic_write_dir(tmp_path, _writer("v2"), marker="cfg.json")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
+        "checkpoint.pt": "ckpt", "weights.bin": "v2", "cfg.json": "v2"}
+
+    real_replace = os.replace
+
+    def die_before_the_marker(src, dst):
+        if Path(dst).name == "cfg.json":
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", die_before_the_marker)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_dir(tmp_path, _writer("v3"), marker="cfg.json")
+    # The v2 config went before any v3 file came in, so no config ever describes other weights.
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"checkpoint.pt": "ckpt", "weights.bin": "v3"}
+
+
+def test_sae_save_that_fails_while_writing_leaves_the_previous_sae_loadable(tmp_path, monkeypatch):
+    old = SAE(SAEConfig(d_in=4, d_sae=8), seed=1)
+    old.save(tmp_path)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("ssae_kit.sae.save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        SAE(SAEConfig(d_in=4, d_sae=16), seed=2).save(tmp_path)
+    assert torch.equal(SAE.load(tmp_path).W_dec, old.W_dec)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+
+
+def test_atomic_write_with_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    atomic_write_with(tmp_path / "f.pt", lambda f: torch.save({"a": 1}, f))
+    assert torch.load(tmp_path / "f.pt") == {"a": 1}
+
+    def disk_full_midway(f) -> None:
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_with(tmp_path / "f.pt", disk_full_midway)
+    assert [p.name for p in tmp_path.iterdir()] == ["f.pt"] and torch.load(tmp_path / "f.pt") == {"a": 1}
+
+
+def test_check_writable_dir_creates_the_folder_or_says_why_it_cannot(tmp_path):
+    assert check_writable_dir(tmp_path / "a" / "b").is_dir()
+    (tmp_path / "file.txt").write_text("not a folder")
+    with pytest.raises(ValueError, match=r"Cannot write to the output folder .*file.txt/run.*folder you can write to"):
+        check_writable_dir(tmp_path / "file.txt" / "run")
