@@ -46,7 +46,7 @@ def check_writable_dir(path: str | Path) -> Path:
         tempfile.TemporaryFile(dir=path).close()
     except OSError as err:
         raise ValueError(
-            f"Cannot write to the output folder {path} ({err.strerror or err}): "
+            f"Cannot write to the output folder {path} ({'it is a file' if path.is_file() else err.strerror or err}): "
             "pass a folder you can write to, or fix its permissions."
         ) from err
     return path

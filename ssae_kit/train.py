@@ -14,16 +14,17 @@ import copy
 import logging
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .activations import ActivationStore
-from .io import SAE_WEIGHTS_FILE, atomic_write_json
+from .io import SAE_CFG_FILE, atomic_write_json, atomic_write_with, cache_dir, check_writable_dir
 from .models import resolve_device
 from .sae import SAE, Architecture, SAEConfig, from_sae_lens
 from .term import ScaleRule, check_tilt, objective, per_token_loss
@@ -31,6 +32,7 @@ from .term import ScaleRule, check_tilt, objective, per_token_loss
 logger = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "train_log.json"
+Objective = Literal["erm", "term"]
 
 
 @dataclass
@@ -62,7 +64,7 @@ class TrainConfig:
     """Tokens per optimiser step (across all ranks)."""
     total_tokens: int = 200_000
     """Training budget in tokens; the store is re-read in new orders as needed."""
-    objective: Literal["erm", "term"] = "erm"
+    objective: Objective = "erm"
     """erm: mean per-token loss; term: tilted loss (ssae_kit.term)."""
     tilt: float = 0.0
     """TERM tilt t (> 0 with objective='term')."""
@@ -82,6 +84,20 @@ class TrainConfig:
     """auto: CUDA when present, else CPU (under torchrun: this rank's GPU)."""
 
     def __post_init__(self) -> None:
+        for name, choices in (("objective", Objective), ("architecture", Architecture), ("loss_scale", ScaleRule)):
+            if getattr(self, name) not in get_args(choices):
+                raise ValueError(f"Unknown {name} {getattr(self, name)!r}; use one of {get_args(choices)}.")
+        for name, ok, need in (
+            ("lr", self.lr > 0 and math.isfinite(self.lr), "a positive finite number, e.g. 1e-3"),
+            ("l1_coefficient", self.l1_coefficient >= 0 and math.isfinite(self.l1_coefficient), "a finite number >= 0"),
+            ("warmup_tokens", self.warmup_tokens >= 0, ">= 0 (0: no warm-up)"),
+            ("d_sae", self.d_sae >= 1, ">= 1"),
+            ("log_every", self.log_every >= 1, ">= 1 (steps between logged metrics)"),
+            ("checkpoint_every", self.checkpoint_every >= 0, ">= 0 (0: checkpoint only at the end)"),
+            ("dead_window_tokens", self.dead_window_tokens >= 1, ">= 1"),
+        ):
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be {need}.")
         check_tilt(self.tilt)
         if self.objective == "term" and self.tilt == 0:
             raise ValueError("objective='term' needs tilt > 0 (tilt=0 is ERM): set tilt, e.g. tilt=1.0.")
@@ -126,18 +142,23 @@ def train(
     out_dir: str | Path | None = None,
     resume: bool = False,
 ) -> TrainResult:
-    """Train on `store`; `init` (a kit SAE or a SAELens SAE) is fine-tuned into an SSAE."""
+    """Train on `store`; `init` (a kit SAE or a SAELens SAE) is fine-tuned into an SSAE.
+
+    A NaN/inf loss stops training with an error before the step is taken; `out_dir` then keeps
+    its last checkpoint. If the final save into `out_dir` fails, the run is saved in the kit's
+    cache instead and the error says where."""
+    out = check_writable_dir(out_dir) if out_dir is not None else None
     rank, world, device = _distributed_setup(cfg)
     sae = _initial_sae(store, cfg, init).to(device)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
     state = TrainState(tokens_since_fired=torch.zeros(sae.cfg.d_sae, device=device))
     gen = torch.Generator().manual_seed(cfg.seed)
     log: list[dict[str, float]] = []
-    out = Path(out_dir) if out_dir is not None else None
+    trained_on = _store_identity(store)
     if out is not None and (out / CHECKPOINT_FILE).exists():
         if not resume:
             raise ValueError(f"{out} already holds a training run: pass resume=True to continue it, or a new out_dir.")
-        log = _load_checkpoint(out, cfg, sae, opt, state, gen)
+        log = _load_checkpoint(out, cfg, trained_on, sae, opt, state, gen)
     first_step = state.step
     model = torch.nn.parallel.DistributedDataParallel(sae) if world > 1 else sae
     batches = _batches(store, cfg, state, rank, world)
@@ -154,15 +175,26 @@ def train(
             log.append(metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.3g}", l0=f"{metrics['l0']:.1f}")
         if out is not None and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-            _checkpoint(out, cfg, sae, opt, state, gen, log, rank)
+            _checkpoint(out, cfg, trained_on, sae, opt, state, gen, log, rank)
     bar.close()
-    finished_before = state.step == first_step and (out is not None and (out / SAE_WEIGHTS_FILE).exists())
+    finished_before = state.step == first_step and (out is not None and (out / SAE_CFG_FILE).exists())
     if out is not None and not finished_before:  # a resumed, already finished run is returned as it is
-        _checkpoint(out, cfg, sae, opt, state, gen, log, rank)
-        if rank == 0:
-            sae.save(out)
-            atomic_write_json(out / LOG_FILE, log)
+        try:
+            _save_run(out, cfg, trained_on, sae, opt, state, gen, log, rank)
+        except OSError as err:
+            rescue = cache_dir("rescued_runs") / f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            _save_run(rescue, cfg, trained_on, sae, opt, state, gen, log, rank)
+            raise ValueError(f"Could not save the finished run in {out} ({err}); it is saved in {rescue} instead: "
+                             f"move that folder to {out}, or SAE.load it from there.") from err
     return TrainResult(sae, log)
+
+
+def _save_run(out: Path, cfg, trained_on, sae: SAE, opt, state: TrainState, gen, log, rank: int) -> None:
+    """The final checkpoint, the SAE (SAELens format) and the metrics log."""
+    _checkpoint(out, cfg, trained_on, sae, opt, state, gen, log, rank)
+    if rank == 0:
+        sae.save(out)
+        atomic_write_json(out / LOG_FILE, log)
 
 
 def _train_step(model, sae: SAE, opt, x: torch.Tensor, cfg: TrainConfig, state: TrainState, world: int,
@@ -175,6 +207,12 @@ def _train_step(model, sae: SAE, opt, x: torch.Tensor, cfg: TrainConfig, state: 
     out = model(x)
     losses = per_token_loss(out.mse, out.sparsity, cfg.l1_coefficient)
     loss = objective(losses, cfg.tilt, cfg.loss_scale)
+    if not torch.isfinite(loss):  # never step on it: a NaN spreads to every weight through Adam
+        cause = ("the batch holds NaN/inf activations: rebuild the store with cache_activations(dtype='float32')"
+                 if not torch.isfinite(x).all() else
+                 f"the activations are finite, so training diverged: lower lr (now {cfg.lr:g}) or l1_coefficient")
+        raise ValueError(f"The loss is {loss.item()} at step {state.step + 1} (after {state.tokens} tokens): {cause}. "
+                         "Training stopped before that step; nothing after the last checkpoint was saved.")
     opt.zero_grad(set_to_none=True)
     loss.backward()
     sae.remove_gradient_parallel_to_decoder_directions()
@@ -321,25 +359,37 @@ def _resample_dead(sae: SAE, opt, x: torch.Tensor, cfg: TrainConfig, state: Trai
     state.tokens_since_fired[dead] = 0
 
 
-def _checkpoint(out: Path, cfg, sae, opt, state: TrainState, gen, log, rank: int) -> None:
-    """Everything a resume needs, written atomically by rank 0."""
+def _store_identity(store: ActivationStore) -> dict[str, Any]:
+    """What a checkpoint records of its store, so that a resume continues on the same data."""
+    return dict(model=store.model_name, layer=store.layer, n_tokens=store.n_tokens, norm_scale=store.norm_scale,
+                fingerprint=store.fingerprint)
+
+
+def _checkpoint(out: Path, cfg, trained_on, sae, opt, state: TrainState, gen, log, rank: int) -> None:
+    """Everything a resume needs, written atomically (and fsynced) by rank 0; never NaN weights."""
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        payload = dict(cfg=asdict(cfg), sae_cfg=asdict(sae.cfg), sae=sae.state_dict(), opt=opt.state_dict(),
-                       state=asdict(state), gen=gen.get_state(), torch_rng=torch.get_rng_state(), log=log)
-        tmp = out / f".{CHECKPOINT_FILE}.tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, out / CHECKPOINT_FILE)
+        if not all(torch.isfinite(p).all() for p in sae.parameters()):
+            raise ValueError(f"The SAE's weights hold NaN/inf at step {state.step}; {out} keeps its last good "
+                             f"checkpoint. Lower lr (now {cfg.lr:g}) or check the activations for NaN/inf.")
+        payload = dict(cfg=asdict(cfg), store=trained_on, sae_cfg=asdict(sae.cfg), sae=sae.state_dict(),
+                       opt=opt.state_dict(), state=asdict(state), gen=gen.get_state(),
+                       torch_rng=torch.get_rng_state(), log=log)
+        atomic_write_with(out / CHECKPOINT_FILE, lambda f: torch.save(payload, f))
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
 
-def _load_checkpoint(out: Path, cfg, sae, opt, state: TrainState, gen) -> list[dict[str, float]]:
+def _load_checkpoint(out: Path, cfg, trained_on, sae, opt, state: TrainState, gen) -> list[dict[str, float]]:
     ckpt = torch.load(out / CHECKPOINT_FILE, map_location=sae.W_dec.device, weights_only=False)
-    changed = {k: (v, asdict(cfg)[k]) for k, v in ckpt["cfg"].items() if asdict(cfg).get(k) != v}
-    if changed:
-        raise ValueError(f"Cannot resume {out}: the config changed since it was written (old, new): {changed}. "
-                         "Resume with the old config, or train into a new out_dir.")
+    for what, fix, old, new in (
+        ("the config changed since it was written", "the old config", ckpt["cfg"], asdict(cfg)),
+        ("it was trained on another activation store", "the store it was trained on",
+         ckpt.get("store", trained_on), trained_on),  # checkpoints from before this check record no store
+    ):
+        changed = {k: (v, new.get(k)) for k, v in old.items() if new.get(k) != v}
+        if changed:
+            raise ValueError(f"Cannot resume {out}: {what} (old, new): {changed}. "
+                             f"Resume with {fix}, or train into a new out_dir.")
     sae.load_state_dict(ckpt["sae"])
     opt.load_state_dict(ckpt["opt"])
     for k, v in ckpt["state"].items():

@@ -85,3 +85,5 @@ def test_check_writable_dir_creates_the_folder_or_says_why_it_cannot(tmp_path):
     (tmp_path / "file.txt").write_text("not a folder")
     with pytest.raises(ValueError, match=r"Cannot write to the output folder .*file.txt/run.*folder you can write to"):
         check_writable_dir(tmp_path / "file.txt" / "run")
+    with pytest.raises(ValueError, match=r"output folder .*file.txt \(it is a file\)"):
+        check_writable_dir(tmp_path / "file.txt")

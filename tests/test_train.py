@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,13 +12,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from ssae_kit import cache_activations
+from ssae_kit import ActivationStore, cache_activations
+from ssae_kit.io import npy_bytes, sha256_bytes
 from ssae_kit.sae import SAE, SAEConfig
-from ssae_kit.train import TrainConfig, TrainState, _train_step, get_lr, train
+from ssae_kit.train import TrainConfig, TrainState, _checkpoint, _train_step, get_lr, train
 
 SCRIPT = Path(__file__).with_name("train_script.py")
 
@@ -150,6 +153,20 @@ def test_dead_latents_are_counted_and_resampling_revives_them(store):
     (dict(objective="term", tilt=0.0), "needs tilt > 0"),
     (dict(objective="erm", tilt=2.0), "ignores tilt"),
     (dict(architecture="topk", k=100), "k=100 must be between 1 and d_sae=64"),
+    (dict(lr=0.0), r"lr=0.0 must be a positive finite number, e.g. 1e-3"),
+    (dict(lr=-1e-3), "lr=-0.001 must be a positive finite number"),
+    (dict(lr=float("nan")), "lr=nan must be a positive finite number"),
+    (dict(lr=float("inf")), "lr=inf must be a positive finite number"),
+    (dict(l1_coefficient=-0.1), "l1_coefficient=-0.1 must be a finite number >= 0"),
+    (dict(l1_coefficient=float("inf")), "l1_coefficient=inf must be a finite number >= 0"),
+    (dict(warmup_tokens=-1), r"warmup_tokens=-1 must be >= 0 \(0: no warm-up\)"),
+    (dict(d_sae=0), "d_sae=0 must be >= 1"),
+    (dict(log_every=0), "log_every=0 must be >= 1"),
+    (dict(checkpoint_every=-1), r"checkpoint_every=-1 must be >= 0 \(0: checkpoint only at the end\)"),
+    (dict(dead_window_tokens=0), "dead_window_tokens=0 must be >= 1"),
+    (dict(objective="ERM"), r"Unknown objective 'ERM'; use one of \('erm', 'term'\)"),
+    (dict(architecture="gated"), r"Unknown architecture 'gated'; use one of \('relu', 'topk', 'jumprelu'\)"),
+    (dict(objective="term", tilt=1.0, loss_scale="max"), r"Unknown loss_scale 'max'; use one of \('mean', 'none'\)"),
 ])
 def test_bad_training_configs_name_the_fix(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -176,3 +193,95 @@ def test_torchrun_two_ranks_match_single_process_training(store, tmp_path):
     x = torch.cat(list(store.batches(256, normalize=False)))
     mse_single, mse_ddp = single(x).mse.mean().item(), ddp(x).mse.mean().item()
     assert mse_ddp == pytest.approx(mse_single, rel=0.15), (mse_single, mse_ddp)
+
+
+def _poisoned_copy(store: ActivationStore, dest: Path, value: float) -> ActivationStore:
+    """A copy of `store` with one activation row set to `value`, checksums updated (a damaged store)."""
+    shutil.copytree(store.path, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    shard = manifest["shards"][1]
+    acts = np.load(dest / shard["file"])
+    acts[7] = value
+    data = npy_bytes(acts)
+    (dest / shard["file"]).write_bytes(data)
+    shard.update(bytes=len(data), sha256=sha256_bytes(data))
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return ActivationStore(dest)
+
+
+def _assert_last_checkpoint_is_finite_and_no_sae_saved(out: Path, step: int) -> None:
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["state"]["step"] == step, "the checkpoint is not the one just before the bad step"
+    assert all(torch.isfinite(v).all() for v in ckpt["sae"].values())
+    assert not (out / "sae_weights.safetensors").exists() and not (out / "cfg.json").exists()
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_nan_or_inf_activations_stop_training_and_keep_the_last_good_checkpoint(store, tmp_path, value):
+    bad = _poisoned_copy(store, tmp_path / "store", value)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"The loss is nan at step \d+ .*batch holds NaN/inf activations.*rebuild") as err:
+        train(bad, small_cfg(checkpoint_every=1, total_tokens=64 * 200), out_dir=out)
+    step = int(re.search(r"at step (\d+)", str(err.value)).group(1))
+    assert step > 1, "the bad row came first; pick another row so that a checkpoint precedes it"
+    _assert_last_checkpoint_is_finite_and_no_sae_saved(out, step - 1)
+
+
+def test_absurd_lr_stops_training_naming_the_step_and_the_lr(store, tmp_path):
+    with pytest.raises(ValueError, match=r"at step 2 .*activations are finite.*lower lr \(now 1e\+30\)"):
+        train(store, small_cfg(lr=1e30, warmup_tokens=0, checkpoint_every=1), out_dir=tmp_path)
+    _assert_last_checkpoint_is_finite_and_no_sae_saved(tmp_path, 1)
+
+
+def test_a_checkpoint_is_never_written_with_nan_weights(tmp_path):
+    sae = SAE(SAEConfig(d_in=4, d_sae=8))
+    with torch.no_grad():
+        sae.W_enc[0, 0] = float("nan")
+    state = TrainState(step=7, tokens_since_fired=torch.zeros(8))
+    with pytest.raises(ValueError, match="weights hold NaN/inf at step 7.*keeps its last good checkpoint"):
+        _checkpoint(tmp_path, small_cfg(), {}, sae, torch.optim.Adam(sae.parameters()), state, torch.Generator(),
+                    [], 0)
+    assert not os.listdir(tmp_path)
+
+
+def test_resuming_on_another_store_is_refused(store, tiny, docs, tmp_path):
+    train(store, small_cfg(), out_dir=tmp_path / "run")
+    other = cache_activations(*tiny, docs * 3, 1, tmp_path / "other", ctx_len=16, shard_tokens=500)
+    with pytest.raises(ValueError, match=r"trained on another activation store \(old, new\):.*'n_tokens'.*"
+                                         "Resume with the store it was trained on, or train into a new out_dir"):
+        train(other, small_cfg(), out_dir=tmp_path / "run", resume=True)
+
+
+def test_unwritable_out_dir_fails_before_training(store, tmp_path, monkeypatch):
+    (tmp_path / "file.txt").write_text("not a folder")
+    module = sys.modules[train.__module__]  # `ssae_kit.train` is also the name of the function
+    monkeypatch.setattr(module, "_train_step", lambda *a, **k: pytest.fail("trained before checking out_dir"))
+    with pytest.raises(ValueError, match="Cannot write to the output folder .*file.txt/run"):
+        train(store, small_cfg(), out_dir=tmp_path / "file.txt" / "run")
+
+
+def test_a_failed_final_save_rescues_the_run_into_the_cache(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSAE_KIT_CACHE", str(tmp_path / "cache"))
+    real_save = SAE.save
+
+    def disk_full_in_run(self, path):
+        if Path(path).parent == tmp_path:
+            raise OSError(28, "No space left on device")
+        return real_save(self, path)
+
+    monkeypatch.setattr(SAE, "save", disk_full_in_run)
+    with pytest.raises(ValueError, match=r"Could not save the finished run in .*run \(.*No space left.*\); "
+                                         r"it is saved in .*rescued_runs.*instead") as err:
+        train(store, small_cfg(), out_dir=tmp_path / "run")
+    rescue = Path(re.search(r"it is saved in (\S+) instead", str(err.value)).group(1))
+    monkeypatch.setattr(SAE, "save", real_save)
+    again = train(store, small_cfg(), out_dir=rescue, resume=True)  # returned as is: the run was not lost
+    torch.testing.assert_close(SAE.load(rescue).W_dec, again.sae.W_dec)
+    assert len(again.log) == 6
+
+
+def test_resume_after_a_save_that_died_before_its_config_writes_the_sae(store, tmp_path):
+    first = train(store, small_cfg(), out_dir=tmp_path)
+    (tmp_path / "cfg.json").unlink()  # what a crash between the weights and the config leaves
+    train(store, small_cfg(), out_dir=tmp_path, resume=True)
+    torch.testing.assert_close(SAE.load(tmp_path).W_dec, first.sae.W_dec)
