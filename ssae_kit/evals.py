@@ -41,7 +41,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .activations import ActivationStore
 from .corpora import Document, content_mask, corpus_checksum, tokenize_contexts
-from .models import check_layer, d_model, forward_to_layer, splice
+from .models import check_ctx_len, check_layer, d_model, forward_to_layer, splice
 from .sae import SAE
 
 
@@ -177,6 +177,7 @@ def evaluate(
     scores every content token.
     """
     check_layer(model, layer)
+    check_ctx_len(model, ctx_len)
     check_sae_reads(sae, model.name_or_path, layer, d_model(model))
     text_id = dict(eval_docs=corpus_checksum(docs), ctx_len=ctx_len, max_contexts=max_contexts,
                    max_norm_multiple=max_norm_multiple)

@@ -230,8 +230,10 @@ def test_health_warnings_name_dead_latents_negative_ev_and_ce_worse_than_zero_ab
     assert "no better than zero-ablation" in words
 
 
-def test_evaluating_an_sae_of_another_model_is_refused(tiny, docs):
+def test_evaluating_an_sae_of_another_model_or_past_the_models_positions_is_refused(tiny, docs):
     model, tok = tiny
+    with pytest.raises(ValueError, match="ctx_len=513 is more than the 512 positions"):
+        evaluate(_identity_sae(32, 1), model, tok, docs, 1, ctx_len=513)
     with pytest.raises(ValueError, match="trained on model 'gpt2', not 'tiny-llama'"):
         evaluate(SAE(SAEConfig(d_in=32, d_sae=8, model_name="gpt2")), model, tok, docs, 1)
 
