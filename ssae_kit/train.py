@@ -285,6 +285,9 @@ def _store_mean(store: ActivationStore, max_tokens: int = 100_000) -> torch.Tens
     total, n = torch.zeros(store.d_model, dtype=torch.float64), 0
     for i in range(store.n_shards):
         x, _ = store.read_shard(i, normalize=False)
+        if not torch.isfinite(x[: max_tokens - n]).all():
+            raise ValueError(f"Shard {i} of {store.path} holds NaN/inf activations, so b_dec cannot start at their mean: "
+                             "rebuild the store with cache_activations (dtype='float32' if float16 overflowed).")
         total += x[: max_tokens - n].double().sum(0)
         n += min(len(x), max_tokens - n)
         if n >= max_tokens:

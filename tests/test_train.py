@@ -220,8 +220,11 @@ def _assert_last_checkpoint_is_finite_and_no_sae_saved(out: Path, step: int) -> 
 def test_nan_or_inf_activations_stop_training_and_keep_the_last_good_checkpoint(store, tmp_path, value):
     bad = _poisoned_copy(store, tmp_path / "store", value)
     out = tmp_path / "run"
+    with pytest.raises(ValueError, match="holds NaN/inf activations, so b_dec cannot start at their mean.*rebuild"):
+        train(bad, small_cfg(checkpoint_every=1, total_tokens=64 * 200), out_dir=out)  # the mean init refuses first
+    assert not out.exists() or not os.listdir(out)
     with pytest.raises(ValueError, match=r"The loss is nan at step \d+ .*batch holds NaN/inf activations.*rebuild") as err:
-        train(bad, small_cfg(checkpoint_every=1, total_tokens=64 * 200), out_dir=out)
+        train(bad, small_cfg(checkpoint_every=1, total_tokens=64 * 200, b_dec_init="zeros"), out_dir=out)
     step = int(re.search(r"at step (\d+)", str(err.value)).group(1))
     assert step > 1, "the bad row came first; pick another row so that a checkpoint precedes it"
     _assert_last_checkpoint_is_finite_and_no_sae_saved(out, step - 1)
