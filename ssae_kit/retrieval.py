@@ -305,15 +305,20 @@ def _bm25_scores(pool: list[Document], seeds: list[Document], combine: str) -> n
     return per_seed.max(1) if combine == "max" else per_seed.mean(1)
 
 
+def _token_lengths(docs: list[Document], tokenizer) -> np.ndarray:
+    """LM tokens of each document (no special tokens): what budgets and token precision count."""
+    return np.array([len(ids) for ids in tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]], dtype=np.int64)
+
+
 def _fill(docs: list[Document], scores: np.ndarray, budget: int | None, tokenizer, strategy: str) -> Selection:
     """Take documents by descending score while they fit in the budget (all of them if None)."""
-    lengths = [len(ids) for ids in tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]]
+    lengths = _token_lengths(docs, tokenizer)
     order = np.argsort(-np.asarray(scores), kind="stable")
     picked, used = [], 0
     for i in order:
         if budget is None or used + lengths[i] <= budget:
             picked.append(int(i))
-            used += lengths[i]
+            used += int(lengths[i])
     if not picked:
         raise ValueError(f"budget_tokens={budget} is smaller than every candidate document (shortest: "
                          f"{min(lengths)} tokens): raise the budget.")
@@ -325,7 +330,7 @@ def selection_report(selection: Selection, positive_label: str, pool: list[Docum
     interval over the selected documents, then document precision and recall (of the pool's
     subdomain documents)."""
     pos = np.array([d.label == positive_label for d in selection.documents])
-    lengths = np.array([len(x) for x in tokenizer([d.text for d in selection.documents], add_special_tokens=False)["input_ids"]])
+    lengths = _token_lengths(selection.documents, tokenizer)
     n_pool_pos = sum(d.label == positive_label for d in dedupe(pool))
     low, high = _ratio_interval(lengths * pos, lengths)
     return dict(token_precision=float((lengths * pos).sum() / max(lengths.sum(), 1)), token_precision_low=low,
@@ -350,7 +355,7 @@ def precision_difference(a: Selection, b: Selection, positive_label: str, tokeni
     """Token precision of a minus b with a percentile bootstrap interval, resampling each selection's
     documents independently (the selections are different documents, so nothing is paired)."""
     def parts(sel: Selection) -> tuple[np.ndarray, np.ndarray]:
-        n = np.array([len(x) for x in tokenizer([d.text for d in sel.documents], add_special_tokens=False)["input_ids"]])
+        n = _token_lengths(sel.documents, tokenizer)
         return n * np.array([d.label == positive_label for d in sel.documents]), n
 
     (pa, na), (pb, nb) = parts(a), parts(b)
