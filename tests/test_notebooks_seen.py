@@ -138,19 +138,58 @@ def test_nbconvert_html_shows_every_figure_and_the_browser_snapshot(path, execut
 
 
 # --- nbval: a re-run with the same seeds reproduces the recorded outputs ----------------------------
-def _nbval_fixture(folder: Path, name: str, rng: str) -> Path:
-    """A tiny notebook printing a random number (from `rng`), a timing and a memory address, run once."""
+def _nbval_fixture(folder: Path, name: str, *sources: str) -> Path:
+    """A tiny notebook of code cells `sources`, run once in `folder`."""
     from nbclient import NotebookClient
 
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src) for src in (
-        "import time\nimport numpy as np\nstarted = time.perf_counter()",
-        f"rng = {rng}\nprint(f'mean of 1000 draws {{rng.standard_normal(1000).mean():.6f}}')",
-        "print(f'took {time.perf_counter() - started:.4f} s'); object()",
-    )])
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src) for src in sources])
     NotebookClient(nb, kernel_name="python3", timeout=60, resources={"metadata": {"path": str(folder)}}).execute()
     path = folder / f"{name}.ipynb"
     nbformat.write(nb, path)
     return path
+
+
+def _random_fixture(folder: Path, name: str, rng: str) -> Path:
+    """Prints a random number (from `rng`), a timing and a memory address."""
+    return _nbval_fixture(
+        folder, name, "import time\nimport numpy as np\nstarted = time.perf_counter()",
+        f"rng = {rng}\nprint(f'mean of 1000 draws {{rng.standard_normal(1000).mean():.6f}}')",
+        "print(f'took {time.perf_counter() - started:.4f} s'); object()")
+
+
+def _cached_fixture(folder: Path) -> Path:
+    """Shows a progress bar on the first run only (the result is cached in a file), like embed_corpus."""
+    return _nbval_fixture(folder, "cached", (
+        "from pathlib import Path\nfrom tqdm.auto import tqdm\ncached = Path('cached.txt')\n"
+        "if not cached.exists():\n    cached.write_text(str(sum(tqdm(range(10), desc='computing'))))\n"
+        "print('result', cached.read_text())"))
+
+
+# Progress bars depend on the cache, not on the computation: a cold cache shows the embedding bar
+# and a warm one does not. So nbval compares both sides without them: the recorded copy drops them
+# and the re-run's kernel starts with tqdm disabled (an IPython startup file).
+PROGRESS_BAR = re.compile(r"^.*\d+%\|[^|\n]*\|.*$\n?", flags=re.M)
+NO_PROGRESS_STARTUP = """import tqdm.std
+_init = tqdm.std.tqdm.__init__
+def _quiet_init(self, *args, **kwargs):
+    kwargs["disable"] = True
+    _init(self, *args, **kwargs)
+tqdm.std.tqdm.__init__ = _quiet_init
+"""
+
+
+def _without_progress_bars(outputs: list) -> list:
+    """`outputs` less tqdm bars: widget displays of a bar, and bar lines in text streams."""
+    kept = []
+    for out in outputs:
+        if WIDGET in out.get("data", {}) and PROGRESS_BAR.fullmatch(out.data.get("text/plain", "") + "\n"):
+            continue
+        if out.output_type == "stream":
+            out.text = PROGRESS_BAR.sub("", out.text.replace("\r", "\n"))
+            if not out.text.strip():
+                continue
+        kept.append(out)
+    return kept
 
 
 @pytest.fixture(scope="session")
@@ -158,8 +197,11 @@ def nbval_failures(executed, tmp_path_factory) -> dict[str, list[str]]:
     """Runs `pytest --nbval` once over re-runnable copies of NBVAL_STEMS and two tiny fixtures;
     returns {notebook stem: [failed cells' reports]} for every notebook it checked."""
     folder = tmp_path_factory.mktemp("nbval")
-    files = [_nbval_fixture(folder, "seeded", "np.random.default_rng(0)"),
-             _nbval_fixture(folder, "unseeded", "np.random.default_rng()")]
+    ipython_dir = folder / "ipython"
+    (ipython_dir / "profile_default" / "startup").mkdir(parents=True)
+    (ipython_dir / "profile_default" / "startup" / "00-no-progress.py").write_text(NO_PROGRESS_STARTUP)
+    files = [_random_fixture(folder, "seeded", "np.random.default_rng(0)"),
+             _random_fixture(folder, "unseeded", "np.random.default_rng()"), _cached_fixture(folder)]
     for stem in NBVAL_STEMS:
         source = executed(stem)
         nb = nbformat.read(source, as_version=4)
@@ -171,11 +213,17 @@ def nbval_failures(executed, tmp_path_factory) -> dict[str, list[str]]:
             if re.search(rf"^{name} = ", nb.cells[0].source, flags=re.M))
         nbformat.write(nb, folder / f"{stem}.ipynb")
         files.append(folder / f"{stem}.ipynb")
+    for file in files:
+        nb = nbformat.read(file, as_version=4)
+        for cell in _code_cells(nb):
+            cell.outputs = _without_progress_bars(cell.outputs)
+        nbformat.write(nb, file)
     (folder / "pytest.ini").write_text("[pytest]\n")  # keep the repo's pytest options out of the inner run
     report = folder / "nbval.xml"
     command = [sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env", f"--nbval-sanitize-with={SANITIZE}",
                "-p", "no:cacheprovider", "-q", f"--junitxml={report}", "-o", "junit_family=xunit1", *map(str, files)]
-    done = subprocess.run(command, cwd=folder, timeout=900, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=folder, timeout=900, capture_output=True, text=True,
+                          env={**os.environ, "IPYTHONDIR": str(ipython_dir)})
     assert done.returncode in (0, 1) and report.exists(), f"nbval did not run:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
     failures: dict[str, list[str]] = {f.stem: [] for f in files}
     cases = list(ET.parse(report).iter("testcase"))
@@ -195,6 +243,10 @@ def test_nbval_fails_when_a_printed_result_changes_between_runs_with_the_same_se
     assert not nbval_failures["seeded"], "a seeded notebook failed: is a timing or address left unsanitised?"
     assert len(nbval_failures["unseeded"]) == 1 and "mean of 1000 draws" in nbval_failures["unseeded"][0], (
         "an unseeded random number changed between runs and nbval did not notice")
+
+
+def test_nbval_passes_a_cell_whose_progress_bar_only_shows_on_a_cold_cache(nbval_failures):
+    assert not nbval_failures["cached"], "\n".join(nbval_failures["cached"])
 
 
 # --- a real browser: JupyterLab in headless Chromium --------------------------------------------------
