@@ -41,7 +41,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .activations import ActivationStore
 from .corpora import Document, content_mask, corpus_checksum, tokenize_contexts
-from .models import check_ctx_len, check_layer, d_model, forward_to_layer, splice
+from .models import check_ctx_len, check_layer, d_model, splice
 from .sae import SAE
 
 
@@ -86,8 +86,8 @@ class _Accumulator:
         self.doc_err = torch.zeros(n_docs, dtype=torch.float64)
 
     @torch.no_grad()
-    def add(self, x: torch.Tensor, token_ids: torch.Tensor, doc_ids: torch.Tensor | None = None) -> None:
-        """x: (n, d_in) raw activations; token_ids, doc_ids: (n,)."""
+    def add(self, x: torch.Tensor, token_ids: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (n, d_in) raw activations; token_ids, doc_ids: (n,). Returns the reconstruction (n, d_in)."""
         out = self.sae(x)
         f = out.feature_acts.float().cpu()
         x_n = (x * self.sae.cfg.norm_scale).double().cpu()
@@ -112,6 +112,7 @@ class _Accumulator:
             self.doc_sum_x.index_add_(0, d, x_n)
             self.doc_sq.index_add_(0, d, x_n.pow(2).sum(1))
             self.doc_err.index_add_(0, d, out.mse.double().cpu())
+        return out.sae_out
 
     def result(self, dense_threshold: float) -> EvalResult:
         if self.n == 0:
@@ -195,13 +196,20 @@ def evaluate(
         ids, mask = ctx.input_ids[sl].to(device), ctx.attention_mask[sl].to(device)
         keep = keep_all[sl].to(device)
         doc = ctx.doc_ids[sl]
-        resid = forward_to_layer(model, ids, layer, mask)  # (B, T, D)
-        scored = keep & ~_massive(resid, keep, max_norm_multiple)
-        n_outliers += int((keep & ~scored).sum())
-        acc.add(resid[scored].to(sae.W_dec.dtype), ids[scored], doc[:, None].expand_as(ids)[scored.cpu()])
+
+        def reconstruct(resid: torch.Tensor) -> torch.Tensor:
+            """The spliced forward's own residual (B, T, D) feeds the statistics: no second prefix pass."""
+            nonlocal n_outliers
+            scored = keep & ~_massive(resid, keep, max_norm_multiple)
+            n_outliers += int((keep & ~scored).sum())
+            x_hat = acc.add(resid[scored].to(sae.W_dec.dtype), ids[scored], doc[:, None].expand_as(ids)[scored.cpu()])
+            out = resid.clone()
+            out[scored] = x_hat.to(resid.dtype)
+            return out
+
         targets = keep[:, 1:]
         doc_ce["targets"].index_add_(0, doc, targets.sum(1).double().cpu())
-        with splice(model, layer, lambda r: _replace(r, scored, sae.decode(sae.encode(r.to(sae.W_dec.dtype))))):
+        with splice(model, layer, reconstruct):
             doc_ce["sae"].index_add_(0, doc, _ce_sums(model, ids, mask, targets))
         if baseline is None:
             doc_ce["clean"].index_add_(0, doc, _ce_sums(model, ids, mask, targets))
@@ -258,8 +266,9 @@ def _replace(resid: torch.Tensor, keep: torch.Tensor, new: torch.Tensor) -> torc
 def _ce_sums(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(B,) summed next-token cross-entropy per window, over positions whose target is a content token."""
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]  # (B, T-1, V)
-    losses = F.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
-    return (losses * targets).sum(1).double().cpu()
+    # rows of (B*(T-1), V): contiguous, ~3x faster on CPU than cross_entropy over the transposed (B, V, T-1)
+    losses = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+    return (losses.view_as(targets) * targets).sum(1).double().cpu()
 
 
 @dataclass(frozen=True)
