@@ -49,9 +49,10 @@ class TrainConfig:
     """Pre-encoder bias of a new SAE: the data mean (so a constant offset, e.g. a massive
     dimension, is not the latents' job; SAELens' `b_dec_init_method`), zeros, or the geometric
     median (Weiszfeld; sparsify's init, SAELens' former option; less pulled by outlier tokens)."""
-    norm_scale_from: Literal["store", "centered"] = "store"
-    """Input scale of a new SAE: the store's sqrt(d_model / E||x||^2), or sqrt(d_model / E||x - mean||^2),
-    which a massive constant dimension cannot shrink (see `_centered_norm_scale`)."""
+    norm_scale_from: Literal["store", "centered"] = "centered"
+    """Input scale of a new SAE: sqrt(d_model / E||x - mean||^2), which a massive constant dimension
+    cannot shrink (see `_centered_norm_scale`), or the store's sqrt(d_model / E||x||^2) (SAELens'
+    `expected_average_only_in`; the shipped GSAE's recipe pins it). A fine-tuned SAE keeps its init's."""
     l1_coefficient: float = 1.0
     """Weight of the sparsity penalty (L1 for relu, L0 for jumprelu; unused by topk)."""
     lr: float = 1e-3
@@ -95,6 +96,10 @@ class TrainConfig:
             ("log_every", self.log_every >= 1, ">= 1 (steps between logged metrics)"),
             ("checkpoint_every", self.checkpoint_every >= 0, ">= 0 (0: checkpoint only at the end)"),
             ("dead_window_tokens", self.dead_window_tokens >= 1, ">= 1"),
+            ("decay_frac", 0 <= self.decay_frac <= 1, "in [0, 1] (the share of the budget the LR decays over)"),
+            ("batch_size", self.batch_size >= 1, ">= 1 (tokens per optimiser step)"),
+            ("total_tokens", self.total_tokens >= 1, ">= 1 (the training budget in tokens)"),
+            ("k", self.k >= 1, ">= 1 (active latents per token of a topk SAE)"),
         ):
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be {need}.")

@@ -104,7 +104,9 @@ def _point(run: Path, l1: float, args, store, model, tokenizer, heldout, baselin
     done = run / "point.json"
     if done.exists():
         return json.loads(done.read_text())
-    cfg = TrainConfig(d_sae=args.d_sae, l1_coefficient=l1, lr=args.lr, batch_size=args.batch_size,
+    # norm_scale_from="store": the shipped weights were trained so (the kit's default later became
+    # "centered"); pinned so the recipe still rebuilds them bit for bit.
+    cfg = TrainConfig(d_sae=args.d_sae, l1_coefficient=l1, lr=args.lr, batch_size=args.batch_size, norm_scale_from="store",
                       total_tokens=args.tokens, warmup_tokens=min(200_000, args.tokens // 10),
                       checkpoint_every=200, log_every=50, device="cpu", seed=0)
     t0 = time.perf_counter()
