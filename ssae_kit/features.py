@@ -1,9 +1,9 @@
 """Per-text features on top of the residual iterator: residuals kept in memory, mean pooling
-(with SAE edits) and per-text latent means.
+(with SAE edits), per-text latent means, and latent activations for dashboards.
 
-Debiasing (`debias`) and the tree probe read texts through these, so both run the model the
-same way (`models.iter_residuals`) and get its checks. A text's tokens are its content tokens:
-BOS/EOS/PAD and padding are left out (PAPER §3).
+Debiasing (`debias`), dashboards (`viz`) and the tree probe read texts through these, so every
+one of them runs the model the same way (`models.iter_residuals`) and gets its checks. A text's
+tokens are its content tokens: BOS/EOS/PAD and padding are left out (PAPER §3).
 """
 
 from __future__ import annotations
@@ -99,3 +99,24 @@ def latent_means(sae: SAE, r: Residuals, batch_size: int = 64) -> torch.Tensor:
     r.check(sae)
     return torch.cat([token_mean(sae.encode(r.resid[s : s + batch_size].to(sae.W_dec.dtype)), r.keep[s : s + batch_size]).float()
                       for s in range(0, len(r.resid), batch_size)])
+
+
+@dataclass
+class FeatureActivations:
+    """Latent activations of one SAE on a bounded sample of windows, for looking at features."""
+
+    input_ids: torch.Tensor  # (N, T)
+    keep: torch.Tensor  # (N, T) bool: content tokens
+    acts: torch.Tensor  # (N, T, d_sae) float16, zero where keep is False
+
+
+@torch.no_grad()
+def collect_feature_activations(sae: SAE, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                                docs: list[Document], layer: int, ctx_len: int = 64, max_contexts: int = 64,
+                                batch_size: int = 8) -> FeatureActivations:
+    """Run the model to `layer` on up to `max_contexts` windows of `docs` and encode with `sae`."""
+    ctx = tokenize_contexts(docs, tokenizer, ctx_len, max_contexts=max_contexts)
+    keep = content_mask(ctx, tokenizer)
+    chunks = [(sae.encode(b.resid.to(sae.W_dec.dtype)) * b.keep[..., None]).half().cpu()
+              for b in iter_residuals(model, ctx.input_ids, ctx.attention_mask, keep, layer, batch_size)]
+    return FeatureActivations(ctx.input_ids, keep, torch.cat(chunks))

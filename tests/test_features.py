@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ssae_kit.debias import ablation_edit
-from ssae_kit.features import latent_means, mean_pool, pooled_activations, residuals
+from ssae_kit import Document
+from ssae_kit.features import collect_feature_activations, latent_means, mean_pool, pooled_activations, residuals
 from ssae_kit.models import forward_to_layer
 from ssae_kit.sae import SAE, SAEConfig
 
@@ -41,3 +42,15 @@ def test_latent_means_average_each_text(tiny, identity_sae):
     pooled = pooled_activations(model, tok, TEXTS[:2], 1, ctx_len=32)
     torch.testing.assert_close(means[:, :32] - means[:, 32:], pooled, atol=1e-5, rtol=1e-5)  # relu(x) - relu(-x) = x
 
+
+def test_ctx_len_past_the_models_positions_is_refused_before_any_forward(tiny):
+    model, tok = tiny  # 512 positions
+    handle = model.register_forward_pre_hook(lambda *args: pytest.fail("a forward ran before ctx_len was checked"))
+    try:
+        with pytest.raises(ValueError, match="ctx_len=513 is more than the 512 positions of tiny-llama"):
+            residuals(model, tok, TEXTS, 1, ctx_len=513)
+        with pytest.raises(ValueError, match="ctx_len=513 is more than the 512 positions of tiny-llama"):
+            collect_feature_activations(SAE(SAEConfig(d_in=32, d_sae=8, layer=1)), model, tok,
+                                        [Document(t) for t in TEXTS], 1, ctx_len=513)
+    finally:
+        handle.remove()
