@@ -88,7 +88,7 @@ def shift_attribution(sae: SAE, probe: Probe, r: Residuals, labels: torch.Tensor
     """(d_sae,) attribution of the probe's metric -log p(y|x) to each latent of `sae` at the probe
     layer (`r` holds that layer): gradient x activation (attribution patching), summed over
     positions, mean over examples. Its negative is the first-order effect of ablating the latent."""
-    r.check(sae)
+    sae.check_reads(layer=r.layer, d_in=r.resid.shape[-1])
     total = torch.zeros(sae.cfg.d_sae)
     for s in range(0, len(r.resid), batch_size):
         x = r.resid[s : s + batch_size].to(sae.W_dec.dtype)

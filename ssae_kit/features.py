@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .corpora import Document, content_mask, tokenize_contexts
-from .models import check_layer, iter_residuals, splice
+from .models import check_layer, d_model, iter_residuals, splice
 from .sae import SAE
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
@@ -43,12 +43,6 @@ class Residuals:
     resid: torch.Tensor  # (N, T, d_model) float32
     keep: torch.Tensor  # (N, T) bool: text tokens
     layer: int
-
-    def check(self, sae: SAE) -> None:
-        """Refuse an SAE trained on another layer than these residuals."""
-        if sae.cfg.layer not in (-1, self.layer):
-            raise ValueError(f"The SAE reads layer {sae.cfg.layer} but these residuals are after layer {self.layer}: "
-                             "use an SAE of the probe's layer.")
 
 
 def residuals(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], layer: int,
@@ -96,7 +90,7 @@ def pooled_activations(
 @torch.no_grad()
 def latent_means(sae: SAE, r: Residuals, batch_size: int = 64) -> torch.Tensor:
     """(N, d_sae) mean activation of every latent over each text's tokens."""
-    r.check(sae)
+    sae.check_reads(layer=r.layer, d_in=r.resid.shape[-1])
     return torch.cat([token_mean(sae.encode(r.resid[s : s + batch_size].to(sae.W_dec.dtype)), r.keep[s : s + batch_size]).float()
                       for s in range(0, len(r.resid), batch_size)])
 
@@ -115,6 +109,7 @@ def collect_feature_activations(sae: SAE, model: PreTrainedModel, tokenizer: Pre
                                 docs: list[Document], layer: int, ctx_len: int = 64, max_contexts: int = 64,
                                 batch_size: int = 8) -> FeatureActivations:
     """Run the model to `layer` on up to `max_contexts` windows of `docs` and encode with `sae`."""
+    sae.check_reads(model_name=model.name_or_path, layer=layer, d_in=d_model(model))
     ctx = tokenize_contexts(docs, tokenizer, ctx_len, max_contexts=max_contexts)
     keep = content_mask(ctx, tokenizer)
     chunks = [(sae.encode(b.resid.to(sae.W_dec.dtype)) * b.keep[..., None]).half().cpu()

@@ -66,7 +66,7 @@ def test_attribution_predicts_the_effect_of_ablating_a_latent(tiny):
     change = metric(shrink_latent_j) - metric()
     assert change == pytest.approx(-eps * attr[j].item(), rel=0.05)  # attribution is the first-order effect
     assert (metric(ablation_edit(sae, [j])) - metric()) * attr[j].item() < 0  # full ablation: same direction
-    with pytest.raises(ValueError, match="reads layer 2 but these residuals are after layer 1"):
+    with pytest.raises(ValueError, match="trained on layer 2, not 1: pass layer=2"):
         shift_attribution(SAE(SAEConfig(d_in=32, d_sae=8, layer=2)), probe, r, labels)
 
 
