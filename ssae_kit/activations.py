@@ -32,7 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .corpora import Document, content_mask, corpus_checksum, tokenize_contexts
 from .io import MANIFEST_FILE, atomic_write_bytes, atomic_write_json, check_writable_dir, npy_bytes, sha256_bytes
-from .models import check_ctx_len, check_layer, d_model, forward_to_layer, hook_name
+from .models import check_ctx_len, check_layer, d_model, hook_name, iter_residuals
 
 logger = logging.getLogger(__name__)
 
@@ -92,26 +92,19 @@ def cache_activations(
 
     contexts = tokenize_contexts(docs, tokenizer, ctx_len, prepend_bos)
     keep = content_mask(contexts, tokenizer) if exclude_special else contexts.attention_mask.bool()
-    device = next(model.parameters()).device
+    batches = iter_residuals(model, contexts.input_ids, contexts.attention_mask, keep, layer, batch_size, trim_padding=True)
     writer = _ShardWriter(out, dtype, shard_tokens, d_model(model))
-    n_batches = math.ceil(len(contexts) / batch_size)
     n_outliers = 0
     bar = tqdm(total=max_tokens or int(keep.sum()), desc=f"caching layer {layer}", unit="tok")
     with torch.inference_mode():
-        for b in range(n_batches):
-            sl = slice(b * batch_size, (b + 1) * batch_size)
-            width = int(contexts.attention_mask[sl].sum(1).max())  # drop all-padding columns
-            ids = contexts.input_ids[sl, :width].to(device)
-            mask = contexts.attention_mask[sl, :width].to(device)
-            resid = forward_to_layer(model, ids, layer, mask)  # (B, T, D)
-            kept = keep[sl, :width].to(device)
+        for b, (rows, kept, resid) in enumerate(batches):  # resid (B, T, D), kept (B, T)
             if max_norm_multiple is not None and kept.any():
                 norms = resid.norm(dim=-1)  # (B, T)
                 outlier = kept & (norms > max_norm_multiple * norms[kept].median())
                 n_outliers += int(outlier.sum())
                 kept &= ~outlier
             acts = resid[kept].float().cpu()  # (n, D) float32
-            tokens = _token_info(contexts, sl, width, kept.cpu(), prepend_bos)  # (n, 3)
+            tokens = _token_info(contexts, rows, resid.shape[1], kept.cpu(), prepend_bos)  # (n, 3)
             if max_tokens is not None:
                 acts, tokens = acts[: max_tokens - writer.n_tokens], tokens[: max_tokens - writer.n_tokens]
             acts = acts.to(getattr(torch, dtype))

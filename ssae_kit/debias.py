@@ -3,7 +3,7 @@ decide which are spurious (gender), ablate them, and measure profession, gender 
 accuracy.
 
 The classifier is a logistic-regression head on the residual stream of one layer, mean-pooled over
-text tokens. Features are standardised with the training set's mean and s.d. before the head (the
+text tokens (`features.mean_pool`). Features are standardised with the training set's mean and s.d. before the head (the
 raw residual stream has norms in the hundreds, which a one-epoch AdamW head at lr 0.01 does not
 survive). Ablation keeps the SAE's error term (PAPER §3): x' = decode(f with chosen latents zeroed)
 + (x - decode(f)), so only the chosen features change, not the reconstruction error.
@@ -12,7 +12,6 @@ survive). Ablation keeps the SAE's error term (PAPER §3): x' = decode(f with ch
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,11 +20,8 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .bios import Bio, BiosSplits, group_of
-from .corpora import Document, content_mask, tokenize_contexts
-from .models import check_layer, forward_to_layer, splice
+from .features import Edit, Residuals, latent_means, mean_pool, residuals, token_mean
 from .sae import SAE
-
-Edit = Callable[[torch.Tensor], torch.Tensor]
 
 
 def ablation_edit(sae: SAE, latents: Sequence[int]) -> Edit:
@@ -43,81 +39,6 @@ def ablation_edit(sae: SAE, latents: Sequence[int]) -> Edit:
         return (sae.decode(f) + error).to(resid.dtype)
 
     return edit
-
-
-def _first_windows(texts: list[str], tokenizer: PreTrainedTokenizerBase, ctx_len: int):
-    """(input_ids, attention_mask, content mask), each (N, T): the first window of each text."""
-    ctx = tokenize_contexts([Document(t) for t in texts], tokenizer, ctx_len)
-    first = torch.cat([torch.tensor([True]), ctx.doc_ids[1:] != ctx.doc_ids[:-1]])
-    return ctx.input_ids[first], ctx.attention_mask[first], content_mask(ctx, tokenizer)[first]
-
-
-def _token_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """(B, T, F) -> (B, F): the mean over the positions where `keep` (B, T) is True."""
-    k = keep[..., None].to(values.dtype)
-    return (values * k).sum(1) / k.sum(1).clamp_min(1)
-
-
-@dataclass
-class Residuals:
-    """The residual stream after one layer for a set of texts (first window each), kept in memory so
-    that every intervention at that layer (ablations, attribution) costs no further model pass."""
-
-    resid: torch.Tensor  # (N, T, d_model) float32
-    keep: torch.Tensor  # (N, T) bool: text tokens
-    layer: int
-
-    def check(self, sae: SAE) -> None:
-        """Refuse an SAE trained on another layer than these residuals."""
-        if sae.cfg.layer not in (-1, self.layer):
-            raise ValueError(f"The SAE reads layer {sae.cfg.layer} but these residuals are after layer {self.layer}: "
-                             "use an SAE of the probe's layer.")
-
-
-@torch.no_grad()
-def residuals(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], layer: int,
-              ctx_len: int = 128, batch_size: int = 16) -> Residuals:
-    """Run the model to `layer` once over `texts` (N x T x d_model floats stay in memory)."""
-    check_layer(model, layer)
-    ids, attn, keep = _first_windows(texts, tokenizer, ctx_len)
-    device = next(model.parameters()).device
-    chunks = [forward_to_layer(model, ids[s : s + batch_size].to(device), layer, attn[s : s + batch_size].to(device))
-              .float().cpu() for s in range(0, len(ids), batch_size)]
-    return Residuals(torch.cat(chunks), keep, layer)
-
-
-@torch.no_grad()
-def pool(r: Residuals, edit: Edit | None = None, batch_size: int = 64) -> torch.Tensor:
-    """(N, d_model) mean over text tokens of `edit(resid)` (of resid itself without an edit)."""
-    out = []
-    for s in range(0, len(r.resid), batch_size):
-        x = r.resid[s : s + batch_size]
-        out.append(_token_mean(edit(x) if edit is not None else x, r.keep[s : s + batch_size]))
-    return torch.cat(out)
-
-
-def pooled_activations(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: list[str],
-    layer: int,
-    ctx_len: int = 128,
-    batch_size: int = 16,
-    edit: Edit | None = None,
-    edit_layer: int | None = None,
-) -> torch.Tensor:
-    """(N, d_model) residual stream after `layer`, mean-pooled over each text's tokens (first window).
-
-    With `edit`, the residual stream after `edit_layer` (default `layer`, which must not be later)
-    is replaced by `edit(resid)` first, so an ablation at an earlier layer reaches the probe. For an
-    edit at the probe layer itself, `pool(residuals(...), edit)` gives the same without a new pass.
-    """
-    check_layer(model, layer)
-    edit_layer = layer if edit_layer is None else edit_layer
-    if edit is not None and edit_layer > layer:
-        raise ValueError(f"The SAE edit is at layer {edit_layer}, after the probe layer {layer}: it cannot reach the probe.")
-    with splice(model, edit_layer, edit) if edit is not None else nullcontext():
-        return pool(residuals(model, tokenizer, texts, layer, ctx_len, batch_size))
 
 
 @dataclass
@@ -167,14 +88,14 @@ def shift_attribution(sae: SAE, probe: Probe, r: Residuals, labels: torch.Tensor
     """(d_sae,) attribution of the probe's metric -log p(y|x) to each latent of `sae` at the probe
     layer (`r` holds that layer): gradient x activation (attribution patching), summed over
     positions, mean over examples. Its negative is the first-order effect of ablating the latent."""
-    r.check(sae)
+    sae.check_reads(layer=r.layer, d_in=r.resid.shape[-1])
     total = torch.zeros(sae.cfg.d_sae)
     for s in range(0, len(r.resid), batch_size):
         x = r.resid[s : s + batch_size].to(sae.W_dec.dtype)
         keep = r.keep[s : s + batch_size]
         f = sae.encode(x).detach().requires_grad_()
         x_hat = sae.decode(f) + (x - sae.decode(f)).detach()  # the error term carries no gradient
-        metric = F.binary_cross_entropy_with_logits(probe.logits(_token_mean(x_hat, keep).float()),
+        metric = F.binary_cross_entropy_with_logits(probe.logits(token_mean(x_hat, keep).float()),
                                                     labels[s : s + batch_size].float(), reduction="sum")
         (grad,) = torch.autograd.grad(metric, f)
         total += (grad * f.detach() * keep[..., None]).sum((0, 1)).float()
@@ -213,14 +134,6 @@ def _separation(score: torch.Tensor, label: torch.Tensor) -> float:
         return 0.0
     greater = (pos[:, None] > neg[None, :]).float().mean() + 0.5 * (pos[:, None] == neg[None, :]).float().mean()
     return float(2 * abs(greater - 0.5))
-
-
-@torch.no_grad()
-def latent_means(sae: SAE, r: Residuals, batch_size: int = 64) -> torch.Tensor:
-    """(N, d_sae) mean activation of every latent over each text's tokens."""
-    r.check(sae)
-    return torch.cat([_token_mean(sae.encode(r.resid[s : s + batch_size].to(sae.W_dec.dtype)), r.keep[s : s + batch_size]).float()
-                      for s in range(0, len(r.resid), batch_size)])
 
 
 @dataclass
@@ -268,7 +181,7 @@ def report_row(data: DebiasData, cfg: DebiasConfig, probe: Probe | None = None, 
     `oracle=True` trains it on balanced set A instead. The gender accuracy is that of a separate
     head trained on (edited) set A to predict gender: 0.5 means gender is no longer readable.
     """
-    x_train, x_a, x_b = pool(data.train, edit), pool(data.balanced_a, edit), pool(data.balanced_b, edit)
+    x_train, x_a, x_b = mean_pool(data.train, edit), mean_pool(data.balanced_a, edit), mean_pool(data.balanced_b, edit)
     kw = dict(lr=cfg.probe_lr, epochs=cfg.probe_epochs, seed=cfg.seed)
     if oracle:
         probe = train_probe(x_a, data.a_profession, **kw)

@@ -134,21 +134,9 @@ class _Accumulator:
                           self.counts.numpy(), self.f_max.numpy(), self.f_top.numpy(), doc_stats)
 
 
-def check_sae_reads(sae: SAE, model_name: str, layer: int, d_in: int) -> None:
-    """Raise unless `sae` reads activations of this model, layer and width (unknown fields pass)."""
-    if sae.cfg.d_in != d_in:
-        raise ValueError(f"The SAE reads d_in={sae.cfg.d_in} but these activations have d_model={d_in}: "
-                         "use an SAE of this model.")
-    if sae.cfg.layer not in (-1, layer):
-        raise ValueError(f"The SAE was trained on layer {sae.cfg.layer}, not {layer}: pass layer={sae.cfg.layer}.")
-    if sae.cfg.model_name and model_name and sae.cfg.model_name != model_name:
-        raise ValueError(f"The SAE was trained on model {sae.cfg.model_name!r}, not {model_name!r}: "
-                         "use an SAE of this model, or load the SAE's model.")
-
-
 def evaluate_store(sae: SAE, store: ActivationStore, batch_size: int = 4096, dense_threshold: float = 0.1) -> EvalResult:
     """Reconstruction, sparsity and tail metrics on a cached store (no model needed, no CE)."""
-    check_sae_reads(sae, store.model_name, store.layer, store.d_model)
+    sae.check_reads(model_name=store.model_name, layer=store.layer, d_in=store.d_model)
     acc = _Accumulator(sae)
     device = sae.W_dec.device
     for x, tokens in store.batches(batch_size, shuffle=False, with_tokens=True, normalize=False):
@@ -179,7 +167,7 @@ def evaluate(
     """
     check_layer(model, layer)
     check_ctx_len(model, ctx_len)
-    check_sae_reads(sae, model.name_or_path, layer, d_model(model))
+    sae.check_reads(model_name=model.name_or_path, layer=layer, d_in=d_model(model))
     text_id = dict(eval_docs=corpus_checksum(docs), ctx_len=ctx_len, max_contexts=max_contexts,
                    max_norm_multiple=max_norm_multiple)
     if baseline is not None and any(baseline.get(k) != v for k, v in text_id.items()):

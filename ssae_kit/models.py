@@ -3,7 +3,8 @@
 "Residual stream after block L" (TransformerLens' `blocks.L.hook_resid_post`) is the output of
 decoder block L, for L in 0..n_layers-1. `forward_to_layer` stops the forward pass right after
 that block, so caching activations at layer 6 of 30 costs 7 blocks, not 30 plus the unembedding.
-`splice` replaces the residual stream at a layer inside a full forward (for spliced-in CE).
+`iter_residuals` is the one pipeline from token windows to that residual, batch by batch, which
+caching, debiasing and dashboards all read through. `splice` replaces the residual stream at a layer inside a full forward (for spliced-in CE).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -274,6 +275,49 @@ def forward_to_layer(
     finally:
         handle.remove()
     return captured[0]
+
+
+class ResidualBatch(NamedTuple):
+    """One batch of windows and the residual stream after the layer, on the model's device."""
+
+    rows: slice
+    """Which windows of the input the batch holds."""
+    keep: torch.Tensor  # (B, T) bool: the input's `keep` for these windows
+    resid: torch.Tensor  # (B, T, d_model) in the model's dtype
+
+
+def iter_residuals(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,  # (N, T)
+    attention_mask: torch.Tensor,  # (N, T)
+    keep: torch.Tensor,  # (N, T) bool
+    layer: int,
+    batch_size: int = 16,
+    trim_padding: bool = False,
+) -> Iterator[ResidualBatch]:
+    """Residual stream after block `layer` over token windows (e.g. `corpora.tokenize_contexts`),
+    `batch_size` windows at a time, with each batch's slice of `keep` (the positions to read).
+
+    The layer and the window length T (the ctx_len) are checked here, when called, before any
+    forward. `trim_padding` drops the columns that are padding in every window of a batch (less
+    to run; T then varies between batches); without it every batch keeps all T columns.
+    """
+    check_layer(model, layer)
+    check_ctx_len(model, input_ids.shape[1])
+    return _residual_batches(model, input_ids, attention_mask, keep, layer, batch_size, trim_padding)
+
+
+@torch.no_grad()
+def _residual_batches(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      keep: torch.Tensor, layer: int, batch_size: int, trim_padding: bool) -> Iterator[ResidualBatch]:
+    """The batches of `iter_residuals`, computed without autograd: reading a residual never needs a graph."""
+    device = next(model.parameters()).device
+    for start in range(0, len(input_ids), batch_size):
+        rows = slice(start, start + batch_size)
+        width = int(attention_mask[rows].sum(1).max()) if trim_padding else input_ids.shape[1]
+        resid = forward_to_layer(model, input_ids[rows, :width].to(device), layer,
+                                 attention_mask[rows, :width].to(device))
+        yield ResidualBatch(rows, keep[rows, :width].to(device), resid)
 
 
 @contextmanager

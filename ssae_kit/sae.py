@@ -176,6 +176,20 @@ class SAE(nn.Module):
             f.scatter_(-1, indices, values)
         return ForwardOutput(x_hat_n / self.cfg.norm_scale, f, mse, torch.zeros_like(mse))
 
+    # --- what the SAE reads -----------------------------------------------------------------
+    def check_reads(self, *, model_name: str | None = None, layer: int | None = None, d_in: int | None = None) -> None:
+        """Raise unless this SAE reads activations of this model, layer and width: the one check made
+        wherever an SAE meets activations. Unknown fields pass (an SAE's layer -1 or empty model_name,
+        an empty or omitted argument)."""
+        if d_in is not None and self.cfg.d_in != d_in:
+            raise ValueError(f"The SAE reads d_in={self.cfg.d_in} but these activations have d_model={d_in}: "
+                             "use an SAE of this model.")
+        if layer is not None and self.cfg.layer not in (-1, layer):
+            raise ValueError(f"The SAE was trained on layer {self.cfg.layer}, not {layer}: pass layer={self.cfg.layer}.")
+        if self.cfg.model_name and model_name and self.cfg.model_name != model_name:
+            raise ValueError(f"The SAE was trained on model {self.cfg.model_name!r}, not {model_name!r}: "
+                             "use an SAE of this model, or load the SAE's model.")
+
     # --- the unit-norm decoder constraint (two named steps, as in sparsify) -----------------
     @torch.no_grad()
     def set_decoder_norm_to_unit_norm(self) -> None:

@@ -275,13 +275,7 @@ def _initial_sae(store: ActivationStore, cfg: TrainConfig, init: Any) -> SAE:
                 sae.b_dec.copy_(b_dec * norm_scale)
         return sae
     sae = copy.deepcopy(init) if isinstance(init, SAE) else from_sae_lens(init)
-    if sae.cfg.d_in != store.d_model:
-        raise ValueError(f"The SAE reads d_in={sae.cfg.d_in} but the store holds d_model={store.d_model} "
-                         "activations: use an SAE trained on this model, or cache this model's activations.")
-    for key, mine, theirs in (("model", sae.cfg.model_name, store.model_name), ("layer", sae.cfg.layer, store.layer)):
-        if mine not in ("", -1) and mine != theirs:
-            raise ValueError(f"The SAE was trained on {key}={mine!r} but the store holds {key}={theirs!r}: "
-                             "cache activations of the SAE's model and layer.")
+    sae.check_reads(model_name=store.model_name, layer=store.layer, d_in=store.d_model)
     return sae
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from .features import FeatureActivations
 from .taxonomy import leaf_depths, parse_taxonomy
 
 
@@ -207,34 +207,6 @@ def plot_histograms(samples: dict[str, np.ndarray], xlabel: str, title: str, bin
 
 
 # --- feature dashboards and the browser ----------------------------------------------------------
-@dataclass
-class FeatureActivations:
-    """Latent activations of one SAE on a bounded sample of windows, for looking at features."""
-
-    input_ids: torch.Tensor  # (N, T)
-    keep: torch.Tensor  # (N, T) bool: content tokens
-    acts: torch.Tensor  # (N, T, d_sae) float16, zero where keep is False
-
-
-@torch.no_grad()
-def collect_feature_activations(sae, model, tokenizer, docs, layer: int, ctx_len: int = 64,
-                                max_contexts: int = 64, batch_size: int = 8) -> FeatureActivations:
-    """Run the model to `layer` on up to `max_contexts` windows of `docs` and encode with `sae`."""
-    from .corpora import content_mask, tokenize_contexts
-    from .models import forward_to_layer
-
-    ctx = tokenize_contexts(docs, tokenizer, ctx_len, max_contexts=max_contexts)
-    keep = content_mask(ctx, tokenizer)
-    device = next(model.parameters()).device
-    chunks = []
-    for s in range(0, len(ctx), batch_size):
-        resid = forward_to_layer(model, ctx.input_ids[s : s + batch_size].to(device), layer,
-                                 ctx.attention_mask[s : s + batch_size].to(device))
-        f = sae.encode(resid.to(sae.W_dec.dtype)) * keep[s : s + batch_size, :, None].to(device)
-        chunks.append(f.half().cpu())
-    return FeatureActivations(ctx.input_ids, keep, torch.cat(chunks))
-
-
 def _token_html(tokenizer, token_id: int, act: float, peak: float) -> str:
     text = html.escape(tokenizer.decode([token_id])).replace("\n", "⏎")
     alpha = 0.0 if peak <= 0 else min(1.0, max(0.0, act / peak))

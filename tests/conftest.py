@@ -18,7 +18,7 @@ for var, value in {
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from ssae_kit import Document, tiny_model  # noqa: E402
+from ssae_kit import SAE, Document, SAEConfig, tiny_model  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -40,3 +40,18 @@ def docs() -> list[Document]:
         Document(" ".join(words[i % 5 :] * (1 + i % 4)), "a" if i % 2 else "b", f"doc{i}")
         for i in range(12)
     ]
+
+
+@pytest.fixture
+def identity_sae():
+    """Builds SAEs whose latents are relu(x) and relu(-x), so decode(encode(x)) == x exactly."""
+
+    def make(d: int, layer: int = 1) -> SAE:
+        sae = SAE(SAEConfig(d_in=d, d_sae=2 * d, layer=layer))
+        eye = torch.eye(d)
+        with torch.no_grad():
+            sae.W_enc.copy_(torch.cat([eye, -eye], 1))
+            sae.W_dec.copy_(torch.cat([eye, -eye], 0))
+        return sae
+
+    return make

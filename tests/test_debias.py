@@ -1,30 +1,19 @@
-"""ssae_kit.debias: ablation keeps the error term, pooling, the probe, attribution, the spurious rule."""
+"""ssae_kit.debias: ablation keeps the error term, the probe, attribution, the spurious rule."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ssae_kit.debias import (Probe, ablation_edit, group_accuracies, latent_means, pool, pooled_activations, residuals,
-                             shift_attribution, spurious_latents, train_probe)
-from ssae_kit.models import forward_to_layer
+from ssae_kit.debias import Probe, ablation_edit, group_accuracies, shift_attribution, spurious_latents, train_probe
+from ssae_kit.features import mean_pool, residuals
 from ssae_kit.sae import SAE, SAEConfig
 
 TEXTS = ["she is a nurse at the ward", "he teaches physics", "her patients like her", "his lab is large",
          "she studied medicine", "he wrote a book on algebra"]
 
 
-def identity_sae(d: int, layer: int = 1) -> SAE:
-    """Latents relu(x) and relu(-x): decode(encode(x)) == x exactly."""
-    sae = SAE(SAEConfig(d_in=d, d_sae=2 * d, layer=layer))
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
-    return sae
-
-
-def test_ablation_removes_only_the_chosen_latents_and_keeps_the_error_term():
+def test_ablation_removes_only_the_chosen_latents_and_keeps_the_error_term(identity_sae):
     x = torch.tensor([[[2.0, -3.0]]])
     assert ablation_edit(identity_sae(2), [0])(x).tolist() == [[[0.0, -3.0]]]  # latent 0 is relu(x0)
     assert ablation_edit(identity_sae(2), [3])(x).tolist() == [[[2.0, 0.0]]]  # latent 3 is relu(-x1)
@@ -34,18 +23,6 @@ def test_ablation_removes_only_the_chosen_latents_and_keeps_the_error_term():
     assert torch.equal(ablation_edit(null, [0, 1])(x), x)  # all in the error term: nothing changes
     with pytest.raises(ValueError, match="ablation set is empty"):
         ablation_edit(null, [])
-
-
-def test_pooled_activations_are_the_mean_over_text_tokens(tiny):
-    model, tok = tiny
-    pooled = pooled_activations(model, tok, TEXTS[:2], 1, ctx_len=32)
-    enc = tok([tok.bos_token + TEXTS[0]], return_tensors="pt", add_special_tokens=False)
-    resid = forward_to_layer(model, enc.input_ids, 1)
-    torch.testing.assert_close(pooled[0], resid[0, 1:].mean(0))  # BOS left out
-    same = pooled_activations(model, tok, TEXTS[:2], 1, ctx_len=32, edit=ablation_edit(identity_sae(32), [0]), edit_layer=0)
-    assert not torch.allclose(same, pooled)  # an edit at an earlier layer reaches the probe layer
-    with pytest.raises(ValueError, match="after the probe layer"):
-        pooled_activations(model, tok, TEXTS, 0, edit=lambda r: r, edit_layer=2)
 
 
 def test_probe_learns_a_separable_problem_and_needs_two_classes():
@@ -65,14 +42,6 @@ def test_group_accuracies_report_each_group_and_the_worst():
     assert acc == {"a": 1.0, "b": 0.5, "overall": 0.75, "worst_group": 0.5}
 
 
-def test_cached_residuals_pool_like_a_fresh_pass_with_and_without_an_edit(tiny):
-    model, tok = tiny
-    r = residuals(model, tok, TEXTS, 1, ctx_len=32)
-    torch.testing.assert_close(pool(r), pooled_activations(model, tok, TEXTS, 1, ctx_len=32))
-    edit = ablation_edit(SAE(SAEConfig(d_in=32, d_sae=64, layer=1), seed=1), [0, 5, 9])
-    torch.testing.assert_close(pool(r, edit), pooled_activations(model, tok, TEXTS, 1, ctx_len=32, edit=edit))
-
-
 def test_attribution_predicts_the_effect_of_ablating_a_latent(tiny):
     model, tok = tiny
     sae = SAE(SAEConfig(d_in=32, d_sae=64, layer=1), seed=3)
@@ -81,12 +50,12 @@ def test_attribution_predicts_the_effect_of_ablating_a_latent(tiny):
         sae.W_dec.mul_(0.05)  # small latent contributions: ablating one stays in the first-order regime
     labels = torch.tensor([1, 0, 1, 0, 1, 0])
     r = residuals(model, tok, TEXTS, 1, ctx_len=32)
-    probe = train_probe(pool(r), labels, epochs=3)
+    probe = train_probe(mean_pool(r), labels, epochs=3)
     attr = shift_attribution(sae, probe, r, labels)
     assert attr.shape == (64,)
 
     def metric(edit=None):
-        return torch.nn.functional.binary_cross_entropy_with_logits(probe.logits(pool(r, edit)), labels.float()).item()
+        return torch.nn.functional.binary_cross_entropy_with_logits(probe.logits(mean_pool(r, edit)), labels.float()).item()
 
     j, eps = int(attr.abs().argmax()), 1e-2
 
@@ -97,7 +66,7 @@ def test_attribution_predicts_the_effect_of_ablating_a_latent(tiny):
     change = metric(shrink_latent_j) - metric()
     assert change == pytest.approx(-eps * attr[j].item(), rel=0.05)  # attribution is the first-order effect
     assert (metric(ablation_edit(sae, [j])) - metric()) * attr[j].item() < 0  # full ablation: same direction
-    with pytest.raises(ValueError, match="reads layer 2 but these residuals are after layer 1"):
+    with pytest.raises(ValueError, match="trained on layer 2, not 1: pass layer=2"):
         shift_attribution(SAE(SAEConfig(d_in=32, d_sae=8, layer=2)), probe, r, labels)
 
 
@@ -108,13 +77,6 @@ def test_spurious_rule_picks_latents_that_separate_gender_more_than_profession()
     assert spurious_latents([0, 1, 2], means, gender, profession) == [0]
     assert spurious_latents([0, 1, 2], means, gender, profession, force_keep=[0]) == []
     assert spurious_latents([0, 1, 2], means, gender, profession, force_spurious=[2]) == [0, 2]
-
-
-def test_latent_means_average_each_text(tiny):
-    model, tok = tiny
-    means = latent_means(identity_sae(32), residuals(model, tok, TEXTS[:2], 1, ctx_len=32))
-    pooled = pooled_activations(model, tok, TEXTS[:2], 1, ctx_len=32)
-    torch.testing.assert_close(means[:, :32] - means[:, 32:], pooled, atol=1e-5, rtol=1e-5)  # relu(x) - relu(-x) = x
 
 
 def test_debias_data_splits_the_balanced_set_per_group_and_labels_it(tiny):

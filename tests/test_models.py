@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssae_kit import forward_to_layer, get_blocks, load_model, splice, tiny_model
-from ssae_kit.models import byte_tokenizer, check_ctx_len, check_layer, hook_name, n_layers
+from ssae_kit import Document, forward_to_layer, get_blocks, load_model, splice, tiny_model
+from ssae_kit.corpora import content_mask, tokenize_contexts
+from ssae_kit.models import byte_tokenizer, check_ctx_len, check_layer, hook_name, iter_residuals, n_layers
 
 ARCHS = ["llama", "gpt2", "gpt_neox", "gemma"]
 
@@ -114,6 +115,37 @@ def test_load_model_folder_that_is_not_a_model_names_what_it_lacks(tmp_path, tin
     tiny[0].save_pretrained(tmp_path)  # config and weights, but no tokenizer
     with pytest.raises(ValueError, match=r"it lacks tokenizer files \(tokenizer.json.*save_pretrained"):
         load_model(str(tmp_path), device="cpu")
+
+
+@pytest.mark.parametrize("trim_padding", [False, True])
+def test_iter_residuals_gives_forward_to_layer_batch_by_batch(tiny, trim_padding):
+    model, tok = tiny
+    texts = ["a b c", "hello there", "a longer text that fills more than one window of 32 tokens", "x", "yz"]
+    ctx = tokenize_contexts([Document(t) for t in texts], tok, 32)
+    keep = content_mask(ctx, tok)
+    batches = list(iter_residuals(model, ctx.input_ids, ctx.attention_mask, keep, 1, batch_size=2, trim_padding=trim_padding))
+    assert [b.rows for b in batches] == [slice(s, s + 2) for s in range(0, len(ctx), 2)]
+    for rows, kept, resid in batches:
+        width = int(ctx.attention_mask[rows].sum(1).max()) if trim_padding else 32
+        with torch.no_grad():
+            expected = forward_to_layer(model, ctx.input_ids[rows, :width], 1, ctx.attention_mask[rows, :width])
+        assert torch.equal(resid, expected), "not the same numbers as forward_to_layer on the same batch"
+        assert torch.equal(kept, keep[rows, :width]) and not resid.requires_grad
+    if trim_padding:
+        assert batches[0].resid.shape[1] < 32, "the short first windows kept their padding columns"
+
+
+def test_iter_residuals_checks_layer_and_ctx_len_when_called_before_any_forward(tiny):
+    model, _ = tiny
+    ids = torch.zeros(2, 513, dtype=torch.long)
+    handle = model.register_forward_pre_hook(lambda *args: pytest.fail("a forward ran before the checks"))
+    try:
+        with pytest.raises(ValueError, match="ctx_len=513 is more than the 512 positions"):
+            iter_residuals(model, ids, torch.ones_like(ids), ids.bool(), 1)  # no next(): the call itself refuses
+        with pytest.raises(ValueError, match="Layer 3 is out of range"):
+            iter_residuals(model, ids[:, :8], torch.ones_like(ids[:, :8]), ids[:, :8].bool(), 3)
+    finally:
+        handle.remove()
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

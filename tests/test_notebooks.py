@@ -264,7 +264,7 @@ def test_bad_parameters_stop_notebook_06_early_naming_the_fix(case, tmp_path, ru
     }[case]}
     expected = {"unknown subtree": "ssae_subtree='law' is not a subtree.*choose from", "leaf without bios":
                 r"Leaves \['astronaut'\] have no synthetic bios", "notebook 05 not run": "run notebook 05 first",
-                "SAE of another layer": r"SAEs \{'other': 3\} read other layers than layer = 6"}[case]
+                "SAE of another layer": "trained on layer 3, not 6: pass layer=3"}[case]
     with pytest.raises(papermill.PapermillExecutionError, match=expected):
         papermill.execute_notebook(str(NOTEBOOKS_DIR / "06_taxonomy_domain_adaptation.ipynb"), str(tmp_path / "out.ipynb"),
                                    parameters=params, cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False)

@@ -110,6 +110,21 @@ def test_bad_configs_and_files_name_the_fix(tmp_path):
         SAE.load(tmp_path / "missing")
 
 
+def test_check_reads_refuses_another_width_layer_or_model_and_passes_what_is_unknown():
+    sae = SAE(SAEConfig(d_in=4, d_sae=8, model_name="tiny-llama", layer=1))
+    sae.check_reads(model_name="tiny-llama", layer=1, d_in=4)
+    sae.check_reads()  # nothing given, nothing to refuse
+    with pytest.raises(ValueError, match="The SAE reads d_in=4 but these activations have d_model=32: use an SAE of this model."):
+        sae.check_reads(d_in=32)
+    with pytest.raises(ValueError, match="The SAE was trained on layer 1, not 2: pass layer=1."):
+        sae.check_reads(layer=2)
+    with pytest.raises(ValueError, match="trained on model 'tiny-llama', not 'gpt2': use an SAE of this model"):
+        sae.check_reads(model_name="gpt2")
+    unknown = SAE(SAEConfig(d_in=4, d_sae=8))  # layer -1, no model name: reads any layer of any model
+    unknown.check_reads(model_name="gpt2", layer=7, d_in=4)
+    sae.check_reads(model_name="", layer=1)  # a caller that does not know the model passes it too
+
+
 def test_from_dict_ignores_unknown_fields():
     cfg = SAEConfig.from_dict({"d_in": 4, "d_sae": 8, "some_future_field": 1})
     assert (cfg.d_in, cfg.d_sae, cfg.architecture) == (4, 8, "relu")

@@ -121,7 +121,7 @@ def test_layer_is_read_from_the_hook_name(hook_name, layer, tmp_path):
 
 def test_layer_guards_refuse_a_sae_lens_sae_of_another_layer(store):
     lens = _lens_sae("standard", d_in=store.d_model, hook_name="blocks.2.hook_resid_post")
-    with pytest.raises(ValueError, match="layer=2 but the store holds layer=1"):
+    with pytest.raises(ValueError, match="trained on layer 2, not 1: pass layer=2"):
         train(store, TrainConfig(batch_size=64, total_tokens=64), init=lens)
 
 

@@ -130,9 +130,9 @@ def test_fine_tuning_from_a_sae_lens_sae(store):
 
 
 def test_sae_of_another_width_or_layer_is_refused(store):
-    with pytest.raises(ValueError, match="d_in=16 but the store holds d_model=32"):
+    with pytest.raises(ValueError, match="d_in=16 but these activations have d_model=32"):
         train(store, small_cfg(), init=SAE(SAEConfig(d_in=16, d_sae=8)))
-    with pytest.raises(ValueError, match="layer=5 but the store holds layer=1"):
+    with pytest.raises(ValueError, match="trained on layer 5, not 1"):
         train(store, small_cfg(), init=SAE(SAEConfig(d_in=32, d_sae=8, layer=5)))
 
 

@@ -1,0 +1,117 @@
+"""Per-text features on top of the residual iterator: residuals kept in memory, mean pooling
+(with SAE edits), per-text latent means, and latent activations for dashboards.
+
+Debiasing (`debias`), dashboards (`viz`) and the tree probe read texts through these, so every
+one of them runs the model the same way (`models.iter_residuals`) and gets its checks. A text's
+tokens are its content tokens: BOS/EOS/PAD and padding are left out (PAPER §3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .corpora import Document, content_mask, tokenize_contexts
+from .models import check_layer, d_model, iter_residuals, splice
+from .sae import SAE
+
+Edit = Callable[[torch.Tensor], torch.Tensor]
+
+
+def token_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(B, T, F) -> (B, F): the mean over the positions where `keep` (B, T) is True."""
+    k = keep[..., None].to(values.dtype)
+    return (values * k).sum(1) / k.sum(1).clamp_min(1)
+
+
+def _first_windows(texts: list[str], tokenizer: PreTrainedTokenizerBase, ctx_len: int):
+    """(input_ids, attention_mask, content mask), each (N, T): the first window of each text."""
+    ctx = tokenize_contexts([Document(t) for t in texts], tokenizer, ctx_len)
+    first = torch.cat([torch.tensor([True]), ctx.doc_ids[1:] != ctx.doc_ids[:-1]])
+    return ctx.input_ids[first], ctx.attention_mask[first], content_mask(ctx, tokenizer)[first]
+
+
+@dataclass
+class Residuals:
+    """The residual stream after one layer for a set of texts (first window each), kept in memory so
+    that every intervention at that layer (ablations, attribution) costs no further model pass."""
+
+    resid: torch.Tensor  # (N, T, d_model) float32
+    keep: torch.Tensor  # (N, T) bool: text tokens
+    layer: int
+
+
+def residuals(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], layer: int,
+              ctx_len: int = 128, batch_size: int = 16) -> Residuals:
+    """Run the model to `layer` once over `texts` (N x T x d_model floats stay in memory)."""
+    ids, attn, keep = _first_windows(texts, tokenizer, ctx_len)
+    batches = iter_residuals(model, ids, attn, keep, layer, batch_size)
+    return Residuals(torch.cat([b.resid.float().cpu() for b in batches]), keep, layer)
+
+
+@torch.no_grad()
+def mean_pool(r: Residuals, edit: Edit | None = None, batch_size: int = 64) -> torch.Tensor:
+    """(N, d_model) mean over text tokens of `edit(resid)` (of resid itself without an edit)."""
+    out = []
+    for s in range(0, len(r.resid), batch_size):
+        x = r.resid[s : s + batch_size]
+        out.append(token_mean(edit(x) if edit is not None else x, r.keep[s : s + batch_size]))
+    return torch.cat(out)
+
+
+def pooled_activations(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    layer: int,
+    ctx_len: int = 128,
+    batch_size: int = 16,
+    edit: Edit | None = None,
+    edit_layer: int | None = None,
+) -> torch.Tensor:
+    """(N, d_model) residual stream after `layer`, mean-pooled over each text's tokens (first window).
+
+    With `edit`, the residual stream after `edit_layer` (default `layer`, which must not be later)
+    is replaced by `edit(resid)` first, so an ablation at an earlier layer reaches the probe. For an
+    edit at the probe layer itself, `mean_pool(residuals(...), edit)` gives the same without a new pass.
+    """
+    check_layer(model, layer)
+    edit_layer = layer if edit_layer is None else edit_layer
+    if edit is not None and edit_layer > layer:
+        raise ValueError(f"The SAE edit is at layer {edit_layer}, after the probe layer {layer}: it cannot reach the probe.")
+    with splice(model, edit_layer, edit) if edit is not None else nullcontext():
+        return mean_pool(residuals(model, tokenizer, texts, layer, ctx_len, batch_size))
+
+
+@torch.no_grad()
+def latent_means(sae: SAE, r: Residuals, batch_size: int = 64) -> torch.Tensor:
+    """(N, d_sae) mean activation of every latent over each text's tokens."""
+    sae.check_reads(layer=r.layer, d_in=r.resid.shape[-1])
+    return torch.cat([token_mean(sae.encode(r.resid[s : s + batch_size].to(sae.W_dec.dtype)), r.keep[s : s + batch_size]).float()
+                      for s in range(0, len(r.resid), batch_size)])
+
+
+@dataclass
+class FeatureActivations:
+    """Latent activations of one SAE on a bounded sample of windows, for looking at features."""
+
+    input_ids: torch.Tensor  # (N, T)
+    keep: torch.Tensor  # (N, T) bool: content tokens
+    acts: torch.Tensor  # (N, T, d_sae) float16, zero where keep is False
+
+
+@torch.no_grad()
+def collect_feature_activations(sae: SAE, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                                docs: list[Document], layer: int, ctx_len: int = 64, max_contexts: int = 64,
+                                batch_size: int = 8) -> FeatureActivations:
+    """Run the model to `layer` on up to `max_contexts` windows of `docs` and encode with `sae`."""
+    sae.check_reads(model_name=model.name_or_path, layer=layer, d_in=d_model(model))
+    ctx = tokenize_contexts(docs, tokenizer, ctx_len, max_contexts=max_contexts)
+    keep = content_mask(ctx, tokenizer)
+    chunks = [(sae.encode(b.resid.to(sae.W_dec.dtype)) * b.keep[..., None]).half().cpu()
+              for b in iter_residuals(model, ctx.input_ids, ctx.attention_mask, keep, layer, batch_size)]
+    return FeatureActivations(ctx.input_ids, keep, torch.cat(chunks))
