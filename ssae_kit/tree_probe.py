@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .taxonomy import Tree, flat_matrix, leaf_depths, parse_taxonomy, taxonomist_loss, taxonomy_matrix
+from .taxonomy import Tree, flat_matrix, leaf_depths, parse_taxonomy, taxonomy_matrix
+from .tsda import taxonomist_loss
 
 # The 28 LabHC professions by field and subfield: a hand-made tree, so leaves in one subfield are at
 # distance 1/3, in one field 2/3, in different fields 1.
