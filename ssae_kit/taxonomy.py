@@ -3,7 +3,8 @@
 Convention used everywhere in the kit: the taxonomy matrix A holds the *normalised tree distance*
 between leaves, the number of edges on the path between them divided by the largest such number,
 so A is symmetric, A_ii = 0 (same leaf) and max A = 1 (farthest leaves). A tree is a nested
-dict/list or an edge list [(parent, child), ...]. `tsda` and `tree_probe` read A from here.
+dict/list or an edge list [(parent, child), ...]. `PROFESSION_TAXONOMY` groups the 28 Bias in
+Bios professions by hand into fields. `tsda` and `tree_probe` read their trees and A from here.
 """
 
 from __future__ import annotations
@@ -89,3 +90,25 @@ def binary_tree(leaves: list[str]) -> Tree:
 def flat_matrix(n_domains: int) -> np.ndarray:
     """The flat taxonomy (every leaf a child of the root): 1 between distinct domains, 0 on the diagonal."""
     return 1.0 - np.eye(n_domains)
+
+
+def subtrees(taxonomy: Tree | list[tuple[str, str]], min_leaves: int = 1) -> dict[str, list[str]]:
+    """{child of the root: its leaves}, keeping those with at least `min_leaves` leaves."""
+    groups: dict[str, list[str]] = {}
+    for leaf, path in leaf_depths(parse_taxonomy(taxonomy)).items():
+        groups.setdefault(path[1] if len(path) > 2 else leaf, []).append(leaf)
+    return {name: leaves for name, leaves in groups.items() if len(leaves) >= min_leaves}
+
+
+# The 28 LabHC professions by field and subfield: a hand-made tree, so leaves in one subfield are at
+# distance 1/3, in one field 2/3, in different fields 1.
+PROFESSION_TAXONOMY: Tree = {"professions": [
+    {"health": [{"clinical": ["physician", "surgeon", "nurse", "dentist", "chiropractor"]},
+                {"wellbeing": ["psychologist", "dietitian", "personal_trainer", "yoga_teacher"]}]},
+    {"law_and_business": [{"law": ["attorney", "paralegal"]}, {"finance": ["accountant"]}]},
+    {"education_and_faith": [{"teaching": ["professor", "teacher"]}, {"faith": ["pastor"]}]},
+    {"arts_and_media": [{"music": ["composer", "rapper", "dj"]},
+                        {"visual": ["painter", "photographer", "filmmaker", "model"]},
+                        {"words": ["poet", "journalist", "comedian"]}]},
+    {"design_and_technology": [{"design": ["architect", "interior_designer"]}, {"software": ["software_engineer"]}]},
+]}

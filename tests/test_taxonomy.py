@@ -1,11 +1,12 @@
-"""ssae_kit.taxonomy: tree distances, user taxonomies (nested dict or edge list), their checks."""
+"""ssae_kit.taxonomy: tree distances, user taxonomies (nested dict or edge list), their checks, the profession tree."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ssae_kit.taxonomy import binary_tree, check_taxonomy_matrix, taxonomy_matrix
+from ssae_kit.bios import LABHC_PROFESSIONS
+from ssae_kit.taxonomy import PROFESSION_TAXONOMY, binary_tree, check_taxonomy_matrix, subtrees, taxonomy_matrix
 
 
 def test_tree_distance_on_a_hand_computed_tree():
@@ -41,3 +42,12 @@ def test_bad_taxonomies_name_the_fix():
 
 def test_binary_tree_keeps_order_and_balance():
     assert binary_tree(["a", "b", "c"]) == [["a", "b"], "c"]
+
+
+def test_the_profession_tree_covers_the_28_labhc_professions_at_three_distances():
+    leaves, A = taxonomy_matrix(PROFESSION_TAXONOMY)
+    assert sorted(leaves) == sorted(LABHC_PROFESSIONS)
+    assert sorted(set(np.round(A[np.triu_indices(28, 1)], 6))) == [pytest.approx(1 / 3), pytest.approx(2 / 3), 1.0]
+    fields = subtrees(PROFESSION_TAXONOMY)
+    assert sum(map(len, fields.values())) == 28 and len(fields["health"]) == 9
+    assert list(subtrees(PROFESSION_TAXONOMY, min_leaves=4)) == ["health", "arts_and_media"]
