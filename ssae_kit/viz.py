@@ -18,9 +18,6 @@ import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from .taxonomy import leaf_depths, parse_taxonomy
-
-
 DPI = 110  # of the PNG shown in the notebook and of the one saved in the run folder
 
 
@@ -364,11 +361,11 @@ def plot_domains(x: np.ndarray, y: np.ndarray, domain: np.ndarray, theta: np.nda
     return fig
 
 
-def plot_tree_values(tree, leaves: list[str], values: dict[str, np.ndarray], title: str, marked: np.ndarray | None = None,
-                     label: str = "accuracy") -> Figure:
+def plot_tree_values(paths: dict[str, list[str]], leaves: list[str], values: dict[str, np.ndarray], title: str,
+                     marked: np.ndarray | None = None, label: str = "accuracy") -> Figure:
     """One dendrogram per row of `values` ({name: one value in [0, 1] per leaf, in `leaves` order}), each
-    leaf a coloured square with its value; `marked` leaves (e.g. sources) get a black frame."""
-    paths = leaf_depths(parse_taxonomy(tree))
+    leaf a coloured square with its value; `marked` leaves (e.g. sources) get a black frame. The tree comes
+    as plain data, {leaf: node names from the root to it} (`taxonomy.leaf_depths`), so viz needs no taxonomy."""
     xpos = {leaf: i for i, leaf in enumerate(leaves)}
     depth = max(len(p) for p in paths.values())
     fig = NotebookFigure(figsize=(max(6, 0.45 * len(leaves)), 1.9 * len(values)))

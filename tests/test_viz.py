@@ -69,3 +69,17 @@ def test_feature_browser_displays_a_widget_and_a_separate_static_dashboard(tiny,
     controls.children[1].value = 5  # what typing a latent number in a live kernel does
     assert "latent 5" in view.value and "latent 3" not in view.value, "the widget's dashboard did not follow"
 
+
+
+# --- figures drawn from plain data ---------------------------------------------------------------
+
+from ssae_kit.viz import plot_tree_values  # noqa: E402
+
+
+def test_a_tree_figure_takes_the_tree_as_leaf_paths():
+    paths = {"a": ["r", "x", "a"], "b": ["r", "x", "b"], "c": ["r", "c"]}  # ((a, b), c)
+    fig = plot_tree_values(paths, ["a", "b", "c"], {"m1": [0.1, 0.5, 0.9], "m2": [1, 1, 0]}, "t", [True, False, False])
+    rows = [ax for ax in fig.axes if ax.get_ylabel() in ("m1", "m2")]
+    assert len(rows) == 2, "one dendrogram per row of values"
+    # a bar at each inner node (above r, at r, at x) and a stem to each child (r, x, c, a, b): 3 + 5 lines
+    assert len(rows[0].lines) == 8, "the dendrogram does not follow the leaf paths"
