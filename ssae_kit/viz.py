@@ -18,6 +18,8 @@ import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from .evals import decoder_cosines
+
 DPI = 110  # of the PNG shown in the notebook and of the one saved in the run folder
 
 
@@ -291,11 +293,7 @@ def latents_for_token(fa: FeatureActivations, token_id: int, n: int = 5) -> list
 
 def match_latents(sae_a, sae_b) -> np.ndarray:
     """For each latent of `sae_a`, the largest cosine between its decoder direction and any of `sae_b`'s."""
-    a = sae_a.W_dec.detach().float()
-    b = sae_b.W_dec.detach().float()
-    a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return (a @ b.T).max(1).values.numpy()
+    return decoder_cosines(sae_a.W_dec, sae_b.W_dec).max(1).values.numpy()
 
 
 def feature_browser(saes: dict, activations: dict, model, tokenizer, latent: int = 0):

@@ -83,3 +83,20 @@ def test_a_tree_figure_takes_the_tree_as_leaf_paths():
     assert len(rows) == 2, "one dendrogram per row of values"
     # a bar at each inner node (above r, at r, at x) and a stem to each child (r, x, c, a, b): 3 + 5 lines
     assert len(rows[0].lines) == 8, "the dendrogram does not follow the leaf paths"
+
+
+# --- decoder matching ----------------------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ssae_kit.viz import match_latents  # noqa: E402
+
+
+def test_match_latents_finds_each_latents_closest_direction():
+    a = SAE(SAEConfig(d_in=2, d_sae=2))
+    b = SAE(SAEConfig(d_in=2, d_sae=3))
+    with torch.no_grad():
+        a.W_dec.copy_(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+        b.W_dec.copy_(torch.tensor([[0.0, 1.0], [-1.0, 0.0], [3.0, 0.0]]))
+    np.testing.assert_allclose(match_latents(a, b), [1.0, 0.5**0.5], rtol=1e-6)
