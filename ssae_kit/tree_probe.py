@@ -18,6 +18,7 @@ import torch
 
 from .taxonomy import Tree, flat_matrix, leaf_depths, parse_taxonomy, subtrees, taxonomy_matrix
 from .tsda import taxonomist_loss
+from .viz import principal_components
 
 
 def shuffled_matrix(A: np.ndarray, seed: int) -> np.ndarray:
@@ -75,9 +76,7 @@ class ProbeConfig:
 
 def _components(features: np.ndarray, fit: np.ndarray, k: int) -> np.ndarray:
     """Every row's top-k principal components, the PCA and scaling fit on the rows in `fit` only."""
-    mean = features[fit].mean(0)
-    _, _, vt = np.linalg.svd(features[fit] - mean, full_matrices=False)
-    z = (features - mean) @ vt[:k].T
+    z = principal_components(features, k, fit)
     return z / (z[fit].std() + 1e-9)  # one scale for all: whitening would blow small, noisy components up
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
 
 from .evals import decoder_cosines
 
@@ -61,12 +62,19 @@ def plot_norm_histogram(norms: torch.Tensor | np.ndarray, layer: int, model: str
     return fig
 
 
-def project_2d(x: np.ndarray) -> np.ndarray:
-    """First two principal components of the rows of `x` (centred), shape (n, 2)."""
+def principal_components(x: np.ndarray, k: int = 2, fit: np.ndarray | None = None) -> np.ndarray:
+    """Every row of `x` on the top-`k` principal components of the rows in `fit` (default: all), shape (n, k).
+
+    scikit-learn's PCA with the exact SVD (its randomised solver would tie the axes to a seed); an axis's
+    sign is sklearn's convention and carries no meaning. `k` is capped at the fitted rows' rank bound."""
     x = np.asarray(x, dtype=np.float64)
-    x = x - x.mean(0)
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    return x @ vt[:2].T
+    rows = x if fit is None else x[fit]
+    return PCA(min(k, *rows.shape), svd_solver="full").fit(rows).transform(x)
+
+
+def project_2d(x: np.ndarray) -> np.ndarray:
+    """First two principal components of the rows of `x` (centred), shape (n, 2): the 2-d maps of notebooks 01 and 04."""
+    return principal_components(x, 2)
 
 
 def plot_selection_quality(rows: list[dict], metrics: tuple[str, ...] = ("token_precision", "recall")) -> Figure:

@@ -85,12 +85,31 @@ def test_a_tree_figure_takes_the_tree_as_leaf_paths():
     assert len(rows[0].lines) == 8, "the dendrogram does not follow the leaf paths"
 
 
-# --- decoder matching ----------------------------------------------------------------------------
+# --- the maps' arithmetic: PCA and decoder matching ----------------------------------------------
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ssae_kit.viz import match_latents  # noqa: E402
+from ssae_kit.viz import match_latents, principal_components, project_2d  # noqa: E402
+
+
+def test_project_2d_matches_the_svd_of_the_centred_rows_up_to_each_axis_sign():
+    x = np.random.default_rng(0).standard_normal((50, 6)) @ np.diag([5.0, 3, 1, 0.5, 0.2, 0.1])
+    centred = x - x.mean(0)
+    reference = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
+    got = project_2d(x)
+    signs = np.sign((got * reference).sum(0))
+    np.testing.assert_allclose(got, reference * signs, atol=1e-10)
+
+
+def test_principal_components_fit_on_some_rows_and_project_all():
+    x = np.random.default_rng(1).standard_normal((40, 5))
+    fit = np.arange(40) < 20
+    z = principal_components(x, 3, fit)
+    assert z.shape == (40, 3)
+    np.testing.assert_allclose(z[fit].mean(0), 0, atol=1e-12)  # centred on the fitted rows only
+    assert abs(z[~fit].mean(0)).max() > 1e-3
+    assert principal_components(x[:4], 8).shape == (4, 4), "k is capped at what 4 rows can give"
 
 
 def test_match_latents_finds_each_latents_closest_direction():
