@@ -11,7 +11,6 @@ its own tokens; gradients are then averaged as usual.
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import os
 import time
@@ -29,7 +28,6 @@ from .models import resolve_device
 from .sae import SAE, Architecture, SAEConfig, from_sae_lens
 from .term import ScaleRule, check_tilt, objective, per_token_loss
 
-logger = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "train_log.json"
 Objective = Literal["erm", "term"]
