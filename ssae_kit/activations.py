@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import math
 import re
 import warnings
@@ -33,8 +32,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .corpora import Document, content_mask, corpus_checksum, tokenize_contexts
 from .io import MANIFEST_FILE, atomic_write_bytes, atomic_write_json, check_writable_dir, npy_bytes, sha256_bytes
 from .models import check_ctx_len, check_layer, d_model, hook_name, iter_residuals
-
-logger = logging.getLogger(__name__)
 
 FORMAT = "ssae-kit-activations"
 VERSION = 1

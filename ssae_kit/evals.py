@@ -375,12 +375,19 @@ def error_by_rank(result: EvalResult, n_buckets: int = 8) -> dict[str, list[floa
     return dict(rank_edges=edges.tolist(), mean_error=mean, max_error=mx)
 
 
+def decoder_cosines(W_a: torch.Tensor, W_b: torch.Tensor) -> torch.Tensor:
+    """(n_a, n_b) cosine similarities between the rows (latent directions) of two decoders, float32 on the CPU."""
+    a, b = (W.detach().float().cpu() for W in (W_a, W_b))
+    a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return a @ b.T
+
+
 def decoder_cosine_similarities(sae: SAE, max_latents: int = 4096, seed: int = 0) -> np.ndarray:
     """Pairwise cosine similarities of decoder directions (upper triangle), on at most `max_latents`."""
     W = sae.W_dec.detach().float().cpu()
     if len(W) > max_latents:
         W = W[torch.randperm(len(W), generator=torch.Generator().manual_seed(seed))[:max_latents]]
-    W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    sims = W @ W.T
+    sims = decoder_cosines(W, W)
     i, j = torch.triu_indices(len(W), len(W), offset=1)
     return sims[i, j].numpy()

@@ -95,7 +95,7 @@ def build_index(embeddings: np.ndarray, ivf_threshold: int = 50_000, min_recall:
         flat = faiss.IndexFlatIP(d)
         flat.add(x)
         return flat
-    nlist = int(4 * np.sqrt(n))
+    nlist = int(4 * np.sqrt(n))  # faiss's guideline is 4-16 sqrt(n) lists; the low end trains fastest
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
     ivf.cp.seed = seed
     ivf.train(x)

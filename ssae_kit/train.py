@@ -11,7 +11,6 @@ its own tokens; gradients are then averaged as usual.
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import os
 import time
@@ -29,7 +28,6 @@ from .models import resolve_device
 from .sae import SAE, Architecture, SAEConfig, from_sae_lens
 from .term import ScaleRule, check_tilt, objective, per_token_loss
 
-logger = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "train_log.json"
 Objective = Literal["erm", "term"]
@@ -250,6 +248,7 @@ def _batches(store: ActivationStore, cfg: TrainConfig, state: TrainState, rank: 
                          "cache more tokens or lower batch_size.")
     while True:
         skip = state.batch_in_epoch
+        # a new, reproducible order each epoch; the stride 1000 keeps seeds < 1000 apart from each other's later epochs
         it = store.batches(per_rank, seed=cfg.seed + 1000 * state.epoch, rank=rank, world_size=world,
                            drop_last=True, normalize=False)  # raw: the SAE applies its own norm_scale
         for i, x in enumerate(it):
@@ -352,6 +351,7 @@ def _resample_dead(sae: SAE, opt, x: torch.Tensor, cfg: TrainConfig, state: Trai
     directions /= directions.norm(dim=1, keepdim=True).clamp_min(1e-8)
     alive_norm = sae.W_enc[:, state.tokens_since_fired < cfg.dead_window_tokens].norm(dim=0).mean()
     sae.W_dec[dead] = directions
+    # 0.2 x the alive encoders' mean norm: Towards Monosemanticity's resampling recipe, so a new latent starts weak
     sae.W_enc[:, dead] = directions.T * 0.2 * (alive_norm if torch.isfinite(alive_norm) else 1.0)
     sae.b_enc[dead] = 0.0
     for p in (sae.W_dec, sae.W_enc, sae.b_enc):

@@ -16,28 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .taxonomy import Tree, flat_matrix, leaf_depths, parse_taxonomy, taxonomist_loss, taxonomy_matrix
-
-# The 28 LabHC professions by field and subfield: a hand-made tree, so leaves in one subfield are at
-# distance 1/3, in one field 2/3, in different fields 1.
-PROFESSION_TAXONOMY: Tree = {"professions": [
-    {"health": [{"clinical": ["physician", "surgeon", "nurse", "dentist", "chiropractor"]},
-                {"wellbeing": ["psychologist", "dietitian", "personal_trainer", "yoga_teacher"]}]},
-    {"law_and_business": [{"law": ["attorney", "paralegal"]}, {"finance": ["accountant"]}]},
-    {"education_and_faith": [{"teaching": ["professor", "teacher"]}, {"faith": ["pastor"]}]},
-    {"arts_and_media": [{"music": ["composer", "rapper", "dj"]},
-                        {"visual": ["painter", "photographer", "filmmaker", "model"]},
-                        {"words": ["poet", "journalist", "comedian"]}]},
-    {"design_and_technology": [{"design": ["architect", "interior_designer"]}, {"software": ["software_engineer"]}]},
-]}
-
-
-def subtrees(taxonomy: Tree | list[tuple[str, str]], min_leaves: int = 1) -> dict[str, list[str]]:
-    """{child of the root: its leaves}, keeping those with at least `min_leaves` leaves."""
-    groups: dict[str, list[str]] = {}
-    for leaf, path in leaf_depths(parse_taxonomy(taxonomy)).items():
-        groups.setdefault(path[1] if len(path) > 2 else leaf, []).append(leaf)
-    return {name: leaves for name, leaves in groups.items() if len(leaves) >= min_leaves}
+from .taxonomy import Tree, flat_matrix, leaf_depths, parse_taxonomy, subtrees, taxonomy_matrix
+from .tsda import taxonomist_loss
+from .viz import principal_components
 
 
 def shuffled_matrix(A: np.ndarray, seed: int) -> np.ndarray:
@@ -95,9 +76,7 @@ class ProbeConfig:
 
 def _components(features: np.ndarray, fit: np.ndarray, k: int) -> np.ndarray:
     """Every row's top-k principal components, the PCA and scaling fit on the rows in `fit` only."""
-    mean = features[fit].mean(0)
-    _, _, vt = np.linalg.svd(features[fit] - mean, full_matrices=False)
-    z = (features - mean) @ vt[:k].T
+    z = principal_components(features, k, fit)
     return z / (z[fit].std() + 1e-9)  # one scale for all: whitening would blow small, noisy components up
 
 

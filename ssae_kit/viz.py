@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
 
+from .evals import decoder_cosines
 from .features import FeatureActivations
-from .taxonomy import leaf_depths, parse_taxonomy
 
 
 DPI = 110  # of the PNG shown in the notebook and of the one saved in the run folder
@@ -62,12 +63,19 @@ def plot_norm_histogram(norms: torch.Tensor | np.ndarray, layer: int, model: str
     return fig
 
 
-def project_2d(x: np.ndarray) -> np.ndarray:
-    """First two principal components of the rows of `x` (centred), shape (n, 2)."""
+def principal_components(x: np.ndarray, k: int = 2, fit: np.ndarray | None = None) -> np.ndarray:
+    """Every row of `x` on the top-`k` principal components of the rows in `fit` (default: all), shape (n, k).
+
+    scikit-learn's PCA with the exact SVD (its randomised solver would tie the axes to a seed); an axis's
+    sign is sklearn's convention and carries no meaning. `k` is capped at the fitted rows' rank bound."""
     x = np.asarray(x, dtype=np.float64)
-    x = x - x.mean(0)
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    return x @ vt[:2].T
+    rows = x if fit is None else x[fit]
+    return PCA(min(k, *rows.shape), svd_solver="full").fit(rows).transform(x)
+
+
+def project_2d(x: np.ndarray) -> np.ndarray:
+    """First two principal components of the rows of `x` (centred), shape (n, 2): the 2-d maps of notebooks 01 and 04."""
+    return principal_components(x, 2)
 
 
 def plot_selection_quality(rows: list[dict], metrics: tuple[str, ...] = ("token_precision", "recall")) -> Figure:
@@ -266,11 +274,7 @@ def latents_for_token(fa: FeatureActivations, token_id: int, n: int = 5) -> list
 
 def match_latents(sae_a, sae_b) -> np.ndarray:
     """For each latent of `sae_a`, the largest cosine between its decoder direction and any of `sae_b`'s."""
-    a = sae_a.W_dec.detach().float()
-    b = sae_b.W_dec.detach().float()
-    a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return (a @ b.T).max(1).values.numpy()
+    return decoder_cosines(sae_a.W_dec, sae_b.W_dec).max(1).values.numpy()
 
 
 def feature_browser(saes: dict, activations: dict, model, tokenizer, latent: int = 0):
@@ -336,11 +340,11 @@ def plot_domains(x: np.ndarray, y: np.ndarray, domain: np.ndarray, theta: np.nda
     return fig
 
 
-def plot_tree_values(tree, leaves: list[str], values: dict[str, np.ndarray], title: str, marked: np.ndarray | None = None,
-                     label: str = "accuracy") -> Figure:
+def plot_tree_values(paths: dict[str, list[str]], leaves: list[str], values: dict[str, np.ndarray], title: str,
+                     marked: np.ndarray | None = None, label: str = "accuracy") -> Figure:
     """One dendrogram per row of `values` ({name: one value in [0, 1] per leaf, in `leaves` order}), each
-    leaf a coloured square with its value; `marked` leaves (e.g. sources) get a black frame."""
-    paths = leaf_depths(parse_taxonomy(tree))
+    leaf a coloured square with its value; `marked` leaves (e.g. sources) get a black frame. The tree comes
+    as plain data, {leaf: node names from the root to it} (`taxonomy.leaf_depths`), so viz needs no taxonomy."""
     xpos = {leaf: i for i, leaf in enumerate(leaves)}
     depth = max(len(p) for p in paths.values())
     fig = NotebookFigure(figsize=(max(6, 0.45 * len(leaves)), 1.9 * len(values)))

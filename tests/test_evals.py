@@ -14,6 +14,7 @@ from ssae_kit.evals import (
     _massive,
     compare,
     decoder_cosine_similarities,
+    decoder_cosines,
     error_by_rank,
     evaluate,
     evaluate_store,
@@ -84,6 +85,14 @@ def test_error_by_rank_buckets_tokens_by_frequency_rank():
 def test_decoder_cosine_similarities_of_orthogonal_and_parallel_rows():
     sae = fixed_sae(torch.zeros(2, 3).tolist(), [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     assert sorted(decoder_cosine_similarities(sae).tolist()) == [0.0, 0.0, 1.0]
+
+
+def test_decoder_cosines_between_two_decoders_on_a_hand_case():
+    W_a = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])  # a dead all-zero row gets cosine 0, not NaN
+    W_b = torch.tensor([[2.0, 0.0], [0.0, -3.0]])
+    r = 0.5**0.5
+    expected = torch.tensor([[1.0, 0.0], [r, -r], [0.0, 0.0]])
+    assert torch.allclose(decoder_cosines(W_a, W_b), expected), "rows must be scaled to unit length before the product"
 
 
 def _identity_sae(d: int, layer: int) -> SAE:

@@ -70,3 +70,53 @@ def test_feature_browser_displays_a_widget_and_a_separate_static_dashboard(tiny,
     controls.children[1].value = 5  # what typing a latent number in a live kernel does
     assert "latent 5" in view.value and "latent 3" not in view.value, "the widget's dashboard did not follow"
 
+
+
+# --- figures drawn from plain data ---------------------------------------------------------------
+
+from ssae_kit.viz import plot_tree_values  # noqa: E402
+
+
+def test_a_tree_figure_takes_the_tree_as_leaf_paths():
+    paths = {"a": ["r", "x", "a"], "b": ["r", "x", "b"], "c": ["r", "c"]}  # ((a, b), c)
+    fig = plot_tree_values(paths, ["a", "b", "c"], {"m1": [0.1, 0.5, 0.9], "m2": [1, 1, 0]}, "t", [True, False, False])
+    rows = [ax for ax in fig.axes if ax.get_ylabel() in ("m1", "m2")]
+    assert len(rows) == 2, "one dendrogram per row of values"
+    # a bar at each inner node (above r, at r, at x) and a stem to each child (r, x, c, a, b): 3 + 5 lines
+    assert len(rows[0].lines) == 8, "the dendrogram does not follow the leaf paths"
+
+
+# --- the maps' arithmetic: PCA and decoder matching ----------------------------------------------
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ssae_kit.viz import match_latents, principal_components, project_2d  # noqa: E402
+
+
+def test_project_2d_matches_the_svd_of_the_centred_rows_up_to_each_axis_sign():
+    x = np.random.default_rng(0).standard_normal((50, 6)) @ np.diag([5.0, 3, 1, 0.5, 0.2, 0.1])
+    centred = x - x.mean(0)
+    reference = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
+    got = project_2d(x)
+    signs = np.sign((got * reference).sum(0))
+    np.testing.assert_allclose(got, reference * signs, atol=1e-10)
+
+
+def test_principal_components_fit_on_some_rows_and_project_all():
+    x = np.random.default_rng(1).standard_normal((40, 5))
+    fit = np.arange(40) < 20
+    z = principal_components(x, 3, fit)
+    assert z.shape == (40, 3)
+    np.testing.assert_allclose(z[fit].mean(0), 0, atol=1e-12)  # centred on the fitted rows only
+    assert abs(z[~fit].mean(0)).max() > 1e-3
+    assert principal_components(x[:4], 8).shape == (4, 4), "k is capped at what 4 rows can give"
+
+
+def test_match_latents_finds_each_latents_closest_direction():
+    a = SAE(SAEConfig(d_in=2, d_sae=2))
+    b = SAE(SAEConfig(d_in=2, d_sae=3))
+    with torch.no_grad():
+        a.W_dec.copy_(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+        b.W_dec.copy_(torch.tensor([[0.0, 1.0], [-1.0, 0.0], [3.0, 0.0]]))
+    np.testing.assert_allclose(match_latents(a, b), [1.0, 0.5**0.5], rtol=1e-6)
