@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from ssae_kit import ActivationStore, cache_activations
-from ssae_kit.io import npy_bytes, sha256_bytes
+from ssae_kit.io import CHECKPOINT_FILE, LOG_FILE, npy_bytes, sha256_bytes
 from ssae_kit.sae import SAE, SAEConfig
 from ssae_kit.train import TrainConfig, TrainState, _checkpoint, _train_step, get_lr, train
 
@@ -82,7 +82,7 @@ def test_killed_run_resumed_ends_bit_identical_to_an_unkilled_run(store, tmp_pat
     cfg = small_cfg(total_tokens=64 * 3000, checkpoint_every=50, log_every=100)
     _run(store, tmp_path / "whole", cfg)
     proc = _run(store, tmp_path / "killed", cfg, wait=False)
-    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    ckpt = tmp_path / "killed" / CHECKPOINT_FILE
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
@@ -94,7 +94,7 @@ def test_killed_run_resumed_ends_bit_identical_to_an_unkilled_run(store, tmp_pat
     _run(store, tmp_path / "killed", cfg, resume=True)
     whole, resumed = (load_file(str(tmp_path / d / "sae_weights.safetensors")) for d in ("whole", "killed"))
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
-    logs = [json.loads((tmp_path / d / "train_log.json").read_text()) for d in ("whole", "killed")]
+    logs = [json.loads((tmp_path / d / LOG_FILE).read_text()) for d in ("whole", "killed")]
     assert logs[0] == logs[1]
 
 
@@ -210,7 +210,7 @@ def _poisoned_copy(store: ActivationStore, dest: Path, value: float) -> Activati
 
 
 def _assert_last_checkpoint_is_finite_and_no_sae_saved(out: Path, step: int) -> None:
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / CHECKPOINT_FILE, weights_only=False)
     assert ckpt["state"]["step"] == step, "the checkpoint is not the one just before the bad step"
     assert all(torch.isfinite(v).all() for v in ckpt["sae"].values())
     assert not (out / "sae_weights.safetensors").exists() and not (out / "cfg.json").exists()
