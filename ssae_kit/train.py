@@ -133,6 +133,15 @@ def get_lr(tokens: int, cfg: TrainConfig) -> float:
     return cfg.lr * warm * decay
 
 
+def finetune_config(gsae: SAE, store: ActivationStore, l1_coefficient: float, total_tokens: int, lr: float = 5e-4,
+                    tilt: float = 0.0, seed: int = 0, device: str = "auto") -> TrainConfig:
+    """The notebooks' recipe for fine-tuning `gsae` into an SSAE on `store`: no warm-up (the weights
+    are trained already), 512-token batches (the whole store if smaller), ERM, or TERM when `tilt` > 0."""
+    return TrainConfig(d_sae=gsae.cfg.d_sae, l1_coefficient=l1_coefficient, total_tokens=total_tokens, lr=lr,
+                       warmup_tokens=0, batch_size=min(512, store.n_tokens), objective="term" if tilt else "erm",
+                       tilt=tilt, seed=seed, device=device)
+
+
 def train(
     store: ActivationStore,
     cfg: TrainConfig,

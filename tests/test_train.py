@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from safetensors.torch import load_file
 from ssae_kit import ActivationStore, cache_activations
 from ssae_kit.io import CHECKPOINT_FILE, LOG_FILE, npy_bytes, sha256_bytes
 from ssae_kit.sae import SAE, SAEConfig
-from ssae_kit.train import TrainConfig, TrainState, _checkpoint, _train_step, get_lr, train
+from ssae_kit.train import TrainConfig, TrainState, _checkpoint, _train_step, finetune_config, get_lr, train
 
 SCRIPT = Path(__file__).with_name("train_script.py")
 
@@ -288,3 +289,14 @@ def test_resume_after_a_save_that_died_before_its_config_writes_the_sae(store, t
     (tmp_path / "cfg.json").unlink()  # what a crash between the weights and the config leaves
     train(store, small_cfg(), out_dir=tmp_path, resume=True)
     torch.testing.assert_close(SAE.load(tmp_path).W_dec, first.sae.W_dec)
+
+
+def test_finetune_config_is_the_notebooks_ssae_recipe_erm_or_term(store):
+    gsae = SAE(SAEConfig(d_in=32, d_sae=48))
+    cfg = finetune_config(gsae, store, 2.0, 4096, seed=3)
+    assert cfg == TrainConfig(d_sae=48, l1_coefficient=2.0, total_tokens=4096, lr=5e-4, warmup_tokens=0,
+                              batch_size=min(512, store.n_tokens), seed=3)
+    tilted = finetune_config(gsae, store, 2.0, 4096, lr=1e-4, tilt=0.5)
+    assert (tilted.objective, tilted.tilt, tilted.lr) == ("term", 0.5, 1e-4)
+    small = finetune_config(gsae, SimpleNamespace(n_tokens=100), 2.0, 400)
+    assert small.batch_size == 100, "a store smaller than a batch is one batch"
