@@ -371,6 +371,17 @@ def tail_coverage_difference(a: EvalResult, b: EvalResult, confidence: float = 0
     return Difference("coverage", estimate, float(ci.low), float(ci.high), confidence, len(types))
 
 
+def ssae_only_latents(best_cosine: np.ndarray, peak_activation: np.ndarray, threshold: float) -> np.ndarray:
+    """An SSAE's "dark matter": latents whose decoder direction matches no GSAE direction (best cosine
+    below `threshold`) and that fire on the sample (peak activation > 0), strongest first.
+
+    best_cosine: (d_sae,) each SSAE latent's largest decoder cosine with any GSAE latent.
+    peak_activation: (d_sae,) each SSAE latent's largest activation on the sample.
+    """
+    new = np.flatnonzero((best_cosine < threshold) & (peak_activation > 0))
+    return new[np.argsort(-peak_activation[new], kind="stable")]
+
+
 def error_by_rank(result: EvalResult, n_buckets: int = 8) -> dict[str, list[float]]:
     """Mean and max per-token error for token types bucketed by frequency rank (log-spaced)."""
     types, inverse, freq = np.unique(result.token_ids, return_inverse=True, return_counts=True)
