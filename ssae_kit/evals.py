@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -335,6 +336,14 @@ def compare(a: EvalResult, b: EvalResult, metric: Literal["ce", "ev", "mse"] = "
                              n_resamples=n_resamples, method="BCa", random_state=seed).confidence_interval
     low, high = (float(ci.low), float(ci.high)) if np.isfinite([ci.low, ci.high]).all() else (estimate, estimate)
     return Difference(metric, estimate, low, high, confidence, int(used.sum()))
+
+
+def verdict_over_seeds(diffs: Sequence[float]) -> Literal["better", "worse", "no clear difference"]:
+    """Per-seed differences (a minus b) read as a verdict: "better" or "worse" when their mean is
+    more than two standard errors from 0, else "no clear difference" (always, with one seed)."""
+    mean = np.mean(diffs)
+    se = np.std(diffs, ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else np.inf
+    return "better" if mean > 2 * se else "worse" if mean < -2 * se else "no clear difference"
 
 
 def tail_coverage(result: EvalResult, n_bins: int = 8) -> dict[str, Any]:

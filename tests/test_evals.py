@@ -21,6 +21,7 @@ from ssae_kit.evals import (
     ssae_only_latents,
     tail_coverage,
     tail_coverage_difference,
+    verdict_over_seeds,
 )
 from ssae_kit.sae import SAE, SAEConfig
 
@@ -263,3 +264,13 @@ def test_ssae_only_latents_are_unmatched_and_alive_strongest_first():
     assert ssae_only_latents(best_cosine, peak, 0.6).tolist() == [3, 1, 4]
     assert ssae_only_latents(best_cosine, peak, 0.05).tolist() == []
 
+
+@pytest.mark.parametrize("diffs, expected", [
+    ([0.1, 0.2, 0.3], "better"),  # mean 0.2 > 2 x 0.058
+    ([-0.1, -0.2, -0.3], "worse"),
+    ([0.3, -0.1, 0.1], "no clear difference"),  # mean 0.1 < 2 x 0.115
+    ([0.2, 0.2], "better"),  # no spread: any non-zero mean is clear
+    ([0.5], "no clear difference"),  # one seed: its spread is unknown
+])
+def test_verdict_over_seeds_needs_the_mean_two_standard_errors_from_zero(diffs, expected):
+    assert verdict_over_seeds(diffs) == expected

@@ -16,6 +16,7 @@ import papermill
 import pytest
 import yaml
 
+from ssae_kit.evals import verdict_over_seeds
 from ssae_kit.io import (ACTS_DIR, BEST_STRATEGY_KEY, MAIN_L1_KEY, ROWS_KEY, SAE_CFG_FILE, SAE_WEIGHTS_FILE, SSAE_DIRS_KEY,
                          RunLayout)
 
@@ -127,13 +128,6 @@ def _check_05_debias(m: dict, params: dict) -> None:
     assert (Path(params["run_dir"]) / "debias_accuracies.png").exists()
 
 
-def _verdict(diffs: list[float]) -> str:
-    import numpy as np
-
-    mean, se = np.mean(diffs), np.std(diffs, ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else np.inf
-    return "better" if mean > 2 * se else "worse" if mean < -2 * se else "no clear difference"
-
-
 def _check_06_taxonomy(m: dict, params: dict) -> None:
     p1, p2, n_leaves = m["part1"], m["part2"], params["n_leaves"]
     methods = {"source-only", "DANN", "TSDA", "TSDA-flat", "oracle"}
@@ -145,7 +139,7 @@ def _check_06_taxonomy(m: dict, params: dict) -> None:
     per_seed = list(p1["per_seed"].values())
     assert p1["flat_gap"] == pytest.approx([abs(r["TSDA-flat"]["target"] - r["DANN"]["target"]) for r in per_seed])
     assert p1["tsda_minus_dann"] == pytest.approx([r["TSDA"]["target"] - r["DANN"]["target"] for r in per_seed])
-    assert p1["tsda_vs_dann"] == _verdict(p1["tsda_minus_dann"])  # the conclusion reads the numbers
+    assert p1["tsda_vs_dann"] == verdict_over_seeds(p1["tsda_minus_dann"])  # the conclusion reads the numbers
     assert p1["table"]["oracle"][0] > p1["table"]["source-only"][0]  # target labels help on mirrored domains
     probe = p2["probe"]
     assert set(probe) == {"residual", "GSAE", "SSAE-05 (professor, nurse)", f"SSAE ({params.get('ssae_subtree', 'health')})"}
@@ -156,7 +150,7 @@ def _check_06_taxonomy(m: dict, params: dict) -> None:
     # the residual stream keeps the profession tree beyond what the probe fits to a shuffled one
     assert probe["residual"]["taxonomy"]["rho"][0] > probe["residual"]["shuffled"]["rho"][0] + 0.2
     for target, diffs in p2["ssae_minus_gsae_rho"].items():
-        assert len(diffs) == len(params["probe_seeds"]) and p2["ssae_vs_gsae"][target] == _verdict(diffs)
+        assert len(diffs) == len(params["probe_seeds"]) and p2["ssae_vs_gsae"][target] == verdict_over_seeds(diffs)
     for fig in ("dt_data", "dt_per_leaf", "taxonomy_probe", "taxonomist_map"):
         assert (Path(params["run_dir"]) / f"{fig}.png").exists(), fig
 
