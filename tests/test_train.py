@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from ssae_kit import ActivationStore, cache_activations
-from ssae_kit.io import CHECKPOINT_FILE, LOG_FILE, npy_bytes, sha256_bytes
+from ssae_kit.io import CHECKPOINT_FILE, LOG_FILE, SAE_CFG_FILE, SAE_WEIGHTS_FILE, npy_bytes, sha256_bytes
 from ssae_kit.sae import SAE, SAEConfig
 from ssae_kit.train import TrainConfig, TrainState, _checkpoint, _train_step, finetune_config, get_lr, train
 
@@ -214,7 +214,7 @@ def _assert_last_checkpoint_is_finite_and_no_sae_saved(out: Path, step: int) -> 
     ckpt = torch.load(out / CHECKPOINT_FILE, weights_only=False)
     assert ckpt["state"]["step"] == step, "the checkpoint is not the one just before the bad step"
     assert all(torch.isfinite(v).all() for v in ckpt["sae"].values())
-    assert not (out / "sae_weights.safetensors").exists() and not (out / "cfg.json").exists()
+    assert not (out / SAE_WEIGHTS_FILE).exists() and not (out / SAE_CFG_FILE).exists()
 
 
 @pytest.mark.parametrize("value", [float("inf"), float("nan")])
@@ -286,7 +286,7 @@ def test_a_failed_final_save_rescues_the_run_into_the_cache(store, tmp_path, mon
 
 def test_resume_after_a_save_that_died_before_its_config_writes_the_sae(store, tmp_path):
     first = train(store, small_cfg(), out_dir=tmp_path)
-    (tmp_path / "cfg.json").unlink()  # what a crash between the weights and the config leaves
+    (tmp_path / SAE_CFG_FILE).unlink()  # what a crash between the weights and the config leaves
     train(store, small_cfg(), out_dir=tmp_path, resume=True)
     torch.testing.assert_close(SAE.load(tmp_path).W_dec, first.sae.W_dec)
 
