@@ -72,6 +72,7 @@ class RunLayout:
         return self.run_dir / SAES_DIR
 
     def sae(self, name: str) -> Path:
+        """One SAE folder of the run (a training run's checkpoint and log sit next to its SAE)."""
         return self.saes / name
 
     @property
