@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .bios import Bio, BiosSplits, group_of
+from .bios import Bio, BiosSplits, delete_gender_tokens, group_of
 from .features import Edit, Residuals, latent_means, mean_pool, residuals, token_mean
 from .sae import SAE
 
@@ -221,3 +221,36 @@ def build_debias_data(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     res = lambda bios: residuals(model, tokenizer, [text(x) for x in bios], layer, ctx_len)  # noqa: E731
     return DebiasData(res(splits.ambiguous_train), prof(splits.ambiguous_train), res(a), prof(a), gender(a),
                       res(b), prof(b), gender(b), [group_of(x) for x in b])
+
+
+@dataclass
+class ShiftStudy:
+    """One seed of the SHIFT case study (PAPER §4): the table's rows and what SHIFT picked."""
+
+    rows: dict[str, dict[str, float]]
+    """Row name ("Original", "<SAE> SHIFT", ...) -> `report_row` accuracies on balanced set B."""
+    picks: dict[str, dict]
+    """SAE name -> `find_spurious` output: attribution, candidates, spurious latents, separations."""
+
+
+def shift_case_study(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, splits: BiosSplits,
+                     saes: dict[str, SAE], layer: int, ctx_len: int, cfg: DebiasConfig,
+                     retrain: Sequence[str] = ()) -> ShiftStudy:
+    """Every row of the SHIFT table for one seed: the original probe, SHIFT with each SAE (plus
+    "+ retrain", a new head on the edited ambiguous set, for the SAEs named in `retrain`), the
+    token-deletion baseline and the oracle. An SAE whose rule picks no latent ablates nothing."""
+    data = build_debias_data(model, tokenizer, splits, layer, ctx_len)
+    original = train_probe(mean_pool(data.train), data.train_profession, lr=cfg.probe_lr, epochs=cfg.probe_epochs, seed=cfg.seed)
+    rows, picks = {"Original": report_row(data, cfg, original)}, {}
+    for name, sae in saes.items():
+        picks[name] = find_spurious(sae, original, data, cfg)
+        spurious = picks[name]["spurious"]
+        edit = ablation_edit(sae, spurious) if spurious else None
+        rows[f"{name} SHIFT"] = report_row(data, cfg, original, edit)
+        if name in retrain:
+            rows[f"{name} SHIFT + retrain"] = report_row(data, cfg, None, edit)
+    deleted = build_debias_data(model, tokenizer, splits, layer, ctx_len,
+                                transform=lambda b: delete_gender_tokens(b.text, b.name))
+    rows["Token deletion + retrain"] = report_row(deleted, cfg, None)
+    rows["Oracle"] = report_row(data, cfg, oracle=True)
+    return ShiftStudy(rows, picks)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -325,6 +326,14 @@ def compare(a: EvalResult, b: EvalResult, metric: Literal["ce", "ev", "mse"] = "
     return Difference(metric, estimate, low, high, confidence, int(used.sum()))
 
 
+def verdict_over_seeds(diffs: Sequence[float]) -> Literal["better", "worse", "no clear difference"]:
+    """Per-seed differences (a minus b) read as a verdict: "better" or "worse" when their mean is
+    more than two standard errors from 0, else "no clear difference" (always, with one seed)."""
+    mean = np.mean(diffs)
+    se = np.std(diffs, ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else np.inf
+    return "better" if mean > 2 * se else "worse" if mean < -2 * se else "no clear difference"
+
+
 def tail_coverage(result: EvalResult, n_bins: int = 8) -> dict[str, Any]:
     """Fraction of token types that have a feature, by frequency bin (log-spaced), and cumulatively.
 
@@ -357,6 +366,17 @@ def tail_coverage_difference(a: EvalResult, b: EvalResult, confidence: float = 0
                          vectorized=True, confidence_level=confidence, n_resamples=2000, method="percentile",
                          random_state=seed).confidence_interval
     return Difference("coverage", estimate, float(ci.low), float(ci.high), confidence, len(types))
+
+
+def ssae_only_latents(best_cosine: np.ndarray, peak_activation: np.ndarray, threshold: float) -> np.ndarray:
+    """An SSAE's "dark matter": latents whose decoder direction matches no GSAE direction (best cosine
+    below `threshold`) and that fire on the sample (peak activation > 0), strongest first.
+
+    best_cosine: (d_sae,) each SSAE latent's largest decoder cosine with any GSAE latent.
+    peak_activation: (d_sae,) each SSAE latent's largest activation on the sample.
+    """
+    new = np.flatnonzero((best_cosine < threshold) & (peak_activation > 0))
+    return new[np.argsort(-peak_activation[new], kind="stable")]
 
 
 def error_by_rank(result: EvalResult, n_buckets: int = 8) -> dict[str, list[float]]:

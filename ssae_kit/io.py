@@ -1,4 +1,8 @@
-"""On-disk names, the kit's cache folder and atomic writes, in one place.
+"""On-disk names, the run layout, the kit's cache folder and atomic writes, in one place.
+
+`RunLayout` names what a notebook's run folder holds (stores under `acts/`, SAEs under `saes/`,
+selections, the split, `metrics.json`), so a later notebook finds an earlier one's artefacts by
+the same names the earlier one wrote them under.
 
 Every artefact the kit writes goes through `atomic_write_*`: a temp file in the same folder,
 fsynced, then `os.replace`, so a killed run (or a power cut) never leaves a half-written file
@@ -16,6 +20,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,6 +31,78 @@ MANIFEST_FILE = "manifest.json"
 METRICS_FILE = "metrics.json"
 SAE_CFG_FILE = "cfg.json"  # SAELens' name (sae_lens/constants.py)
 SAE_WEIGHTS_FILE = "sae_weights.safetensors"  # SAELens' name
+CHECKPOINT_FILE = "checkpoint.pt"  # a training run's resumable state, next to its SAE
+LOG_FILE = "train_log.json"  # a training run's per-log-step metrics
+ACTS_DIR = "acts"
+SAES_DIR = "saes"
+GSAE_NAME = "gsae"
+TERM_PREFIX = "term_t"
+# Keys of notebook 02's metrics.json that notebooks 03 (the sparsity coefficients) and 04 (the best SSAE) read.
+MAIN_L1_KEY = "main_l1"
+ROWS_KEY = "rows"
+BEST_STRATEGY_KEY = "best_in_domain_strategy"
+SSAE_DIRS_KEY = "ssae_dirs"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The artefacts of one notebook's run folder, by name: notebooks write and read them here."""
+
+    run_dir: Path
+
+    @property
+    def metrics(self) -> Path:
+        """The notebook's results (`write_metrics`)."""
+        return self.run_dir / METRICS_FILE
+
+    def read_metrics(self) -> dict[str, Any]:
+        """The notebook's results; FileNotFoundError names the folder when that notebook has not run."""
+        if not self.metrics.exists():
+            raise FileNotFoundError(f"No {METRICS_FILE} in {self.run_dir}: run the notebook that writes this folder "
+                                    "first, or point to the folder it wrote.")
+        return json.loads(self.metrics.read_text())
+
+    def acts(self, name: str) -> Path:
+        """An activation store, named after its data (a selection strategy, `general`, ...)."""
+        return self.run_dir / ACTS_DIR / name
+
+    @property
+    def saes(self) -> Path:
+        """The folder of the run's SAEs, one SAELens folder each."""
+        return self.run_dir / SAES_DIR
+
+    def sae(self, name: str) -> Path:
+        """One SAE folder of the run (a training run's checkpoint and log sit next to its SAE)."""
+        return self.saes / name
+
+    @property
+    def gsae(self) -> Path:
+        """The general SAE the run's SSAEs start from (notebooks 02 and 05 save it here for 03, 04 and 06)."""
+        return self.sae(GSAE_NAME)
+
+    def ssae(self, strategy: str, l1: float, seed: int) -> Path:
+        """Notebook 02's SSAE fine-tuned on one selection at one sparsity coefficient and seed."""
+        return self.sae(f"{strategy}_l1{l1:g}_seed{seed}")
+
+    def tilted_sae(self, tilt: float, l1: float) -> Path:
+        """Notebook 03's SSAE fine-tuned with TERM at `tilt` (ERM when 0)."""
+        return self.sae(f"{TERM_PREFIX}{tilt:g}_l1{l1:g}" if tilt else f"erm_l1{l1:g}")
+
+    def term_saes(self) -> list[Path]:
+        """Notebook 03's TERM SSAEs (not its ERM one), in name order; empty when there are none."""
+        return sorted(self.saes.glob(f"{TERM_PREFIX}*")) if self.saes.exists() else []
+
+    def bios_ssae(self, seed: int) -> Path:
+        """Notebook 05's SSAE fine-tuned on bios for one seed (notebook 06 probes seed 0's)."""
+        return self.sae(f"ssae_seed{seed}")
+
+    def selection(self, strategy: str) -> Path:
+        """Notebook 01's selection of one strategy (`Selection.save`)."""
+        return self.run_dir / f"selection_{strategy}.jsonl"
+
+    def split(self, part: str) -> Path:
+        """One part of notebook 01's subdomain split: pool, seeds, heldout or ood."""
+        return self.run_dir / f"split_{part}.jsonl"
 
 
 def cache_dir(*parts: str) -> Path:
@@ -133,6 +210,6 @@ def sha256_bytes(data: bytes) -> str:
 
 def write_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
     """Write a notebook's results to `<run_dir>/metrics.json` (the file the tests assert on)."""
-    path = Path(run_dir) / METRICS_FILE
+    path = RunLayout(Path(run_dir)).metrics
     atomic_write_json(path, metrics)
     return path

@@ -32,7 +32,7 @@ import numpy as np
 from scipy import stats
 
 from .corpora import Document, corpus_checksum
-from .io import atomic_write_bytes, atomic_write_json, cache_dir, npy_bytes
+from .io import RunLayout, atomic_write_bytes, atomic_write_json, cache_dir, npy_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -378,13 +378,13 @@ class SubdomainSplit:
     def save(self, run_dir: str | Path) -> None:
         for name in ("pool", "seeds", "heldout", "ood"):
             rows = [json.dumps(asdict(d)) for d in getattr(self, name)]
-            atomic_write_bytes(Path(run_dir) / f"split_{name}.jsonl", ("\n".join(rows) + "\n").encode())
+            atomic_write_bytes(RunLayout(Path(run_dir)).split(name), ("\n".join(rows) + "\n").encode())
 
     @classmethod
     def load(cls, run_dir: str | Path) -> SubdomainSplit:
         parts = {}
         for name in ("pool", "seeds", "heldout", "ood"):
-            path = Path(run_dir) / f"split_{name}.jsonl"
+            path = RunLayout(Path(run_dir)).split(name)
             if not path.exists():
                 raise FileNotFoundError(f"No {path}: run notebook 01 first (it writes the split).")
             parts[name] = [Document(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]

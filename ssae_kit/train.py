@@ -23,13 +23,11 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .activations import ActivationStore
-from .io import SAE_CFG_FILE, atomic_write_json, atomic_write_with, cache_dir, check_writable_dir
+from .io import CHECKPOINT_FILE, LOG_FILE, SAE_CFG_FILE, atomic_write_json, atomic_write_with, cache_dir, check_writable_dir
 from .models import resolve_device
 from .sae import SAE, Architecture, SAEConfig, from_sae_lens
 from .term import ScaleRule, check_tilt, objective, per_token_loss
 
-CHECKPOINT_FILE = "checkpoint.pt"
-LOG_FILE = "train_log.json"
 Objective = Literal["erm", "term"]
 
 
@@ -136,6 +134,15 @@ def get_lr(tokens: int, cfg: TrainConfig) -> float:
     decay_start = cfg.total_tokens * (1 - cfg.decay_frac)
     decay = 1.0 if tokens < decay_start else max(0.0, (cfg.total_tokens - tokens) / (cfg.total_tokens - decay_start))
     return cfg.lr * warm * decay
+
+
+def finetune_config(gsae: SAE, store: ActivationStore, l1_coefficient: float, total_tokens: int, lr: float = 5e-4,
+                    tilt: float = 0.0, seed: int = 0, device: str = "auto") -> TrainConfig:
+    """The notebooks' recipe for fine-tuning `gsae` into an SSAE on `store`: no warm-up (the weights
+    are trained already), 512-token batches (the whole store if smaller), ERM, or TERM when `tilt` > 0."""
+    return TrainConfig(d_sae=gsae.cfg.d_sae, l1_coefficient=l1_coefficient, total_tokens=total_tokens, lr=lr,
+                       warmup_tokens=0, batch_size=min(512, store.n_tokens), objective="term" if tilt else "erm",
+                       tilt=tilt, seed=seed, device=device)
 
 
 def train(

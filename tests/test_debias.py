@@ -1,4 +1,4 @@
-"""ssae_kit.debias: ablation keeps the error term, the probe, attribution, the spurious rule."""
+"""ssae_kit.debias: ablation keeps the error term, the probe, attribution, the spurious rule, the case study."""
 
 from __future__ import annotations
 
@@ -91,3 +91,19 @@ def test_debias_data_splits_the_balanced_set_per_group_and_labels_it(tiny):
     assert data.a_gender.sum() == 6 and data.a_profession.sum() == 6  # 3 per group in each half
     row = report_row(data, DebiasConfig(probe_epochs=2))
     assert set(row) >= {"profession", "gender", "worst_group"} and row["worst_group"] <= row["profession"]
+
+
+def test_shift_case_study_gives_every_row_and_an_sae_with_nothing_spurious_changes_nothing(tiny):
+    from ssae_kit.bios import make_splits, synthetic_bios
+    from ssae_kit.debias import DebiasConfig, build_debias_data, report_row, shift_case_study
+
+    model, tok = tiny
+    splits = make_splits(synthetic_bios(120, seed=1), n_train_per_group=10, n_test_per_group=6, seed=1)
+    saes = {"A": identity_sae(32), "B": SAE(SAEConfig(d_in=32, d_sae=64, layer=1), seed=2)}
+    keep_all = DebiasConfig(probe_epochs=2, top_n=4, force_keep=tuple(range(64)))
+    study = shift_case_study(model, tok, splits, saes, 1, 48, keep_all, retrain=["A"])
+    assert list(study.rows) == ["Original", "A SHIFT", "A SHIFT + retrain", "B SHIFT", "Token deletion + retrain", "Oracle"]
+    assert set(study.picks) == {"A", "B"} and all(len(p["candidates"]) == 4 for p in study.picks.values())
+    assert all(p["spurious"] == [] for p in study.picks.values()), "force_keep overrides the rule"
+    assert study.rows["A SHIFT"] == study.rows["B SHIFT"] == study.rows["Original"], "nothing ablated, yet the rows moved"
+    assert study.rows["Oracle"] == report_row(build_debias_data(model, tok, splits, 1, 48), keep_all, oracle=True)

@@ -19,8 +19,10 @@ from ssae_kit.evals import (
     evaluate,
     evaluate_store,
     health_warnings,
+    ssae_only_latents,
     tail_coverage,
     tail_coverage_difference,
+    verdict_over_seeds,
 )
 from ssae_kit.sae import SAE, SAEConfig
 
@@ -262,3 +264,22 @@ def test_tail_coverage_difference_is_paired_over_token_types():
     assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="same tokens"):
         tail_coverage_difference(more, EvalResult({}, ids[:-1], *[np.zeros(0)] * 6, np.array([1]), {}))
+
+
+def test_ssae_only_latents_are_unmatched_and_alive_strongest_first():
+    best_cosine = np.array([0.9, 0.2, 0.5, 0.1, 0.3, 0.6])
+    peak = np.array([1.0, 0.5, 0.0, 2.0, 0.5, 3.0], dtype=np.float32)
+    # 0: matched; 2: never fires; 5: cosine at the threshold counts as matched; 1 and 4 tie: index order
+    assert ssae_only_latents(best_cosine, peak, 0.6).tolist() == [3, 1, 4]
+    assert ssae_only_latents(best_cosine, peak, 0.05).tolist() == []
+
+
+@pytest.mark.parametrize("diffs, expected", [
+    ([0.1, 0.2, 0.3], "better"),  # mean 0.2 > 2 x 0.058
+    ([-0.1, -0.2, -0.3], "worse"),
+    ([0.3, -0.1, 0.1], "no clear difference"),  # mean 0.1 < 2 x 0.115
+    ([0.2, 0.2], "better"),  # no spread: any non-zero mean is clear
+    ([0.5], "no clear difference"),  # one seed: its spread is unknown
+])
+def test_verdict_over_seeds_needs_the_mean_two_standard_errors_from_zero(diffs, expected):
+    assert verdict_over_seeds(diffs) == expected

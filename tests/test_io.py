@@ -1,4 +1,5 @@
-"""ssae_kit.io: files and folders are written whole or not at all; unwritable folders fail early."""
+"""ssae_kit.io: files and folders are written whole or not at all; unwritable folders fail early; the
+run layout names each artefact once for the notebook that writes it and those that read it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssae_kit.io import atomic_write_dir, atomic_write_with, check_writable_dir
+from ssae_kit.io import RunLayout, atomic_write_dir, atomic_write_with, check_writable_dir, write_metrics
 from ssae_kit.sae import SAE, SAEConfig
 
 
@@ -87,3 +88,29 @@ def test_check_writable_dir_creates_the_folder_or_says_why_it_cannot(tmp_path):
         check_writable_dir(tmp_path / "file.txt" / "run")
     with pytest.raises(ValueError, match=r"output folder .*file.txt \(it is a file\)"):
         check_writable_dir(tmp_path / "file.txt")
+
+
+def test_run_layout_names_the_artefacts_notebooks_write_and_read(tmp_path):
+    run = RunLayout(tmp_path)
+    assert run.acts("dense") == tmp_path / "acts" / "dense" and run.gsae == tmp_path / "saes" / "gsae"
+    assert run.selection("bm25") == tmp_path / "selection_bm25.jsonl" and run.split("ood") == tmp_path / "split_ood.jsonl"
+    assert run.ssae("dense", 1.4, 0) == tmp_path / "saes" / "dense_l11.4_seed0"
+    assert run.tilted_sae(0.0, 2.0) == tmp_path / "saes" / "erm_l12"
+    assert run.tilted_sae(1e9, 2.0) == tmp_path / "saes" / "term_t1e+09_l12"
+    assert run.bios_ssae(0) == tmp_path / "saes" / "ssae_seed0"
+
+
+def test_run_layout_finds_only_term_saes_and_none_in_an_empty_run(tmp_path):
+    run = RunLayout(tmp_path)
+    assert run.term_saes() == []
+    for tilt in (0.0, 2.0, 0.5):
+        run.tilted_sae(tilt, 1.0).mkdir(parents=True)
+    assert [p.name for p in run.term_saes()] == ["term_t0.5_l11", "term_t2_l11"], "the ERM SSAE is not a TERM one"
+
+
+def test_read_metrics_returns_what_write_metrics_wrote_or_names_the_missing_folder(tmp_path):
+    run = RunLayout(tmp_path / "02_train_ssae")
+    with pytest.raises(FileNotFoundError, match=r"No metrics.json in .*02_train_ssae: run the notebook"):
+        run.read_metrics()
+    assert write_metrics(run.run_dir, {"main_l1": 1.4}) == run.metrics
+    assert run.read_metrics() == {"main_l1": 1.4}

@@ -16,6 +16,10 @@ import papermill
 import pytest
 import yaml
 
+from ssae_kit.evals import verdict_over_seeds
+from ssae_kit.io import (ACTS_DIR, BEST_STRATEGY_KEY, MAIN_L1_KEY, ROWS_KEY, SAE_CFG_FILE, SAE_WEIGHTS_FILE, SSAE_DIRS_KEY,
+                         RunLayout)
+
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 SMOKE = yaml.safe_load((NOTEBOOKS_DIR / "smoke.yaml").read_text()) or {}
@@ -31,10 +35,10 @@ def _check_00_quickstart(m: dict, params: dict) -> None:
 
 
 def _check_01_retrieval(m: dict, params: dict) -> None:
-    run_dir = Path(params["run_dir"])
+    run = RunLayout(Path(params["run_dir"]))
     for strategy in ("dense", "bm25", "random", "none", "seed_only"):
-        assert (run_dir / f"selection_{strategy}.jsonl").exists(), strategy
-    assert all((run_dir / f"split_{part}.jsonl").exists() for part in ("pool", "seeds", "heldout", "ood"))
+        assert run.selection(strategy).exists(), strategy
+    assert all(run.split(part).exists() for part in ("pool", "seeds", "heldout", "ood"))
     at = {(r["strategy"], r["budget"]): r for r in m["rows"]}
     budgets = params["budgets"]
     for b in budgets:  # stable across seeds: both retrievers beat the random control
@@ -52,7 +56,7 @@ def _check_01_retrieval(m: dict, params: dict) -> None:
         a, b = name.split(" vs ")
         expect = f"{a} has higher" if v["low"] > 0 else f"{b} has higher" if v["high"] < 0 else "No clear difference"
         assert v["sentence"].startswith(expect), name
-    heldout = [json.loads(line)["source"] for line in (run_dir / "split_heldout.jsonl").read_text().splitlines() if line]
+    heldout = [json.loads(line)["source"] for line in run.split("heldout").read_text().splitlines() if line]
     committed = json.loads((NOTEBOOKS_DIR.parent / "data" / "splits" / "bbc-news.json").read_text())["heldout"]
     assert heldout and set(heldout) <= set(committed)  # test text from the committed held-out split
 
@@ -60,10 +64,10 @@ def _check_01_retrieval(m: dict, params: dict) -> None:
 def _check_02_train_ssae(m: dict, params: dict) -> None:
     run_dir = Path(params["run_dir"])
     strategies = {"dense", "bm25", "random", "none", "seed_only"}
-    assert {r["strategy"] for r in m["rows"]} == strategies
+    assert {r["strategy"] for r in m[ROWS_KEY]} == strategies
     main, others = params["ssae_l1s"][0], params["ssae_l1s"][1:]
-    assert len(m["rows"]) == len(strategies) * 2 + len(others) * 2  # main: both texts; others: dense, none in-domain
-    for r in m["rows"]:
+    assert len(m[ROWS_KEY]) == len(strategies) * 2 + len(others) * 2  # main: both texts; others: dense, none in-domain
+    for r in m[ROWS_KEY]:
         assert 0 <= r["l0"] <= params["d_sae"] and r["ce_sae"] > 0 and 0 <= r["dead_fraction"] <= 1
         assert r["ce_vs_gsae"] == pytest.approx(r["ce_sae"] - m["gsae"][r["text"]]["ce_sae"])
         assert isinstance(r["health_warnings"], list)
@@ -74,10 +78,10 @@ def _check_02_train_ssae(m: dict, params: dict) -> None:
         a, b = name.split(",")[0].split(" vs ")
         expect = f"{a} has" if v["low"] > 0 or v["high"] < 0 else "No clear difference"
         assert v["low"] <= v["estimate"] <= v["high"] and v["sentence"].startswith(expect), name
-    assert {"dense vs none, in-domain", "dense vs bm25, in-domain"} <= set(m["verdicts"]) and m["main_l1"] == main
-    for name, path in m["ssae_dirs"].items():
-        assert (Path(path) / "cfg.json").exists() and (Path(path) / "sae_weights.safetensors").exists(), name
-    assert (run_dir / "pareto_in_domain.png").exists() and m["best_in_domain_strategy"] in strategies
+    assert {"dense vs none, in-domain", "dense vs bm25, in-domain"} <= set(m["verdicts"]) and m[MAIN_L1_KEY] == main
+    for name, path in m[SSAE_DIRS_KEY].items():
+        assert (Path(path) / SAE_CFG_FILE).exists() and (Path(path) / SAE_WEIGHTS_FILE).exists(), name
+    assert (run_dir / "pareto_in_domain.png").exists() and m[BEST_STRATEGY_KEY] in strategies
 
 
 def _check_03_term_vs_erm(m: dict, params: dict) -> None:
@@ -124,13 +128,6 @@ def _check_05_debias(m: dict, params: dict) -> None:
     assert (Path(params["run_dir"]) / "debias_accuracies.png").exists()
 
 
-def _verdict(diffs: list[float]) -> str:
-    import numpy as np
-
-    mean, se = np.mean(diffs), np.std(diffs, ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else np.inf
-    return "better" if mean > 2 * se else "worse" if mean < -2 * se else "no clear difference"
-
-
 def _check_06_taxonomy(m: dict, params: dict) -> None:
     p1, p2, n_leaves = m["part1"], m["part2"], params["n_leaves"]
     methods = {"source-only", "DANN", "TSDA", "TSDA-flat", "oracle"}
@@ -142,7 +139,7 @@ def _check_06_taxonomy(m: dict, params: dict) -> None:
     per_seed = list(p1["per_seed"].values())
     assert p1["flat_gap"] == pytest.approx([abs(r["TSDA-flat"]["target"] - r["DANN"]["target"]) for r in per_seed])
     assert p1["tsda_minus_dann"] == pytest.approx([r["TSDA"]["target"] - r["DANN"]["target"] for r in per_seed])
-    assert p1["tsda_vs_dann"] == _verdict(p1["tsda_minus_dann"])  # the conclusion reads the numbers
+    assert p1["tsda_vs_dann"] == verdict_over_seeds(p1["tsda_minus_dann"])  # the conclusion reads the numbers
     assert p1["table"]["oracle"][0] > p1["table"]["source-only"][0]  # target labels help on mirrored domains
     probe = p2["probe"]
     assert set(probe) == {"residual", "GSAE", "SSAE-05 (professor, nurse)", f"SSAE ({params.get('ssae_subtree', 'health')})"}
@@ -153,7 +150,7 @@ def _check_06_taxonomy(m: dict, params: dict) -> None:
     # the residual stream keeps the profession tree beyond what the probe fits to a shuffled one
     assert probe["residual"]["taxonomy"]["rho"][0] > probe["residual"]["shuffled"]["rho"][0] + 0.2
     for target, diffs in p2["ssae_minus_gsae_rho"].items():
-        assert len(diffs) == len(params["probe_seeds"]) and p2["ssae_vs_gsae"][target] == _verdict(diffs)
+        assert len(diffs) == len(params["probe_seeds"]) and p2["ssae_vs_gsae"][target] == verdict_over_seeds(diffs)
     for fig in ("dt_data", "dt_per_leaf", "taxonomy_probe", "taxonomist_map"):
         assert (Path(params["run_dir"]) / f"{fig}.png").exists(), fig
 
@@ -199,7 +196,7 @@ def run_notebook(tmp_path_factory):
                 str(NOTEBOOKS_DIR / f"{stem}.ipynb"), str(root / f"{stem}.ipynb"), parameters=params,
                 cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False,
             )
-            done[stem] = (json.loads((root / stem / "metrics.json").read_text()), params)
+            done[stem] = (RunLayout(root / stem).read_metrics(), params)
         return done[stem]
 
     return run
@@ -238,7 +235,7 @@ def test_bad_parameters_stop_notebook_02_early_naming_the_fix(case, tmp_path, ru
     with pytest.raises(papermill.PapermillExecutionError, match=expected):
         papermill.execute_notebook(str(NOTEBOOKS_DIR / "02_train_ssae.ipynb"), str(tmp_path / "out.ipynb"),
                                    parameters=params, cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False)
-    assert not (tmp_path / "02" / "acts").exists(), "work started before the inputs were checked"
+    assert not (tmp_path / "02" / ACTS_DIR).exists(), "work started before the inputs were checked"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -284,7 +281,7 @@ def test_notebook_06_probes_user_features_against_a_user_taxonomy(tmp_path):
               "taxonomy": {"root": [{"a": ["a1", "a2"]}, {"b": ["b1", "b2"]}]}, "debias_dir": str(tmp_path / "no_05_needed")}
     papermill.execute_notebook(str(NOTEBOOKS_DIR / "06_taxonomy_domain_adaptation.ipynb"), str(tmp_path / "out.ipynb"),
                                parameters=params, cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False)
-    m = json.loads((tmp_path / "06" / "metrics.json").read_text())["part2"]
+    m = RunLayout(tmp_path / "06").read_metrics()["part2"]
     assert list(m["probe"]) == ["features"] and m["n_texts"] == len(leaves) and m["ssae_minus_gsae_rho"] == {}
     assert m["probe"]["features"]["taxonomy"]["rho"][0] > 0.5  # a1-a2 and b1-b2 close, a-b far: found
 

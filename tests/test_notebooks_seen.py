@@ -33,6 +33,8 @@ import papermill
 import pytest
 from test_notebooks import NOTEBOOKS, NOTEBOOKS_DIR, REQUIRES, SMOKE
 
+from ssae_kit.io import RunLayout
+
 TESTS = Path(__file__).resolve().parent
 SANITIZE = TESTS / "nbval_sanitize.cfg"
 NBVAL_STEMS = ("00_quickstart", "01_retrieval", "04_visualise")  # 02, 03, 05, 06 train SAEs: too slow to re-run
@@ -48,14 +50,14 @@ def executed(tmp_path_factory):
 
     def run(stem: str, folder: Path) -> None:
         for dep in REQUIRES.get(stem, []):
-            if not (folder / dep / "metrics.json").exists():
+            if not RunLayout(folder / dep).metrics.exists():
                 run(dep, folder)
         papermill.execute_notebook(str(NOTEBOOKS_DIR / f"{stem}.ipynb"), str(folder / f"{stem}.ipynb"),
                                    parameters={**SMOKE.get(stem, {}), "run_dir": str(folder / stem)},
                                    cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False)
 
     def get(stem: str) -> Path:
-        done = [nb for nb in sorted(base.glob(f"runs*/{stem}.ipynb")) if (nb.with_suffix("") / "metrics.json").exists()]
+        done = [nb for nb in sorted(base.glob(f"runs*/{stem}.ipynb")) if RunLayout(nb.with_suffix("")).metrics.exists()]
         if done:
             return done[0]
         if not own:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ssae_kit import Document
+from ssae_kit.io import RunLayout
 from ssae_kit.retrieval import (STRATEGIES, Embedder, Selection, SubdomainSplit, build_index, dedupe, index_recall, load_index,
                                 save_index, precision_difference, select, selection_report,
                                 split_subdomain)
@@ -131,7 +132,7 @@ def test_none_and_random_controls_are_different_experiments(pool, seeds, tiny):
 
 def test_selection_and_split_round_trip_through_jsonl(pool, seeds, tiny, tmp_path):
     sel = select(pool, seeds, "bm25", 200, tiny[1])
-    assert Selection.load(sel.save(tmp_path / "selection_bm25.jsonl")) == sel
+    assert Selection.load(sel.save(RunLayout(tmp_path).selection("bm25"))) == sel
     docs = [Document(f"text {i}", "a" if i % 3 else "b", f"d{i}") for i in range(60)]
     split = split_subdomain(docs, "b", n_seeds=2, n_heldout=5, n_ood=7, seed=3)
     split.save(tmp_path)
@@ -195,7 +196,7 @@ def test_bad_selection_requests_name_the_fix(pool, seeds, tiny, tmp_path):
     with pytest.raises(ValueError, match=f"Unknown strategy 'tfidf'; use one of {STRATEGIES}".replace("(", r"\(").replace(")", r"\)")):
         select(pool, seeds, "tfidf", 100, tiny[1])
     with pytest.raises(FileNotFoundError, match="run notebook 01"):
-        Selection.load(tmp_path / "selection_dense.jsonl")
+        Selection.load(RunLayout(tmp_path).selection("dense"))
     with pytest.raises(ValueError, match="Only 0 documents have label 'tech'"):
         split_subdomain(pool, "tech")
 

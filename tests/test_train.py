@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,9 +19,9 @@ import torch
 from safetensors.torch import load_file
 
 from ssae_kit import ActivationStore, cache_activations
-from ssae_kit.io import npy_bytes, sha256_bytes
+from ssae_kit.io import CHECKPOINT_FILE, LOG_FILE, SAE_CFG_FILE, SAE_WEIGHTS_FILE, npy_bytes, sha256_bytes
 from ssae_kit.sae import SAE, SAEConfig
-from ssae_kit.train import TrainConfig, TrainState, _checkpoint, _train_step, get_lr, train
+from ssae_kit.train import TrainConfig, TrainState, _checkpoint, _train_step, finetune_config, get_lr, train
 
 SCRIPT = Path(__file__).with_name("train_script.py")
 
@@ -82,7 +83,7 @@ def test_killed_run_resumed_ends_bit_identical_to_an_unkilled_run(store, tmp_pat
     cfg = small_cfg(total_tokens=64 * 3000, checkpoint_every=50, log_every=100)
     _run(store, tmp_path / "whole", cfg)
     proc = _run(store, tmp_path / "killed", cfg, wait=False)
-    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    ckpt = tmp_path / "killed" / CHECKPOINT_FILE
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
@@ -94,7 +95,7 @@ def test_killed_run_resumed_ends_bit_identical_to_an_unkilled_run(store, tmp_pat
     _run(store, tmp_path / "killed", cfg, resume=True)
     whole, resumed = (load_file(str(tmp_path / d / "sae_weights.safetensors")) for d in ("whole", "killed"))
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
-    logs = [json.loads((tmp_path / d / "train_log.json").read_text()) for d in ("whole", "killed")]
+    logs = [json.loads((tmp_path / d / LOG_FILE).read_text()) for d in ("whole", "killed")]
     assert logs[0] == logs[1]
 
 
@@ -214,10 +215,10 @@ def _poisoned_copy(store: ActivationStore, dest: Path, value: float) -> Activati
 
 
 def _assert_last_checkpoint_is_finite_and_no_sae_saved(out: Path, step: int) -> None:
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / CHECKPOINT_FILE, weights_only=False)
     assert ckpt["state"]["step"] == step, "the checkpoint is not the one just before the bad step"
     assert all(torch.isfinite(v).all() for v in ckpt["sae"].values())
-    assert not (out / "sae_weights.safetensors").exists() and not (out / "cfg.json").exists()
+    assert not (out / SAE_WEIGHTS_FILE).exists() and not (out / SAE_CFG_FILE).exists()
 
 
 @pytest.mark.parametrize("value", [float("inf"), float("nan")])
@@ -289,6 +290,17 @@ def test_a_failed_final_save_rescues_the_run_into_the_cache(store, tmp_path, mon
 
 def test_resume_after_a_save_that_died_before_its_config_writes_the_sae(store, tmp_path):
     first = train(store, small_cfg(), out_dir=tmp_path)
-    (tmp_path / "cfg.json").unlink()  # what a crash between the weights and the config leaves
+    (tmp_path / SAE_CFG_FILE).unlink()  # what a crash between the weights and the config leaves
     train(store, small_cfg(), out_dir=tmp_path, resume=True)
     torch.testing.assert_close(SAE.load(tmp_path).W_dec, first.sae.W_dec)
+
+
+def test_finetune_config_is_the_notebooks_ssae_recipe_erm_or_term(store):
+    gsae = SAE(SAEConfig(d_in=32, d_sae=48))
+    cfg = finetune_config(gsae, store, 2.0, 4096, seed=3)
+    assert cfg == TrainConfig(d_sae=48, l1_coefficient=2.0, total_tokens=4096, lr=5e-4, warmup_tokens=0,
+                              batch_size=min(512, store.n_tokens), seed=3)
+    tilted = finetune_config(gsae, store, 2.0, 4096, lr=1e-4, tilt=0.5)
+    assert (tilted.objective, tilted.tilt, tilted.lr) == ("term", 0.5, 1e-4)
+    small = finetune_config(gsae, SimpleNamespace(n_tokens=100), 2.0, 400)
+    assert small.batch_size == 100, "a store smaller than a batch is one batch"

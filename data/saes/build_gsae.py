@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from ssae_kit import SAE, TrainConfig, cache_activations, evaluate, load_corpus, load_model, train
 from ssae_kit.corpora import heldout_split
-from ssae_kit.io import SAE_WEIGHTS_FILE, atomic_write_json
+from ssae_kit.io import ACTS_DIR, SAE_CFG_FILE, SAE_WEIGHTS_FILE, atomic_write_json
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("build_gsae")
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     train_docs = train_docs[: args.max_docs]
 
     t0 = time.perf_counter()
-    store = cache_activations(model, tokenizer, train_docs, args.layer, work / "acts", ctx_len=args.ctx_len)
+    store = cache_activations(model, tokenizer, train_docs, args.layer, work / ACTS_DIR, ctx_len=args.ctx_len)
     log.info("store: %s (%.0f s)", store, time.perf_counter() - t0)
 
     points, baseline = [], None
@@ -143,7 +143,7 @@ def _pick(points: list[dict], ship: float | None) -> dict:
 def _to_fp16(run: Path, dest: Path) -> Path:
     """A copy of the SAE folder with fp16 weights (half the size; the kit loads them in fp32)."""
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy(run / "cfg.json", dest / "cfg.json")
+    shutil.copy(run / SAE_CFG_FILE, dest / SAE_CFG_FILE)
     weights = load_file(str(run / SAE_WEIGHTS_FILE))
     save_file({k: v.to(torch.float16).contiguous() for k, v in weights.items()}, str(dest / SAE_WEIGHTS_FILE))
     return dest
