@@ -7,6 +7,7 @@ from .io import write_metrics
 from .models import forward_to_layer, get_blocks, hook_name, load_model, splice, tiny_model
 from .sae import SAE, SAEConfig, load_pretrained
 from .term import tilted_loss
+from .tracin import select_tracin, tracin_scores
 from .train import TrainConfig, TrainResult, train
 
 __all__ = [
@@ -27,10 +28,12 @@ __all__ = [
     "load_corpus",
     "load_model",
     "load_pretrained",
+    "select_tracin",
     "splice",
     "tilted_loss",
     "tiny_model",
     "tokenize_contexts",
+    "tracin_scores",
     "train",
     "write_metrics",
 ]
