@@ -41,7 +41,6 @@ from torch.func import jvp
 
 from .activations import ActivationStore, cache_activations
 from .corpora import Document, corpus_checksum
-from .evals import check_sae_reads
 from .io import cache_dir
 from .models import check_ctx_len, check_layer, d_model, resolve_device
 from .retrieval import Embedder, Selection, _fill, _warn_if_whole_pool, dedupe_indices, select
@@ -224,7 +223,7 @@ def select_tracin(
                          ">= 1 (1 checkpoint: the GSAE alone).")
     check_layer(model, layer)
     check_ctx_len(model, ctx_len)
-    check_sae_reads(gsae, model.name_or_path, layer, d_model(model))
+    gsae.check_reads(model_name=model.name_or_path, layer=layer, d_in=d_model(model))
 
     started = time.perf_counter()
     with warnings.catch_warnings():  # a candidate set holding the whole pool is fine: TracIn then ranks it all

@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ssae_kit"
 # The pipeline's stages in data-flow order: the single place the order is written down. A name with
 # no file yet (a module still to come) keeps its place; every file in the package must have one.
 # bio_templates holds bios' sentence templates, so it sits just before bios.
-ORDER = ("io", "models", "corpora", "retrieval", "activations", "sae", "term", "train", "evals", "features", "viz",
+# tracin reranks retrieval's candidates with SAEs and short training runs, so it follows train.
+ORDER = ("io", "models", "corpora", "retrieval", "activations", "sae", "term", "train", "tracin", "evals", "features", "viz",
          "bio_templates", "bios", "debias", "taxonomy", "tsda", "tree_probe", "exercises")
 
 
