@@ -144,7 +144,7 @@ def main() -> None:
                 if p > nl:
                     break
                 other.nprobe = p
-                t, (_, f) = best_time(lambda: other.search(q, k), r)
+                t, (_, f) = best_time(lambda other=other: other.search(q, k), r)
                 if recall(f, truth) >= args.min_recall:
                     hit = (p, recall(f, truth), t)
                     break

@@ -35,8 +35,14 @@ from ssae_kit.activations import ActivationStore
 from ssae_kit.corpora import heldout_split
 from ssae_kit.retrieval import Embedder, dedupe, select, selection_report, split_subdomain
 from ssae_kit.sae import load_pretrained
-from ssae_kit.tracin import (build_checkpoints, read_store, seed_gradient, select_tracin, tracin_scores,
-                             tracin_scores_explicit)
+from ssae_kit.tracin import (
+    build_checkpoints,
+    read_store,
+    seed_gradient,
+    select_tracin,
+    tracin_scores,
+    tracin_scores_explicit,
+)
 
 L1 = 1.0  # select_tracin's default coefficient: the loss the scores differentiate
 
@@ -86,7 +92,7 @@ def main() -> None:
     print(f"pool {len(split.pool)} docs, {len(split.seeds)} seeds ({args.label}); budget {args.budget:,} tokens; "
           f"GSAE d_sae={gsae.cfg.d_sae}, layer {gsae.cfg.layer}; {torch.get_num_threads()} threads")
 
-    dense = lambda: select(split.pool, split.seeds, "dense", args.budget, tok, embedder=embedder)  # noqa: E731
+    dense = lambda: select(split.pool, split.seeds, "dense", args.budget, tok, embedder=embedder)
     dense()  # warm-up: the encoder and the pool's embeddings
     t_dense, sel_dense = timed(dense)
     with tempfile.TemporaryDirectory() as tmp:

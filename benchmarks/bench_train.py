@@ -33,7 +33,7 @@ import contextlib
 import io
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

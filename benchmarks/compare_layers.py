@@ -71,7 +71,7 @@ def main() -> None:
                 n_massive += int((k & (norms > 10 * norms[k].median())).sum())
                 n_keep += int(k.sum())
                 ce["clean"] += float(_ce_sums(model, ids, mask, k[:, 1:]).sum())
-                with splice(model, layer, lambda x: _replace(x, k, torch.zeros_like(x))):
+                with splice(model, layer, lambda x, k=k: _replace(x, k, torch.zeros_like(x))):
                     ce["zero"] += float(_ce_sums(model, ids, mask, k[:, 1:]).sum())
             n_t += int(k[:, 1:].sum())
         per_k = 1000 * secs / n_keep

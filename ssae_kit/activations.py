@@ -30,7 +30,14 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .corpora import Document, content_mask, corpus_checksum, tokenize_contexts
-from .io import MANIFEST_FILE, atomic_write_bytes, atomic_write_json, check_writable_dir, npy_bytes, sha256_bytes
+from .io import (
+    MANIFEST_FILE,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_writable_dir,
+    npy_bytes,
+    sha256_bytes,
+)
 from .models import check_ctx_len, check_layer, d_model, hook_name, iter_residuals
 
 FORMAT = "ssae-kit-activations"

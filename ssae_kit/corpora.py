@@ -149,9 +149,10 @@ def _table(path: Path, text_field: str, label_field: str | None) -> list[Documen
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{path}, line {n}, is not valid JSON ({err.msg}): "
                                      "fix or remove that line.") from err
-                if not isinstance(rows[-1], dict):
-                    raise ValueError(f"{path}, line {n}, is not a JSON object: each line must be one "
-                                     '{"text": ..., ...} record.')
+                if not isinstance(rows[-1], dict):  # bad data in the file, not a bad argument
+                    raise ValueError(  # noqa: TRY004
+                        f"{path}, line {n}, is not a JSON object: each line must be one "
+                        '{"text": ..., ...} record.')
     else:
         import pandas as pd
 

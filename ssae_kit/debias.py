@@ -216,9 +216,9 @@ def build_debias_data(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         members = [x for x in splits.balanced_test if group_of(x) == group]
         a += members[0::2]
         b += members[1::2]
-    prof = lambda bios: torch.tensor([int(x.profession == "professor") for x in bios])  # noqa: E731
-    gender = lambda bios: torch.tensor([int(x.gender == "female") for x in bios])  # noqa: E731
-    res = lambda bios: residuals(model, tokenizer, [text(x) for x in bios], layer, ctx_len)  # noqa: E731
+    prof = lambda bios: torch.tensor([int(x.profession == "professor") for x in bios])
+    gender = lambda bios: torch.tensor([int(x.gender == "female") for x in bios])
+    res = lambda bios: residuals(model, tokenizer, [text(x) for x in bios], layer, ctx_len)
     return DebiasData(res(splits.ambiguous_train), prof(splits.ambiguous_train), res(a), prof(a), gender(a),
                       res(b), prof(b), gender(b), [group_of(x) for x in b])
 

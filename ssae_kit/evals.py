@@ -186,7 +186,7 @@ def evaluate(
         keep = keep_all[sl].to(device)
         doc = ctx.doc_ids[sl]
 
-        def reconstruct(resid: torch.Tensor) -> torch.Tensor:
+        def reconstruct(resid: torch.Tensor, keep=keep, ids=ids, doc=doc) -> torch.Tensor:
             """The spliced forward's own residual (B, T, D) feeds the statistics: no second prefix pass."""
             nonlocal n_outliers
             scored = keep & ~_massive(resid, keep, max_norm_multiple)
@@ -202,7 +202,7 @@ def evaluate(
             doc_ce["sae"].index_add_(0, doc, _ce_sums(model, ids, mask, targets))
         if baseline is None:
             doc_ce["clean"].index_add_(0, doc, _ce_sums(model, ids, mask, targets))
-            with splice(model, layer, lambda r: _replace(r, keep, torch.zeros_like(r))):
+            with splice(model, layer, lambda r, keep=keep: _replace(r, keep, torch.zeros_like(r))):
                 doc_ce["zero"].index_add_(0, doc, _ce_sums(model, ids, mask, targets))
     result = acc.result(dense_threshold)
     n_targets = max(float(doc_ce["targets"].sum()), 1.0)

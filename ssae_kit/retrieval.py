@@ -359,7 +359,7 @@ def precision_difference(a: Selection, b: Selection, positive_label: str, tokeni
         return n * np.array([d.label == positive_label for d in sel.documents]), n
 
     (pa, na), (pb, nb) = parts(a), parts(b)
-    diff = lambda ia, ib: pa[ia].sum() / na[ia].sum() - pb[ib].sum() / nb[ib].sum()  # noqa: E731
+    diff = lambda ia, ib: pa[ia].sum() / na[ia].sum() - pb[ib].sum() / nb[ib].sum()
     estimate = float(diff(np.arange(len(pa)), np.arange(len(pb))))
     ci = stats.bootstrap((np.arange(len(pa)), np.arange(len(pb))), diff, vectorized=False, confidence_level=confidence,
                          n_resamples=2000, method="percentile", random_state=seed).confidence_interval

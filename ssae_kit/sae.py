@@ -386,8 +386,8 @@ def _cfg_from_saelens(raw: dict[str, Any], path: Path) -> SAEConfig:
             f"{file} has architecture {arch!r}; the kit reads {sorted(_FROM_SAELENS)} (SAELens names). "
             f"Pick an SAE of a supported architecture.{hint}"
         )
-    for field, fix in (("normalize_activations", "fold the normalisation into the weights first "
-                                                 "(SAELens: fold_activation_norm_scaling_factor)"),
+    for field, fix in (("normalize_activations", ("fold the normalisation into the weights first "
+                                                  "(SAELens: fold_activation_norm_scaling_factor)")),
                        ("reshape_activations", "the kit reads the residual stream, not attention heads")):
         if raw.get(field, "none") not in ("none", None):
             raise ValueError(f"{file} asks for {field}={raw[field]!r}, which the kit does not apply: {fix}.")

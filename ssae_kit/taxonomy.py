@@ -23,7 +23,7 @@ def parse_taxonomy(taxonomy: Tree | list[tuple[str, str]]) -> Tree:
         roots = set(children) - {c for _, c in taxonomy}
         if len(roots) != 1:
             raise ValueError(f"The edge list has roots {sorted(roots)}: a taxonomy needs exactly one root (a tree).")
-        build = lambda node: {node: [build(c) for c in children[node]]} if node in children else node  # noqa: E731
+        build = lambda node: {node: [build(c) for c in children[node]]} if node in children else node
         return build(roots.pop())
     return taxonomy
 

@@ -23,7 +23,15 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .activations import ActivationStore
-from .io import CHECKPOINT_FILE, LOG_FILE, SAE_CFG_FILE, atomic_write_json, atomic_write_with, cache_dir, check_writable_dir
+from .io import (
+    CHECKPOINT_FILE,
+    LOG_FILE,
+    SAE_CFG_FILE,
+    atomic_write_json,
+    atomic_write_with,
+    cache_dir,
+    check_writable_dir,
+)
 from .models import resolve_device
 from .sae import SAE, Architecture, SAEConfig, from_sae_lens
 from .term import ScaleRule, check_tilt, objective, per_token_loss

@@ -14,6 +14,7 @@ lambda_t = 0 and no taxonomy input, which a test checks step for step.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -101,7 +102,7 @@ def _mlp(sizes: list[int], seed: int) -> nn.Sequential:
     with torch.random.fork_rng(devices=[]):  # each network's init depends on the seed only
         torch.manual_seed(seed)
         layers: list[nn.Module] = []
-        for a, b in zip(sizes[:-1], sizes[1:]):
+        for a, b in itertools.pairwise(sizes):
             layers += [nn.Linear(a, b), nn.ReLU()]
         return nn.Sequential(*layers[:-1])
 
@@ -169,7 +170,7 @@ def train_da(data: DomainData, cfg: DAConfig, A: np.ndarray | None = None, label
         m.D = _mlp([h, h, n_dom], cfg.seed * 10 + 2)
     if cfg.method == "tsda":
         m.T = _mlp([h, h, 2], cfg.seed * 10 + 3)
-    opt = lambda *nets: torch.optim.Adam([p for n in nets for p in n.parameters()], lr=cfg.lr, betas=(0.5, 0.999))  # noqa: E731
+    opt = lambda *nets: torch.optim.Adam([p for n in nets for p in n.parameters()], lr=cfg.lr, betas=(0.5, 0.999))
     opt_ef = opt(m.E, m.F)
     opt_d = opt(m.D) if m.D is not None else None
     opt_t = opt(m.T) if m.T is not None else None

@@ -21,7 +21,6 @@ from sklearn.decomposition import PCA
 from .evals import decoder_cosines
 from .features import FeatureActivations
 
-
 DPI = 110  # of the PNG shown in the notebook and of the one saved in the run folder
 
 
@@ -369,7 +368,7 @@ def plot_tree_values(paths: dict[str, list[str]], leaves: list[str], values: dic
 
 def _draw_dendrogram(ax, paths: dict[str, list[str]], xpos: dict[str, int], depth: int) -> None:
     """Inner node at path prefix length L drawn at height depth - L, over the mean x of its children."""
-    is_leaf = lambda prefix: bool(prefix) and paths.get(prefix[-1]) == list(prefix)  # noqa: E731
+    is_leaf = lambda prefix: bool(prefix) and paths.get(prefix[-1]) == list(prefix)
 
     def node(prefix: tuple) -> float:
         if is_leaf(prefix):

@@ -15,10 +15,10 @@ for var, value in {
 }.items():
     os.environ.setdefault(var, value)
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from ssae_kit import SAE, Document, SAEConfig, tiny_model  # noqa: E402
+from ssae_kit import SAE, Document, SAEConfig, tiny_model
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +35,7 @@ def tiny():
 @pytest.fixture(scope="session")
 def docs() -> list[Document]:
     """A dozen short documents of varied length, two labels."""
-    words = "the cat sat on a mat while dogs barked loudly at passing cars".split()
+    words = ["the", "cat", "sat", "on", "a", "mat", "while", "dogs", "barked", "loudly", "at", "passing", "cars"]
     return [
         Document(" ".join(words[i % 5 :] * (1 + i % 4)), "a" if i % 2 else "b", f"doc{i}")
         for i in range(12)

@@ -42,7 +42,7 @@ def test_normalised_batches_have_mean_squared_norm_d_model(tiny, docs, tmp_path)
 
 def test_shuffled_pass_yields_every_token_once_in_seeded_order(tiny, docs, tmp_path):
     store = _cache(tiny, docs, tmp_path)
-    key = lambda batches: sorted(map(tuple, torch.cat([t for _, t in batches]).tolist()))  # noqa: E731
+    key = lambda batches: sorted(map(tuple, torch.cat([t for _, t in batches]).tolist()))
     ordered = list(store.batches(32, shuffle=False, with_tokens=True))
     shuffled = list(store.batches(32, seed=1, buffer_shards=2, with_tokens=True))
     assert key(shuffled) == key(ordered) and len(key(ordered)) == store.n_tokens
@@ -87,7 +87,7 @@ def test_tokens_far_above_the_median_norm_are_dropped_and_counted(tiny, docs, tm
     n_windows = int((tokenize_contexts(docs, tiny[1], 16).attention_mask.sum(1) > 3).sum())  # have a position 3
     assert filtered.manifest["n_outliers_dropped"] == n_windows
     assert filtered.n_tokens == kept_all.n_tokens - n_windows
-    max_norm = lambda store: torch.cat(list(ActivationStore(store.path, normalize=False).batches(64))).norm(dim=1).max()  # noqa: E731
+    max_norm = lambda store: torch.cat(list(ActivationStore(store.path, normalize=False).batches(64))).norm(dim=1).max()
     assert max_norm(filtered) * 100 < max_norm(kept_all)
 
 

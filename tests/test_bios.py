@@ -326,10 +326,10 @@ def test_delete_gender_tokens_leaves_synthetic_bios_without_gender_words(bios):
 
 
 def test_profession_cue_rate_controls_how_many_bios_state_the_profession():
-    cues = re.compile(r"\b(professor|lecturer|faculty|nurse|nursing|RN|hospital|ward|university|PhD|patients)\b", re.I)
+    cues = re.compile(r"\b(professor|lecturer|faculty|nurse|nursing|RN|hospital|ward|university|PhD|patients)\b", re.IGNORECASE)
     silent = synthetic_bios(80, seed=3, profession_cue_rate=0.0)
     assert not [b.text for b in silent if cues.search(b.text)], "a cue-less bio names its profession"
-    assert all(re.search(r"\b(he|she|his|her)\b", b.text, re.I) for b in silent)  # gender still shows
+    assert all(re.search(r"\b(he|she|his|her)\b", b.text, re.IGNORECASE) for b in silent)  # gender still shows
     half = synthetic_bios(400, seed=3, profession_cue_rate=0.5)
     assert 0.35 < sum(bool(cues.search(b.text)) for b in half) / 400 < 0.65
     with pytest.raises(ValueError, match="between 0 and 1"):

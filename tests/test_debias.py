@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssae_kit.debias import Probe, ablation_edit, group_accuracies, shift_attribution, spurious_latents, train_probe
+from ssae_kit.debias import (
+    Probe,
+    ablation_edit,
+    group_accuracies,
+    shift_attribution,
+    spurious_latents,
+    train_probe,
+)
 from ssae_kit.features import mean_pool, residuals
 from ssae_kit.sae import SAE, SAEConfig
 
@@ -93,7 +100,7 @@ def test_debias_data_splits_the_balanced_set_per_group_and_labels_it(tiny):
     assert set(row) >= {"profession", "gender", "worst_group"} and row["worst_group"] <= row["profession"]
 
 
-def test_shift_case_study_gives_every_row_and_an_sae_with_nothing_spurious_changes_nothing(tiny):
+def test_shift_case_study_gives_every_row_and_an_sae_with_nothing_spurious_changes_nothing(tiny, identity_sae):
     from ssae_kit.bios import make_splits, synthetic_bios
     from ssae_kit.debias import DebiasConfig, build_debias_data, report_row, shift_case_study
 

@@ -6,9 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssae_kit.debias import ablation_edit
 from ssae_kit import Document
-from ssae_kit.features import collect_feature_activations, latent_means, mean_pool, pooled_activations, residuals
+from ssae_kit.debias import ablation_edit
+from ssae_kit.features import (
+    collect_feature_activations,
+    latent_means,
+    mean_pool,
+    pooled_activations,
+    residuals,
+)
 from ssae_kit.models import forward_to_layer
 from ssae_kit.sae import SAE, SAEConfig
 

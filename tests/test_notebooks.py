@@ -17,8 +17,16 @@ import pytest
 import yaml
 
 from ssae_kit.evals import verdict_over_seeds
-from ssae_kit.io import (ACTS_DIR, BEST_STRATEGY_KEY, MAIN_L1_KEY, ROWS_KEY, SAE_CFG_FILE, SAE_WEIGHTS_FILE, SSAE_DIRS_KEY,
-                         RunLayout)
+from ssae_kit.io import (
+    ACTS_DIR,
+    BEST_STRATEGY_KEY,
+    MAIN_L1_KEY,
+    ROWS_KEY,
+    SAE_CFG_FILE,
+    SAE_WEIGHTS_FILE,
+    SSAE_DIRS_KEY,
+    RunLayout,
+)
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
@@ -75,7 +83,7 @@ def _check_02_train_ssae(m: dict, params: dict) -> None:
         g = m["gsae"][text]
         assert g["ce_clean"] < g["ce_zero"] and g["ce_clean"] <= g["ce_sae"] + 1e-6
     for name, v in m["verdicts"].items():  # each sentence is read off its interval
-        a, b = name.split(",")[0].split(" vs ")
+        a, _ = name.split(",")[0].split(" vs ")
         expect = f"{a} has" if v["low"] > 0 or v["high"] < 0 else "No clear difference"
         assert v["low"] <= v["estimate"] <= v["high"] and v["sentence"].startswith(expect), name
     assert {"dense vs none, in-domain", "dense vs bm25, in-domain"} <= set(m["verdicts"]) and m[MAIN_L1_KEY] == main

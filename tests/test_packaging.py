@@ -30,7 +30,7 @@ def test_environment_yml_lists_exactly_the_pyproject_dependencies():
 
 def test_readme_gives_the_two_commands_and_ci_runs_the_test_one():
     readme = (REPO / "README.md").read_text()
-    commands = re.findall(r"^make (\w+)$", readme, flags=re.M)
+    commands = re.findall(r"^make (\w+)$", readme, flags=re.MULTILINE)
     assert commands[:2] == ["demo", "test"]
     ci = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
     assert ci[-1] == "make test"

@@ -17,10 +17,10 @@ def test_notebooks_extra_brings_jupyterlab_and_nbval():
 
 def test_make_lab_runs_the_venvs_jupyterlab_and_the_readme_says_so():
     make = (REPO / "Makefile").read_text()
-    recipe = re.search(r"^lab: \$\(STAMP\)\n((?:\t.*\n)+)", make, flags=re.M)
+    recipe = re.search(r"^lab: \$\(STAMP\)\n((?:\t.*\n)+)", make, flags=re.MULTILINE)
     assert recipe and "$(BIN)/jupyter lab" in recipe.group(1), "`make lab` must use the kit's venv"
     for var in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR", "npm_config_cache"):
-        assert re.search(rf"^export {var} := \$\(CACHE\)/", make, flags=re.M), f"{var} would default to $HOME"
+        assert re.search(rf"^export {var} := \$\(CACHE\)/", make, flags=re.MULTILINE), f"{var} would default to $HOME"
     assert "`make lab`" in (REPO / "README.md").read_text()
 
 

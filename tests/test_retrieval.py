@@ -8,9 +8,21 @@ import pytest
 
 from ssae_kit import Document
 from ssae_kit.io import RunLayout
-from ssae_kit.retrieval import (STRATEGIES, Embedder, Selection, SubdomainSplit, build_index, dedupe, index_recall, load_index,
-                                save_index, precision_difference, select, selection_report,
-                                split_subdomain)
+from ssae_kit.retrieval import (
+    STRATEGIES,
+    Embedder,
+    Selection,
+    SubdomainSplit,
+    build_index,
+    dedupe,
+    index_recall,
+    load_index,
+    precision_difference,
+    save_index,
+    select,
+    selection_report,
+    split_subdomain,
+)
 
 SPORT = ["The striker scored twice as the home team won the football match.",
          "The goalkeeper saved a penalty in the final minute of the cup tie.",
@@ -98,7 +110,7 @@ def test_random_selection_is_seeded(pool, seeds, tiny):
 def test_selection_report_gives_token_precision_with_an_interval_then_document_precision_and_recall(pool, seeds, tiny):
     sel = Selection("dense", [pool[0], pool[1], pool[4]], [3.0, 2.0, 1.0], 0, 100)  # sport, sport, food
     rep = selection_report(sel, "sport", pool, tiny[1])
-    assert list(rep)[0] == "token_precision"
+    assert next(iter(rep)) == "token_precision"
     assert rep["doc_precision"] == pytest.approx(2 / 3) and rep["recall"] == pytest.approx(2 / 4)
     n = [len(tiny[1](d.text, add_special_tokens=False).input_ids) for d in sel.documents]
     assert rep["token_precision"] == pytest.approx((n[0] + n[1]) / sum(n))
@@ -138,7 +150,7 @@ def test_selection_and_split_round_trip_through_jsonl(pool, seeds, tiny, tmp_pat
     split.save(tmp_path)
     again = SubdomainSplit.load(tmp_path)
     assert again == split == split_subdomain(docs, "b", n_seeds=2, n_heldout=5, n_ood=7, seed=3)
-    parts = [set(d.source for d in getattr(split, k)) for k in ("pool", "seeds", "heldout", "ood")]
+    parts = [{d.source for d in getattr(split, k)} for k in ("pool", "seeds", "heldout", "ood")]
     assert sum(map(len, parts)) == 60 and len(set().union(*parts)) == 60  # disjoint, complete
     assert all(d.label == "b" for d in split.seeds + split.heldout) and all(d.label == "a" for d in split.ood)
 

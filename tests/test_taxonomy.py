@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from ssae_kit.bios import LABHC_PROFESSIONS
-from ssae_kit.taxonomy import PROFESSION_TAXONOMY, binary_tree, check_taxonomy_matrix, subtrees, taxonomy_matrix
+from ssae_kit.taxonomy import (
+    PROFESSION_TAXONOMY,
+    binary_tree,
+    check_taxonomy_matrix,
+    subtrees,
+    taxonomy_matrix,
+)
 
 
 def test_tree_distance_on_a_hand_computed_tree():

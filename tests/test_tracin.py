@@ -11,8 +11,15 @@ from ssae_kit.models import hook_name
 from ssae_kit.retrieval import Embedder, select
 from ssae_kit.sae import SAE, SAEConfig
 from ssae_kit.term import per_token_loss
-from ssae_kit.tracin import (build_checkpoints, read_store, seed_gradient, select_tracin, token_losses, tracin_scores,
-                              tracin_scores_explicit)
+from ssae_kit.tracin import (
+    build_checkpoints,
+    read_store,
+    seed_gradient,
+    select_tracin,
+    token_losses,
+    tracin_scores,
+    tracin_scores_explicit,
+)
 
 SPORT = ["The striker scored twice as the home team won the football match.",
          "The goalkeeper saved a penalty in the final minute of the cup tie.",
@@ -102,7 +109,7 @@ def test_tracin_selection_fills_the_budget_by_score_and_repeats_by_seed(pool, se
     assert sel.strategy == f"{base}_tracin" and sel.budget_tokens == 150
     assert (sel.documents, sel.scores) == (again.documents, again.scores), "same seed, same selection"
     candidates = select(pool, seeds, base, 450, tok, embedder=embedder).documents
-    assert set(d.text for d in sel.documents) <= set(d.text for d in candidates)
+    assert {d.text for d in sel.documents} <= {d.text for d in candidates}
     length = {d.text: len(tok(d.text, add_special_tokens=False).input_ids) for d in candidates}
     assert sel.tokens_used == sum(length[d.text] for d in sel.documents) <= 150
     left = [d for d in candidates if d not in sel.documents]

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from ssae_kit.taxonomy import PROFESSION_TAXONOMY, taxonomy_matrix
-from ssae_kit.tree_probe import ProbeConfig, probe_taxonomy, shuffled_matrix, spearman, stress, summarise, taxonomist_map
+from ssae_kit.tree_probe import (
+    ProbeConfig,
+    probe_taxonomy,
+    shuffled_matrix,
+    spearman,
+    stress,
+    summarise,
+    taxonomist_map,
+)
 
 
 def test_spearman_and_stress_on_hand_cases():

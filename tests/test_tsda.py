@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from ssae_kit.taxonomy import flat_matrix
-from ssae_kit.tsda import (DAConfig, DomainData, accuracy_by_domain, compare_over_seeds, make_dt, select_on_source,
-                           taxonomist_loss, train_da)
+from ssae_kit.tsda import (
+    DAConfig,
+    DomainData,
+    accuracy_by_domain,
+    compare_over_seeds,
+    make_dt,
+    select_on_source,
+    taxonomist_loss,
+    train_da,
+)
 
 
 def test_dt14_shapes_sources_and_a_symmetric_matrix():
@@ -22,7 +30,7 @@ def test_dt14_shapes_sources_and_a_symmetric_matrix():
 
 def test_labels_mirror_between_theta_zero_and_pi():
     d = make_dt(14, n_per_class=400, seed=1)
-    mean = lambda leaf, label: d.x[(d.domain == leaf) & (d.y == label)].mean(0)  # noqa: E731
+    mean = lambda leaf, label: d.x[(d.domain == leaf) & (d.y == label)].mean(0)
     np.testing.assert_allclose(mean(0, 0), [1, 0], atol=0.1)  # r = 1 at theta = 0
     np.testing.assert_allclose(mean(13, 0), [-4, 0], atol=0.1)  # r = 4 at theta = pi: where class 1 was
     np.testing.assert_allclose(mean(13, 1), [4, 0], atol=0.1)

@@ -74,7 +74,7 @@ def test_feature_browser_displays_a_widget_and_a_separate_static_dashboard(tiny,
 
 # --- figures drawn from plain data ---------------------------------------------------------------
 
-from ssae_kit.viz import plot_tree_values  # noqa: E402
+from ssae_kit.viz import plot_tree_values
 
 
 def test_a_tree_figure_takes_the_tree_as_leaf_paths():
@@ -88,10 +88,10 @@ def test_a_tree_figure_takes_the_tree_as_leaf_paths():
 
 # --- the maps' arithmetic: PCA and decoder matching ----------------------------------------------
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from ssae_kit.viz import match_latents, principal_components, project_2d  # noqa: E402
+from ssae_kit.viz import match_latents, principal_components, project_2d
 
 
 def test_project_2d_matches_the_svd_of_the_centred_rows_up_to_each_axis_sign():
