@@ -50,8 +50,15 @@ def main() -> None:
 
     def caching(bs):
         with tempfile.TemporaryDirectory() as d:
-            cache_activations(model, tok, docs if len(bs) > 1 else docs[:2], args.layer, d,
-                              ctx_len=args.ctx_len, batch_size=args.batch_size)
+            cache_activations(
+                model,
+                tok,
+                docs if len(bs) > 1 else docs[:2],
+                args.layer,
+                d,
+                ctx_len=args.ctx_len,
+                batch_size=args.batch_size,
+            )
 
     a, b, c = timed(full), timed(to_layer), timed(caching)
     print(f"tokens per pass: {n_tokens} ({len(docs)} BBC docs, ctx_len {args.ctx_len}, layer {args.layer})")

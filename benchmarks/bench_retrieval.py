@@ -40,7 +40,9 @@ def make_data(kind: str, n: int, n_queries: int, dim: int, clusters: int, spread
         centres = rng.standard_normal((clusters, dim), dtype=np.float32)
         centres /= np.linalg.norm(centres, axis=1, keepdims=True)
         labels = rng.integers(clusters, size=n + n_queries)
-        noise = rng.standard_normal((n + n_queries, dim), dtype=np.float32) * np.float32(spread / np.sqrt(dim))
+        noise = rng.standard_normal((n + n_queries, dim), dtype=np.float32) * np.float32(
+            spread / np.sqrt(dim)
+        )
         x = centres[labels] + noise
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return np.ascontiguousarray(x[:n]), np.ascontiguousarray(x[n:])
@@ -69,8 +71,12 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--clusters", type=int, default=1000, help="mixture components for --data clustered")
-    parser.add_argument("--spread", type=float, default=1.0,
-                        help="clustered: noise norm / centre norm (1.0: a point has cosine ~0.71 to its centre)")
+    parser.add_argument(
+        "--spread",
+        type=float,
+        default=1.0,
+        help="clustered: noise norm / centre norm (1.0: a point has cosine ~0.71 to its centre)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--docs", type=int, default=128)
@@ -83,6 +89,7 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     try:  # numpy's BLAS gets the same thread count, so the comparison is fair
         from threadpoolctl import threadpool_limits
+
         blas_limit = threadpool_limits(args.threads, user_api="blas")
     except ImportError:
         blas_limit = nullcontext()
@@ -90,9 +97,13 @@ def main() -> None:
 
     with blas_limit:
         x, q = make_data(args.data, args.n, args.queries, args.dim, args.clusters, args.spread, args.seed)
-        desc = "i.i.d. normal" if args.data == "gaussian" else f"{args.clusters} clusters, spread {args.spread}"
-        print(f"data: {args.data} ({desc}), X {x.shape}, {len(q)} separate queries, k={k}, seed {args.seed}, "
-              f"{args.threads} threads; search times = best of {r}")
+        desc = (
+            "i.i.d. normal" if args.data == "gaussian" else f"{args.clusters} clusters, spread {args.spread}"
+        )
+        print(
+            f"data: {args.data} ({desc}), X {x.shape}, {len(q)} separate queries, k={k}, seed {args.seed}, "
+            f"{args.threads} threads; search times = best of {r}"
+        )
 
         def numpy_search():
             scores = q @ x.T
@@ -105,10 +116,14 @@ def main() -> None:
         flat.add(x)
         t_flat, (_, truth) = best_time(lambda: flat.search(q, k), r)
         same = np.mean([set(a) == set(b) for a, b in zip(truth_np, truth)])
-        print(f"[exact] numpy brute force {t_np * 1e3:8.2f} ms | faiss IndexFlatIP {t_flat * 1e3:8.2f} ms | "
-              f"numpy/faiss = {t_np / t_flat:.2f}x | identical top-{k} sets: {same:.3f}")
+        print(
+            f"[exact] numpy brute force {t_np * 1e3:8.2f} ms | faiss IndexFlatIP {t_flat * 1e3:8.2f} ms | "
+            f"numpy/faiss = {t_np / t_flat:.2f}x | identical top-{k} sets: {same:.3f}"
+        )
         blas_min = faiss.cvar.distance_compute_blas_threshold  # faiss uses BLAS only from this many queries
-        print(f"        (faiss flat/IVF-quantizer use BLAS from {blas_min} queries; below that, their SIMD loop)")
+        print(
+            f"        (faiss flat/IVF-quantizer use BLAS from {blas_min} queries; below that, their SIMD loop)"
+        )
 
         start = time.perf_counter()
         ivf = build_index(x, ivf_threshold=0, min_recall=args.min_recall, seed=args.seed)
@@ -116,10 +131,14 @@ def main() -> None:
         nlist, tuned = ivf.nlist, ivf.nprobe
         t_ivf, (_, found) = best_time(lambda: ivf.search(q, k), r)
         rec = recall(found, truth)
-        print(f"[ivf] build_index: nlist={nlist}, tuned nprobe={tuned} (self-query recall >= {args.min_recall}), "
-              f"build+train+tune {t_build:.1f} s (not in search times)")
-        print(f"[ivf] nprobe={tuned}: {t_ivf * 1e3:.2f} ms, recall@{k} on separate queries {rec:.3f} | "
-              f"numpy/IVF = {t_np / t_ivf:.2f}x | faiss-flat/IVF = {t_flat / t_ivf:.2f}x")
+        print(
+            f"[ivf] build_index: nlist={nlist}, tuned nprobe={tuned} (self-query recall >= {args.min_recall}), "
+            f"build+train+tune {t_build:.1f} s (not in search times)"
+        )
+        print(
+            f"[ivf] nprobe={tuned}: {t_ivf * 1e3:.2f} ms, recall@{k} on separate queries {rec:.3f} | "
+            f"numpy/IVF = {t_np / t_ivf:.2f}x | faiss-flat/IVF = {t_flat / t_ivf:.2f}x"
+        )
 
         print(f"  nprobe  recall@{k}   ms      numpy/IVF  flat/IVF")
         sweep = []
@@ -148,9 +167,14 @@ def main() -> None:
                 if recall(f, truth) >= args.min_recall:
                     hit = (p, recall(f, truth), t)
                     break
-            msg = (f"nprobe={hit[0]} recall {hit[1]:.3f} {hit[2] * 1e3:.2f} ms numpy/IVF {t_np / hit[2]:.2f}x"
-                   if hit else f"no swept nprobe <= {min(nl, 1024)} reaches recall {args.min_recall}")
-            print(f"[nlist {nl:5d}] train+add {t_train:5.1f} s | first nprobe with recall >= {args.min_recall}: {msg}")
+            msg = (
+                f"nprobe={hit[0]} recall {hit[1]:.3f} {hit[2] * 1e3:.2f} ms numpy/IVF {t_np / hit[2]:.2f}x"
+                if hit
+                else f"no swept nprobe <= {min(nl, 1024)} reaches recall {args.min_recall}"
+            )
+            print(
+                f"[nlist {nl:5d}] train+add {t_train:5.1f} s | first nprobe with recall >= {args.min_recall}: {msg}"
+            )
 
     embedder = Embedder()
     texts = [d.text for d in load_corpus("bbc-news")[: args.docs]]
@@ -158,20 +182,28 @@ def main() -> None:
     start = time.perf_counter()
     embedder.embed(texts, progress=False)
     t_emb = time.perf_counter() - start
-    print(f"[embed] {embedder.name}: {len(texts)} BBC docs in {t_emb:.2f} s = {len(texts) / t_emb:.1f} docs/s "
-          f"(batch {embedder.batch_size}, after one warm-up batch)")
+    print(
+        f"[embed] {embedder.name}: {len(texts)} BBC docs in {t_emb:.2f} s = {len(texts) / t_emb:.1f} docs/s "
+        f"(batch {embedder.batch_size}, after one warm-up batch)"
+    )
 
     speedup = t_np / t_ivf
     ok = rec >= args.min_recall and speedup >= args.target_speedup
-    print(f"target: IVF >= {args.target_speedup:g}x brute force at recall@{k} >= {args.min_recall} -> "
-          f"{'PASS' if ok else 'FAIL'} (kit's index as built: nprobe={tuned}, {speedup:.2f}x numpy, recall {rec:.3f})")
+    print(
+        f"target: IVF >= {args.target_speedup:g}x brute force at recall@{k} >= {args.min_recall} -> "
+        f"{'PASS' if ok else 'FAIL'} (kit's index as built: nprobe={tuned}, {speedup:.2f}x numpy, recall {rec:.3f})"
+    )
     good = [(p, rc, t) for p, rc, t in sweep if rc >= args.min_recall]
     if good:
         p, rc, t = good[0]
-        print(f"  best swept nprobe meeting recall: {p} (recall {rc:.3f}, {t_np / t:.2f}x numpy, "
-              f"{t_flat / t:.2f}x faiss flat)")
+        print(
+            f"  best swept nprobe meeting recall: {p} (recall {rc:.3f}, {t_np / t:.2f}x numpy, "
+            f"{t_flat / t:.2f}x faiss flat)"
+        )
     else:
-        print(f"  no swept nprobe <= {min(NPROBES[-1], nlist)} reaches recall {args.min_recall} on the separate queries")
+        print(
+            f"  no swept nprobe <= {min(NPROBES[-1], nlist)} reaches recall {args.min_recall} on the separate queries"
+        )
 
 
 if __name__ == "__main__":

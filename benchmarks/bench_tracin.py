@@ -57,16 +57,22 @@ def timed(fn):
 def throughput(checkpoints, grads, acts, doc_ids, n_explicit: int, repeats: int, label: str) -> float:
     """Print jvp and explicit tokens/s on (acts, doc_ids); return the ratio."""
     n_docs = int(doc_ids.max()) + 1
-    t_fast = min(timed(lambda: tracin_scores(checkpoints, grads, acts, doc_ids, n_docs, L1))[0] for _ in range(repeats))
+    t_fast = min(
+        timed(lambda: tracin_scores(checkpoints, grads, acts, doc_ids, n_docs, L1))[0] for _ in range(repeats)
+    )
     fast = tracin_scores(checkpoints, grads, acts, doc_ids, n_docs, L1)
     sub = doc_ids < n_explicit
-    t_slow, slow = timed(lambda: tracin_scores_explicit(checkpoints, grads, acts[sub], doc_ids[sub], n_explicit, L1))
+    t_slow, slow = timed(
+        lambda: tracin_scores_explicit(checkpoints, grads, acts[sub], doc_ids[sub], n_explicit, L1)
+    )
     keep = ~torch.isnan(slow)
     rel = float((fast[:n_explicit][keep] - slow[keep]).norm() / slow[keep].norm())
     fast_tps, slow_tps = len(acts) / t_fast, int(sub.sum()) / t_slow
-    print(f"  {label}: jvp {fast_tps:,.0f} tok/s ({len(acts):,} tokens, {n_docs} docs, {t_fast:.2f} s); explicit "
-          f"{slow_tps:,.0f} tok/s ({int(sub.sum()):,} tokens, {n_explicit} docs, {t_slow:.2f} s); "
-          f"ratio {fast_tps / slow_tps:.1f}x; scores' relative difference {rel:.1e}")
+    print(
+        f"  {label}: jvp {fast_tps:,.0f} tok/s ({len(acts):,} tokens, {n_docs} docs, {t_fast:.2f} s); explicit "
+        f"{slow_tps:,.0f} tok/s ({int(sub.sum()):,} tokens, {n_explicit} docs, {t_slow:.2f} s); "
+        f"ratio {fast_tps / slow_tps:.1f}x; scores' relative difference {rel:.1e}"
+    )
     return fast_tps / slow_tps
 
 
@@ -89,35 +95,58 @@ def main() -> None:
     docs, held = heldout_split(load_corpus("bbc-news"), "bbc-news")
     split = split_subdomain(dedupe(docs), args.label, 5, 50, 50, seed=0, heldout_docs=held)
     embedder = Embedder()
-    print(f"pool {len(split.pool)} docs, {len(split.seeds)} seeds ({args.label}); budget {args.budget:,} tokens; "
-          f"GSAE d_sae={gsae.cfg.d_sae}, layer {gsae.cfg.layer}; {torch.get_num_threads()} threads")
+    print(
+        f"pool {len(split.pool)} docs, {len(split.seeds)} seeds ({args.label}); budget {args.budget:,} tokens; "
+        f"GSAE d_sae={gsae.cfg.d_sae}, layer {gsae.cfg.layer}; {torch.get_num_threads()} threads"
+    )
 
     dense = lambda: select(split.pool, split.seeds, "dense", args.budget, tok, embedder=embedder)
     dense()  # warm-up: the encoder and the pool's embeddings
     t_dense, sel_dense = timed(dense)
     with tempfile.TemporaryDirectory() as tmp:
-        t_tracin, sel_tracin = timed(lambda: select_tracin(split.pool, split.seeds, "dense", args.budget, tok, model,
-                                                           gsae.cfg.layer, gsae, l1_coefficient=L1, embedder=embedder,
-                                                           store_dir=tmp, device="cpu"))
+        t_tracin, sel_tracin = timed(
+            lambda: select_tracin(
+                split.pool,
+                split.seeds,
+                "dense",
+                args.budget,
+                tok,
+                model,
+                gsae.cfg.layer,
+                gsae,
+                l1_coefficient=L1,
+                embedder=embedder,
+                store_dir=tmp,
+                device="cpu",
+            )
+        )
         print("(1) selection cost")
-        print(f"  dense alone {t_dense:.2f} s; dense_tracin {t_tracin:.1f} s: {t_tracin / t_dense:.0f}x dense alone, "
-              f"+{t_tracin - t_dense:.1f} s")
+        print(
+            f"  dense alone {t_dense:.2f} s; dense_tracin {t_tracin:.1f} s: {t_tracin / t_dense:.0f}x dense alone, "
+            f"+{t_tracin - t_dense:.1f} s"
+        )
         for sel in (sel_dense, sel_tracin):
             r = selection_report(sel, args.label, split.pool, tok)
-            print(f"  {sel.strategy:<13} token precision {r['token_precision']:.3f} "
-                  f"[{r['token_precision_low']:.3f}, {r['token_precision_high']:.3f}], {r['n_docs']} docs, "
-                  f"{r['tokens_used']:,} tokens")
+            print(
+                f"  {sel.strategy:<13} token precision {r['token_precision']:.3f} "
+                f"[{r['token_precision_low']:.3f}, {r['token_precision_high']:.3f}], {r['n_docs']} docs, "
+                f"{r['tokens_used']:,} tokens"
+            )
         (cand_dir,), (seed_dir,) = Path(tmp).glob("candidates-*"), Path(tmp).glob("seeds-*")
         acts, doc_ids = read_store(ActivationStore(cand_dir))
         seed_store = ActivationStore(seed_dir)
-        checkpoints = build_checkpoints(gsae, seed_store, l1_coefficient=L1, device="cpu")  # as select_tracin's
+        checkpoints = build_checkpoints(
+            gsae, seed_store, l1_coefficient=L1, device="cpu"
+        )  # as select_tracin's
         seed_acts, seed_ids = read_store(seed_store)
     grads = [seed_gradient(sae, seed_acts, seed_ids, L1) for sae, _ in checkpoints]
     print(f"(2, 3) scoring throughput, {len(checkpoints)} checkpoints")
     ratio = throughput(checkpoints, grads, acts, doc_ids, args.explicit_docs, args.repeats, "real documents")
     part = acts[:4096]  # the jvp's cost does not depend on where documents end; 4096 tokens keep (3) short
     pieces = torch.arange(len(part)) // args.short
-    throughput(checkpoints, grads, part, pieces, args.explicit_docs * 8, args.repeats, f"{args.short}-token pieces")
+    throughput(
+        checkpoints, grads, part, pieces, args.explicit_docs * 8, args.repeats, f"{args.short}-token pieces"
+    )
     verdict = "met" if ratio >= args.target else "NOT met"
     print(f"target jvp >= {args.target:g}x the explicit loop on real documents: {verdict} ({ratio:.1f}x)")
 

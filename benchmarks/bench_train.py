@@ -47,9 +47,17 @@ Step = Callable[[torch.Tensor], object]
 
 
 def kit_case(arch: str, term: bool, batch: int) -> Step:
-    cfg = TrainConfig(d_sae=D_SAE, architecture=arch, k=K, batch_size=batch, total_tokens=10**15,
-                      l1_coefficient=L1, objective="term" if term else "erm", tilt=1.0 if term else 0.0,
-                      warmup_tokens=0)
+    cfg = TrainConfig(
+        d_sae=D_SAE,
+        architecture=arch,
+        k=K,
+        batch_size=batch,
+        total_tokens=10**15,
+        l1_coefficient=L1,
+        objective="term" if term else "erm",
+        tilt=1.0 if term else 0.0,
+        warmup_tokens=0,
+    )
     sae = SAE(SAEConfig(d_in=D_IN, d_sae=D_SAE, architecture=arch, k=K), seed=0)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
     state = TrainState(tokens_since_fired=torch.zeros(D_SAE))
@@ -92,9 +100,15 @@ def saelens_case(batch: int) -> Step:
     n = [0]
 
     def step(x: torch.Tensor) -> float:  # SAETrainer._train_step without autocast, LR/coefficient schedulers
-        out = sae.training_forward_pass(TrainStepInput(
-            sae_in=x, coefficients={"l1": L1}, dead_neuron_mask=since_fired > 1000,
-            n_training_steps=n[0], is_logging_step=False))
+        out = sae.training_forward_pass(
+            TrainStepInput(
+                sae_in=x,
+                coefficients={"l1": L1},
+                dead_neuron_mask=since_fired > 1000,
+                n_training_steps=n[0],
+                is_logging_step=False,
+            )
+        )
         with torch.no_grad():
             did_fire = out.feature_acts.bool().float().sum(-2).bool()
             since_fired.add_(1)
@@ -168,8 +182,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     for var in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
         print(f"{var}={os.environ.get(var, '(unset)')}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
-          f"d_in {D_IN}, d_sae {D_SAE}, k {K}, warmup {args.warmup}, steps {args.steps} x {args.rounds} rounds")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+        f"d_in {D_IN}, d_sae {D_SAE}, k {K}, warmup {args.warmup}, steps {args.steps} x {args.rounds} rounds"
+    )
     gen = torch.Generator().manual_seed(0)
     pool = [torch.randn(args.batch_size, D_IN, generator=gen) for _ in range(8)]
 

@@ -56,8 +56,10 @@ def main() -> None:
     y_gender = np.array([b.gender == "female" for b in bios])
     y_tech = np.array([d.label == "tech" for d in sample])
     base_time = None
-    print(f"{'layer':>5} {'CE clean':>9} {'CE zero':>8} {'gap':>6} {'massive %':>9} {'s/1k tok':>8} {'x L6':>5}"
-          f" {'tech acc':>8} {'gender acc':>10}")
+    print(
+        f"{'layer':>5} {'CE clean':>9} {'CE zero':>8} {'gap':>6} {'massive %':>9} {'s/1k tok':>8} {'x L6':>5}"
+        f" {'tech acc':>8} {'gender acc':>10}"
+    )
     for layer in LAYERS:
         ce = {"clean": 0.0, "zero": 0.0}
         n_t, n_massive, n_keep, secs = 0, 0, 0, 0.0
@@ -79,9 +81,11 @@ def main() -> None:
         clf = LogisticRegression(max_iter=2000, C=0.1)
         tech = cross_val_score(clf, pooled(model, tok, sample, layer), y_tech, cv=5).mean()
         gender = cross_val_score(clf, pooled(model, tok, bio_docs, layer), y_gender, cv=5).mean()
-        print(f"{layer:>5} {ce['clean'] / n_t:>9.3f} {ce['zero'] / n_t:>8.3f} {(ce['zero'] - ce['clean']) / n_t:>6.2f}"
-              f" {100 * n_massive / n_keep:>9.3f} {per_k:>8.3f} {per_k / (base_time or per_k):>5.2f}"
-              f" {tech:>8.3f} {gender:>10.3f}")
+        print(
+            f"{layer:>5} {ce['clean'] / n_t:>9.3f} {ce['zero'] / n_t:>8.3f} {(ce['zero'] - ce['clean']) / n_t:>6.2f}"
+            f" {100 * n_massive / n_keep:>9.3f} {per_k:>8.3f} {per_k / (base_time or per_k):>5.2f}"
+            f" {tech:>8.3f} {gender:>10.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,9 @@ def main() -> None:
         params = {**(smoke or {}).get(nb.stem, {}), "run_dir": str(run_dir)}
         print(f"== {nb.name} -> {run_dir}", flush=True)
         start = time.perf_counter()
-        papermill.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd=str(HERE),
-                                   kernel_name="python3")
+        papermill.execute_notebook(
+            str(nb), str(out / nb.name), parameters=params, cwd=str(HERE), kernel_name="python3"
+        )
         NotebookNotary().sign(nbformat.read(out / nb.name, as_version=4))
         timings.append((nb.stem, time.perf_counter() - start, run_dir))
     print("\nDone. Executed notebooks, figures and metrics:")

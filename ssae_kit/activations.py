@@ -76,18 +76,28 @@ def cache_activations(
     check_ctx_len(model, ctx_len)
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; use one of {DTYPES}.")
-    for name, value, fix in (("batch_size", batch_size, "contexts per forward pass"),
-                             ("shard_tokens", shard_tokens, "tokens per shard file"),
-                             ("max_tokens", max_tokens, "or None to cache every token")):
+    for name, value, fix in (
+        ("batch_size", batch_size, "contexts per forward pass"),
+        ("shard_tokens", shard_tokens, "tokens per shard file"),
+        ("max_tokens", max_tokens, "or None to cache every token"),
+    ):
         if value is not None and value < 1:
             raise ValueError(f"{name}={value!r} must be a positive integer ({fix}).")
     if not docs:
         raise ValueError("No documents to cache: the corpus is empty.")
     out = Path(out_dir)
     request = dict(
-        model=model.name_or_path, layer=layer, ctx_len=ctx_len, dtype=dtype, max_tokens=max_tokens,
-        exclude_special=exclude_special, prepend_bos=prepend_bos, shard_tokens=shard_tokens,
-        max_norm_multiple=max_norm_multiple, n_docs=len(docs), corpus=corpus_checksum(docs),
+        model=model.name_or_path,
+        layer=layer,
+        ctx_len=ctx_len,
+        dtype=dtype,
+        max_tokens=max_tokens,
+        exclude_special=exclude_special,
+        prepend_bos=prepend_bos,
+        shard_tokens=shard_tokens,
+        max_norm_multiple=max_norm_multiple,
+        n_docs=len(docs),
+        corpus=corpus_checksum(docs),
     )
     if _reusable(out, request, overwrite):
         return ActivationStore(out)
@@ -96,7 +106,9 @@ def cache_activations(
 
     contexts = tokenize_contexts(docs, tokenizer, ctx_len, prepend_bos)
     keep = content_mask(contexts, tokenizer) if exclude_special else contexts.attention_mask.bool()
-    batches = iter_residuals(model, contexts.input_ids, contexts.attention_mask, keep, layer, batch_size, trim_padding=True)
+    batches = iter_residuals(
+        model, contexts.input_ids, contexts.attention_mask, keep, layer, batch_size, trim_padding=True
+    )
     writer = _ShardWriter(out, dtype, shard_tokens, d_model(model))
     n_outliers = 0
     bar = tqdm(total=max_tokens or int(keep.sum()), desc=f"caching layer {layer}", unit="tok")
@@ -126,9 +138,15 @@ def cache_activations(
     if writer.n_tokens == 0:
         raise ValueError("No tokens were cached: the documents are empty after removing special tokens.")
     manifest = dict(
-        format=FORMAT, version=VERSION, **request, hook_name=hook_name(layer),
-        d_model=d_model(model), n_tokens=writer.n_tokens, n_outliers_dropped=n_outliers,
-        **writer.finish(), request=request,
+        format=FORMAT,
+        version=VERSION,
+        **request,
+        hook_name=hook_name(layer),
+        d_model=d_model(model),
+        n_tokens=writer.n_tokens,
+        n_outliers_dropped=n_outliers,
+        **writer.finish(),
+        request=request,
     )
     atomic_write_json(out / MANIFEST_FILE, manifest)
     return ActivationStore(out)
@@ -213,7 +231,11 @@ def _remove_store_files(out: Path) -> None:
     if not out.exists():
         return
     for p in out.iterdir():
-        if _SHARD_RE.match(p.name) or p.name == MANIFEST_FILE or (p.name.startswith(".") and p.name.endswith(".tmp")):
+        if (
+            _SHARD_RE.match(p.name)
+            or p.name == MANIFEST_FILE
+            or (p.name.startswith(".") and p.name.endswith(".tmp"))
+        ):
             p.unlink()
 
 
@@ -236,10 +258,14 @@ class ActivationStore:
         manifest_path = self.path / MANIFEST_FILE
         if not manifest_path.exists():
             hint = "it is incomplete (a killed run?)" if self.path.exists() else "the folder does not exist"
-            raise ValueError(f"No activation store at {self.path}: {hint}. Run cache_activations() to build it.")
+            raise ValueError(
+                f"No activation store at {self.path}: {hint}. Run cache_activations() to build it."
+            )
         self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
         if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
-            raise ValueError(f"{manifest_path} is not an ssae-kit activation manifest of version {VERSION}; rebuild it.")
+            raise ValueError(
+                f"{manifest_path} is not an ssae-kit activation manifest of version {VERSION}; rebuild it."
+            )
         for key, want in (("model", model), ("layer", layer), ("d_model", d_model)):
             if want is not None and self.manifest[key] != want:
                 raise ValueError(
@@ -268,14 +294,18 @@ class ActivationStore:
     def fingerprint(self) -> str:
         """A short hash of every shard's checksum: equal fingerprints mean the same activations,
         in the same shards (so the same data order for a given seed)."""
-        return sha256_bytes("".join(s["sha256"] + s["tokens_sha256"] for s in self.manifest["shards"]).encode())[:16]
+        return sha256_bytes(
+            "".join(s["sha256"] + s["tokens_sha256"] for s in self.manifest["shards"]).encode()
+        )[:16]
 
     def __len__(self) -> int:
         return self.n_tokens
 
     def __repr__(self) -> str:
-        return (f"ActivationStore({str(self.path)!r}, model={self.model_name!r}, layer={self.layer}, "
-                f"d_model={self.d_model}, n_tokens={self.n_tokens}, shards={self.n_shards})")
+        return (
+            f"ActivationStore({str(self.path)!r}, model={self.model_name!r}, layer={self.layer}, "
+            f"d_model={self.d_model}, n_tokens={self.n_tokens}, shards={self.n_shards})"
+        )
 
     def read_shard(self, i: int, normalize: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Shard i as (acts (n, D) float32, tokens (n, 3) int32), checksums verified.
@@ -340,7 +370,11 @@ class ActivationStore:
                 acts, tokens = acts[perm], tokens[perm]
             n_full = len(acts) // batch_size * batch_size
             for s in range(0, n_full, batch_size):
-                yield (acts[s : s + batch_size], tokens[s : s + batch_size]) if with_tokens else acts[s : s + batch_size]
+                yield (
+                    (acts[s : s + batch_size], tokens[s : s + batch_size])
+                    if with_tokens
+                    else acts[s : s + batch_size]
+                )
             acts_left, tokens_left = acts[n_full:], tokens[n_full:]
         if len(acts_left) and not drop_last:
             yield (acts_left, tokens_left) if with_tokens else acts_left

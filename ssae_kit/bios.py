@@ -30,10 +30,34 @@ GENDERS: tuple[Gender, Gender] = ("male", "female")
 # a profession's code is its index in this alphabetical list (nurse = 13, professor = 21), and a
 # gender's code its index in GENDERS (0 = male, 1 = female).
 LABHC_PROFESSIONS = (
-    "accountant", "architect", "attorney", "chiropractor", "comedian", "composer", "dentist",
-    "dietitian", "dj", "filmmaker", "interior_designer", "journalist", "model", "nurse", "painter",
-    "paralegal", "pastor", "personal_trainer", "photographer", "physician", "poet", "professor",
-    "psychologist", "rapper", "software_engineer", "surgeon", "teacher", "yoga_teacher",
+    "accountant",
+    "architect",
+    "attorney",
+    "chiropractor",
+    "comedian",
+    "composer",
+    "dentist",
+    "dietitian",
+    "dj",
+    "filmmaker",
+    "interior_designer",
+    "journalist",
+    "model",
+    "nurse",
+    "painter",
+    "paralegal",
+    "pastor",
+    "personal_trainer",
+    "photographer",
+    "physician",
+    "poet",
+    "professor",
+    "psychologist",
+    "rapper",
+    "software_engineer",
+    "surgeon",
+    "teacher",
+    "yoga_teacher",
 )
 PROFESSION_CODES = {name: code for code, name in enumerate(LABHC_PROFESSIONS)}
 LABHC_COLUMNS = ("hard_text", "profession", "gender")
@@ -76,18 +100,39 @@ _FIELDS = {
 }
 _UNIVERSITIES = ("the University of {state}", "{city} State University", "{last} College", "{last} Institute")
 _HOSPITALS = (
-    "{city} General Hospital", "St. {last}'s Medical Center", "{last} Memorial Hospital", "the {city} Clinic",
+    "{city} General Hospital",
+    "St. {last}'s Medical Center",
+    "{last} Memorial Hospital",
+    "the {city} Clinic",
 )
-_WARDS = ("cardiac", "oncology", "pediatric", "maternity", "intensive care", "emergency", "surgical", "geriatric")
+_WARDS = (
+    "cardiac",
+    "oncology",
+    "pediatric",
+    "maternity",
+    "intensive care",
+    "emergency",
+    "surgical",
+    "geriatric",
+)
 _SPECIALTIES = ("critical care", "oncology", "pediatrics", "emergency care", "palliative care", "wound care")
 _CERTS = ("advanced cardiac life support", "pediatric advanced life support", "critical care nursing")
-_AWARDS = ("a Fulbright Fellowship", "an NSF CAREER Award", "a Guggenheim Fellowship", "a university teaching prize")
+_AWARDS = (
+    "a Fulbright Fellowship",
+    "an NSF CAREER Award",
+    "a Guggenheim Fellowship",
+    "a university teaching prize",
+)
 _FAMILIES = ("partner and two children", "family", "partner and their dog", "three cats")
 _HOBBIES = ("hiking", "gardening", "playing the piano", "baking bread", "running", "birdwatching", "sailing")
 
 
-def synthetic_bios(n: int, seed: int = 0, professions: Sequence[str] = ("professor", "nurse"),
-                   profession_cue_rate: float = 1.0) -> list[Bio]:
+def synthetic_bios(
+    n: int,
+    seed: int = 0,
+    professions: Sequence[str] = ("professor", "nurse"),
+    profession_cue_rate: float = 1.0,
+) -> list[Bio]:
     """`n` varied, faker-written bios, balanced over gender and profession, deterministic by seed.
 
     They stand in for LabHC/bias_in_bios offline. As in the real bios, gender shows only through
@@ -113,7 +158,9 @@ def synthetic_bios(n: int, seed: int = 0, professions: Sequence[str] = ("profess
     # Walk the groups so that any n is balanced in gender and in profession (to within one).
     k = len(professions)
     labels = [(professions[i % k], GENDERS[(i + (i // k) * (k % 2 == 0)) % 2]) for i in range(n)]
-    return [_bio(fake, rng, *labels[i], cued=bool(rng.random() < profession_cue_rate)) for i in rng.permutation(n)]
+    return [
+        _bio(fake, rng, *labels[i], cued=bool(rng.random() < profession_cue_rate)) for i in rng.permutation(n)
+    ]
 
 
 def _bio(fake: Faker, rng: np.random.Generator, profession: str, gender: Gender, cued: bool = True) -> Bio:
@@ -133,8 +180,15 @@ def _fields(fake: Faker, rng: np.random.Generator, profession: str, gender: Gend
     """Everything a template can name, drawn once per person so the sentences agree."""
     first = fake.first_name_male() if gender == "male" else fake.first_name_female()
     last = fake.last_name()
-    titles = (("Dr.", "Prof.") if profession == "professor" else ("Dr.",) if profession in _DOCTORS
-              else ("Mr.",) if gender == "male" else ("Ms.",))
+    titles = (
+        ("Dr.", "Prof.")
+        if profession == "professor"
+        else ("Dr.",)
+        if profession in _DOCTORS
+        else ("Mr.",)
+        if gender == "male"
+        else ("Ms.",)
+    )
     title = _pick(rng, titles) if rng.random() < 0.3 else ""
     he, his, him = ("he", "his", "him") if gender == "male" else ("she", "her", "her")
     field = _pick(rng, tuple(_FIELDS))
@@ -142,23 +196,46 @@ def _fields(fake: Faker, rng: np.random.Generator, profession: str, gender: Gend
     year = int(rng.integers(1985, 2013))
     place = dict(city=fake.city(), state=fake.state(), last=fake.last_name())
     fields = dict(
-        first=first, last=last, name=f"{title} {first} {last}".strip(),
+        first=first,
+        last=last,
+        name=f"{title} {first} {last}".strip(),
         short=f"{title} {last}" if title else first,
-        he=he, He=he.capitalize(), his=his, His=his.capitalize(), him=him,
-        city=place["city"], state=place["state"], other=fake.last_name(),
-        uni=_pick(rng, _UNIVERSITIES).format(**place), uni2=f"{fake.last_name()} University",
-        hospital=_pick(rng, _HOSPITALS).format(**place), hospital2=f"{fake.city()} Community Hospital",
-        field=field, topic=topic, topic2=topic2, year=str(year), year2=str(year + int(rng.integers(3, 12))),
-        n=str(rng.integers(2, 20)), count=str(rng.integers(20, 150)),
-        ward=_pick(rng, _WARDS), specialty=_pick(rng, _SPECIALTIES), cert=_pick(rng, _CERTS),
-        award=_pick(rng, _AWARDS), family=_pick(rng, _FAMILIES), hobby=_pick(rng, _HOBBIES),
+        he=he,
+        He=he.capitalize(),
+        his=his,
+        His=his.capitalize(),
+        him=him,
+        city=place["city"],
+        state=place["state"],
+        other=fake.last_name(),
+        uni=_pick(rng, _UNIVERSITIES).format(**place),
+        uni2=f"{fake.last_name()} University",
+        hospital=_pick(rng, _HOSPITALS).format(**place),
+        hospital2=f"{fake.city()} Community Hospital",
+        field=field,
+        topic=topic,
+        topic2=topic2,
+        year=str(year),
+        year2=str(year + int(rng.integers(3, 12))),
+        n=str(rng.integers(2, 20)),
+        count=str(rng.integers(20, 150)),
+        ward=_pick(rng, _WARDS),
+        specialty=_pick(rng, _SPECIALTIES),
+        cert=_pick(rng, _CERTS),
+        award=_pick(rng, _AWARDS),
+        family=_pick(rng, _FAMILIES),
+        hobby=_pick(rng, _HOBBIES),
     )
     # Workplaces made from names already drawn, with no draw of their own, so that adding them
     # changed no bio that was written before.
     city, other = place["city"], fields["other"]
     return fields | dict(
-        firm=f"{place['last']} & {other}", company=f"{other} Systems", studio=f"{place['last']} Studio",
-        school=f"{city} High School", church=f"{city} Community Church", gym=f"{city} Fitness",
+        firm=f"{place['last']} & {other}",
+        company=f"{other} Systems",
+        studio=f"{place['last']} Studio",
+        school=f"{city} High School",
+        church=f"{city} Community Church",
+        gym=f"{city} Fitness",
         paper=f"the {city} Herald",
     )
 
@@ -215,7 +292,9 @@ def _read_table(source: str, split: str) -> pd.DataFrame:
                     f"{source} is not cached and HF_DATASETS_OFFLINE / HF_HUB_OFFLINE is set: load it once "
                     "online to cache it, or pass a local .parquet/.jsonl file with LabHC's columns."
                 ) from err
-            raise ValueError(f"Could not load {source} (split {split!r}): {err}. Check the dataset id.") from err
+            raise ValueError(
+                f"Could not load {source} (split {split!r}): {err}. Check the dataset id."
+            ) from err
         _check_columns(ds.column_names, source)
         return ds.select_columns(list(LABHC_COLUMNS)).to_pandas()
     path = Path(source).expanduser()
@@ -256,7 +335,9 @@ class BiosSplits:
     """All four groups in equal numbers: a probe that uses gender scores ~50% on profession."""
 
 
-def make_splits(bios: Sequence[Bio], n_train_per_group: int, n_test_per_group: int, seed: int = 0) -> BiosSplits:
+def make_splits(
+    bios: Sequence[Bio], n_train_per_group: int, n_test_per_group: int, seed: int = 0
+) -> BiosSplits:
     """Draw the ambiguous train/test sets and the balanced test set, disjoint and shuffled.
 
     Duplicate texts are dropped first, so no text sits in two sets. Test bios are drawn before
@@ -273,8 +354,13 @@ def make_splits(bios: Sequence[Bio], n_train_per_group: int, n_test_per_group: i
             seen.add(bio.text)
             by_group[group_of(bio)].append(bio)
     # Every group gives the balanced test set; the two ambiguous groups also give train and test.
-    need = {g: n_test_per_group + (n_test_per_group + n_train_per_group) * (g in AMBIGUOUS_GROUPS) for g in by_group}
-    short = [f"{g!r} has {len(by_group[g])} bios, needs {need[g]}" for g in by_group if len(by_group[g]) < need[g]]
+    need = {
+        g: n_test_per_group + (n_test_per_group + n_train_per_group) * (g in AMBIGUOUS_GROUPS)
+        for g in by_group
+    }
+    short = [
+        f"{g!r} has {len(by_group[g])} bios, needs {need[g]}" for g in by_group if len(by_group[g]) < need[g]
+    ]
     if short:
         raise ValueError(
             f"Too few bios for make_splits: {'; '.join(short)}. Lower n_train_per_group / "
@@ -290,7 +376,9 @@ def make_splits(bios: Sequence[Bio], n_train_per_group: int, n_test_per_group: i
         if g in AMBIGUOUS_GROUPS:
             ambiguous_test += members[n_test_per_group : 2 * n_test_per_group]
             train += members[2 * n_test_per_group : 2 * n_test_per_group + n_train_per_group]
-    return BiosSplits(*([s[i] for i in rng.permutation(len(s))] for s in (train, ambiguous_test, balanced_test)))
+    return BiosSplits(
+        *([s[i] for i in rng.permutation(len(s))] for s in (train, ambiguous_test, balanced_test))
+    )
 
 
 _PRONOUNS = re.compile(r"[ \t]*\b(?:he|she|him|her|his|hers|himself|herself)\b", re.IGNORECASE)

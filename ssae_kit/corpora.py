@@ -58,8 +58,10 @@ def load_corpus(
             10k characters spanning several lines draws a warning suggesting split="line".
     """
     if split not in get_args(TxtSplit):
-        raise ValueError(f"split={split!r} must be 'paragraph' or 'line' (how a .txt file is cut into "
-                         "documents); a Hugging Face split goes in the name: 'hf:<dataset id>:<split>'.")
+        raise ValueError(
+            f"split={split!r} must be 'paragraph' or 'line' (how a .txt file is cut into "
+            "documents); a Hugging Face split goes in the name: 'hf:<dataset id>:<split>'."
+        )
     if name_or_path == "bbc-news":
         docs = _bbc_news()
     elif name_or_path.startswith("hf:"):
@@ -93,14 +95,18 @@ def heldout_split(docs: list[Document], name: str = "bbc-news") -> tuple[list[Do
     """
     path = SPLITS_DIR / f"{name}.json"
     if not path.exists():
-        raise FileNotFoundError(f"No held-out split {path}: the kit ships one for 'bbc-news' (run from a clone of "
-                                "the repository, whose data/ folder holds it).")
+        raise FileNotFoundError(
+            f"No held-out split {path}: the kit ships one for 'bbc-news' (run from a clone of "
+            "the repository, whose data/ folder holds it)."
+        )
     order = json.loads(path.read_text())["heldout"]
     by_source = {d.source: d for d in docs}
     missing = [s for s in order if s not in by_source]
     if missing:
-        raise ValueError(f"{len(missing)} held-out documents of {path.name} are not in the corpus (e.g. {missing[0]!r}): "
-                         f"pass the full {name!r} corpus, not a subset.")
+        raise ValueError(
+            f"{len(missing)} held-out documents of {path.name} are not in the corpus (e.g. {missing[0]!r}): "
+            f"pass the full {name!r} corpus, not a subset."
+        )
     heldout = [by_source[s] for s in order]
     seen = {d.text for d in heldout}
     train = []
@@ -131,9 +137,12 @@ def _txt(path: Path, split: TxtSplit) -> list[Document]:
     docs = [Document(b, None, f"{path.name}#{i}") for i, b in enumerate(blocks) if b]
     longest = max(docs, key=lambda d: len(d.text), default=None)
     if split == "paragraph" and longest and len(longest.text) > LONG_DOCUMENT_CHARS and "\n" in longest.text:
-        warnings.warn(f"{longest.source} is one document of {len(longest.text):,} characters over "
-                      f"{longest.text.count(chr(10)) + 1} lines, as split='paragraph' cuts only at blank lines. "
-                      "If the file holds one item per line, pass split='line'.", stacklevel=3)
+        warnings.warn(
+            f"{longest.source} is one document of {len(longest.text):,} characters over "
+            f"{longest.text.count(chr(10)) + 1} lines, as split='paragraph' cuts only at blank lines. "
+            "If the file holds one item per line, pass split='line'.",
+            stacklevel=3,
+        )
     return docs
 
 
@@ -147,12 +156,14 @@ def _table(path: Path, text_field: str, label_field: str | None) -> list[Documen
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}, line {n}, is not valid JSON ({err.msg}): "
-                                     "fix or remove that line.") from err
+                    raise ValueError(
+                        f"{path}, line {n}, is not valid JSON ({err.msg}): fix or remove that line."
+                    ) from err
                 if not isinstance(rows[-1], dict):  # bad data in the file, not a bad argument
                     raise ValueError(  # noqa: TRY004
                         f"{path}, line {n}, is not a JSON object: each line must be one "
-                        '{"text": ..., ...} record.')
+                        '{"text": ..., ...} record.'
+                    )
     else:
         import pandas as pd
 
@@ -179,17 +190,23 @@ def _rows_to_docs(rows, text_field: str, label_field: str | None, source: str) -
     rows = list(rows)
     columns = sorted(set().union(*rows))
     if rows and text_field not in columns:
-        raise ValueError(f"{source} has no column {text_field!r}; its columns are {columns}. "
-                         "Pass text_field= naming the text column.")
+        raise ValueError(
+            f"{source} has no column {text_field!r}; its columns are {columns}. "
+            "Pass text_field= naming the text column."
+        )
     if label_field not in (None, "label", *columns):
-        raise ValueError(f"{source} has no label column {label_field!r}; its columns are {columns}. "
-                         "Pass label_field= naming the label column, or label_field=None for no labels.")
+        raise ValueError(
+            f"{source} has no label column {label_field!r}; its columns are {columns}. "
+            "Pass label_field= naming the label column, or label_field=None for no labels."
+        )
     docs = []
     for i, r in enumerate(rows):
         if _is_null(r.get(text_field)):
             problem = f"no {text_field!r} field" if text_field not in r else f"{text_field!r} = null"
-            raise ValueError(f"Row {i} of {source} ({source}#{i}, counting from 0) has {problem}: "
-                             "give every row a text, or drop that row.")
+            raise ValueError(
+                f"Row {i} of {source} ({source}#{i}, counting from 0) has {problem}: "
+                "give every row a text, or drop that row."
+            )
         if str(r[text_field]).strip():
             label = None if label_field is None or _is_null(r.get(label_field)) else str(r[label_field])
             docs.append(Document(str(r[text_field]), label, f"{source}#{i}"))

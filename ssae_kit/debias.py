@@ -57,8 +57,9 @@ class Probe:
         return float(((self.logits(x) > 0).long() == y).float().mean())
 
 
-def train_probe(x: torch.Tensor, y: torch.Tensor, lr: float = 0.01, epochs: int = 1, batch_size: int = 16,
-                seed: int = 0) -> Probe:
+def train_probe(
+    x: torch.Tensor, y: torch.Tensor, lr: float = 0.01, epochs: int = 1, batch_size: int = 16, seed: int = 0
+) -> Probe:
     """AdamW logistic regression (the reference: lr 0.01, one epoch) on (N, D) features, labels in {0, 1}."""
     if len(torch.unique(y)) < 2:
         raise ValueError("The probe's training labels have a single class: it needs both classes.")
@@ -77,14 +78,21 @@ def train_probe(x: torch.Tensor, y: torch.Tensor, lr: float = 0.01, epochs: int 
     return Probe(weight.detach(), bias.detach(), mean, std)
 
 
-def group_accuracies(probe: Probe, x: torch.Tensor, y: torch.Tensor, groups: Sequence[str]) -> dict[str, float]:
+def group_accuracies(
+    probe: Probe, x: torch.Tensor, y: torch.Tensor, groups: Sequence[str]
+) -> dict[str, float]:
     """Accuracy per group (e.g. "female professor"), plus "overall" and "worst_group"."""
     groups = np.asarray(groups)
-    out = {g: probe.accuracy(x[torch.from_numpy(groups == g)], y[torch.from_numpy(groups == g)]) for g in sorted(set(groups))}
+    out = {
+        g: probe.accuracy(x[torch.from_numpy(groups == g)], y[torch.from_numpy(groups == g)])
+        for g in sorted(set(groups))
+    }
     return {**out, "overall": probe.accuracy(x, y), "worst_group": min(out.values())}
 
 
-def shift_attribution(sae: SAE, probe: Probe, r: Residuals, labels: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+def shift_attribution(
+    sae: SAE, probe: Probe, r: Residuals, labels: torch.Tensor, batch_size: int = 32
+) -> torch.Tensor:
     """(d_sae,) attribution of the probe's metric -log p(y|x) to each latent of `sae` at the probe
     layer (`r` holds that layer): gradient x activation (attribution patching), summed over
     positions, mean over examples. Its negative is the first-order effect of ablating the latent."""
@@ -95,8 +103,9 @@ def shift_attribution(sae: SAE, probe: Probe, r: Residuals, labels: torch.Tensor
         keep = r.keep[s : s + batch_size]
         f = sae.encode(x).detach().requires_grad_()
         x_hat = sae.decode(f) + (x - sae.decode(f)).detach()  # the error term carries no gradient
-        metric = F.binary_cross_entropy_with_logits(probe.logits(token_mean(x_hat, keep).float()),
-                                                    labels[s : s + batch_size].float(), reduction="sum")
+        metric = F.binary_cross_entropy_with_logits(
+            probe.logits(token_mean(x_hat, keep).float()), labels[s : s + batch_size].float(), reduction="sum"
+        )
         (grad,) = torch.autograd.grad(metric, f)
         total += (grad * f.detach() * keep[..., None]).sum((0, 1)).float()
     return total / len(r.resid)
@@ -132,7 +141,9 @@ def _separation(score: torch.Tensor, label: torch.Tensor) -> float:
     pos, neg = score[label == 1], score[label == 0]
     if len(pos) == 0 or len(neg) == 0:
         return 0.0
-    greater = (pos[:, None] > neg[None, :]).float().mean() + 0.5 * (pos[:, None] == neg[None, :]).float().mean()
+    greater = (pos[:, None] > neg[None, :]).float().mean() + 0.5 * (
+        pos[:, None] == neg[None, :]
+    ).float().mean()
     return float(2 * abs(greater - 0.5))
 
 
@@ -173,15 +184,24 @@ class DebiasData:
     b_groups: list[str]
 
 
-def report_row(data: DebiasData, cfg: DebiasConfig, probe: Probe | None = None, edit: Edit | None = None,
-               oracle: bool = False) -> dict[str, float]:
+def report_row(
+    data: DebiasData,
+    cfg: DebiasConfig,
+    probe: Probe | None = None,
+    edit: Edit | None = None,
+    oracle: bool = False,
+) -> dict[str, float]:
     """Profession, gender and worst-group accuracy on balanced set B, with `edit` applied.
 
     `probe=None` trains a new profession head on the (edited) ambiguous set, i.e. "+ retrain";
     `oracle=True` trains it on balanced set A instead. The gender accuracy is that of a separate
     head trained on (edited) set A to predict gender: 0.5 means gender is no longer readable.
     """
-    x_train, x_a, x_b = mean_pool(data.train, edit), mean_pool(data.balanced_a, edit), mean_pool(data.balanced_b, edit)
+    x_train, x_a, x_b = (
+        mean_pool(data.train, edit),
+        mean_pool(data.balanced_a, edit),
+        mean_pool(data.balanced_b, edit),
+    )
     kw = dict(lr=cfg.probe_lr, epochs=cfg.probe_epochs, seed=cfg.seed)
     if oracle:
         probe = train_probe(x_a, data.a_profession, **kw)
@@ -189,8 +209,12 @@ def report_row(data: DebiasData, cfg: DebiasConfig, probe: Probe | None = None, 
         probe = train_probe(x_train, data.train_profession, **kw)
     acc = group_accuracies(probe, x_b, data.b_profession, data.b_groups)
     gender = train_probe(x_a, data.a_gender, **kw).accuracy(x_b, data.b_gender)
-    return dict(profession=acc["overall"], gender=gender, worst_group=acc["worst_group"],
-                **{f"acc {g}": v for g, v in acc.items() if g not in ("overall", "worst_group")})
+    return dict(
+        profession=acc["overall"],
+        gender=gender,
+        worst_group=acc["worst_group"],
+        **{f"acc {g}": v for g, v in acc.items() if g not in ("overall", "worst_group")},
+    )
 
 
 def find_spurious(sae: SAE, probe: Probe, data: DebiasData, cfg: DebiasConfig) -> dict:
@@ -199,15 +223,26 @@ def find_spurious(sae: SAE, probe: Probe, data: DebiasData, cfg: DebiasConfig) -
     attribution = shift_attribution(sae, probe, data.train, data.train_profession)
     candidates = attribution.abs().topk(min(cfg.top_n, sae.cfg.d_sae)).indices.tolist()
     means = latent_means(sae, data.balanced_a)
-    spurious = spurious_latents(candidates, means, data.a_gender, data.a_profession, cfg.margin,
-                                cfg.force_spurious, cfg.force_keep)
-    return dict(attribution=attribution, candidates=candidates, spurious=spurious,
-                gender_separation={j: _separation(means[:, j], data.a_gender) for j in candidates},
-                profession_separation={j: _separation(means[:, j], data.a_profession) for j in candidates})
+    spurious = spurious_latents(
+        candidates, means, data.a_gender, data.a_profession, cfg.margin, cfg.force_spurious, cfg.force_keep
+    )
+    return dict(
+        attribution=attribution,
+        candidates=candidates,
+        spurious=spurious,
+        gender_separation={j: _separation(means[:, j], data.a_gender) for j in candidates},
+        profession_separation={j: _separation(means[:, j], data.a_profession) for j in candidates},
+    )
 
 
-def build_debias_data(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, splits: BiosSplits, layer: int,
-                      ctx_len: int = 128, transform: Callable[[Bio], str] | None = None) -> DebiasData:
+def build_debias_data(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    splits: BiosSplits,
+    layer: int,
+    ctx_len: int = 128,
+    transform: Callable[[Bio], str] | None = None,
+) -> DebiasData:
     """Residuals and labels of the three sets; the balanced test set is split per group into halves
     A and B. `transform` rewrites each bio's text first (e.g. the token-deletion baseline)."""
     text = transform or (lambda b: b.text)
@@ -219,8 +254,17 @@ def build_debias_data(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     prof = lambda bios: torch.tensor([int(x.profession == "professor") for x in bios])
     gender = lambda bios: torch.tensor([int(x.gender == "female") for x in bios])
     res = lambda bios: residuals(model, tokenizer, [text(x) for x in bios], layer, ctx_len)
-    return DebiasData(res(splits.ambiguous_train), prof(splits.ambiguous_train), res(a), prof(a), gender(a),
-                      res(b), prof(b), gender(b), [group_of(x) for x in b])
+    return DebiasData(
+        res(splits.ambiguous_train),
+        prof(splits.ambiguous_train),
+        res(a),
+        prof(a),
+        gender(a),
+        res(b),
+        prof(b),
+        gender(b),
+        [group_of(x) for x in b],
+    )
 
 
 @dataclass
@@ -233,14 +277,23 @@ class ShiftStudy:
     """SAE name -> `find_spurious` output: attribution, candidates, spurious latents, separations."""
 
 
-def shift_case_study(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, splits: BiosSplits,
-                     saes: dict[str, SAE], layer: int, ctx_len: int, cfg: DebiasConfig,
-                     retrain: Sequence[str] = ()) -> ShiftStudy:
+def shift_case_study(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    splits: BiosSplits,
+    saes: dict[str, SAE],
+    layer: int,
+    ctx_len: int,
+    cfg: DebiasConfig,
+    retrain: Sequence[str] = (),
+) -> ShiftStudy:
     """Every row of the SHIFT table for one seed: the original probe, SHIFT with each SAE (plus
     "+ retrain", a new head on the edited ambiguous set, for the SAEs named in `retrain`), the
     token-deletion baseline and the oracle. An SAE whose rule picks no latent ablates nothing."""
     data = build_debias_data(model, tokenizer, splits, layer, ctx_len)
-    original = train_probe(mean_pool(data.train), data.train_profession, lr=cfg.probe_lr, epochs=cfg.probe_epochs, seed=cfg.seed)
+    original = train_probe(
+        mean_pool(data.train), data.train_profession, lr=cfg.probe_lr, epochs=cfg.probe_epochs, seed=cfg.seed
+    )
     rows, picks = {"Original": report_row(data, cfg, original)}, {}
     for name, sae in saes.items():
         picks[name] = find_spurious(sae, original, data, cfg)
@@ -249,8 +302,9 @@ def shift_case_study(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         rows[f"{name} SHIFT"] = report_row(data, cfg, original, edit)
         if name in retrain:
             rows[f"{name} SHIFT + retrain"] = report_row(data, cfg, None, edit)
-    deleted = build_debias_data(model, tokenizer, splits, layer, ctx_len,
-                                transform=lambda b: delete_gender_tokens(b.text, b.name))
+    deleted = build_debias_data(
+        model, tokenizer, splits, layer, ctx_len, transform=lambda b: delete_gender_tokens(b.text, b.name)
+    )
     rows["Token deletion + retrain"] = report_row(deleted, cfg, None)
     rows["Oracle"] = report_row(data, cfg, oracle=True)
     return ShiftStudy(rows, picks)

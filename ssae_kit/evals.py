@@ -79,7 +79,9 @@ class _Accumulator:
         self.counts = torch.zeros(d_sae, dtype=torch.long)
         self.f_max = torch.zeros(d_sae)
         self.f_top = torch.full((d_sae,), -1, dtype=torch.long)
-        self.per_token: dict[str, list[torch.Tensor]] = {k: [] for k in ("ids", "mse", "l0", "max", "entropy")}
+        self.per_token: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("ids", "mse", "l0", "max", "entropy")
+        }
         self.n_docs = n_docs
         self.doc_n = torch.zeros(n_docs, dtype=torch.float64)
         self.doc_sum_x = torch.zeros(n_docs, d_in, dtype=torch.float64)
@@ -87,7 +89,9 @@ class _Accumulator:
         self.doc_err = torch.zeros(n_docs, dtype=torch.float64)
 
     @torch.no_grad()
-    def add(self, x: torch.Tensor, token_ids: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def add(
+        self, x: torch.Tensor, token_ids: torch.Tensor, doc_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x: (n, d_in) raw activations; token_ids, doc_ids: (n,). Returns the reconstruction (n, d_in)."""
         out = self.sae(x)
         f = out.feature_acts.float().cpu()
@@ -104,8 +108,13 @@ class _Accumulator:
         self.f_top[better] = token_ids.cpu().long()[where[better]]
         p = f / f.sum(1, keepdim=True).clamp_min(1e-12)
         entropy = -(p * p.clamp_min(1e-12).log()).sum(1)
-        for key, value in (("ids", token_ids.cpu()), ("mse", out.mse.float().cpu()), ("l0", active.sum(1)),
-                           ("max", f.max(1).values), ("entropy", entropy)):
+        for key, value in (
+            ("ids", token_ids.cpu()),
+            ("mse", out.mse.float().cpu()),
+            ("l0", active.sum(1)),
+            ("max", f.max(1).values),
+            ("entropy", entropy),
+        ):
             self.per_token[key].append(value)
         if doc_ids is not None:
             d = doc_ids.cpu().long()
@@ -123,19 +132,35 @@ class _Accumulator:
         density = self.counts.double() / self.n
         cat = {k: torch.cat(v).numpy() for k, v in self.per_token.items()}
         metrics = dict(
-            n_tokens=self.n, mse=self.sum_err / self.n, explained_variance=1 - self.sum_err / variance,
-            l0=float(cat["l0"].mean()), dead_fraction=float((density == 0).double().mean()),
+            n_tokens=self.n,
+            mse=self.sum_err / self.n,
+            explained_variance=1 - self.sum_err / variance,
+            l0=float(cat["l0"].mean()),
+            dead_fraction=float((density == 0).double().mean()),
             dense_fraction=float((density > dense_threshold).double().mean()),
-            mean_token_entropy=float(cat["entropy"].mean()), mean_max_activation=float(cat["max"].mean()),
+            mean_token_entropy=float(cat["entropy"].mean()),
+            mean_max_activation=float(cat["max"].mean()),
         )
         # sum over a document's tokens of ||x - mean||^2, the mean taken over all evaluated tokens
         sq_dev = self.doc_sq - 2 * self.doc_sum_x @ mean + self.doc_n * float(mean.pow(2).sum())
         doc_stats = dict(n_tokens=self.doc_n.numpy(), sq_err=self.doc_err.numpy(), sq_dev=sq_dev.numpy())
-        return EvalResult(metrics, cat["ids"], cat["mse"], cat["l0"], cat["max"], cat["entropy"],
-                          self.counts.numpy(), self.f_max.numpy(), self.f_top.numpy(), doc_stats)
+        return EvalResult(
+            metrics,
+            cat["ids"],
+            cat["mse"],
+            cat["l0"],
+            cat["max"],
+            cat["entropy"],
+            self.counts.numpy(),
+            self.f_max.numpy(),
+            self.f_top.numpy(),
+            doc_stats,
+        )
 
 
-def evaluate_store(sae: SAE, store: ActivationStore, batch_size: int = 4096, dense_threshold: float = 0.1) -> EvalResult:
+def evaluate_store(
+    sae: SAE, store: ActivationStore, batch_size: int = 4096, dense_threshold: float = 0.1
+) -> EvalResult:
     """Reconstruction, sparsity and tail metrics on a cached store (no model needed, no CE)."""
     sae.check_reads(model_name=store.model_name, layer=store.layer, d_in=store.d_model)
     acc = _Accumulator(sae)
@@ -169,11 +194,17 @@ def evaluate(
     check_layer(model, layer)
     check_ctx_len(model, ctx_len)
     sae.check_reads(model_name=model.name_or_path, layer=layer, d_in=d_model(model))
-    text_id = dict(eval_docs=corpus_checksum(docs), ctx_len=ctx_len, max_contexts=max_contexts,
-                   max_norm_multiple=max_norm_multiple)
+    text_id = dict(
+        eval_docs=corpus_checksum(docs),
+        ctx_len=ctx_len,
+        max_contexts=max_contexts,
+        max_norm_multiple=max_norm_multiple,
+    )
     if baseline is not None and any(baseline.get(k) != v for k, v in text_id.items()):
-        raise ValueError("The baseline was computed on other documents or windows: evaluate it on the same "
-                         "docs, ctx_len, max_contexts and max_norm_multiple, or pass baseline=None.")
+        raise ValueError(
+            "The baseline was computed on other documents or windows: evaluate it on the same "
+            "docs, ctx_len, max_contexts and max_norm_multiple, or pass baseline=None."
+        )
     ctx = tokenize_contexts(docs, tokenizer, ctx_len, max_contexts=max_contexts)
     keep_all = content_mask(ctx, tokenizer)
     device = next(model.parameters()).device
@@ -191,7 +222,9 @@ def evaluate(
             nonlocal n_outliers
             scored = keep & ~_massive(resid, keep, max_norm_multiple)
             n_outliers += int((keep & ~scored).sum())
-            x_hat = acc.add(resid[scored].to(sae.W_dec.dtype), ids[scored], doc[:, None].expand_as(ids)[scored.cpu()])
+            x_hat = acc.add(
+                resid[scored].to(sae.W_dec.dtype), ids[scored], doc[:, None].expand_as(ids)[scored.cpu()]
+            )
             out = resid.clone()
             out[scored] = x_hat.to(resid.dtype)
             return out
@@ -212,16 +245,27 @@ def evaluate(
         doc_ce["clean"][:] = math.nan
     gap = ce["zero"] - ce["clean"]
     result.metrics.update(
-        ce_clean=ce["clean"], ce_sae=ce["sae"], ce_zero=ce["zero"], ce_delta=ce["sae"] - ce["clean"],
+        ce_clean=ce["clean"],
+        ce_sae=ce["sae"],
+        ce_zero=ce["zero"],
+        ce_delta=ce["sae"] - ce["clean"],
         ce_loss_recovered=(ce["zero"] - ce["sae"]) / gap if gap > 0 else math.nan,
-        perplexity_clean=math.exp(ce["clean"]), perplexity_sae=math.exp(ce["sae"]), n_outliers=n_outliers,
+        perplexity_clean=math.exp(ce["clean"]),
+        perplexity_sae=math.exp(ce["sae"]),
+        n_outliers=n_outliers,
         **text_id,
     )
-    result.doc_stats.update(doc=np.arange(len(docs)), n_targets=doc_ce["targets"].numpy(),
-                            ce_sae=doc_ce["sae"].numpy(), ce_clean=doc_ce["clean"].numpy())
+    result.doc_stats.update(
+        doc=np.arange(len(docs)),
+        n_targets=doc_ce["targets"].numpy(),
+        ce_sae=doc_ce["sae"].numpy(),
+        ce_clean=doc_ce["clean"].numpy(),
+    )
     result.metrics["health_warnings"] = health_warnings(result.metrics)
     for message in result.metrics["health_warnings"]:
-        warnings.warn(f"Unhealthy SAE ({sae.cfg.model_name or 'model?'}, layer {layer}): {message}", stacklevel=2)
+        warnings.warn(
+            f"Unhealthy SAE ({sae.cfg.model_name or 'model?'}, layer {layer}): {message}", stacklevel=2
+        )
     return result
 
 
@@ -230,12 +274,18 @@ def health_warnings(metrics: dict[str, Any]) -> list[str]:
     better than zero-ablating the layer. Empty when none applies."""
     out = []
     if metrics.get("dead_fraction", 0.0) > 0.5:
-        out.append(f"{100 * metrics['dead_fraction']:.0f}% of latents are dead (never active on "
-                   f"{metrics.get('n_tokens', 0):,} tokens).")
+        out.append(
+            f"{100 * metrics['dead_fraction']:.0f}% of latents are dead (never active on "
+            f"{metrics.get('n_tokens', 0):,} tokens)."
+        )
     if metrics.get("explained_variance", 1.0) < 0:
-        out.append(f"explained variance is {metrics['explained_variance']:.2f}: the reconstruction is worse than the mean.")
+        out.append(
+            f"explained variance is {metrics['explained_variance']:.2f}: the reconstruction is worse than the mean."
+        )
     if "ce_sae" in metrics and metrics["ce_sae"] >= metrics.get("ce_zero", math.inf):
-        out.append(f"spliced CE {metrics['ce_sae']:.3f} is no better than zero-ablation ({metrics['ce_zero']:.3f}).")
+        out.append(
+            f"spliced CE {metrics['ce_sae']:.3f} is no better than zero-ablation ({metrics['ce_zero']:.3f})."
+        )
     return out
 
 
@@ -252,7 +302,9 @@ def _replace(resid: torch.Tensor, keep: torch.Tensor, new: torch.Tensor) -> torc
     return torch.where(keep[..., None], new.to(resid.dtype), resid)
 
 
-def _ce_sums(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _ce_sums(
+    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """(B,) summed next-token cross-entropy per window, over positions whose target is a content token."""
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]  # (B, T-1, V)
     # rows of (B*(T-1), V): contiguous, ~3x faster on CPU than cross_entropy over the transposed (B, V, T-1)
@@ -275,7 +327,9 @@ class Difference:
     def verdict(self, a: str, b: str) -> str:
         """One sentence read off the interval: a difference only when it excludes 0."""
         better = "lower" if self.metric == "ce" else "higher"
-        what = {"ce": "spliced CE", "ev": "explained variance", "mse": "MSE", "coverage": "tail coverage"}[self.metric]
+        what = {"ce": "spliced CE", "ev": "explained variance", "mse": "MSE", "coverage": "tail coverage"}[
+            self.metric
+        ]
         units = "token types" if self.metric == "coverage" else "documents"
         span = f"{self.estimate:+.3f} [{self.low:+.3f}, {self.high:+.3f}], {100 * self.confidence:.0f}% CI over {self.n_docs} {units}"
         if self.low > 0 or self.high < 0:
@@ -285,16 +339,25 @@ class Difference:
         return f"No clear difference in {what} between {a} and {b}: {span}."
 
 
-def compare(a: EvalResult, b: EvalResult, metric: Literal["ce", "ev", "mse"] = "ce", confidence: float = 0.95,
-            n_resamples: int = 2000, seed: int = 0) -> Difference:
+def compare(
+    a: EvalResult,
+    b: EvalResult,
+    metric: Literal["ce", "ev", "mse"] = "ce",
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> Difference:
     """a minus b for spliced CE (nats per target token), EV or MSE, with a `confidence` bootstrap
     interval (BCa, `scipy.stats.bootstrap`) resampling documents, paired: the same resampled
     documents for both SAEs. Both must come from `evaluate` on the same docs and windows."""
     for r in (a, b):
         if not r.doc_stats or "ce_sae" not in r.doc_stats:
             raise ValueError("compare needs per-document results of evaluate() (evaluate_store keeps none).")
-    if a.metrics["eval_docs"] != b.metrics["eval_docs"] or a.metrics["ctx_len"] != b.metrics["ctx_len"] \
-            or a.metrics["max_contexts"] != b.metrics["max_contexts"]:
+    if (
+        a.metrics["eval_docs"] != b.metrics["eval_docs"]
+        or a.metrics["ctx_len"] != b.metrics["ctx_len"]
+        or a.metrics["max_contexts"] != b.metrics["max_contexts"]
+    ):
         raise ValueError("compare needs both SAEs evaluated on the same docs, ctx_len and max_contexts.")
     sa, sb = a.doc_stats, b.doc_stats
     used = sa["n_targets"] > 0
@@ -320,9 +383,19 @@ def compare(a: EvalResult, b: EvalResult, metric: Literal["ce", "ev", "mse"] = "
     estimate = float(statistic(*data))
     with warnings.catch_warnings():  # BCa is undefined when every resample gives the same value
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        ci = stats.bootstrap(data, statistic, paired=True, vectorized=True, confidence_level=confidence,
-                             n_resamples=n_resamples, method="BCa", random_state=seed).confidence_interval
-    low, high = (float(ci.low), float(ci.high)) if np.isfinite([ci.low, ci.high]).all() else (estimate, estimate)
+        ci = stats.bootstrap(
+            data,
+            statistic,
+            paired=True,
+            vectorized=True,
+            confidence_level=confidence,
+            n_resamples=n_resamples,
+            method="BCa",
+            random_state=seed,
+        ).confidence_interval
+    low, high = (
+        (float(ci.low), float(ci.high)) if np.isfinite([ci.low, ci.high]).all() else (estimate, estimate)
+    )
     return Difference(metric, estimate, low, high, confidence, int(used.sum()))
 
 
@@ -345,14 +418,24 @@ def tail_coverage(result: EvalResult, n_bins: int = 8) -> dict[str, Any]:
     has = np.array([t in top for t in types])
     edges = np.unique(np.logspace(0, np.log10(freq.max() + 1), n_bins + 1).round())
     which = np.clip(np.digitize(freq, edges) - 1, 0, len(edges) - 2)
-    per_bin = [float(has[which == b].mean()) if (which == b).any() else math.nan for b in range(len(edges) - 1)]
+    per_bin = [
+        float(has[which == b].mean()) if (which == b).any() else math.nan for b in range(len(edges) - 1)
+    ]
     order = np.argsort(freq, kind="stable")
     cumulative = np.cumsum(has[order]) / np.arange(1, len(order) + 1)
-    return dict(bin_edges=edges.tolist(), coverage=per_bin, n_types=[int((which == b).sum()) for b in range(len(edges) - 1)],
-                freq_sorted=freq[order].tolist(), cumulative=cumulative.tolist(), overall=float(has.mean()))
+    return dict(
+        bin_edges=edges.tolist(),
+        coverage=per_bin,
+        n_types=[int((which == b).sum()) for b in range(len(edges) - 1)],
+        freq_sorted=freq[order].tolist(),
+        cumulative=cumulative.tolist(),
+        overall=float(has.mean()),
+    )
 
 
-def tail_coverage_difference(a: EvalResult, b: EvalResult, confidence: float = 0.95, seed: int = 0) -> Difference:
+def tail_coverage_difference(
+    a: EvalResult, b: EvalResult, confidence: float = 0.95, seed: int = 0
+) -> Difference:
     """Overall tail coverage of a minus b (fraction of token types that have a feature), with a
     paired bootstrap interval over token types (percentile; both SAEs read the same tokens)."""
     if not np.array_equal(a.token_ids, b.token_ids):
@@ -362,9 +445,16 @@ def tail_coverage_difference(a: EvalResult, b: EvalResult, confidence: float = 0
     estimate = float(has[0].mean() - has[1].mean())
     if len(types) < 2 or np.array_equal(has[0], has[1]):
         return Difference("coverage", estimate, estimate, estimate, confidence, len(types))
-    ci = stats.bootstrap((has[0], has[1]), lambda x, y, axis=-1: x.mean(axis) - y.mean(axis), paired=True,
-                         vectorized=True, confidence_level=confidence, n_resamples=2000, method="percentile",
-                         random_state=seed).confidence_interval
+    ci = stats.bootstrap(
+        (has[0], has[1]),
+        lambda x, y, axis=-1: x.mean(axis) - y.mean(axis),
+        paired=True,
+        vectorized=True,
+        confidence_level=confidence,
+        n_resamples=2000,
+        method="percentile",
+        random_state=seed,
+    ).confidence_interval
     return Difference("coverage", estimate, float(ci.low), float(ci.high), confidence, len(types))
 
 

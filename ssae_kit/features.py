@@ -45,8 +45,14 @@ class Residuals:
     layer: int
 
 
-def residuals(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], layer: int,
-              ctx_len: int = 128, batch_size: int = 16) -> Residuals:
+def residuals(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    layer: int,
+    ctx_len: int = 128,
+    batch_size: int = 16,
+) -> Residuals:
     """Run the model to `layer` once over `texts` (N x T x d_model floats stay in memory)."""
     ids, attn, keep = _first_windows(texts, tokenizer, ctx_len)
     batches = iter_residuals(model, ids, attn, keep, layer, batch_size)
@@ -82,7 +88,9 @@ def pooled_activations(
     check_layer(model, layer)
     edit_layer = layer if edit_layer is None else edit_layer
     if edit is not None and edit_layer > layer:
-        raise ValueError(f"The SAE edit is at layer {edit_layer}, after the probe layer {layer}: it cannot reach the probe.")
+        raise ValueError(
+            f"The SAE edit is at layer {edit_layer}, after the probe layer {layer}: it cannot reach the probe."
+        )
     with splice(model, edit_layer, edit) if edit is not None else nullcontext():
         return mean_pool(residuals(model, tokenizer, texts, layer, ctx_len, batch_size))
 
@@ -91,8 +99,14 @@ def pooled_activations(
 def latent_means(sae: SAE, r: Residuals, batch_size: int = 64) -> torch.Tensor:
     """(N, d_sae) mean activation of every latent over each text's tokens."""
     sae.check_reads(layer=r.layer, d_in=r.resid.shape[-1])
-    return torch.cat([token_mean(sae.encode(r.resid[s : s + batch_size].to(sae.W_dec.dtype)), r.keep[s : s + batch_size]).float()
-                      for s in range(0, len(r.resid), batch_size)])
+    return torch.cat(
+        [
+            token_mean(
+                sae.encode(r.resid[s : s + batch_size].to(sae.W_dec.dtype)), r.keep[s : s + batch_size]
+            ).float()
+            for s in range(0, len(r.resid), batch_size)
+        ]
+    )
 
 
 @dataclass
@@ -105,13 +119,22 @@ class FeatureActivations:
 
 
 @torch.no_grad()
-def collect_feature_activations(sae: SAE, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                                docs: list[Document], layer: int, ctx_len: int = 64, max_contexts: int = 64,
-                                batch_size: int = 8) -> FeatureActivations:
+def collect_feature_activations(
+    sae: SAE,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    docs: list[Document],
+    layer: int,
+    ctx_len: int = 64,
+    max_contexts: int = 64,
+    batch_size: int = 8,
+) -> FeatureActivations:
     """Run the model to `layer` on up to `max_contexts` windows of `docs` and encode with `sae`."""
     sae.check_reads(model_name=model.name_or_path, layer=layer, d_in=d_model(model))
     ctx = tokenize_contexts(docs, tokenizer, ctx_len, max_contexts=max_contexts)
     keep = content_mask(ctx, tokenizer)
-    chunks = [(sae.encode(b.resid.to(sae.W_dec.dtype)) * b.keep[..., None]).half().cpu()
-              for b in iter_residuals(model, ctx.input_ids, ctx.attention_mask, keep, layer, batch_size)]
+    chunks = [
+        (sae.encode(b.resid.to(sae.W_dec.dtype)) * b.keep[..., None]).half().cpu()
+        for b in iter_residuals(model, ctx.input_ids, ctx.attention_mask, keep, layer, batch_size)
+    ]
     return FeatureActivations(ctx.input_ids, keep, torch.cat(chunks))

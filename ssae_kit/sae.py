@@ -70,11 +70,15 @@ class SAEConfig:
         if not (self.norm_scale > 0 and math.isfinite(self.norm_scale)):
             raise ValueError(f"norm_scale={self.norm_scale} must be a positive finite number.")
         if self.dtype != "float32":
-            raise ValueError(f"dtype={self.dtype!r}: the kit computes and fine-tunes in float32, so keep "
-                             "dtype='float32'; SAE.load upcasts bfloat16/float16 weights.")
+            raise ValueError(
+                f"dtype={self.dtype!r}: the kit computes and fine-tunes in float32, so keep "
+                "dtype='float32'; SAE.load upcasts bfloat16/float16 weights."
+            )
         if self.hook_name and layer_of_hook(self.hook_name) != self.layer:
-            raise ValueError(f"layer={self.layer} but hook_name={self.hook_name!r} reads layer "
-                             f"{layer_of_hook(self.hook_name)}: set layer to match, or hook_name=''.")
+            raise ValueError(
+                f"layer={self.layer} but hook_name={self.hook_name!r} reads layer "
+                f"{layer_of_hook(self.hook_name)}: set layer to match, or hook_name=''."
+            )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
@@ -119,7 +123,9 @@ class SAE(nn.Module):
     def _pre(self, x: torch.Tensor) -> torch.Tensor:
         """(x - b_dec) W_enc + b_enc, (B, d_sae), written so that backward never multiplies back
         through x: b_dec enters as a vector-matrix product, saving a (B, d_sae, d_in) matmul."""
-        pre = torch.addmm(self.b_enc - self._input_bias() @ self.W_enc, x.reshape(-1, x.shape[-1]), self.W_enc)
+        pre = torch.addmm(
+            self.b_enc - self._input_bias() @ self.W_enc, x.reshape(-1, x.shape[-1]), self.W_enc
+        )
         return pre.reshape(*x.shape[:-1], -1)
 
     def _activate(self, pre: torch.Tensor) -> torch.Tensor:
@@ -177,18 +183,26 @@ class SAE(nn.Module):
         return ForwardOutput(x_hat_n / self.cfg.norm_scale, f, mse, torch.zeros_like(mse))
 
     # --- what the SAE reads -----------------------------------------------------------------
-    def check_reads(self, *, model_name: str | None = None, layer: int | None = None, d_in: int | None = None) -> None:
+    def check_reads(
+        self, *, model_name: str | None = None, layer: int | None = None, d_in: int | None = None
+    ) -> None:
         """Raise unless this SAE reads activations of this model, layer and width: the one check made
         wherever an SAE meets activations. Unknown fields pass (an SAE's layer -1 or empty model_name,
         an empty or omitted argument)."""
         if d_in is not None and self.cfg.d_in != d_in:
-            raise ValueError(f"The SAE reads d_in={self.cfg.d_in} but these activations have d_model={d_in}: "
-                             "use an SAE of this model.")
+            raise ValueError(
+                f"The SAE reads d_in={self.cfg.d_in} but these activations have d_model={d_in}: "
+                "use an SAE of this model."
+            )
         if layer is not None and self.cfg.layer not in (-1, layer):
-            raise ValueError(f"The SAE was trained on layer {self.cfg.layer}, not {layer}: pass layer={self.cfg.layer}.")
+            raise ValueError(
+                f"The SAE was trained on layer {self.cfg.layer}, not {layer}: pass layer={self.cfg.layer}."
+            )
         if self.cfg.model_name and model_name and self.cfg.model_name != model_name:
-            raise ValueError(f"The SAE was trained on model {self.cfg.model_name!r}, not {model_name!r}: "
-                             "use an SAE of this model, or load the SAE's model.")
+            raise ValueError(
+                f"The SAE was trained on model {self.cfg.model_name!r}, not {model_name!r}: "
+                "use an SAE of this model, or load the SAE's model."
+            )
 
     # --- the unit-norm decoder constraint (two named steps, as in sparsify) -----------------
     @torch.no_grad()
@@ -206,8 +220,10 @@ class SAE(nn.Module):
         """Write `cfg.json` + `sae_weights.safetensors` that SAELens' `SAE.load_from_disk` reads, as one unit."""
         s = self.cfg.norm_scale
         tensors = {
-            "W_enc": self.W_enc.detach() * s, "b_enc": self.b_enc.detach(),
-            "W_dec": self.W_dec.detach() / s, "b_dec": self.b_dec.detach() / s,
+            "W_enc": self.W_enc.detach() * s,
+            "b_enc": self.b_enc.detach(),
+            "W_dec": self.W_dec.detach() / s,
+            "b_dec": self.b_dec.detach() / s,
         }
         if self.cfg.architecture == "jumprelu":
             tensors["threshold"] = self.log_threshold.detach().exp()
@@ -229,7 +245,9 @@ class SAE(nn.Module):
         """
         path = Path(path)
         if not (path / SAE_CFG_FILE).exists():
-            raise FileNotFoundError(f"No SAE at {path}: expected {SAE_CFG_FILE} and {SAE_WEIGHTS_FILE} there.")
+            raise FileNotFoundError(
+                f"No SAE at {path}: expected {SAE_CFG_FILE} and {SAE_WEIGHTS_FILE} there."
+            )
         raw = json.loads((path / SAE_CFG_FILE).read_text())
         cfg = _cfg_from_saelens(raw, path)
         sae = cls(cfg, seed=None)
@@ -239,7 +257,12 @@ class SAE(nn.Module):
             n = t["W_dec"].norm(dim=1).clamp_min(1e-8)  # (d_sae,)
             t.update(W_enc=t["W_enc"] * n, b_enc=t["b_enc"] * n, W_dec=t["W_dec"] / n[:, None])
         s = cfg.norm_scale
-        state = {"W_enc": t["W_enc"] / s, "b_enc": t["b_enc"], "W_dec": t["W_dec"] * s, "b_dec": t["b_dec"] * s}
+        state = {
+            "W_enc": t["W_enc"] / s,
+            "b_enc": t["b_enc"],
+            "W_dec": t["W_dec"] * s,
+            "b_dec": t["b_dec"] * s,
+        }
         if cfg.architecture == "jumprelu":
             state["log_threshold"] = t["threshold"].clamp_min(1e-12).log()
         sae.load_state_dict(state)
@@ -274,12 +297,16 @@ def load_pretrained(release: str, sae_id: str, device: str | torch.device = "cpu
     (e.g. Gemma Scope as the GSAE), which needs `sae-lens` and internet or a cached download."""
     if release == SHIPPED_RELEASE:
         if sae_id not in shipped_saes():
-            raise ValueError(f"The kit ships no SAE {sae_id!r}; shipped: {shipped_saes() or 'none found in ' + str(SHIPPED_DIR)}.")
+            raise ValueError(
+                f"The kit ships no SAE {sae_id!r}; shipped: {shipped_saes() or 'none found in ' + str(SHIPPED_DIR)}."
+            )
         return SAE.load(SHIPPED_DIR / sae_id, device=device)
     try:
         from sae_lens import SAE as LensSAE
     except ImportError as err:
-        raise ValueError("load_pretrained needs SAELens: run `pip install sae-lens` (or the kit's dev extra).") from err
+        raise ValueError(
+            "load_pretrained needs SAELens: run `pip install sae-lens` (or the kit's dev extra)."
+        ) from err
     try:
         lens = LensSAE.from_pretrained(release, sae_id, device="cpu")
     except OSError as err:  # huggingface_hub's LocalEntryNotFoundError when offline and not cached
@@ -298,8 +325,10 @@ def resolve_sae(spec: str, device: str | torch.device = "cpu") -> SAE:
         return SAE.load(Path(spec).expanduser(), device=device)
     release, sep, sae_id = spec.partition(":")
     if not sep or not sae_id:
-        raise ValueError(f"SAE {spec!r} is neither a folder nor 'release:sae_id': give a folder with {SAE_CFG_FILE}, "
-                         f"'{SHIPPED_RELEASE}:<id>' (shipped: {shipped_saes()}), or a SAELens release and id.")
+        raise ValueError(
+            f"SAE {spec!r} is neither a folder nor 'release:sae_id': give a folder with {SAE_CFG_FILE}, "
+            f"'{SHIPPED_RELEASE}:<id>' (shipped: {shipped_saes()}), or a SAELens release and id."
+        )
     return load_pretrained(release, sae_id, device=device)
 
 
@@ -324,8 +353,9 @@ class _TopKEncode(torch.autograd.Function):
         B, k = indices.shape
         d_sae = W_enc.shape[1]
         rows = torch.arange(B, device=x.device).repeat_interleave(k)
-        G_T = torch.sparse_coo_tensor(torch.stack([indices.flatten(), rows]), grad_values.flatten(), (d_sae, B),
-                                      check_invariants=False)  # (d_sae, B), B*k non-zeros
+        G_T = torch.sparse_coo_tensor(
+            torch.stack([indices.flatten(), rows]), grad_values.flatten(), (d_sae, B), check_invariants=False
+        )  # (d_sae, B), B*k non-zeros
         grad_b_enc = torch.zeros(d_sae, dtype=grad_values.dtype, device=x.device)
         grad_b_enc.index_add_(0, indices.flatten(), grad_values.flatten())
         # dpre/dW_enc is (x - b_dec): G^T x minus the b_dec part, an outer product
@@ -355,11 +385,18 @@ class _JumpStep(torch.autograd.Function):
 
 def _saelens_cfg(cfg: SAEConfig) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "d_in": cfg.d_in, "d_sae": cfg.d_sae, "dtype": cfg.dtype, "device": "cpu",
-        "apply_b_dec_to_input": cfg.apply_b_dec_to_input, "normalize_activations": "none", "reshape_activations": "none",
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "dtype": cfg.dtype,
+        "device": "cpu",
+        "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
         "architecture": _TO_SAELENS[cfg.architecture],
         "metadata": {
-            "sae_lens_version": "6.0.0", "model_name": cfg.model_name, "hook_name": cfg.hook_name,
+            "sae_lens_version": "6.0.0",
+            "model_name": cfg.model_name,
+            "hook_name": cfg.hook_name,
             "ssae_kit": asdict(cfg),  # everything else the kit needs, kept verbatim by SAELens
         },
     }
@@ -381,19 +418,32 @@ def _cfg_from_saelens(raw: dict[str, Any], path: Path) -> SAEConfig:
         )
     arch = raw.get("architecture")
     if arch not in _FROM_SAELENS:
-        hint = " SAELens' save_inference_model saves a batchtopk SAE as jumprelu." if "batchtopk" in str(arch) else ""
+        hint = (
+            " SAELens' save_inference_model saves a batchtopk SAE as jumprelu."
+            if "batchtopk" in str(arch)
+            else ""
+        )
         raise ValueError(
             f"{file} has architecture {arch!r}; the kit reads {sorted(_FROM_SAELENS)} (SAELens names). "
             f"Pick an SAE of a supported architecture.{hint}"
         )
-    for field, fix in (("normalize_activations", ("fold the normalisation into the weights first "
-                                                  "(SAELens: fold_activation_norm_scaling_factor)")),
-                       ("reshape_activations", "the kit reads the residual stream, not attention heads")):
+    for field, fix in (
+        (
+            "normalize_activations",
+            ("fold the normalisation into the weights first (SAELens: fold_activation_norm_scaling_factor)"),
+        ),
+        ("reshape_activations", "the kit reads the residual stream, not attention heads"),
+    ):
         if raw.get(field, "none") not in ("none", None):
             raise ValueError(f"{file} asks for {field}={raw[field]!r}, which the kit does not apply: {fix}.")
     kit = dict(meta.get("ssae_kit", {}))
-    kit.update(d_in=raw["d_in"], d_sae=raw["d_sae"], architecture=_FROM_SAELENS[arch], dtype="float32",
-               apply_b_dec_to_input=raw.get("apply_b_dec_to_input", True))
+    kit.update(
+        d_in=raw["d_in"],
+        d_sae=raw["d_sae"],
+        architecture=_FROM_SAELENS[arch],
+        dtype="float32",
+        apply_b_dec_to_input=raw.get("apply_b_dec_to_input", True),
+    )
     kit.setdefault("model_name", meta.get("model_name") or "")
     kit.setdefault("hook_name", meta.get("hook_name") or "")
     kit.setdefault("layer", layer_of_hook(kit["hook_name"]) if kit["hook_name"] else -1)
@@ -406,6 +456,8 @@ def _stored_dtype(raw: dict[str, Any], path: Path) -> torch.dtype:
     """The dtype SAELens casts the weights to on load (cfg.json `dtype`, its DTYPE_MAP names)."""
     name = str(raw.get("dtype", "float32")).removeprefix("torch.")
     if name not in ("float32", "float64", "float16", "bfloat16"):
-        raise ValueError(f"{path / SAE_CFG_FILE} has dtype={raw['dtype']!r}; SAELens and the kit read "
-                         "float32, float64, float16 or bfloat16.")
+        raise ValueError(
+            f"{path / SAE_CFG_FILE} has dtype={raw['dtype']!r}; SAELens and the kit read "
+            "float32, float64, float16 or bfloat16."
+        )
     return getattr(torch, name)

@@ -16,13 +16,19 @@ Tree = str | dict | list  # a leaf name, {name: subtree(s)}, or a list of subtre
 
 def parse_taxonomy(taxonomy: Tree | list[tuple[str, str]]) -> Tree:
     """Accept a nested dict/list tree, or an edge list [(parent, child), ...] with a single root."""
-    if isinstance(taxonomy, list) and taxonomy and all(isinstance(e, tuple) and len(e) == 2 for e in taxonomy):
+    if (
+        isinstance(taxonomy, list)
+        and taxonomy
+        and all(isinstance(e, tuple) and len(e) == 2 for e in taxonomy)
+    ):
         children: dict[str, list[str]] = {}
         for parent, child in taxonomy:
             children.setdefault(parent, []).append(child)
         roots = set(children) - {c for _, c in taxonomy}
         if len(roots) != 1:
-            raise ValueError(f"The edge list has roots {sorted(roots)}: a taxonomy needs exactly one root (a tree).")
+            raise ValueError(
+                f"The edge list has roots {sorted(roots)}: a taxonomy needs exactly one root (a tree)."
+            )
         build = lambda node: {node: [build(c) for c in children[node]]} if node in children else node
         return build(roots.pop())
     return taxonomy
@@ -49,13 +55,17 @@ def leaf_depths(tree: Tree) -> dict[str, list[str]]:
     return paths
 
 
-def taxonomy_matrix(taxonomy: Tree | list[tuple[str, str]], leaves: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+def taxonomy_matrix(
+    taxonomy: Tree | list[tuple[str, str]], leaves: list[str] | None = None
+) -> tuple[list[str], np.ndarray]:
     """(leaf names, A) with A the normalised tree distance between leaves, in `leaves` order."""
     paths = leaf_depths(parse_taxonomy(taxonomy))
     leaves = list(paths) if leaves is None else list(leaves)
     unknown = [leaf for leaf in leaves if leaf not in paths]
     if unknown:
-        raise ValueError(f"Leaves {unknown} are not in the taxonomy (its leaves: {sorted(paths)}): fix the names.")
+        raise ValueError(
+            f"Leaves {unknown} are not in the taxonomy (its leaves: {sorted(paths)}): fix the names."
+        )
     n = len(leaves)
     dist = np.zeros((n, n))
     for i, a in enumerate(leaves):
@@ -70,12 +80,18 @@ def check_taxonomy_matrix(A: np.ndarray, n_domains: int) -> np.ndarray:
     """Return A as float if it is a valid taxonomy matrix for `n_domains` domains, else raise naming the fix."""
     A = np.asarray(A, dtype=float)
     if A.ndim != 2 or A.shape[0] != A.shape[1]:
-        raise ValueError(f"The taxonomy matrix has shape {A.shape}; it must be square (n_domains x n_domains).")
+        raise ValueError(
+            f"The taxonomy matrix has shape {A.shape}; it must be square (n_domains x n_domains)."
+        )
     if A.shape[0] != n_domains:
-        raise ValueError(f"The taxonomy matrix is {A.shape[0]}x{A.shape[0]} but there are {n_domains} domains: "
-                         "give one row per domain, in the domains' order.")
+        raise ValueError(
+            f"The taxonomy matrix is {A.shape[0]}x{A.shape[0]} but there are {n_domains} domains: "
+            "give one row per domain, in the domains' order."
+        )
     if not np.allclose(A, A.T) or np.abs(np.diag(A)).max() > 1e-9:
-        raise ValueError("The taxonomy matrix must be symmetric with a zero diagonal (a distance between domains).")
+        raise ValueError(
+            "The taxonomy matrix must be symmetric with a zero diagonal (a distance between domains)."
+        )
     return A
 
 
@@ -102,13 +118,28 @@ def subtrees(taxonomy: Tree | list[tuple[str, str]], min_leaves: int = 1) -> dic
 
 # The 28 LabHC professions by field and subfield: a hand-made tree, so leaves in one subfield are at
 # distance 1/3, in one field 2/3, in different fields 1.
-PROFESSION_TAXONOMY: Tree = {"professions": [
-    {"health": [{"clinical": ["physician", "surgeon", "nurse", "dentist", "chiropractor"]},
-                {"wellbeing": ["psychologist", "dietitian", "personal_trainer", "yoga_teacher"]}]},
-    {"law_and_business": [{"law": ["attorney", "paralegal"]}, {"finance": ["accountant"]}]},
-    {"education_and_faith": [{"teaching": ["professor", "teacher"]}, {"faith": ["pastor"]}]},
-    {"arts_and_media": [{"music": ["composer", "rapper", "dj"]},
-                        {"visual": ["painter", "photographer", "filmmaker", "model"]},
-                        {"words": ["poet", "journalist", "comedian"]}]},
-    {"design_and_technology": [{"design": ["architect", "interior_designer"]}, {"software": ["software_engineer"]}]},
-]}
+PROFESSION_TAXONOMY: Tree = {
+    "professions": [
+        {
+            "health": [
+                {"clinical": ["physician", "surgeon", "nurse", "dentist", "chiropractor"]},
+                {"wellbeing": ["psychologist", "dietitian", "personal_trainer", "yoga_teacher"]},
+            ]
+        },
+        {"law_and_business": [{"law": ["attorney", "paralegal"]}, {"finance": ["accountant"]}]},
+        {"education_and_faith": [{"teaching": ["professor", "teacher"]}, {"faith": ["pastor"]}]},
+        {
+            "arts_and_media": [
+                {"music": ["composer", "rapper", "dj"]},
+                {"visual": ["painter", "photographer", "filmmaker", "model"]},
+                {"words": ["poet", "journalist", "comedian"]},
+            ]
+        },
+        {
+            "design_and_technology": [
+                {"design": ["architect", "interior_designer"]},
+                {"software": ["software_engineer"]},
+            ]
+        },
+    ]
+}

@@ -29,7 +29,9 @@ def per_token_loss(mse: torch.Tensor, sparsity: torch.Tensor, sparsity_coefficie
 def check_tilt(t: float) -> float:
     """Return `t` if it is a valid tilt (a number >= 0, inf allowed), else raise naming the fix."""
     if not isinstance(t, (int, float)) or math.isnan(t) or t < 0:
-        raise ValueError(f"tilt t={t!r} must be a number >= 0 (0 is ERM, larger weights the worst tokens more).")
+        raise ValueError(
+            f"tilt t={t!r} must be a number >= 0 (0 is ERM, larger weights the worst tokens more)."
+        )
     return float(t)
 
 

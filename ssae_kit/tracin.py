@@ -55,8 +55,9 @@ Checkpoint = tuple[SAE, float]
 """An SAE at one point of training and the learning rate eta_c of the steps taken from it."""
 
 
-def token_losses(params: dict[str, torch.Tensor], cfg: SAEConfig, x: torch.Tensor,
-                 l1_coefficient: float) -> torch.Tensor:
+def token_losses(
+    params: dict[str, torch.Tensor], cfg: SAEConfig, x: torch.Tensor, l1_coefficient: float
+) -> torch.Tensor:
     """(B,) per-token training loss (MSE + l1_coefficient x sparsity, normalised units) of the SAE
     with parameters `params` on raw activations x (B, d_in), in ops that forward-mode AD supports.
 
@@ -83,7 +84,9 @@ def token_losses(params: dict[str, torch.Tensor], cfg: SAEConfig, x: torch.Tenso
     return per_token_loss((x_hat_n - x_n).pow(2).sum(-1), sparsity, l1_coefficient)
 
 
-def seed_gradient(sae: SAE, acts: torch.Tensor, doc_ids: torch.Tensor, l1_coefficient: float) -> dict[str, torch.Tensor]:
+def seed_gradient(
+    sae: SAE, acts: torch.Tensor, doc_ids: torch.Tensor, l1_coefficient: float
+) -> dict[str, torch.Tensor]:
     """Gradient of the seeds' loss (the mean over seed documents of each one's mean token loss)
     by the SAE's own backward, minus its part along each decoder row, as training removes it."""
     out = sae(acts)
@@ -96,20 +99,35 @@ def seed_gradient(sae: SAE, acts: torch.Tensor, doc_ids: torch.Tensor, l1_coeffi
     return g
 
 
-def tracin_scores(checkpoints: list[Checkpoint], seed_grads: list[dict[str, torch.Tensor]], acts: torch.Tensor,
-                  doc_ids: torch.Tensor, n_docs: int, l1_coefficient: float, chunk_tokens: int = 4096) -> torch.Tensor:
+def tracin_scores(
+    checkpoints: list[Checkpoint],
+    seed_grads: list[dict[str, torch.Tensor]],
+    acts: torch.Tensor,
+    doc_ids: torch.Tensor,
+    n_docs: int,
+    l1_coefficient: float,
+    chunk_tokens: int = 4096,
+) -> torch.Tensor:
     """(n_docs,) TracIn score of each document, sum_c eta_c <grad l(doc; theta_c), g_c>, where l is
     the mean training loss over the document's tokens in `acts` (B, d_in) (`doc_ids` (B,) say whose).
 
     The mean, not the sum: the budget is counted in tokens, so documents are ranked by influence
     per token spent. One jvp per chunk of tokens and checkpoint; NaN for a document with no token."""
-    sums, counts = _influence_sums(checkpoints, seed_grads, acts, doc_ids, n_docs, l1_coefficient, chunk_tokens)
+    sums, counts = _influence_sums(
+        checkpoints, seed_grads, acts, doc_ids, n_docs, l1_coefficient, chunk_tokens
+    )
     return sums / counts.where(counts > 0, torch.nan)
 
 
-def _influence_sums(checkpoints: list[Checkpoint], seed_grads: list[dict[str, torch.Tensor]], acts: torch.Tensor,
-                    doc_ids: torch.Tensor, n_docs: int, l1_coefficient: float,
-                    chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _influence_sums(
+    checkpoints: list[Checkpoint],
+    seed_grads: list[dict[str, torch.Tensor]],
+    acts: torch.Tensor,
+    doc_ids: torch.Tensor,
+    n_docs: int,
+    l1_coefficient: float,
+    chunk_tokens: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per document: the sum over its tokens of sum_c eta_c <grad l_token, g_c>, and its token count."""
     device = checkpoints[0][0].W_dec.device  # sums stay there: no copy back per chunk
     sums, on_device = torch.zeros(n_docs, dtype=torch.float64, device=device), doc_ids.long().to(device)
@@ -125,8 +143,14 @@ def _influence_sums(checkpoints: list[Checkpoint], seed_grads: list[dict[str, to
     return sums.cpu(), torch.bincount(doc_ids.long().cpu(), minlength=n_docs).double()
 
 
-def tracin_scores_explicit(checkpoints: list[Checkpoint], seed_grads: list[dict[str, torch.Tensor]], acts: torch.Tensor,
-                           doc_ids: torch.Tensor, n_docs: int, l1_coefficient: float) -> torch.Tensor:
+def tracin_scores_explicit(
+    checkpoints: list[Checkpoint],
+    seed_grads: list[dict[str, torch.Tensor]],
+    acts: torch.Tensor,
+    doc_ids: torch.Tensor,
+    n_docs: int,
+    l1_coefficient: float,
+) -> torch.Tensor:
     """The same scores as `tracin_scores` the slow way: each document's gradient by the SAE's own
     backward, materialised, dotted with g_c. The reference for tests and the benchmark."""
     scores = torch.full((n_docs,), torch.nan, dtype=torch.float64)
@@ -144,9 +168,16 @@ def tracin_scores_explicit(checkpoints: list[Checkpoint], seed_grads: list[dict[
     return scores
 
 
-def build_checkpoints(gsae: SAE, seed_store: ActivationStore, n_checkpoints: int = 3, steps_per_checkpoint: int = 10,
-                      lr: float = 5e-4, l1_coefficient: float = 1.0, seed: int = 0,
-                      device: str = "auto") -> list[Checkpoint]:
+def build_checkpoints(
+    gsae: SAE,
+    seed_store: ActivationStore,
+    n_checkpoints: int = 3,
+    steps_per_checkpoint: int = 10,
+    lr: float = 5e-4,
+    l1_coefficient: float = 1.0,
+    seed: int = 0,
+    device: str = "auto",
+) -> list[Checkpoint]:
     """The GSAE, then n_checkpoints - 1 SAEs each `steps_per_checkpoint` steps further fine-tuned on
     the seeds' activations, each with the learning rate of its steps.
 
@@ -158,9 +189,17 @@ def build_checkpoints(gsae: SAE, seed_store: ActivationStore, n_checkpoints: int
     checkpoints = [(current, lr)]
     batch = min(512, seed_store.n_tokens)
     for c in range(1, n_checkpoints):
-        cfg = TrainConfig(l1_coefficient=l1_coefficient, lr=lr, warmup_tokens=0, decay_frac=0.0, batch_size=batch,
-                          total_tokens=steps_per_checkpoint * batch, log_every=steps_per_checkpoint,
-                          seed=seed + c, device=device)
+        cfg = TrainConfig(
+            l1_coefficient=l1_coefficient,
+            lr=lr,
+            warmup_tokens=0,
+            decay_frac=0.0,
+            batch_size=batch,
+            total_tokens=steps_per_checkpoint * batch,
+            log_every=steps_per_checkpoint,
+            seed=seed + c,
+            device=device,
+        )
         current = train(seed_store, cfg, init=current).sae
         checkpoints.append((current, lr))
     return checkpoints
@@ -211,52 +250,87 @@ def select_tracin(
     if base not in ("dense", "bm25"):
         raise ValueError(f"base={base!r} must be 'dense' or 'bm25' (the retrieval TracIn reranks).")
     if not (isinstance(rerank_factor, (int, float)) and rerank_factor >= 1):
-        raise ValueError(f"rerank_factor={rerank_factor!r} must be >= 1: the candidates are rerank_factor x "
-                         "budget_tokens retrieved tokens; use the default 3, or 1 to rerank exactly the budget.")
+        raise ValueError(
+            f"rerank_factor={rerank_factor!r} must be >= 1: the candidates are rerank_factor x "
+            "budget_tokens retrieved tokens; use the default 3, or 1 to rerank exactly the budget."
+        )
     if not seeds:
-        raise ValueError("The seed set is empty: TracIn scores candidates by their influence on the seeds' loss; "
-                         "give at least one example document of the subdomain.")
+        raise ValueError(
+            "The seed set is empty: TracIn scores candidates by their influence on the seeds' loss; "
+            "give at least one example document of the subdomain."
+        )
     if budget_tokens is None or budget_tokens <= 0:
         raise ValueError(f"budget_tokens={budget_tokens!r} must be a positive number of LM tokens.")
     if n_checkpoints < 1 or steps_per_checkpoint < 1:
-        raise ValueError(f"n_checkpoints={n_checkpoints} and steps_per_checkpoint={steps_per_checkpoint} must be "
-                         ">= 1 (1 checkpoint: the GSAE alone).")
+        raise ValueError(
+            f"n_checkpoints={n_checkpoints} and steps_per_checkpoint={steps_per_checkpoint} must be "
+            ">= 1 (1 checkpoint: the GSAE alone)."
+        )
     check_layer(model, layer)
     check_ctx_len(model, ctx_len)
     gsae.check_reads(model_name=model.name_or_path, layer=layer, d_in=d_model(model))
 
     started = time.perf_counter()
-    with warnings.catch_warnings():  # a candidate set holding the whole pool is fine: TracIn then ranks it all
+    with (
+        warnings.catch_warnings()
+    ):  # a candidate set holding the whole pool is fine: TracIn then ranks it all
         warnings.filterwarnings("ignore", message=r".*holds the whole pool")
-        found = select(pool, seeds, base, math.ceil(rerank_factor * budget_tokens), tokenizer, seed=seed,
-                       embedder=embedder, combine=combine, pool_embeddings=pool_embeddings, index=index)
+        found = select(
+            pool,
+            seeds,
+            base,
+            math.ceil(rerank_factor * budget_tokens),
+            tokenizer,
+            seed=seed,
+            embedder=embedder,
+            combine=combine,
+            pool_embeddings=pool_embeddings,
+            index=index,
+        )
     candidates = found.documents
     retrieved = time.perf_counter()
-    cand_store, seed_store = (_cached_store(docs, model, tokenizer, layer, ctx_len, store_dir, what)
-                              for docs, what in ((candidates, "candidates"), (seeds, "seeds")))
+    cand_store, seed_store = (
+        _cached_store(docs, model, tokenizer, layer, ctx_len, store_dir, what)
+        for docs, what in ((candidates, "candidates"), (seeds, "seeds"))
+    )
     cached = time.perf_counter()
-    checkpoints = build_checkpoints(gsae, seed_store, n_checkpoints, steps_per_checkpoint, lr, l1_coefficient, seed,
-                                    device)
+    checkpoints = build_checkpoints(
+        gsae, seed_store, n_checkpoints, steps_per_checkpoint, lr, l1_coefficient, seed, device
+    )
     seed_acts, seed_ids = read_store(seed_store)
-    seed_grads = [seed_gradient(sae, seed_acts.to(sae.W_dec.device), seed_ids, l1_coefficient)
-                  for sae, _ in checkpoints]
+    seed_grads = [
+        seed_gradient(sae, seed_acts.to(sae.W_dec.device), seed_ids, l1_coefficient) for sae, _ in checkpoints
+    ]
     trained = time.perf_counter()
     acts, doc_ids = read_store(cand_store)
     scores = tracin_scores(checkpoints, seed_grads, acts, doc_ids, len(candidates), l1_coefficient)
     scores = scores.nan_to_num(nan=-math.inf).numpy()  # a document with no cached token goes last
-    logger.info("%s_tracin: %d candidates (%d tokens) retrieved in %.1f s, activations %.1f s, "
-                "checkpoints %.1f s, scores %.1f s", base, len(candidates), cand_store.n_tokens,
-                retrieved - started, cached - retrieved, trained - cached, time.perf_counter() - trained)
+    logger.info(
+        "%s_tracin: %d candidates (%d tokens) retrieved in %.1f s, activations %.1f s, "
+        "checkpoints %.1f s, scores %.1f s",
+        base,
+        len(candidates),
+        cand_store.n_tokens,
+        retrieved - started,
+        cached - retrieved,
+        trained - cached,
+        time.perf_counter() - trained,
+    )
     selection = _fill(candidates, scores, budget_tokens, tokenizer, f"{base}_tracin")
     return _warn_if_whole_pool(selection, len(dedupe_indices(pool)))
 
 
-def _cached_store(docs: list[Document], model, tokenizer, layer: int, ctx_len: int, store_dir: str | Path | None,
-                  what: str) -> ActivationStore:
+def _cached_store(
+    docs: list[Document], model, tokenizer, layer: int, ctx_len: int, store_dir: str | Path | None, what: str
+) -> ActivationStore:
     """A float32 store of `docs` at `layer`, in a folder named by model, layer, ctx_len and documents."""
-    key = hashlib.sha256(f"{model.name_or_path}|{layer}|{ctx_len}|{corpus_checksum(docs)}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        f"{model.name_or_path}|{layer}|{ctx_len}|{corpus_checksum(docs)}".encode()
+    ).hexdigest()[:16]
     root = Path(store_dir) if store_dir is not None else cache_dir("tracin")
-    return cache_activations(model, tokenizer, docs, layer, root / f"{what}-{key}", ctx_len=ctx_len, dtype="float32")
+    return cache_activations(
+        model, tokenizer, docs, layer, root / f"{what}-{key}", ctx_len=ctx_len, dtype="float32"
+    )
 
 
 def _doc_means(values: torch.Tensor, doc_ids: torch.Tensor, n_docs: int) -> torch.Tensor:

@@ -89,18 +89,30 @@ class TrainConfig:
     """auto: CUDA when present, else CPU (under torchrun: this rank's GPU)."""
 
     def __post_init__(self) -> None:
-        for name, choices in (("objective", Objective), ("architecture", Architecture), ("loss_scale", ScaleRule)):
+        for name, choices in (
+            ("objective", Objective),
+            ("architecture", Architecture),
+            ("loss_scale", ScaleRule),
+        ):
             if getattr(self, name) not in get_args(choices):
                 raise ValueError(f"Unknown {name} {getattr(self, name)!r}; use one of {get_args(choices)}.")
         for name, ok, need in (
             ("lr", self.lr > 0 and math.isfinite(self.lr), "a positive finite number, e.g. 1e-3"),
-            ("l1_coefficient", self.l1_coefficient >= 0 and math.isfinite(self.l1_coefficient), "a finite number >= 0"),
+            (
+                "l1_coefficient",
+                self.l1_coefficient >= 0 and math.isfinite(self.l1_coefficient),
+                "a finite number >= 0",
+            ),
             ("warmup_tokens", self.warmup_tokens >= 0, ">= 0 (0: no warm-up)"),
             ("d_sae", self.d_sae >= 1, ">= 1"),
             ("log_every", self.log_every >= 1, ">= 1 (steps between logged metrics)"),
             ("checkpoint_every", self.checkpoint_every >= 0, ">= 0 (0: checkpoint only at the end)"),
             ("dead_window_tokens", self.dead_window_tokens >= 1, ">= 1"),
-            ("decay_frac", 0 <= self.decay_frac <= 1, "in [0, 1] (the share of the budget the LR decays over)"),
+            (
+                "decay_frac",
+                0 <= self.decay_frac <= 1,
+                "in [0, 1] (the share of the budget the LR decays over)",
+            ),
             ("batch_size", self.batch_size >= 1, ">= 1 (tokens per optimiser step)"),
             ("total_tokens", self.total_tokens >= 1, ">= 1 (the training budget in tokens)"),
             ("k", self.k >= 1, ">= 1 (active latents per token of a topk SAE)"),
@@ -115,7 +127,9 @@ class TrainConfig:
         if self.architecture == "topk" and not 0 < self.k <= self.d_sae:
             raise ValueError(f"k={self.k} must be between 1 and d_sae={self.d_sae}.")
         if self.batch_size <= 0 or self.total_tokens < self.batch_size:
-            raise ValueError(f"Need 0 < batch_size ({self.batch_size}) <= total_tokens ({self.total_tokens}).")
+            raise ValueError(
+                f"Need 0 < batch_size ({self.batch_size}) <= total_tokens ({self.total_tokens})."
+            )
 
 
 @dataclass
@@ -140,17 +154,38 @@ def get_lr(tokens: int, cfg: TrainConfig) -> float:
     """Warm-up, constant, then linear decay to 0 over the last `decay_frac` of the budget."""
     warm = min(1.0, (tokens + 1) / cfg.warmup_tokens) if cfg.warmup_tokens else 1.0
     decay_start = cfg.total_tokens * (1 - cfg.decay_frac)
-    decay = 1.0 if tokens < decay_start else max(0.0, (cfg.total_tokens - tokens) / (cfg.total_tokens - decay_start))
+    decay = (
+        1.0
+        if tokens < decay_start
+        else max(0.0, (cfg.total_tokens - tokens) / (cfg.total_tokens - decay_start))
+    )
     return cfg.lr * warm * decay
 
 
-def finetune_config(gsae: SAE, store: ActivationStore, l1_coefficient: float, total_tokens: int, lr: float = 5e-4,
-                    tilt: float = 0.0, seed: int = 0, device: str = "auto") -> TrainConfig:
+def finetune_config(
+    gsae: SAE,
+    store: ActivationStore,
+    l1_coefficient: float,
+    total_tokens: int,
+    lr: float = 5e-4,
+    tilt: float = 0.0,
+    seed: int = 0,
+    device: str = "auto",
+) -> TrainConfig:
     """The notebooks' recipe for fine-tuning `gsae` into an SSAE on `store`: no warm-up (the weights
     are trained already), 512-token batches (the whole store if smaller), ERM, or TERM when `tilt` > 0."""
-    return TrainConfig(d_sae=gsae.cfg.d_sae, l1_coefficient=l1_coefficient, total_tokens=total_tokens, lr=lr,
-                       warmup_tokens=0, batch_size=min(512, store.n_tokens), objective="term" if tilt else "erm",
-                       tilt=tilt, seed=seed, device=device)
+    return TrainConfig(
+        d_sae=gsae.cfg.d_sae,
+        l1_coefficient=l1_coefficient,
+        total_tokens=total_tokens,
+        lr=lr,
+        warmup_tokens=0,
+        batch_size=min(512, store.n_tokens),
+        objective="term" if tilt else "erm",
+        tilt=tilt,
+        seed=seed,
+        device=device,
+    )
 
 
 def train(
@@ -175,18 +210,31 @@ def train(
     trained_on = _store_identity(store)
     if out is not None and (out / CHECKPOINT_FILE).exists():
         if not resume:
-            raise ValueError(f"{out} already holds a training run: pass resume=True to continue it, or a new out_dir.")
+            raise ValueError(
+                f"{out} already holds a training run: pass resume=True to continue it, or a new out_dir."
+            )
         log = _load_checkpoint(out, cfg, trained_on, sae, opt, state, gen)
     first_step = state.step
     model = torch.nn.parallel.DistributedDataParallel(sae) if world > 1 else sae
     batches = _batches(store, cfg, state, rank, world)
-    bar = tqdm(total=cfg.total_tokens, initial=state.tokens, unit="tok", disable=rank != 0,
-               desc=f"{cfg.objective}{'' if cfg.objective == 'erm' else f' t={cfg.tilt:g}'}")
+    bar = tqdm(
+        total=cfg.total_tokens,
+        initial=state.tokens,
+        unit="tok",
+        disable=rank != 0,
+        desc=f"{cfg.objective}{'' if cfg.objective == 'erm' else f' t={cfg.tilt:g}'}",
+    )
     while state.tokens < cfg.total_tokens:
         x = next(batches).to(device)
-        logging_step = (state.step + 1) % cfg.log_every == 0 or state.tokens + cfg.batch_size >= cfg.total_tokens
+        logging_step = (
+            state.step + 1
+        ) % cfg.log_every == 0 or state.tokens + cfg.batch_size >= cfg.total_tokens
         metrics = _train_step(model, sae, opt, x, cfg, state, world, with_metrics=logging_step)
-        if cfg.resample_dead and state.tokens // cfg.dead_window_tokens > (state.tokens - cfg.batch_size) // cfg.dead_window_tokens:
+        if (
+            cfg.resample_dead
+            and state.tokens // cfg.dead_window_tokens
+            > (state.tokens - cfg.batch_size) // cfg.dead_window_tokens
+        ):
             _resample_dead(sae, opt, x, cfg, state, gen)
         bar.update(cfg.batch_size)
         if metrics:
@@ -202,8 +250,10 @@ def train(
         except OSError as err:
             rescue = cache_dir("rescued_runs") / f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}"
             _save_run(rescue, cfg, trained_on, sae, opt, state, gen, log, rank)
-            raise ValueError(f"Could not save the finished run in {out} ({err}); it is saved in {rescue} instead: "
-                             f"move that folder to {out}, or SAE.load it from there.") from err
+            raise ValueError(
+                f"Could not save the finished run in {out} ({err}); it is saved in {rescue} instead: "
+                f"move that folder to {out}, or SAE.load it from there."
+            ) from err
     return TrainResult(sae, log)
 
 
@@ -215,8 +265,16 @@ def _save_run(out: Path, cfg, trained_on, sae: SAE, opt, state: TrainState, gen,
         atomic_write_json(out / LOG_FILE, log)
 
 
-def _train_step(model, sae: SAE, opt, x: torch.Tensor, cfg: TrainConfig, state: TrainState, world: int,
-                with_metrics: bool = False) -> dict[str, float]:
+def _train_step(
+    model,
+    sae: SAE,
+    opt,
+    x: torch.Tensor,
+    cfg: TrainConfig,
+    state: TrainState,
+    world: int,
+    with_metrics: bool = False,
+) -> dict[str, float]:
     """One Adam step under the unit-norm decoder constraint; the step's metrics if asked, else {}.
 
     Every step only finds which latents fired (one max over the batch); L0 and the other
@@ -226,11 +284,15 @@ def _train_step(model, sae: SAE, opt, x: torch.Tensor, cfg: TrainConfig, state: 
     losses = per_token_loss(out.mse, out.sparsity, cfg.l1_coefficient)
     loss = objective(losses, cfg.tilt, cfg.loss_scale)
     if not torch.isfinite(loss):  # never step on it: a NaN spreads to every weight through Adam
-        cause = ("the batch holds NaN/inf activations: rebuild the store with cache_activations(dtype='float32')"
-                 if not torch.isfinite(x).all() else
-                 f"the activations are finite, so training diverged: lower lr (now {cfg.lr:g}) or l1_coefficient")
-        raise ValueError(f"The loss is {loss.item()} at step {state.step + 1} (after {state.tokens} tokens): {cause}. "
-                         "Training stopped before that step; nothing after the last checkpoint was saved.")
+        cause = (
+            "the batch holds NaN/inf activations: rebuild the store with cache_activations(dtype='float32')"
+            if not torch.isfinite(x).all()
+            else f"the activations are finite, so training diverged: lower lr (now {cfg.lr:g}) or l1_coefficient"
+        )
+        raise ValueError(
+            f"The loss is {loss.item()} at step {state.step + 1} (after {state.tokens} tokens): {cause}. "
+            "Training stopped before that step; nothing after the last checkpoint was saved."
+        )
     opt.zero_grad(set_to_none=True)
     loss.backward()
     sae.remove_gradient_parallel_to_decoder_directions()
@@ -249,8 +311,13 @@ def _train_step(model, sae: SAE, opt, x: torch.Tensor, cfg: TrainConfig, state: 
         if not with_metrics:
             return {}
         return dict(
-            step=state.step, tokens=state.tokens, lr=lr, loss=float(loss), mse=float(out.mse.mean()),
-            max_mse=float(out.mse.max()), l0=float((out.feature_acts > 0).sum(-1).float().mean()),
+            step=state.step,
+            tokens=state.tokens,
+            lr=lr,
+            loss=float(loss),
+            mse=float(out.mse.mean()),
+            max_mse=float(out.mse.max()),
+            l0=float((out.feature_acts > 0).sum(-1).float().mean()),
             dead_frac=float((state.tokens_since_fired >= cfg.dead_window_tokens).float().mean()),
         )
 
@@ -259,13 +326,21 @@ def _batches(store: ActivationStore, cfg: TrainConfig, state: TrainState, rank: 
     """Endless batches of this rank's share; new order each epoch; skips what a resume already saw."""
     per_rank = cfg.batch_size // world
     if store.n_tokens < cfg.batch_size:
-        raise ValueError(f"The store has {store.n_tokens} tokens, fewer than batch_size={cfg.batch_size}; "
-                         "cache more tokens or lower batch_size.")
+        raise ValueError(
+            f"The store has {store.n_tokens} tokens, fewer than batch_size={cfg.batch_size}; "
+            "cache more tokens or lower batch_size."
+        )
     while True:
         skip = state.batch_in_epoch
         # a new, reproducible order each epoch; the stride 1000 keeps seeds < 1000 apart from each other's later epochs
-        it = store.batches(per_rank, seed=cfg.seed + 1000 * state.epoch, rank=rank, world_size=world,
-                           drop_last=True, normalize=False)  # raw: the SAE applies its own norm_scale
+        it = store.batches(
+            per_rank,
+            seed=cfg.seed + 1000 * state.epoch,
+            rank=rank,
+            world_size=world,
+            drop_last=True,
+            normalize=False,
+        )  # raw: the SAE applies its own norm_scale
         for i, x in enumerate(it):
             if i < skip:
                 continue
@@ -279,8 +354,14 @@ def _initial_sae(store: ActivationStore, cfg: TrainConfig, init: Any) -> SAE:
     if init is None:
         norm_scale = store.norm_scale if cfg.norm_scale_from == "store" else _centered_norm_scale(store)
         sae_cfg = SAEConfig(
-            d_in=store.d_model, d_sae=cfg.d_sae, architecture=cfg.architecture, k=cfg.k,
-            model_name=store.model_name, layer=store.layer, hook_name=store.hook_name, norm_scale=norm_scale,
+            d_in=store.d_model,
+            d_sae=cfg.d_sae,
+            architecture=cfg.architecture,
+            k=cfg.k,
+            model_name=store.model_name,
+            layer=store.layer,
+            hook_name=store.hook_name,
+            norm_scale=norm_scale,
         )
         sae = SAE(sae_cfg, seed=cfg.seed)
         if cfg.b_dec_init != "zeros":
@@ -299,8 +380,10 @@ def _store_mean(store: ActivationStore, max_tokens: int = 100_000) -> torch.Tens
     for i in range(store.n_shards):
         x, _ = store.read_shard(i, normalize=False)
         if not torch.isfinite(x[: max_tokens - n]).all():
-            raise ValueError(f"Shard {i} of {store.path} holds NaN/inf activations, so b_dec cannot start at their mean: "
-                             "rebuild the store with cache_activations (dtype='float32' if float16 overflowed).")
+            raise ValueError(
+                f"Shard {i} of {store.path} holds NaN/inf activations, so b_dec cannot start at their mean: "
+                "rebuild the store with cache_activations (dtype='float32' if float16 overflowed)."
+            )
         total += x[: max_tokens - n].double().sum(0)
         n += min(len(x), max_tokens - n)
         if n >= max_tokens:
@@ -330,7 +413,9 @@ def _centered_norm_scale(store: ActivationStore) -> float:
     return math.sqrt(store.d_model / float((x - x.mean(0)).pow(2).sum(1).mean()))
 
 
-def geometric_median(x: torch.Tensor, max_iter: int = 100, tol: float = 1e-6, chunk: int = 8192) -> torch.Tensor:
+def geometric_median(
+    x: torch.Tensor, max_iter: int = 100, tol: float = 1e-6, chunk: int = 8192
+) -> torch.Tensor:
     """The point minimising the summed distance to the rows of x (n, d), by Weiszfeld iterations.
 
     Float64, fixed chunking and order, so deterministic on CPU. Starts from the mean and stops when a
@@ -354,7 +439,9 @@ def geometric_median(x: torch.Tensor, max_iter: int = 100, tol: float = 1e-6, ch
 
 
 @torch.no_grad()
-def _resample_dead(sae: SAE, opt, x: torch.Tensor, cfg: TrainConfig, state: TrainState, gen: torch.Generator) -> None:
+def _resample_dead(
+    sae: SAE, opt, x: torch.Tensor, cfg: TrainConfig, state: TrainState, gen: torch.Generator
+) -> None:
     """Point dead latents at the worst-reconstructed inputs of this batch (Anthropic, 2023), reset their Adam state."""
     dead = (state.tokens_since_fired >= cfg.dead_window_tokens).nonzero().flatten()
     if len(dead) == 0:
@@ -378,19 +465,34 @@ def _resample_dead(sae: SAE, opt, x: torch.Tensor, cfg: TrainConfig, state: Trai
 
 def _store_identity(store: ActivationStore) -> dict[str, Any]:
     """What a checkpoint records of its store, so that a resume continues on the same data."""
-    return dict(model=store.model_name, layer=store.layer, n_tokens=store.n_tokens, norm_scale=store.norm_scale,
-                fingerprint=store.fingerprint)
+    return dict(
+        model=store.model_name,
+        layer=store.layer,
+        n_tokens=store.n_tokens,
+        norm_scale=store.norm_scale,
+        fingerprint=store.fingerprint,
+    )
 
 
 def _checkpoint(out: Path, cfg, trained_on, sae, opt, state: TrainState, gen, log, rank: int) -> None:
     """Everything a resume needs, written atomically (and fsynced) by rank 0; never NaN weights."""
     if rank == 0:
         if not all(torch.isfinite(p).all() for p in sae.parameters()):
-            raise ValueError(f"The SAE's weights hold NaN/inf at step {state.step}; {out} keeps its last good "
-                             f"checkpoint. Lower lr (now {cfg.lr:g}) or check the activations for NaN/inf.")
-        payload = dict(cfg=asdict(cfg), store=trained_on, sae_cfg=asdict(sae.cfg), sae=sae.state_dict(),
-                       opt=opt.state_dict(), state=asdict(state), gen=gen.get_state(),
-                       torch_rng=torch.get_rng_state(), log=log)
+            raise ValueError(
+                f"The SAE's weights hold NaN/inf at step {state.step}; {out} keeps its last good "
+                f"checkpoint. Lower lr (now {cfg.lr:g}) or check the activations for NaN/inf."
+            )
+        payload = dict(
+            cfg=asdict(cfg),
+            store=trained_on,
+            sae_cfg=asdict(sae.cfg),
+            sae=sae.state_dict(),
+            opt=opt.state_dict(),
+            state=asdict(state),
+            gen=gen.get_state(),
+            torch_rng=torch.get_rng_state(),
+            log=log,
+        )
         atomic_write_with(out / CHECKPOINT_FILE, lambda f: torch.save(payload, f))
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -400,13 +502,19 @@ def _load_checkpoint(out: Path, cfg, trained_on, sae, opt, state: TrainState, ge
     ckpt = torch.load(out / CHECKPOINT_FILE, map_location=sae.W_dec.device, weights_only=False)
     for what, fix, old, new in (
         ("the config changed since it was written", "the old config", ckpt["cfg"], asdict(cfg)),
-        ("it was trained on another activation store", "the store it was trained on",
-         ckpt.get("store", trained_on), trained_on),  # checkpoints from before this check record no store
+        (
+            "it was trained on another activation store",
+            "the store it was trained on",
+            ckpt.get("store", trained_on),
+            trained_on,
+        ),  # checkpoints from before this check record no store
     ):
         changed = {k: (v, new.get(k)) for k, v in old.items() if new.get(k) != v}
         if changed:
-            raise ValueError(f"Cannot resume {out}: {what} (old, new): {changed}. "
-                             f"Resume with {fix}, or train into a new out_dir.")
+            raise ValueError(
+                f"Cannot resume {out}: {what} (old, new): {changed}. "
+                f"Resume with {fix}, or train into a new out_dir."
+            )
     sae.load_state_dict(ckpt["sae"])
     opt.load_state_dict(ckpt["opt"])
     for k, v in ckpt["state"].items():

@@ -42,8 +42,9 @@ def stress(D: np.ndarray, A: np.ndarray) -> float:
     return float(np.sqrt(((D - s * A) ** 2).sum() / max((D * D).sum(), 1e-12)))
 
 
-def fit_taxonomist(centroids: np.ndarray, A: np.ndarray, dim: int = 2, steps: int = 500, lr: float = 0.05,
-                   seed: int = 0) -> torch.nn.Linear:
+def fit_taxonomist(
+    centroids: np.ndarray, A: np.ndarray, dim: int = 2, steps: int = 500, lr: float = 0.05, seed: int = 0
+) -> torch.nn.Linear:
     """A linear taxonomist: leaf centroids -> `dim`-d points whose distances rebuild A (TSDA's loss, Adam).
     T is linear, so T of a leaf's mean feature is the mean of T's points of that leaf's texts."""
     x, A_t = torch.as_tensor(centroids, dtype=torch.float32), torch.as_tensor(A).float()
@@ -85,8 +86,12 @@ def _leaf_means(z: np.ndarray, leaf: np.ndarray, rows: np.ndarray, n_leaves: int
     return np.stack([z[rows & (leaf == u)].mean(0) for u in range(n_leaves)])
 
 
-def taxonomist_map(features: np.ndarray, leaf_names: list[str], taxonomy: Tree | list[tuple[str, str]],
-                   cfg: ProbeConfig = ProbeConfig()) -> tuple[list[str], np.ndarray]:
+def taxonomist_map(
+    features: np.ndarray,
+    leaf_names: list[str],
+    taxonomy: Tree | list[tuple[str, str]],
+    cfg: ProbeConfig = ProbeConfig(),
+) -> tuple[list[str], np.ndarray]:
     """(leaves, their 2-d points) from a taxonomist fit on all texts: a picture, not a score."""
     tree = parse_taxonomy(taxonomy)
     leaves, A = taxonomy_matrix(tree, [name for name in leaf_depths(tree) if name in set(leaf_names)])
@@ -108,8 +113,14 @@ def _halves(leaf: np.ndarray, n_leaves: int, seed: int) -> tuple[np.ndarray, np.
     return fit, ~fit
 
 
-def probe_once(features: np.ndarray, leaf: np.ndarray, A: np.ndarray, target: np.ndarray, seed: int,
-               cfg: ProbeConfig = ProbeConfig()) -> dict:
+def probe_once(
+    features: np.ndarray,
+    leaf: np.ndarray,
+    A: np.ndarray,
+    target: np.ndarray,
+    seed: int,
+    cfg: ProbeConfig = ProbeConfig(),
+) -> dict:
     """Fit T on one half with `target` as taxonomy, score the other half: rho and stress of its leaf-centroid
     distances against `target` and against the true `A`."""
     n = len(A)
@@ -120,34 +131,55 @@ def probe_once(features: np.ndarray, leaf: np.ndarray, A: np.ndarray, target: np
         points = T(torch.as_tensor(_leaf_means(z, leaf, score, n), dtype=torch.float32)).numpy()
     D = np.linalg.norm(points[:, None] - points[None], axis=-1)
     i, j = np.triu_indices(n, k=1)
-    return dict(rho=spearman(D[i, j], target[i, j]), stress=stress(D[i, j], target[i, j]),
-                rho_true=spearman(D[i, j], A[i, j]))
+    return dict(
+        rho=spearman(D[i, j], target[i, j]),
+        stress=stress(D[i, j], target[i, j]),
+        rho_true=spearman(D[i, j], A[i, j]),
+    )
 
 
-def probe_taxonomy(features: np.ndarray, leaf_names: list[str], taxonomy: Tree | list[tuple[str, str]],
-                   seeds: list[int], cfg: ProbeConfig = ProbeConfig(), min_subtree_leaves: int = 4) -> list[dict]:
+def probe_taxonomy(
+    features: np.ndarray,
+    leaf_names: list[str],
+    taxonomy: Tree | list[tuple[str, str]],
+    seeds: list[int],
+    cfg: ProbeConfig = ProbeConfig(),
+    min_subtree_leaves: int = 4,
+) -> list[dict]:
     """Score one representation (`features`: one row per text, `leaf_names`: each text's leaf) against the
     taxonomy, its flat and shuffled controls, and each subtree with >= `min_subtree_leaves` leaves (T refit
     on that subtree alone). One row per (seed, target): target, rho, stress, rho_true."""
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2 or len(features) != len(leaf_names):
-        raise ValueError(f"features has shape {features.shape} for {len(leaf_names)} texts: give one row per text.")
+        raise ValueError(
+            f"features has shape {features.shape} for {len(leaf_names)} texts: give one row per text."
+        )
     tree = parse_taxonomy(taxonomy)
     order, present = list(leaf_depths(tree)), set(leaf_names)
     # the tree's order; unknown names go last, where taxonomy_matrix names them in its error
-    leaves, A = taxonomy_matrix(tree, [name for name in order if name in present] + sorted(present - set(order)))
+    leaves, A = taxonomy_matrix(
+        tree, [name for name in order if name in present] + sorted(present - set(order))
+    )
     index = {name: u for u, name in enumerate(leaves)}
     leaf = np.array([index[name] for name in leaf_names])
     few = [name for name in leaves if (leaf == index[name]).sum() < 2]
     if few or len(leaves) < 3:
-        raise ValueError(f"Leaves {few} have fewer than 2 texts (and at least 3 leaves are needed): give every "
-                         "leaf 2+ texts, so that both halves see it.")
+        raise ValueError(
+            f"Leaves {few} have fewer than 2 texts (and at least 3 leaves are needed): give every "
+            "leaf 2+ texts, so that both halves see it."
+        )
     rows = []
     for seed in seeds:
         targets = {"taxonomy": A, "flat": flat_matrix(len(A))}
         targets.update({f"shuffled{k}": shuffled_matrix(A, seed * 100 + k) for k in range(cfg.n_shuffles)})
         for name, target in targets.items():
-            rows.append(dict(seed=seed, target=name.rstrip("0123456789"), **probe_once(features, leaf, A, target, seed, cfg)))
+            rows.append(
+                dict(
+                    seed=seed,
+                    target=name.rstrip("0123456789"),
+                    **probe_once(features, leaf, A, target, seed, cfg),
+                )
+            )
         for name, members in subtrees(tree, min_subtree_leaves).items():
             sub = [index[m] for m in members if m in index]
             if len(sub) < min_subtree_leaves:
@@ -156,8 +188,13 @@ def probe_taxonomy(features: np.ndarray, leaf_names: list[str], taxonomy: Tree |
             remap = np.full(len(leaves), -1)
             remap[sub] = np.arange(len(sub))
             A_sub = A[np.ix_(sub, sub)]
-            rows.append(dict(seed=seed, target=f"subtree:{name}", **probe_once(features[keep], remap[leaf[keep]], A_sub,
-                                                                             A_sub, seed, cfg)))
+            rows.append(
+                dict(
+                    seed=seed,
+                    target=f"subtree:{name}",
+                    **probe_once(features[keep], remap[leaf[keep]], A_sub, A_sub, seed, cfg),
+                )
+            )
     return rows
 
 

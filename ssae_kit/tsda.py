@@ -40,14 +40,22 @@ class DomainData:
     leaves: list[str]
 
 
-def make_dt(n_leaves: int = 14, theta_max: float = np.pi, n_per_class: int = 50, sd: float = 0.5,
-            n_sources: int = 3, seed: int = 0) -> DomainData:
+def make_dt(
+    n_leaves: int = 14,
+    theta_max: float = np.pi,
+    n_per_class: int = 50,
+    sd: float = 0.5,
+    n_sources: int = 3,
+    seed: int = 0,
+) -> DomainData:
     """The DT benchmark: leaf u at angle theta_u in [0, theta_max] (DT-14: 14 leaves, pi; DT-40: 40
     leaves, beyond a full turn), class 0 a blob at r_u (cos, sin)(theta_u), class 1 its mirror at
     -r_u (cos, sin)(theta_u), r_u = 1 + 3 theta_u / pi; the `n_sources` leaves nearest theta = 0 are
     labelled sources, the rest unlabelled targets; A from a balanced binary tree over theta order."""
     if n_sources < 1 or n_sources >= n_leaves:
-        raise ValueError(f"n_sources={n_sources}: need at least one source and one target among {n_leaves} leaves.")
+        raise ValueError(
+            f"n_sources={n_sources}: need at least one source and one target among {n_leaves} leaves."
+        )
     rng = np.random.default_rng(seed)
     theta = np.linspace(0.0, theta_max, n_leaves)
     leaves = [f"leaf{u:02d}" for u in range(n_leaves)]
@@ -59,8 +67,15 @@ def make_dt(n_leaves: int = 14, theta_max: float = np.pi, n_per_class: int = 50,
             ys.append(np.full(n_per_class, label))
             ds.append(np.full(n_per_class, u))
     _, A = taxonomy_matrix(binary_tree(leaves), leaves)
-    return DomainData(np.concatenate(xs).astype(np.float32), np.concatenate(ys), np.concatenate(ds), theta,
-                      np.arange(n_leaves) < n_sources, A, leaves)
+    return DomainData(
+        np.concatenate(xs).astype(np.float32),
+        np.concatenate(ys),
+        np.concatenate(ds),
+        theta,
+        np.arange(n_leaves) < n_sources,
+        A,
+        leaves,
+    )
 
 
 def taxonomist_loss(points: torch.Tensor, domain: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
@@ -142,14 +157,20 @@ def check_domain_data(data: DomainData) -> None:
     """Raise naming the fix when A or the domain indices do not fit the leaves, or no source domain exists."""
     check_taxonomy_matrix(data.A, len(data.leaves))
     if len(data.is_source) != len(data.leaves):
-        raise ValueError(f"is_source has {len(data.is_source)} entries for {len(data.leaves)} domains: one per domain.")
+        raise ValueError(
+            f"is_source has {len(data.is_source)} entries for {len(data.leaves)} domains: one per domain."
+        )
     if not data.is_source.any():
         raise ValueError("No source domain: mark at least one domain as labelled (is_source[u] = True).")
     if data.domain.min() < 0 or data.domain.max() >= len(data.leaves):
-        raise ValueError(f"Domain indices must lie in [0, {len(data.leaves)}): one index per leaf in `leaves`.")
+        raise ValueError(
+            f"Domain indices must lie in [0, {len(data.leaves)}): one index per leaf in `leaves`."
+        )
 
 
-def train_da(data: DomainData, cfg: DAConfig, A: np.ndarray | None = None, labelled: np.ndarray | None = None) -> DAModel:
+def train_da(
+    data: DomainData, cfg: DAConfig, A: np.ndarray | None = None, labelled: np.ndarray | None = None
+) -> DAModel:
     """Train one method on `data` (labels used only where `labelled`, by default the source domains'
     points; every label for the oracle). `A` replaces data.A as the taxonomy E and T see (TSDA-flat)."""
     if cfg.method not in METHODS:
@@ -158,7 +179,9 @@ def train_da(data: DomainData, cfg: DAConfig, A: np.ndarray | None = None, label
     check_domain_data(data)
     labelled = data.is_source[data.domain] if labelled is None else np.asarray(labelled, bool)
     if not labelled.any():
-        raise ValueError("No labelled point: give the source domains some points (or pass a non-empty `labelled`).")
+        raise ValueError(
+            "No labelled point: give the source domains some points (or pass a non-empty `labelled`)."
+        )
     A = check_taxonomy_matrix(data.A if A is None else A, n_dom)
     if cfg.method == "oracle":
         labelled = np.ones(len(data.y), bool)
@@ -170,7 +193,9 @@ def train_da(data: DomainData, cfg: DAConfig, A: np.ndarray | None = None, label
         m.D = _mlp([h, h, n_dom], cfg.seed * 10 + 2)
     if cfg.method == "tsda":
         m.T = _mlp([h, h, 2], cfg.seed * 10 + 3)
-    opt = lambda *nets: torch.optim.Adam([p for n in nets for p in n.parameters()], lr=cfg.lr, betas=(0.5, 0.999))
+    opt = lambda *nets: torch.optim.Adam(
+        [p for n in nets for p in n.parameters()], lr=cfg.lr, betas=(0.5, 0.999)
+    )
     opt_ef = opt(m.E, m.F)
     opt_d = opt(m.D) if m.D is not None else None
     opt_t = opt(m.T) if m.T is not None else None
@@ -204,8 +229,9 @@ def accuracy_by_domain(model: DAModel, data: DomainData) -> np.ndarray:
     return np.array([correct[data.domain == u].mean() for u in range(len(data.leaves))])
 
 
-def select_on_source(data: DomainData, configs: list[DAConfig], A: np.ndarray | None = None,
-                     val_fraction: float = 0.25) -> tuple[DAModel, list[tuple[float, float]]]:
+def select_on_source(
+    data: DomainData, configs: list[DAConfig], A: np.ndarray | None = None, val_fraction: float = 0.25
+) -> tuple[DAModel, list[tuple[float, float]]]:
     """Train each config with `val_fraction` of the source points held out; keep the most accurate
     on them, ties going to the lower cross-entropy. Target labels are never read (unsupervised DA).
     Returns the chosen model and each config's (source-val accuracy, source-val cross-entropy)."""
@@ -214,7 +240,9 @@ def select_on_source(data: DomainData, configs: list[DAConfig], A: np.ndarray | 
     src = np.flatnonzero(data.is_source[data.domain])
     if len(src) < 2:
         raise ValueError("No source domain with points to validate on: mark at least one domain as a source.")
-    val = np.random.default_rng(configs[0].seed + 7).choice(src, max(1, int(val_fraction * len(src))), replace=False)
+    val = np.random.default_rng(configs[0].seed + 7).choice(
+        src, max(1, int(val_fraction * len(src))), replace=False
+    )
     labelled = data.is_source[data.domain].copy()
     labelled[val] = False
     models, scores = [], []
@@ -227,8 +255,14 @@ def select_on_source(data: DomainData, configs: list[DAConfig], A: np.ndarray | 
     return models[best], scores
 
 
-def compare_methods(data: DomainData, test: DomainData, seed: int, lambda_d_grid: tuple[float, ...] = (0.3, 1.0),
-                    lambda_t_grid: tuple[float, ...] = (0.3, 1.0), **cfg: object) -> dict[str, dict]:
+def compare_methods(
+    data: DomainData,
+    test: DomainData,
+    seed: int,
+    lambda_d_grid: tuple[float, ...] = (0.3, 1.0),
+    lambda_t_grid: tuple[float, ...] = (0.3, 1.0),
+    **cfg: object,
+) -> dict[str, dict]:
     """One seed of the benchmark: source-only, DANN (lambda_d from its grid), TSDA and TSDA-flat (lambda_d = 1,
     lambda_t from its grid), all chosen on source validation, and the oracle; each scored per domain on `test`.
     Returns {method: {"per_domain": accuracies, "target": mean over target domains, "chosen": {...}, "source_val": [...]}}."""
@@ -236,16 +270,25 @@ def compare_methods(data: DomainData, test: DomainData, seed: int, lambda_d_grid
         "source-only": ([DAConfig("source_only", seed=seed, **cfg)], None),
         "DANN": ([DAConfig("dann", lambda_d=ld, seed=seed, **cfg) for ld in lambda_d_grid], None),
         "TSDA": ([DAConfig("tsda", lambda_t=lt, seed=seed, **cfg) for lt in lambda_t_grid], None),
-        "TSDA-flat": ([DAConfig("tsda", lambda_t=lt, seed=seed, **cfg) for lt in lambda_t_grid], flat_matrix(len(data.leaves))),
+        "TSDA-flat": (
+            [DAConfig("tsda", lambda_t=lt, seed=seed, **cfg) for lt in lambda_t_grid],
+            flat_matrix(len(data.leaves)),
+        ),
         "oracle": ([DAConfig("oracle", seed=seed, **cfg)], None),
     }
     out = {}
     for name, (configs, A) in runs.items():
-        model, scores = (train_da(data, configs[0]), []) if name == "oracle" else select_on_source(data, configs, A)
+        model, scores = (
+            (train_da(data, configs[0]), []) if name == "oracle" else select_on_source(data, configs, A)
+        )
         acc = accuracy_by_domain(model, test)
         grid_key = {"DANN": "lambda_d", "TSDA": "lambda_t", "TSDA-flat": "lambda_t"}.get(name)
-        out[name] = dict(per_domain=acc.tolist(), target=float(acc[~test.is_source].mean()), source_val=scores,
-                         chosen={grid_key: getattr(model.cfg, grid_key)} if grid_key else {})
+        out[name] = dict(
+            per_domain=acc.tolist(),
+            target=float(acc[~test.is_source].mean()),
+            source_val=scores,
+            chosen={grid_key: getattr(model.cfg, grid_key)} if grid_key else {},
+        )
     return out
 
 
@@ -253,7 +296,9 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def compare_over_seeds(datasets: dict[int, tuple[DomainData, DomainData]], n_jobs: int = 1, **kw: object) -> dict[int, dict]:
+def compare_over_seeds(
+    datasets: dict[int, tuple[DomainData, DomainData]], n_jobs: int = 1, **kw: object
+) -> dict[int, dict]:
     """`compare_methods` for each {seed: (data, test)}, over `n_jobs` processes (one thread each;
     the networks are tiny, so processes, not threads, are what scales). Same results for any n_jobs."""
     if n_jobs <= 1:
@@ -263,6 +308,8 @@ def compare_over_seeds(datasets: dict[int, tuple[DomainData, DomainData]], n_job
             return {seed: compare_methods(d, t, seed, **kw) for seed, (d, t) in datasets.items()}
         finally:
             torch.set_num_threads(threads)
-    with ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) as pool:
+    with ProcessPoolExecutor(
+        n_jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread
+    ) as pool:
         futures = {seed: pool.submit(compare_methods, d, t, seed, **kw) for seed, (d, t) in datasets.items()}
         return {seed: f.result() for seed, f in futures.items()}

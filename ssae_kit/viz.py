@@ -77,7 +77,9 @@ def project_2d(x: np.ndarray) -> np.ndarray:
     return principal_components(x, 2)
 
 
-def plot_selection_quality(rows: list[dict], metrics: tuple[str, ...] = ("token_precision", "recall")) -> Figure:
+def plot_selection_quality(
+    rows: list[dict], metrics: tuple[str, ...] = ("token_precision", "recall")
+) -> Figure:
     """Grouped bars: one panel per metric, budgets on the x-axis, one bar per strategy.
 
     `rows` are dicts with keys strategy, budget and the metrics.
@@ -89,12 +91,32 @@ def plot_selection_quality(rows: list[dict], metrics: tuple[str, ...] = ("token_
     width = 0.8 / len(strategies)
     for ax, metric in zip(np.atleast_1d(axes), metrics):
         for j, strategy in enumerate(strategies):
-            vals = [next((r[metric] for r in rows if r["strategy"] == strategy and r["budget"] == b), np.nan)
-                    for b in budgets]
-            low = [next((r.get(f"{metric}_low", np.nan) for r in rows if r["strategy"] == strategy and r["budget"] == b),
-                        np.nan) for b in budgets]
-            high = [next((r.get(f"{metric}_high", np.nan) for r in rows if r["strategy"] == strategy and r["budget"] == b),
-                         np.nan) for b in budgets]
+            vals = [
+                next((r[metric] for r in rows if r["strategy"] == strategy and r["budget"] == b), np.nan)
+                for b in budgets
+            ]
+            low = [
+                next(
+                    (
+                        r.get(f"{metric}_low", np.nan)
+                        for r in rows
+                        if r["strategy"] == strategy and r["budget"] == b
+                    ),
+                    np.nan,
+                )
+                for b in budgets
+            ]
+            high = [
+                next(
+                    (
+                        r.get(f"{metric}_high", np.nan)
+                        for r in rows
+                        if r["strategy"] == strategy and r["budget"] == b
+                    ),
+                    np.nan,
+                )
+                for b in budgets
+            ]
             err = None if np.isnan(low).all() else np.array([np.subtract(vals, low), np.subtract(high, vals)])
             ax.bar(np.arange(len(budgets)) + j * width, vals, width, label=strategy, yerr=err, capsize=2)
         ax.set_xticks(np.arange(len(budgets)) + 0.4 - width / 2, [f"{b:,}" for b in budgets])
@@ -107,8 +129,13 @@ def plot_selection_quality(rows: list[dict], metrics: tuple[str, ...] = ("token_
     return fig
 
 
-def plot_embedding_map(points: np.ndarray, labels: list, selected: np.ndarray, seeds: np.ndarray | None = None,
-                       title: str = "pool embeddings (PCA)") -> Figure:
+def plot_embedding_map(
+    points: np.ndarray,
+    labels: list,
+    selected: np.ndarray,
+    seeds: np.ndarray | None = None,
+    title: str = "pool embeddings (PCA)",
+) -> Figure:
     """Scatter of 2-D points coloured by label; selected documents ringed, seeds as stars."""
     fig = NotebookFigure(figsize=(6.5, 5))
     ax = fig.subplots()
@@ -116,10 +143,19 @@ def plot_embedding_map(points: np.ndarray, labels: list, selected: np.ndarray, s
     for lab in sorted(set(labels)):
         m = labels == lab
         ax.scatter(points[m, 0], points[m, 1], s=8, alpha=0.5, label=lab)
-    ax.scatter(points[selected, 0], points[selected, 1], s=30, facecolors="none", edgecolors="black",
-               linewidths=0.8, label="selected")
+    ax.scatter(
+        points[selected, 0],
+        points[selected, 1],
+        s=30,
+        facecolors="none",
+        edgecolors="black",
+        linewidths=0.8,
+        label="selected",
+    )
     if seeds is not None and len(seeds):
-        ax.scatter(seeds[:, 0], seeds[:, 1], marker="*", s=180, color="red", edgecolors="black", label="seeds")
+        ax.scatter(
+            seeds[:, 0], seeds[:, 1], marker="*", s=180, color="red", edgecolors="black", label="seeds"
+        )
     ax.set_xlabel("principal component 1")
     ax.set_ylabel("principal component 2")
     ax.set_title(title)
@@ -127,8 +163,13 @@ def plot_embedding_map(points: np.ndarray, labels: list, selected: np.ndarray, s
     return fig
 
 
-def plot_pareto(rows: list[dict], x: str = "l0", y: str = "perplexity_sae", baseline: dict | None = None,
-                title: str = "fidelity vs sparsity") -> Figure:
+def plot_pareto(
+    rows: list[dict],
+    x: str = "l0",
+    y: str = "perplexity_sae",
+    baseline: dict | None = None,
+    title: str = "fidelity vs sparsity",
+) -> Figure:
     """One line per strategy through its sparsity sweep: mean over seeds, bars from min to max.
 
     `rows` are dicts with keys strategy, l1 (the swept coefficient), seed, and the `x`/`y` metrics;
@@ -154,8 +195,12 @@ def plot_pareto(rows: list[dict], x: str = "l0", y: str = "perplexity_sae", base
     return fig
 
 
-def plot_grouped_bars(values: dict[str, dict[str, float]], ylabel: str, title: str,
-                      intervals: dict[str, dict[str, tuple[float, float]]] | None = None) -> Figure:
+def plot_grouped_bars(
+    values: dict[str, dict[str, float]],
+    ylabel: str,
+    title: str,
+    intervals: dict[str, dict[str, tuple[float, float]]] | None = None,
+) -> Figure:
     """Bars for {group: {series: value}}, e.g. {strategy: {"in-domain": x, "out-of-domain": y}};
     `intervals` ({group: {series: (low, high)}}) draws each bar's interval as an error bar."""
     groups = list(values)
@@ -180,13 +225,22 @@ def plot_grouped_bars(values: dict[str, dict[str, float]], ylabel: str, title: s
     return fig
 
 
-def plot_curves(curves: dict[str, tuple], xlabel: str, ylabel: str, title: str, logx: bool = False,
-                logy: bool = False, marker: str | None = "o") -> Figure:
+def plot_curves(
+    curves: dict[str, tuple],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    logx: bool = False,
+    logy: bool = False,
+    marker: str | None = "o",
+) -> Figure:
     """One line per name from {name: (x, y)}; NaNs leave gaps."""
     fig = NotebookFigure(figsize=(6.5, 4.2))
     ax = fig.subplots()
     for name, (x, y) in curves.items():
-        ax.plot(np.asarray(x, dtype=float), np.asarray(y, dtype=float), marker=marker, markersize=4, label=name)
+        ax.plot(
+            np.asarray(x, dtype=float), np.asarray(y, dtype=float), marker=marker, markersize=4, label=name
+        )
     ax.set_xscale("log" if logx else "linear")
     ax.set_yscale("log" if logy else "linear")
     ax.set_xlabel(xlabel)
@@ -196,8 +250,9 @@ def plot_curves(curves: dict[str, tuple], xlabel: str, ylabel: str, title: str, 
     return fig
 
 
-def plot_histograms(samples: dict[str, np.ndarray], xlabel: str, title: str, bins: int = 50,
-                    logy: bool = False) -> Figure:
+def plot_histograms(
+    samples: dict[str, np.ndarray], xlabel: str, title: str, bins: int = 50, logy: bool = False
+) -> Figure:
     """Overlaid step histograms (densities) of several samples on shared bins."""
     fig = NotebookFigure(figsize=(6.5, 4.2))
     ax = fig.subplots()
@@ -228,17 +283,31 @@ def top_contexts(fa: FeatureActivations, latent: int, n: int = 8) -> list[tuple[
     return [(int(c), int(where[c]), float(best[c])) for c in order if best[c] > 0]
 
 
-def dashboard_html(fa: FeatureActivations, sae, model, tokenizer, latent: int, title: str = "",
-                   n_contexts: int = 8, window: int = 12, n_logits: int = 8) -> str:
+def dashboard_html(
+    fa: FeatureActivations,
+    sae,
+    model,
+    tokenizer,
+    latent: int,
+    title: str = "",
+    n_contexts: int = 8,
+    window: int = 12,
+    n_logits: int = 8,
+) -> str:
     """A self-contained HTML dashboard of one latent: stats, histogram, top contexts, logit effects."""
     acts = fa.acts[:, :, latent].float()[fa.keep]
     active = acts[acts > 0]
     rows = []
     for c, pos, value in top_contexts(fa, latent, n_contexts):
         lo, hi = max(0, pos - window), min(fa.input_ids.shape[1], pos + 4)
-        toks = "".join(_token_html(tokenizer, int(fa.input_ids[c, t]), float(fa.acts[c, t, latent]), value)
-                       for t in range(lo, hi) if fa.keep[c, t])
-        rows.append(f"<tr><td style='text-align:right;padding-right:8px'>{value:.2f}</td><td>{toks}</td></tr>")
+        toks = "".join(
+            _token_html(tokenizer, int(fa.input_ids[c, t]), float(fa.acts[c, t, latent]), value)
+            for t in range(lo, hi)
+            if fa.keep[c, t]
+        )
+        rows.append(
+            f"<tr><td style='text-align:right;padding-right:8px'>{value:.2f}</td><td>{toks}</td></tr>"
+        )
     direction = sae.W_dec[latent].detach().float().to(model.get_output_embeddings().weight.device)
     effects = model.get_output_embeddings().weight.detach().float() @ direction  # (V,)
     promoted = [html.escape(tokenizer.decode([int(i)])) for i in effects.topk(n_logits).indices]
@@ -290,25 +359,39 @@ def feature_browser(saes: dict, activations: dict, model, tokenizer, latent: int
             from IPython.display import HTML, display
 
             bundle = self._repr_mimebundle_(**kwargs)
-            bundle["text/plain"] = "feature browser (live where widgets are; the snapshot below shows its dashboard)"
+            bundle["text/plain"] = (
+                "feature browser (live where widgets are; the snapshot below shows its dashboard)"
+            )
             display(bundle, raw=True)
-            display(HTML(f"<div class='feature-browser-snapshot'><p style='font-family:sans-serif;font-size:12px;"
-                         f"color:#555;margin:6px 0 0 4px'>Snapshot of the browser for copies without live widgets: "
-                         f"{html.escape(pick.value)}, latent {number.value}</p>{view.value}</div>"))
+            display(
+                HTML(
+                    f"<div class='feature-browser-snapshot'><p style='font-family:sans-serif;font-size:12px;"
+                    f"color:#555;margin:6px 0 0 4px'>Snapshot of the browser for copies without live widgets: "
+                    f"{html.escape(pick.value)}, latent {number.value}</p>{view.value}</div>"
+                )
+            )
 
     pick = widgets.Dropdown(options=list(saes), description="SAE")
-    number = widgets.BoundedIntText(value=latent, min=0, max=next(iter(saes.values())).cfg.d_sae - 1, description="latent")
+    number = widgets.BoundedIntText(
+        value=latent, min=0, max=next(iter(saes.values())).cfg.d_sae - 1, description="latent"
+    )
     search = widgets.Text(placeholder="a token, e.g. ' software'", description="search")
     found = widgets.HTML()
     view = widgets.HTML()
 
     def show(*_):
-        view.value = dashboard_html(activations[pick.value], saes[pick.value], model, tokenizer, number.value, pick.value)
+        view.value = dashboard_html(
+            activations[pick.value], saes[pick.value], model, tokenizer, number.value, pick.value
+        )
 
     def on_search(*_):
         ids = tokenizer(search.value, add_special_tokens=False).input_ids
         hits = latents_for_token(activations[pick.value], ids[-1], 5) if ids else []
-        found.value = f"latents firing most on {html.escape(search.value)!r}: {hits}" if hits else "no occurrence in the sample"
+        found.value = (
+            f"latents firing most on {html.escape(search.value)!r}: {hits}"
+            if hits
+            else "no occurrence in the sample"
+        )
         if hits:
             number.value = hits[0]
 
@@ -319,18 +402,42 @@ def feature_browser(saes: dict, activations: dict, model, tokenizer, latent: int
     return _Browser([widgets.HBox([pick, number, search]), found, view])
 
 
-def plot_domains(x: np.ndarray, y: np.ndarray, domain: np.ndarray, theta: np.ndarray, is_source: np.ndarray,
-                 title: str = "") -> Figure:
+def plot_domains(
+    x: np.ndarray,
+    y: np.ndarray,
+    domain: np.ndarray,
+    theta: np.ndarray,
+    is_source: np.ndarray,
+    title: str = "",
+) -> Figure:
     """The DT data drawn by leaf: colour = the leaf's angle, marker = class, sources outlined in black."""
     fig = NotebookFigure(figsize=(6, 5.5))
     ax = fig.subplots()
     colours = theta[domain] / max(float(theta.max()), 1e-9)
     for label, marker in ((0, "o"), (1, "^")):
         m = y == label
-        ax.scatter(x[m, 0], x[m, 1], c=colours[m], cmap="viridis", vmin=0, vmax=1, marker=marker, s=10, alpha=0.6,
-                   label=f"class {label}")
+        ax.scatter(
+            x[m, 0],
+            x[m, 1],
+            c=colours[m],
+            cmap="viridis",
+            vmin=0,
+            vmax=1,
+            marker=marker,
+            s=10,
+            alpha=0.6,
+            label=f"class {label}",
+        )
     src = is_source[domain]
-    ax.scatter(x[src, 0], x[src, 1], facecolors="none", edgecolors="black", s=14, linewidths=0.4, label="source (labelled)")
+    ax.scatter(
+        x[src, 0],
+        x[src, 1],
+        facecolors="none",
+        edgecolors="black",
+        s=14,
+        linewidths=0.4,
+        label="source (labelled)",
+    )
     ax.set_xlabel("x1")
     ax.set_ylabel("x2")
     ax.set_aspect("equal")
@@ -339,8 +446,14 @@ def plot_domains(x: np.ndarray, y: np.ndarray, domain: np.ndarray, theta: np.nda
     return fig
 
 
-def plot_tree_values(paths: dict[str, list[str]], leaves: list[str], values: dict[str, np.ndarray], title: str,
-                     marked: np.ndarray | None = None, label: str = "accuracy") -> Figure:
+def plot_tree_values(
+    paths: dict[str, list[str]],
+    leaves: list[str],
+    values: dict[str, np.ndarray],
+    title: str,
+    marked: np.ndarray | None = None,
+    label: str = "accuracy",
+) -> Figure:
     """One dendrogram per row of `values` ({name: one value in [0, 1] per leaf, in `leaves` order}), each
     leaf a coloured square with its value; `marked` leaves (e.g. sources) get a black frame. The tree comes
     as plain data, {leaf: node names from the root to it} (`taxonomy.leaf_depths`), so viz needs no taxonomy."""
@@ -350,8 +463,17 @@ def plot_tree_values(paths: dict[str, list[str]], leaves: list[str], values: dic
     axes = np.atleast_1d(fig.subplots(len(values), 1))
     for ax, (name, vals) in zip(axes, values.items()):
         _draw_dendrogram(ax, paths, xpos, depth)
-        sc = ax.scatter(range(len(leaves)), np.zeros(len(leaves)), c=vals, cmap="RdYlGn", vmin=0, vmax=1, marker="s", s=150,
-                        edgecolors=["black" if marked is not None and marked[i] else "none" for i in range(len(leaves))])
+        sc = ax.scatter(
+            range(len(leaves)),
+            np.zeros(len(leaves)),
+            c=vals,
+            cmap="RdYlGn",
+            vmin=0,
+            vmax=1,
+            marker="s",
+            s=150,
+            edgecolors=["black" if marked is not None and marked[i] else "none" for i in range(len(leaves))],
+        )
         for i, v in enumerate(vals):
             ax.annotate(f"{100 * v:.0f}", (i, 0), ha="center", va="center", fontsize=6)
         ax.set_ylabel(name, rotation=0, ha="right", va="center")

@@ -35,10 +35,23 @@ def tiny():
 @pytest.fixture(scope="session")
 def docs() -> list[Document]:
     """A dozen short documents of varied length, two labels."""
-    words = ["the", "cat", "sat", "on", "a", "mat", "while", "dogs", "barked", "loudly", "at", "passing", "cars"]
+    words = [
+        "the",
+        "cat",
+        "sat",
+        "on",
+        "a",
+        "mat",
+        "while",
+        "dogs",
+        "barked",
+        "loudly",
+        "at",
+        "passing",
+        "cars",
+    ]
     return [
-        Document(" ".join(words[i % 5 :] * (1 + i % 4)), "a" if i % 2 else "b", f"doc{i}")
-        for i in range(12)
+        Document(" ".join(words[i % 5 :] * (1 + i % 4)), "a" if i % 2 else "b", f"doc{i}") for i in range(12)
     ]
 
 

@@ -37,7 +37,9 @@ def test_normalised_batches_have_mean_squared_norm_d_model(tiny, docs, tmp_path)
     store = _cache(tiny, docs, tmp_path)
     x = torch.cat(list(store.batches(64)))
     assert x.pow(2).sum(1).mean().item() == pytest.approx(store.d_model, rel=1e-3)
-    assert store.manifest["norm_scale"] == pytest.approx((store.d_model / store.manifest["mean_sq_norm"]) ** 0.5)
+    assert store.manifest["norm_scale"] == pytest.approx(
+        (store.d_model / store.manifest["mean_sq_norm"]) ** 0.5
+    )
 
 
 def test_shuffled_pass_yields_every_token_once_in_seeded_order(tiny, docs, tmp_path):
@@ -63,7 +65,9 @@ def test_batches_read_shards_lazily(tiny, docs, tmp_path, monkeypatch):
 
 def test_ranks_read_disjoint_shards_that_cover_the_store(tiny, docs, tmp_path):
     store = _cache(tiny, docs, tmp_path)
-    rows = [torch.cat([t for _, t in store.batches(16, rank=r, world_size=2, with_tokens=True)]) for r in (0, 1)]
+    rows = [
+        torch.cat([t for _, t in store.batches(16, rank=r, world_size=2, with_tokens=True)]) for r in (0, 1)
+    ]
     a, b = (set(map(tuple, r.tolist())) for r in rows)
     assert not a & b and len(a | b) == store.n_tokens
     with pytest.raises(ValueError, match="smaller shard_tokens"):
@@ -84,10 +88,14 @@ def test_tokens_far_above_the_median_norm_are_dropped_and_counted(tiny, docs, tm
         filtered = _cache(tiny, docs, tmp_path / "filtered")
     finally:
         handle.remove()
-    n_windows = int((tokenize_contexts(docs, tiny[1], 16).attention_mask.sum(1) > 3).sum())  # have a position 3
+    n_windows = int(
+        (tokenize_contexts(docs, tiny[1], 16).attention_mask.sum(1) > 3).sum()
+    )  # have a position 3
     assert filtered.manifest["n_outliers_dropped"] == n_windows
     assert filtered.n_tokens == kept_all.n_tokens - n_windows
-    max_norm = lambda store: torch.cat(list(ActivationStore(store.path, normalize=False).batches(64))).norm(dim=1).max()
+    max_norm = lambda store: (
+        torch.cat(list(ActivationStore(store.path, normalize=False).batches(64))).norm(dim=1).max()
+    )
     assert max_norm(filtered) * 100 < max_norm(kept_all)
 
 
@@ -190,12 +198,15 @@ def test_bad_arguments(tiny, docs, tmp_path):
     assert not os.listdir(tmp_path)
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(shard_tokens=0), r"shard_tokens=0 must be a positive integer \(tokens per shard file\)"),
-    (dict(batch_size=0), r"batch_size=0 must be a positive integer \(contexts per forward pass\)"),
-    (dict(max_tokens=-5), r"max_tokens=-5 must be a positive integer \(or None to cache every token\)"),
-    (dict(ctx_len=513), r"ctx_len=513 is more than the 512 positions of tiny-llama.*ctx_len <= 512"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(shard_tokens=0), r"shard_tokens=0 must be a positive integer \(tokens per shard file\)"),
+        (dict(batch_size=0), r"batch_size=0 must be a positive integer \(contexts per forward pass\)"),
+        (dict(max_tokens=-5), r"max_tokens=-5 must be a positive integer \(or None to cache every token\)"),
+        (dict(ctx_len=513), r"ctx_len=513 is more than the 512 positions of tiny-llama.*ctx_len <= 512"),
+    ],
+)
 def test_bad_sizes_are_refused_before_any_work(tiny, docs, tmp_path, kw, match):
     model, _ = tiny
     calls: list[int] = []

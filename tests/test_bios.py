@@ -53,12 +53,18 @@ def bios() -> list[Bio]:
 def test_synthetic_bios_are_deterministic_by_seed_and_differ_across_seeds():
     assert synthetic_bios(40, seed=1) == synthetic_bios(40, seed=1)
     other = synthetic_bios(40, seed=2)
-    assert len({b.text for b in other} & {b.text for b in synthetic_bios(40, seed=1)}) == 0, "seeds share bios"
+    assert len({b.text for b in other} & {b.text for b in synthetic_bios(40, seed=1)}) == 0, (
+        "seeds share bios"
+    )
 
 
 def test_synthetic_bios_are_balanced_over_the_four_groups_and_shuffled(bios):
     assert Counter(group_of(b) for b in bios) == {
-        "male professor": 50, "female professor": 50, "male nurse": 50, "female nurse": 50}
+        "male professor": 50,
+        "female professor": 50,
+        "male nurse": 50,
+        "female nurse": 50,
+    }
     first_half = Counter(b.profession for b in bios[:100])
     assert 30 < first_half["nurse"] < 70, f"bios look sorted by group: {first_half}"
 
@@ -115,14 +121,33 @@ GENDERED_WORDS = re.compile(
 )
 # A word stem that states each profession or its work, which every intro of it must contain.
 PROFESSION_CUES = {
-    "accountant": "account", "architect": "architect", "attorney": "attorney|law|litigation",
-    "chiropractor": "chiropract", "comedian": "comed|stand-up", "composer": "compos|music", "dentist": "dent",
-    "dietitian": "dietitian|dietetic", "dj": "DJ|spinning records", "filmmaker": "film",
-    "interior_designer": "interior design", "journalist": "journalis|reporter", "model": "model",
-    "nurse": "nurs|RN", "painter": "paint", "paralegal": "paralegal", "pastor": "pastor",
-    "personal_trainer": "personal trainer", "photographer": "photograph", "physician": "physician|medical",
-    "poet": "poet|poetry", "professor": "professor|lecture|faculty|teaches|chair", "psychologist": "psycholog",
-    "rapper": "rap|hip-hop", "software_engineer": "software|engineer", "surgeon": "surg", "teacher": "teach",
+    "accountant": "account",
+    "architect": "architect",
+    "attorney": "attorney|law|litigation",
+    "chiropractor": "chiropract",
+    "comedian": "comed|stand-up",
+    "composer": "compos|music",
+    "dentist": "dent",
+    "dietitian": "dietitian|dietetic",
+    "dj": "DJ|spinning records",
+    "filmmaker": "film",
+    "interior_designer": "interior design",
+    "journalist": "journalis|reporter",
+    "model": "model",
+    "nurse": "nurs|RN",
+    "painter": "paint",
+    "paralegal": "paralegal",
+    "pastor": "pastor",
+    "personal_trainer": "personal trainer",
+    "photographer": "photograph",
+    "physician": "physician|medical",
+    "poet": "poet|poetry",
+    "professor": "professor|lecture|faculty|teaches|chair",
+    "psychologist": "psycholog",
+    "rapper": "rap|hip-hop",
+    "software_engineer": "software|engineer",
+    "surgeon": "surg",
+    "teacher": "teach",
     "yoga_teacher": "yoga",
 }
 
@@ -152,7 +177,10 @@ def test_every_template_formats_as_one_sentence_for_both_genders(profession):
 
 
 def test_no_template_writes_a_gendered_word():
-    templates = [t for table in (INTROS, DETAILS) for ts in table.values() for t in ts] + [*NEUTRAL_INTROS, *PERSONAL]
+    templates = [t for table in (INTROS, DETAILS) for ts in table.values() for t in ts] + [
+        *NEUTRAL_INTROS,
+        *PERSONAL,
+    ]
     for template in templates:
         words = re.sub(r"\{\w+\}", "", template)
         assert not GENDERED_WORDS.search(words), f"{GENDERED_WORDS.search(words).group()!r} in {template!r}"
@@ -169,13 +197,15 @@ def test_all_28_professions_give_one_bio_per_gender_each():
     bios = synthetic_bios(56, seed=0, professions=LABHC_PROFESSIONS)
     assert Counter(map(group_of, bios)) == {f"{g} {p}": 1 for g in GENDERS for p in LABHC_PROFESSIONS}
     assert Counter(map(group_of, synthetic_bios(28 * 6, seed=1, professions=LABHC_PROFESSIONS))) == {
-        f"{g} {p}": 3 for g in GENDERS for p in LABHC_PROFESSIONS}
+        f"{g} {p}": 3 for g in GENDERS for p in LABHC_PROFESSIONS
+    }
 
 
 def test_an_odd_number_of_professions_stays_balanced_in_gender_and_profession():
     three = ("surgeon", "rapper", "accountant")
     assert Counter(map(group_of, synthetic_bios(12, seed=0, professions=three))) == {
-        f"{g} {p}": 2 for g in GENDERS for p in three}
+        f"{g} {p}": 2 for g in GENDERS for p in three
+    }
     seven = synthetic_bios(7, seed=0, professions=three)
     assert sorted(Counter(b.gender for b in seven).values()) == [3, 4]
     assert sorted(Counter(b.profession for b in seven).values()) == [2, 2, 3]
@@ -190,8 +220,15 @@ def test_bios_of_every_profession_show_gender_only_through_its_cues():
         wrong = FEMALE_WORDS if b.gender == "male" else MALE_WORDS
         assert not wrong.search(b.text), f"{b.gender} {b.profession}: {b.text}"
         titles = set(re.findall(rf"\b(Dr|Prof|Mr|Ms)\. {re.escape(b.name)}", b.text))
-        assert titles <= ({"Dr", "Prof"} if b.profession == "professor" else {"Dr"} if b.profession in doctors
-                          else {"Mr"} if b.gender == "male" else {"Ms"}), b.text
+        assert titles <= (
+            {"Dr", "Prof"}
+            if b.profession == "professor"
+            else {"Dr"}
+            if b.profession in doctors
+            else {"Mr"}
+            if b.gender == "male"
+            else {"Ms"}
+        ), b.text
         seen |= {(b.profession in doctors, t) for t in titles}
         out = delete_gender_tokens(b.text, b.name)
         assert not MALE_WORDS.search(out) and not FEMALE_WORDS.search(out), out
@@ -236,7 +273,9 @@ def test_loader_maps_codes_and_keeps_only_the_requested_professions(tmp_path, su
 def test_loader_names_missing_columns_and_the_ones_needed(tmp_path):
     path = tmp_path / "bios.jsonl"
     path.write_text(json.dumps({"text": "x", "profession": 21}))
-    with pytest.raises(ValueError, match=r"lacks columns \['hard_text', 'gender'\].*\['profession', 'text'\]"):
+    with pytest.raises(
+        ValueError, match=r"lacks columns \['hard_text', 'gender'\].*\['profession', 'text'\]"
+    ):
         load_bias_in_bios(str(path))
 
 
@@ -275,8 +314,14 @@ def test_splits_have_the_right_groups_counts_and_no_shared_text(bios):
     assert Counter(map(group_of, splits.ambiguous_train)) == {"male professor": 20, "female nurse": 20}
     assert Counter(map(group_of, splits.ambiguous_test)) == {"male professor": 10, "female nurse": 10}
     assert Counter(map(group_of, splits.balanced_test)) == {
-        "male professor": 10, "female professor": 10, "male nurse": 10, "female nurse": 10}
-    sets = [{b.text for b in s} for s in (splits.ambiguous_train, splits.ambiguous_test, splits.balanced_test)]
+        "male professor": 10,
+        "female professor": 10,
+        "male nurse": 10,
+        "female nurse": 10,
+    }
+    sets = [
+        {b.text for b in s} for s in (splits.ambiguous_train, splits.ambiguous_test, splits.balanced_test)
+    ]
     assert sum(map(len, sets)) == len(set.union(*sets)), "a bio is in two splits"
 
 
@@ -290,8 +335,11 @@ def test_splits_are_deterministic_by_seed_and_test_sets_ignore_train_size(bios):
 
 def test_splits_drop_duplicate_texts_before_drawing():
     bio = Bio("Same text.", "professor", "male")
-    others = [Bio(f"{g} {i}.", g.split()[1], g.split()[0])
-              for g in ("female professor", "male nurse", "female nurse") for i in range(2)]
+    others = [
+        Bio(f"{g} {i}.", g.split()[1], g.split()[0])
+        for g in ("female professor", "male nurse", "female nurse")
+        for i in range(2)
+    ]
     with pytest.raises(ValueError, match="'male professor' has 1 bios, needs 3"):
         make_splits([bio] * 5 + others, n_train_per_group=1, n_test_per_group=1)
 
@@ -326,10 +374,15 @@ def test_delete_gender_tokens_leaves_synthetic_bios_without_gender_words(bios):
 
 
 def test_profession_cue_rate_controls_how_many_bios_state_the_profession():
-    cues = re.compile(r"\b(professor|lecturer|faculty|nurse|nursing|RN|hospital|ward|university|PhD|patients)\b", re.IGNORECASE)
+    cues = re.compile(
+        r"\b(professor|lecturer|faculty|nurse|nursing|RN|hospital|ward|university|PhD|patients)\b",
+        re.IGNORECASE,
+    )
     silent = synthetic_bios(80, seed=3, profession_cue_rate=0.0)
     assert not [b.text for b in silent if cues.search(b.text)], "a cue-less bio names its profession"
-    assert all(re.search(r"\b(he|she|his|her)\b", b.text, re.IGNORECASE) for b in silent)  # gender still shows
+    assert all(
+        re.search(r"\b(he|she|his|her)\b", b.text, re.IGNORECASE) for b in silent
+    )  # gender still shows
     half = synthetic_bios(400, seed=3, profession_cue_rate=0.5)
     assert 0.35 < sum(bool(cues.search(b.text)) for b in half) / 400 < 0.65
     with pytest.raises(ValueError, match="between 0 and 1"):

@@ -16,7 +16,12 @@ from ssae_kit.corpora import content_mask, corpus_checksum
 def test_bbc_news_has_2225_articles_labelled_by_folder():
     docs = load_corpus("bbc-news")
     assert Counter(d.label for d in docs) == {
-        "business": 510, "entertainment": 386, "politics": 417, "sport": 511, "tech": 401}
+        "business": 510,
+        "entertainment": 386,
+        "politics": 417,
+        "sport": 511,
+        "tech": 401,
+    }
     assert docs[0].source == "bbc-news/business/001.txt"
     assert docs[0].text.startswith("Ad sales boost Time Warner profit")
 
@@ -39,32 +44,43 @@ def test_txt_split_line_gives_one_document_per_line_and_blank_means_whitespace_o
 def test_txt_file_of_one_item_per_line_warns_to_pass_split_line(tmp_path):
     path = tmp_path / "items.txt"
     path.write_text("\n".join(f"item number {i}" for i in range(1000)))
-    with pytest.warns(UserWarning, match=r"items.txt#0 is one document of 15,889 characters over 1000 lines.*"
-                                         "split='line'"):
+    with pytest.warns(
+        UserWarning,
+        match=r"items.txt#0 is one document of 15,889 characters over 1000 lines.*"
+        "split='line'",
+    ):
         assert len(load_corpus(str(path))) == 1
     assert len(load_corpus(str(path), split="line")) == 1000
 
 
 def test_unknown_split_names_both_choices_and_the_hf_syntax():
-    with pytest.raises(ValueError, match=r"split='test' must be 'paragraph' or 'line'.*'hf:<dataset id>:<split>'"):
+    with pytest.raises(
+        ValueError, match=r"split='test' must be 'paragraph' or 'line'.*'hf:<dataset id>:<split>'"
+    ):
         load_corpus("bbc-news", split="test")
 
 
-@pytest.mark.parametrize("line,match", [
-    ('{"text": "b", ', r"c.jsonl, line 3, is not valid JSON.*fix or remove that line"),
-    ('["b"]', r"c.jsonl, line 3, is not a JSON object"),
-])
+@pytest.mark.parametrize(
+    "line,match",
+    [
+        ('{"text": "b", ', r"c.jsonl, line 3, is not valid JSON.*fix or remove that line"),
+        ('["b"]', r"c.jsonl, line 3, is not a JSON object"),
+    ],
+)
 def test_malformed_jsonl_line_names_the_file_and_line(tmp_path, line, match):
     (tmp_path / "c.jsonl").write_text('{"text": "a"}\n\n' + line + "\n")
     with pytest.raises(ValueError, match=match):
         load_corpus(str(tmp_path / "c.jsonl"))
 
 
-@pytest.mark.parametrize("suffix,row,problem", [
-    (".jsonl", {"body": "x"}, "no 'text' field"),
-    (".jsonl", {"text": None}, "'text' = null"),
-    (".parquet", {"text": None}, "'text' = null"),
-])
+@pytest.mark.parametrize(
+    "suffix,row,problem",
+    [
+        (".jsonl", {"body": "x"}, "no 'text' field"),
+        (".jsonl", {"text": None}, "'text' = null"),
+        (".parquet", {"text": None}, "'text' = null"),
+    ],
+)
 def test_missing_or_null_text_on_any_row_names_the_row(tmp_path, suffix, row, problem):
     rows = [{"text": "first"}, {"text": "second"}, row]
     path = tmp_path / f"c{suffix}"
@@ -72,12 +88,18 @@ def test_missing_or_null_text_on_any_row_names_the_row(tmp_path, suffix, row, pr
         path.write_text("\n".join(json.dumps(r) for r in rows))
     else:
         pd.DataFrame(rows).to_parquet(path)
-    with pytest.raises(ValueError, match=rf"Row 2 of c{suffix} \(c{suffix}#2, counting from 0\) has {problem}"):
+    with pytest.raises(
+        ValueError, match=rf"Row 2 of c{suffix} \(c{suffix}#2, counting from 0\) has {problem}"
+    ):
         load_corpus(str(path))
 
 
 def test_labels_come_from_the_named_column_only(tmp_path):
-    rows = [{"text": "a", "label": "x", "topic": "t"}, {"text": "b", "label": None}, {"text": "c", "topic": "u"}]
+    rows = [
+        {"text": "a", "label": "x", "topic": "t"},
+        {"text": "b", "label": None},
+        {"text": "c", "topic": "u"},
+    ]
     (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     path = str(tmp_path / "c.jsonl")
     assert [d.label for d in load_corpus(path)] == ["x", None, None]  # null or missing: None, not "None"
@@ -85,13 +107,20 @@ def test_labels_come_from_the_named_column_only(tmp_path):
     assert [d.label for d in load_corpus(path, label_field=None)] == [None, None, None]
     (tmp_path / "n.jsonl").write_text(json.dumps({"text": "a", "category": "x"}))
     assert load_corpus(str(tmp_path / "n.jsonl"))[0].label is None  # default "label" absent: no labels
-    with pytest.raises(ValueError, match=r"no label column 'topic'; its columns are \['category', 'text'\].*"
-                                         "label_field=None for no labels"):
+    with pytest.raises(
+        ValueError,
+        match=r"no label column 'topic'; its columns are \['category', 'text'\].*"
+        "label_field=None for no labels",
+    ):
         load_corpus(str(tmp_path / "n.jsonl"), label_field="topic")
 
 
 def test_jsonl_and_parquet_use_the_named_columns(tmp_path):
-    rows = [{"body": "alpha text", "topic": "x"}, {"body": "beta text", "topic": "y"}, {"body": " ", "topic": "z"}]
+    rows = [
+        {"body": "alpha text", "topic": "x"},
+        {"body": "beta text", "topic": "y"},
+        {"body": " ", "topic": "z"},
+    ]
     (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     pd.DataFrame(rows).to_parquet(tmp_path / "c.parquet")
     for name in ("c.jsonl", "c.parquet"):
@@ -108,7 +137,9 @@ def test_missing_text_column_names_the_columns_there(tmp_path):
 def test_hf_prefix_loads_a_local_dataset_folder_offline(tmp_path):
     folder = tmp_path / "ds"
     folder.mkdir()
-    (folder / "train.jsonl").write_text("\n".join(json.dumps({"text": f"doc {i}", "label": i % 2}) for i in range(5)))
+    (folder / "train.jsonl").write_text(
+        "\n".join(json.dumps({"text": f"doc {i}", "label": i % 2}) for i in range(5))
+    )
     docs = load_corpus(f"hf:{folder}:train")
     assert [d.text for d in docs] == [f"doc {i}" for i in range(5)]
     assert docs[1].label == "1"

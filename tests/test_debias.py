@@ -16,8 +16,14 @@ from ssae_kit.debias import (
 from ssae_kit.features import mean_pool, residuals
 from ssae_kit.sae import SAE, SAEConfig
 
-TEXTS = ["she is a nurse at the ward", "he teaches physics", "her patients like her", "his lab is large",
-         "she studied medicine", "he wrote a book on algebra"]
+TEXTS = [
+    "she is a nurse at the ward",
+    "he teaches physics",
+    "her patients like her",
+    "his lab is large",
+    "she studied medicine",
+    "he wrote a book on algebra",
+]
 
 
 def test_ablation_removes_only_the_chosen_latents_and_keeps_the_error_term(identity_sae):
@@ -42,7 +48,9 @@ def test_probe_learns_a_separable_problem_and_needs_two_classes():
 
 
 def test_group_accuracies_report_each_group_and_the_worst():
-    probe = Probe(torch.tensor([1.0]), torch.tensor(0.0), torch.zeros(1), torch.ones(1))  # predicts 1 iff x > 0
+    probe = Probe(
+        torch.tensor([1.0]), torch.tensor(0.0), torch.zeros(1), torch.ones(1)
+    )  # predicts 1 iff x > 0
     x = torch.tensor([[1.0], [1.0], [-1.0], [1.0]])
     y = torch.tensor([1, 1, 0, 0])
     acc = group_accuracies(probe, x, y, ["a", "a", "b", "b"])
@@ -62,7 +70,9 @@ def test_attribution_predicts_the_effect_of_ablating_a_latent(tiny):
     assert attr.shape == (64,)
 
     def metric(edit=None):
-        return torch.nn.functional.binary_cross_entropy_with_logits(probe.logits(mean_pool(r, edit)), labels.float()).item()
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            probe.logits(mean_pool(r, edit)), labels.float()
+        ).item()
 
     j, eps = int(attr.abs().argmax()), 1e-2
 
@@ -94,13 +104,17 @@ def test_debias_data_splits_the_balanced_set_per_group_and_labels_it(tiny):
     splits = make_splits(synthetic_bios(120, seed=1), n_train_per_group=10, n_test_per_group=6, seed=1)
     data = build_debias_data(model, tok, splits, 1, ctx_len=48)
     assert len(data.train.resid) == 20 and set(data.train_profession.tolist()) == {0, 1}
-    assert sorted(data.b_groups) == sorted(["female nurse", "female professor", "male nurse", "male professor"] * 3)
+    assert sorted(data.b_groups) == sorted(
+        ["female nurse", "female professor", "male nurse", "male professor"] * 3
+    )
     assert data.a_gender.sum() == 6 and data.a_profession.sum() == 6  # 3 per group in each half
     row = report_row(data, DebiasConfig(probe_epochs=2))
     assert set(row) >= {"profession", "gender", "worst_group"} and row["worst_group"] <= row["profession"]
 
 
-def test_shift_case_study_gives_every_row_and_an_sae_with_nothing_spurious_changes_nothing(tiny, identity_sae):
+def test_shift_case_study_gives_every_row_and_an_sae_with_nothing_spurious_changes_nothing(
+    tiny, identity_sae
+):
     from ssae_kit.bios import make_splits, synthetic_bios
     from ssae_kit.debias import DebiasConfig, build_debias_data, report_row, shift_case_study
 
@@ -109,8 +123,19 @@ def test_shift_case_study_gives_every_row_and_an_sae_with_nothing_spurious_chang
     saes = {"A": identity_sae(32), "B": SAE(SAEConfig(d_in=32, d_sae=64, layer=1), seed=2)}
     keep_all = DebiasConfig(probe_epochs=2, top_n=4, force_keep=tuple(range(64)))
     study = shift_case_study(model, tok, splits, saes, 1, 48, keep_all, retrain=["A"])
-    assert list(study.rows) == ["Original", "A SHIFT", "A SHIFT + retrain", "B SHIFT", "Token deletion + retrain", "Oracle"]
+    assert list(study.rows) == [
+        "Original",
+        "A SHIFT",
+        "A SHIFT + retrain",
+        "B SHIFT",
+        "Token deletion + retrain",
+        "Oracle",
+    ]
     assert set(study.picks) == {"A", "B"} and all(len(p["candidates"]) == 4 for p in study.picks.values())
     assert all(p["spurious"] == [] for p in study.picks.values()), "force_keep overrides the rule"
-    assert study.rows["A SHIFT"] == study.rows["B SHIFT"] == study.rows["Original"], "nothing ablated, yet the rows moved"
-    assert study.rows["Oracle"] == report_row(build_debias_data(model, tok, splits, 1, 48), keep_all, oracle=True)
+    assert study.rows["A SHIFT"] == study.rows["B SHIFT"] == study.rows["Original"], (
+        "nothing ablated, yet the rows moved"
+    )
+    assert study.rows["Oracle"] == report_row(
+        build_debias_data(model, tok, splits, 1, 48), keep_all, oracle=True
+    )

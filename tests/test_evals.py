@@ -94,7 +94,9 @@ def test_decoder_cosines_between_two_decoders_on_a_hand_case():
     W_b = torch.tensor([[2.0, 0.0], [0.0, -3.0]])
     r = 0.5**0.5
     expected = torch.tensor([[1.0, 0.0], [r, -r], [0.0, 0.0]])
-    assert torch.allclose(decoder_cosines(W_a, W_b), expected), "rows must be scaled to unit length before the product"
+    assert torch.allclose(decoder_cosines(W_a, W_b), expected), (
+        "rows must be scaled to unit length before the product"
+    )
 
 
 def _identity_sae(d: int, layer: int) -> SAE:
@@ -106,12 +108,16 @@ def test_spliced_ce_equals_clean_for_a_perfect_sae_and_zero_ablation_for_a_null_
     model, tok = tiny
     perfect = evaluate(_identity_sae(32, 1), model, tok, docs, 1, ctx_len=16)
     m = perfect.metrics
-    assert m["ce_sae"] == pytest.approx(m["ce_clean"], abs=1e-5) and m["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-3)
+    assert m["ce_sae"] == pytest.approx(m["ce_clean"], abs=1e-5) and m["ce_loss_recovered"] == pytest.approx(
+        1.0, abs=1e-3
+    )
     assert m["ce_zero"] > m["ce_clean"] and m["explained_variance"] == pytest.approx(1.0, abs=1e-5)
     null = fixed_sae(torch.zeros(32, 4).tolist(), torch.zeros(4, 32).tolist())
     with pytest.warns(UserWarning, match="no better than zero-ablation"):
         m = evaluate(null, model, tok, docs, 1, ctx_len=16).metrics
-    assert m["ce_sae"] == pytest.approx(m["ce_zero"], abs=1e-5) and m["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-3)
+    assert m["ce_sae"] == pytest.approx(m["ce_zero"], abs=1e-5) and m["ce_loss_recovered"] == pytest.approx(
+        0.0, abs=1e-3
+    )
     assert m["perplexity_sae"] == pytest.approx(math.exp(m["ce_sae"]))
 
 
@@ -175,12 +181,26 @@ def test_massive_flags_only_content_tokens_far_above_the_median():
 
 def _fake(ce_sae, n_targets, sq_err=None, sq_dev=None, docs="d") -> EvalResult:
     n = len(ce_sae)
-    stats = dict(ce_sae=np.asarray(ce_sae, float), n_targets=np.asarray(n_targets, float),
-                 sq_err=np.asarray(sq_err if sq_err is not None else np.ones(n), float),
-                 sq_dev=np.asarray(sq_dev if sq_dev is not None else np.ones(n), float), n_tokens=np.ones(n))
+    stats = dict(
+        ce_sae=np.asarray(ce_sae, float),
+        n_targets=np.asarray(n_targets, float),
+        sq_err=np.asarray(sq_err if sq_err is not None else np.ones(n), float),
+        sq_dev=np.asarray(sq_dev if sq_dev is not None else np.ones(n), float),
+        n_tokens=np.ones(n),
+    )
     empty = np.zeros(0)
-    return EvalResult(dict(eval_docs=docs, ctx_len=16, max_contexts=None), empty, empty, empty, empty, empty,
-                      empty, empty, empty, stats)
+    return EvalResult(
+        dict(eval_docs=docs, ctx_len=16, max_contexts=None),
+        empty,
+        empty,
+        empty,
+        empty,
+        empty,
+        empty,
+        empty,
+        empty,
+        stats,
+    )
 
 
 def test_compare_matches_the_normal_interval_for_paired_per_token_differences():
@@ -210,7 +230,9 @@ def test_compare_ev_is_the_difference_of_error_sums_over_the_deviation_sum():
     a = _fake([0, 0], [1, 1], sq_err=[1.0, 1.0], sq_dev=[5.0, 5.0])
     b = _fake([0, 0], [1, 1], sq_err=[2.0, 2.0], sq_dev=[5.0, 5.0])
     d = compare(a, b, "ev")
-    assert d.estimate == pytest.approx(0.2) and d.verdict("a", "b").startswith("a has higher explained variance")
+    assert d.estimate == pytest.approx(0.2) and d.verdict("a", "b").startswith(
+        "a has higher explained variance"
+    )
 
 
 def test_compare_refuses_results_on_other_documents():
@@ -259,7 +281,9 @@ def test_tail_coverage_difference_is_paired_over_token_types():
     more, fewer = result([1, 2, 3, 4, -1]), result([1, 2, -1, -1, -1])
     d = tail_coverage_difference(more, fewer)
     assert d.estimate == pytest.approx(2 / 7) and d.n_docs == 7 and d.low <= d.estimate <= d.high
-    assert d.verdict("TERM", "ERM").startswith("TERM has higher tail coverage than ERM (better)") == (d.low > 0)
+    assert d.verdict("TERM", "ERM").startswith("TERM has higher tail coverage than ERM (better)") == (
+        d.low > 0
+    )
     same = tail_coverage_difference(more, more)
     assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="same tokens"):
@@ -274,12 +298,15 @@ def test_ssae_only_latents_are_unmatched_and_alive_strongest_first():
     assert ssae_only_latents(best_cosine, peak, 0.05).tolist() == []
 
 
-@pytest.mark.parametrize("diffs, expected", [
-    ([0.1, 0.2, 0.3], "better"),  # mean 0.2 > 2 x 0.058
-    ([-0.1, -0.2, -0.3], "worse"),
-    ([0.3, -0.1, 0.1], "no clear difference"),  # mean 0.1 < 2 x 0.115
-    ([0.2, 0.2], "better"),  # no spread: any non-zero mean is clear
-    ([0.5], "no clear difference"),  # one seed: its spread is unknown
-])
+@pytest.mark.parametrize(
+    "diffs, expected",
+    [
+        ([0.1, 0.2, 0.3], "better"),  # mean 0.2 > 2 x 0.058
+        ([-0.1, -0.2, -0.3], "worse"),
+        ([0.3, -0.1, 0.1], "no clear difference"),  # mean 0.1 < 2 x 0.115
+        ([0.2, 0.2], "better"),  # no spread: any non-zero mean is clear
+        ([0.5], "no clear difference"),  # one seed: its spread is unknown
+    ],
+)
 def test_verdict_over_seeds_needs_the_mean_two_standard_errors_from_zero(diffs, expected):
     assert verdict_over_seeds(diffs) == expected

@@ -22,7 +22,9 @@ GSAE_ID = "smollm2-135m-l6"
 def test_the_shipped_gsae_loads_by_short_id_for_the_embedded_model_and_layer():
     sae = load_pretrained("ssae-kit", GSAE_ID)
     assert (sae.cfg.model_name, sae.cfg.layer, sae.cfg.d_in, sae.cfg.d_sae) == ("smollm2-135m", 6, 576, 4608)
-    assert sae.cfg.architecture == "relu" and sae.W_dec.dtype.is_floating_point and sae.W_dec.dtype.itemsize == 4
+    assert (
+        sae.cfg.architecture == "relu" and sae.W_dec.dtype.is_floating_point and sae.W_dec.dtype.itemsize == 4
+    )
     assert resolve_sae(f"ssae-kit:{GSAE_ID}").cfg == sae.cfg
     card = json.loads((SHIPPED_DIR / GSAE_ID / "card.json").read_text())
     assert card["layer"] == 6 and card["metrics"]["n_tokens"] >= 20_000 and len(card["frontier"]) == 3
@@ -51,9 +53,28 @@ def test_the_committed_heldout_split_is_disjoint_from_training_text():
 
 def _build(tmp: Path) -> Path:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, str(REPO / "data" / "saes" / "build_gsae.py"), "--max-docs", "6", "--d-sae", "64",
-           "--tokens", "2048", "--batch-size", "512", "--eval-contexts", "2", "--l1", "1", "2", "4",
-           "--work", str(tmp / "work"), "--out", str(tmp / "out")]
+    cmd = [
+        sys.executable,
+        str(REPO / "data" / "saes" / "build_gsae.py"),
+        "--max-docs",
+        "6",
+        "--d-sae",
+        "64",
+        "--tokens",
+        "2048",
+        "--batch-size",
+        "512",
+        "--eval-contexts",
+        "2",
+        "--l1",
+        "1",
+        "2",
+        "4",
+        "--work",
+        str(tmp / "work"),
+        "--out",
+        str(tmp / "out"),
+    ]
     subprocess.run(cmd, check=True, env=env, capture_output=True, cwd=REPO)
     return tmp / "out" / GSAE_ID
 
@@ -64,7 +85,9 @@ def test_the_recipe_on_a_tiny_budget_rebuilds_the_same_bits_and_writes_a_model_c
     assert digest(a) == digest(b)
     card_a, card_b = (json.loads((p / "card.json").read_text()) for p in (a, b))
     untimed = lambda m: {k: v for k, v in m.items() if k != "train_seconds"}
-    assert untimed(card_a["metrics"]) == untimed(card_b["metrics"]) and [p["l1"] for p in card_a["frontier"]] == [1.0, 2.0, 4.0]
+    assert untimed(card_a["metrics"]) == untimed(card_b["metrics"]) and [
+        p["l1"] for p in card_a["frontier"]
+    ] == [1.0, 2.0, 4.0]
     assert card_a["tokens_seen"] == 2048 and "build_gsae.py" in card_a["command"]
     assert "## Frontier" in (a / "README.md").read_text()
     again = _build(tmp_path / "a")  # resuming a finished build changes nothing

@@ -17,6 +17,7 @@ def _writer(version: str):
     def write(folder: Path) -> None:
         (folder / "weights.bin").write_text(version)
         (folder / "cfg.json").write_text(version)
+
     return write
 
 
@@ -30,15 +31,22 @@ def test_atomic_write_dir_makes_a_new_folder_whole_or_not_at_all(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         atomic_write_dir(tmp_path / "other", crash, marker="cfg.json")
-    assert [p.name for p in tmp_path.iterdir()] == ["sae"], "a partial folder or a temp folder was left behind"
+    assert [p.name for p in tmp_path.iterdir()] == ["sae"], (
+        "a partial folder or a temp folder was left behind"
+    )
 
 
-def test_atomic_write_dir_into_a_run_folder_keeps_its_other_files_and_never_mixes_two_saves(tmp_path, monkeypatch):
+def test_atomic_write_dir_into_a_run_folder_keeps_its_other_files_and_never_mixes_two_saves(
+    tmp_path, monkeypatch
+):
     (tmp_path / "checkpoint.pt").write_text("ckpt")
     atomic_write_dir(tmp_path, _writer("v1"), marker="cfg.json")
     atomic_write_dir(tmp_path, _writer("v2"), marker="cfg.json")
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
-        "checkpoint.pt": "ckpt", "weights.bin": "v2", "cfg.json": "v2"}
+        "checkpoint.pt": "ckpt",
+        "weights.bin": "v2",
+        "cfg.json": "v2",
+    }
 
     real_replace = os.replace
 
@@ -51,7 +59,10 @@ def test_atomic_write_dir_into_a_run_folder_keeps_its_other_files_and_never_mixe
     with pytest.raises(KeyboardInterrupt):
         atomic_write_dir(tmp_path, _writer("v3"), marker="cfg.json")
     # The v2 config went before any v3 file came in, so no config ever describes other weights.
-    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"checkpoint.pt": "ckpt", "weights.bin": "v3"}
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
+        "checkpoint.pt": "ckpt",
+        "weights.bin": "v3",
+    }
 
 
 def test_sae_save_that_fails_while_writing_leaves_the_previous_sae_loadable(tmp_path, monkeypatch):
@@ -84,7 +95,9 @@ def test_atomic_write_with_keeps_the_old_file_when_the_writer_fails(tmp_path):
 def test_check_writable_dir_creates_the_folder_or_says_why_it_cannot(tmp_path):
     assert check_writable_dir(tmp_path / "a" / "b").is_dir()
     (tmp_path / "file.txt").write_text("not a folder")
-    with pytest.raises(ValueError, match=r"Cannot write to the output folder .*file.txt/run.*folder you can write to"):
+    with pytest.raises(
+        ValueError, match=r"Cannot write to the output folder .*file.txt/run.*folder you can write to"
+    ):
         check_writable_dir(tmp_path / "file.txt" / "run")
     with pytest.raises(ValueError, match=r"output folder .*file.txt \(it is a file\)"):
         check_writable_dir(tmp_path / "file.txt")
@@ -93,7 +106,10 @@ def test_check_writable_dir_creates_the_folder_or_says_why_it_cannot(tmp_path):
 def test_run_layout_names_the_artefacts_notebooks_write_and_read(tmp_path):
     run = RunLayout(tmp_path)
     assert run.acts("dense") == tmp_path / "acts" / "dense" and run.gsae == tmp_path / "saes" / "gsae"
-    assert run.selection("bm25") == tmp_path / "selection_bm25.jsonl" and run.split("ood") == tmp_path / "split_ood.jsonl"
+    assert (
+        run.selection("bm25") == tmp_path / "selection_bm25.jsonl"
+        and run.split("ood") == tmp_path / "split_ood.jsonl"
+    )
     assert run.ssae("dense", 1.4, 0) == tmp_path / "saes" / "dense_l11.4_seed0"
     assert run.tilted_sae(0.0, 2.0) == tmp_path / "saes" / "erm_l12"
     assert run.tilted_sae(1e9, 2.0) == tmp_path / "saes" / "term_t1e+09_l12"
@@ -105,7 +121,9 @@ def test_run_layout_finds_only_term_saes_and_none_in_an_empty_run(tmp_path):
     assert run.term_saes() == []
     for tilt in (0.0, 2.0, 0.5):
         run.tilted_sae(tilt, 1.0).mkdir(parents=True)
-    assert [p.name for p in run.term_saes()] == ["term_t0.5_l11", "term_t2_l11"], "the ERM SSAE is not a TERM one"
+    assert [p.name for p in run.term_saes()] == ["term_t0.5_l11", "term_t2_l11"], (
+        "the ERM SSAE is not a TERM one"
+    )
 
 
 def test_read_metrics_returns_what_write_metrics_wrote_or_names_the_missing_folder(tmp_path):

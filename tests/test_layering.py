@@ -17,8 +17,27 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ssae_kit"
 # no file yet (a module still to come) keeps its place; every file in the package must have one.
 # bio_templates holds bios' sentence templates, so it sits just before bios.
 # tracin reranks retrieval's candidates with SAEs and short training runs, so it follows train.
-ORDER = ("io", "models", "corpora", "retrieval", "activations", "sae", "term", "train", "tracin", "evals", "features", "viz",
-         "bio_templates", "bios", "debias", "taxonomy", "tsda", "tree_probe", "exercises")
+ORDER = (
+    "io",
+    "models",
+    "corpora",
+    "retrieval",
+    "activations",
+    "sae",
+    "term",
+    "train",
+    "tracin",
+    "evals",
+    "features",
+    "viz",
+    "bio_templates",
+    "bios",
+    "debias",
+    "taxonomy",
+    "tsda",
+    "tree_probe",
+    "exercises",
+)
 
 
 def kit_imports(source: str) -> set[str]:
@@ -47,19 +66,25 @@ def _modules() -> list[str]:
 
 def test_every_module_has_a_place_in_the_order():
     missing = [m for m in _modules() if m not in ORDER]
-    assert not missing, f"Modules {missing} are not in ORDER: add each where its data comes from (and to DESIGN.md)."
+    assert not missing, (
+        f"Modules {missing} are not in ORDER: add each where its data comes from (and to DESIGN.md)."
+    )
 
 
 @pytest.mark.parametrize("module", [m for m in _modules() if m in ORDER])
 def test_no_module_imports_a_later_stage(module):
     later = later_imports(module, (PACKAGE / f"{module}.py").read_text())
-    assert not later, (f"ssae_kit.{module} imports {later}, listed after it in ORDER: move the shared piece down "
-                       f"to {module} (or earlier), or pass plain data in, so that data flows one way.")
+    assert not later, (
+        f"ssae_kit.{module} imports {later}, listed after it in ORDER: move the shared piece down "
+        f"to {module} (or earlier), or pass plain data in, so that data flows one way."
+    )
 
 
 def test_the_check_sees_every_import_form():
-    source = ("from .tsda import x\nfrom . import tree_probe\nimport ssae_kit.exercises\n"
-              "from ssae_kit.debias import y\ndef f():\n    from .io import z\n")
+    source = (
+        "from .tsda import x\nfrom . import tree_probe\nimport ssae_kit.exercises\n"
+        "from ssae_kit.debias import y\ndef f():\n    from .io import z\n"
+    )
     assert later_imports("taxonomy", source) == ["tsda", "tree_probe", "exercises"]
     assert later_imports("viz", source) == ["debias", "tsda", "tree_probe", "exercises"]
     assert later_imports("exercises", source) == []

@@ -42,16 +42,37 @@ def massive_store(out: Path, share: float, n_tokens: int = 20_000, seed: int = 0
     writer = _ShardWriter(out, "float32", 4096, D_MODEL)
     tokens = torch.stack([torch.arange(n_tokens) % 256, torch.zeros(n_tokens), torch.arange(n_tokens)], 1)
     writer.add(x, tokens.to(torch.int32))
-    atomic_write_json(out / MANIFEST_FILE, dict(
-        format=FORMAT, version=VERSION, model="synthetic", layer=0, hook_name="blocks.0.hook_resid_post",
-        d_model=D_MODEL, n_tokens=n_tokens, **writer.finish()))
+    atomic_write_json(
+        out / MANIFEST_FILE,
+        dict(
+            format=FORMAT,
+            version=VERSION,
+            model="synthetic",
+            layer=0,
+            hook_name="blocks.0.hook_resid_post",
+            d_model=D_MODEL,
+            n_tokens=n_tokens,
+            **writer.finish(),
+        ),
+    )
     return ActivationStore(out)
 
 
 def tiny_cfg(**kw) -> TrainConfig:
     """TrainConfig's defaults at the tiny size: only widths, budget and windows shrink."""
-    return TrainConfig(**{**dict(d_sae=4 * D_MODEL, batch_size=256, total_tokens=60_000, warmup_tokens=2_000,
-                                 dead_window_tokens=10_000, log_every=50), **kw})
+    return TrainConfig(
+        **{
+            **dict(
+                d_sae=4 * D_MODEL,
+                batch_size=256,
+                total_tokens=60_000,
+                warmup_tokens=2_000,
+                dead_window_tokens=10_000,
+                log_every=50,
+            ),
+            **kw,
+        }
+    )
 
 
 def fit(store: ActivationStore, **kw) -> dict[str, float]:
@@ -79,15 +100,20 @@ def test_synthetic_store_has_one_dimension_with_the_asked_share_of_the_norm(shar
 def test_mean_b_dec_trains_a_live_sae_where_zeros_does_not(share_90):
     """With the store's scale (the scale is the next test's subject; with the centered one zeros
     reaches EV 0.74 here and the mean does better still)."""
-    zeros = fit(share_90, b_dec_init="zeros", norm_scale_from="store")  # the first defaults: dead 0.07, EV 0.13
+    zeros = fit(
+        share_90, b_dec_init="zeros", norm_scale_from="store"
+    )  # the first defaults: dead 0.07, EV 0.13
     assert zeros["explained_variance"] < 0.5, f"zeros b_dec should fail here; got {zeros}"
     mean = fit(share_90, norm_scale_from="store")  # b_dec_init="mean": dead 0.00, EV 0.64
     assert mean["dead_fraction"] < 0.2 and mean["explained_variance"] > 0.5, (
-        f"b_dec from the data mean should leave the massive offset to b_dec, not the latents; got {mean}")
+        f"b_dec from the data mean should leave the massive offset to b_dec, not the latents; got {mean}"
+    )
 
 
 def test_health_warnings_flag_the_zeros_sae_at_100x(share_997):
-    zeros = fit(share_997, b_dec_init="zeros", norm_scale_from="store")  # the first defaults: dead 0.52, EV -4.3
+    zeros = fit(
+        share_997, b_dec_init="zeros", norm_scale_from="store"
+    )  # the first defaults: dead 0.52, EV -4.3
     warned = health_warnings(zeros)
     assert any("explained variance" in w for w in warned), (zeros, warned)
 
@@ -119,8 +145,12 @@ def test_geometric_median_matches_a_numerical_minimiser_and_ignores_outliers():
     x = torch.cat([torch.randn(200, 5, generator=g), 100 + torch.randn(20, 5, generator=g)])
     gm = geometric_median(x)
     points = x.double().numpy()
-    ref = minimize(lambda p: np.linalg.norm(points - p, axis=1).sum(), points.mean(0), method="Nelder-Mead",
-                   options=dict(xatol=1e-8, fatol=1e-10, maxiter=20_000)).x
+    ref = minimize(
+        lambda p: np.linalg.norm(points - p, axis=1).sum(),
+        points.mean(0),
+        method="Nelder-Mead",
+        options=dict(xatol=1e-8, fatol=1e-10, maxiter=20_000),
+    ).x
     torch.testing.assert_close(gm, torch.from_numpy(ref).float(), atol=1e-3, rtol=0)
     assert gm.norm() < 2 < x.mean(0).norm(), "the 20 far points should barely move the median"
     line = torch.tensor([[0.0, 0], [1, 0], [2, 0], [3, 0], [100, 0]])

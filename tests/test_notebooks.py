@@ -62,10 +62,18 @@ def _check_01_retrieval(m: dict, params: dict) -> None:
     assert len(m["stability"]["dense"]) == len(params["split_seeds"])
     for name, v in m["verdicts"].items():  # each verdict is read off its interval
         a, b = name.split(" vs ")
-        expect = f"{a} has higher" if v["low"] > 0 else f"{b} has higher" if v["high"] < 0 else "No clear difference"
+        expect = (
+            f"{a} has higher"
+            if v["low"] > 0
+            else f"{b} has higher"
+            if v["high"] < 0
+            else "No clear difference"
+        )
         assert v["sentence"].startswith(expect), name
     heldout = [json.loads(line)["source"] for line in run.split("heldout").read_text().splitlines() if line]
-    committed = json.loads((NOTEBOOKS_DIR.parent / "data" / "splits" / "bbc-news.json").read_text())["heldout"]
+    committed = json.loads((NOTEBOOKS_DIR.parent / "data" / "splits" / "bbc-news.json").read_text())[
+        "heldout"
+    ]
     assert heldout and set(heldout) <= set(committed)  # test text from the committed held-out split
 
 
@@ -74,7 +82,9 @@ def _check_02_train_ssae(m: dict, params: dict) -> None:
     strategies = {"dense", "bm25", "random", "none", "seed_only"}
     assert {r["strategy"] for r in m[ROWS_KEY]} == strategies
     main, others = params["ssae_l1s"][0], params["ssae_l1s"][1:]
-    assert len(m[ROWS_KEY]) == len(strategies) * 2 + len(others) * 2  # main: both texts; others: dense, none in-domain
+    assert (
+        len(m[ROWS_KEY]) == len(strategies) * 2 + len(others) * 2
+    )  # main: both texts; others: dense, none in-domain
     for r in m[ROWS_KEY]:
         assert 0 <= r["l0"] <= params["d_sae"] and r["ce_sae"] > 0 and 0 <= r["dead_fraction"] <= 1
         assert r["ce_vs_gsae"] == pytest.approx(r["ce_sae"] - m["gsae"][r["text"]]["ce_sae"])
@@ -86,7 +96,9 @@ def _check_02_train_ssae(m: dict, params: dict) -> None:
         a, _ = name.split(",")[0].split(" vs ")
         expect = f"{a} has" if v["low"] > 0 or v["high"] < 0 else "No clear difference"
         assert v["low"] <= v["estimate"] <= v["high"] and v["sentence"].startswith(expect), name
-    assert {"dense vs none, in-domain", "dense vs bm25, in-domain"} <= set(m["verdicts"]) and m[MAIN_L1_KEY] == main
+    assert {"dense vs none, in-domain", "dense vs bm25, in-domain"} <= set(m["verdicts"]) and m[
+        MAIN_L1_KEY
+    ] == main
     for name, path in m[SSAE_DIRS_KEY].items():
         assert (Path(path) / SAE_CFG_FILE).exists() and (Path(path) / SAE_WEIGHTS_FILE).exists(), name
     assert (run_dir / "pareto_in_domain.png").exists() and m[BEST_STRATEGY_KEY] in strategies
@@ -100,14 +112,25 @@ def _check_03_term_vs_erm(m: dict, params: dict) -> None:
         assert 0 <= s["tail_coverage"] <= 1 and s["ce_sae"] > 0 and s["max_error"] >= 0, name
         assert 0 <= s["mean_abs_cosine"] <= 1 and s["mean_entropy"] >= 0, name
     best, erm = m["summary"][m["best_term"]], m["summary"]["ERM"]
-    assert m["best_term"] == f"TERM t={params['term_tilt']:g}"  # fixed in advance, not picked on the test text
+    assert (
+        m["best_term"] == f"TERM t={params['term_tilt']:g}"
+    )  # fixed in advance, not picked on the test text
     cover = m["coverage_difference"]
     assert cover["estimate"] == pytest.approx(best["tail_coverage"] - erm["tail_coverage"])
     assert m["term_covers_more"] == (cover["low"] > 0)  # the verdict is read off the interval
     assert m["term_ce_cost"] == pytest.approx(best["ce_sae"] - erm["ce_sae"])
     assert len(m["pareto"]) == 2 * len(params["pareto_l1s"])
-    for fig in ("tail_coverage", "tail_coverage_cumulative", "error_by_rank", "token_entropy", "max_activation",
-                "feature_counts", "log_ratio_counts", "decoder_cosine", "pareto_term_vs_erm"):
+    for fig in (
+        "tail_coverage",
+        "tail_coverage_cumulative",
+        "error_by_rank",
+        "token_entropy",
+        "max_activation",
+        "feature_counts",
+        "log_ratio_counts",
+        "decoder_cosine",
+        "pareto_term_vs_erm",
+    ):
         assert (run_dir / f"{fig}.png").exists(), fig
 
 
@@ -119,13 +142,26 @@ def _check_04_visualise(m: dict, params: dict) -> None:
     executed = nbformat.read(run_dir.parent / "04_visualise.ipynb", as_version=4)
     browser_cell = next(c for c in executed.cells if c.cell_type == "code" and "feature_browser(" in c.source)
     bundles = [o.get("data", {}) for o in browser_cell.outputs]
-    assert any("feature-dashboard" in b.get("text/html", "") for b in bundles), "the browser left no HTML fallback"
-    assert any("application/vnd.jupyter.widget-view+json" in b for b in bundles), "the browser is not a widget"
+    assert any("feature-dashboard" in b.get("text/html", "") for b in bundles), (
+        "the browser left no HTML fallback"
+    )
+    assert any("application/vnd.jupyter.widget-view+json" in b for b in bundles), (
+        "the browser is not a widget"
+    )
 
 
 def _check_05_debias(m: dict, params: dict) -> None:
-    rows = {"Original", "GSAE SHIFT", "GSAE SHIFT + retrain", "SSAE SHIFT", "SSAE SHIFT + retrain", "1/8 GSAE SHIFT",
-            "1/8 SSAE SHIFT", "Token deletion + retrain", "Oracle"}
+    rows = {
+        "Original",
+        "GSAE SHIFT",
+        "GSAE SHIFT + retrain",
+        "SSAE SHIFT",
+        "SSAE SHIFT + retrain",
+        "1/8 GSAE SHIFT",
+        "1/8 SSAE SHIFT",
+        "Token deletion + retrain",
+        "Oracle",
+    }
     assert set(m["table"]) == rows and len(m["per_seed"]) == len(params["seeds"])
     for name, cells in m["table"].items():
         for metric, (mean, sd) in cells.items():
@@ -142,15 +178,29 @@ def _check_06_taxonomy(m: dict, params: dict) -> None:
     assert set(p1["table"]) == methods and len(p1["per_seed"]) == len(params["seeds"])
     for seed, res in p1["per_seed"].items():
         for method, r in res.items():
-            assert len(r["per_domain"]) == n_leaves and all(0 <= a <= 1 for a in r["per_domain"]), (seed, method)
-            assert r["target"] == pytest.approx(sum(r["per_domain"][params["n_sources"]:]) / (n_leaves - params["n_sources"]))
+            assert len(r["per_domain"]) == n_leaves and all(0 <= a <= 1 for a in r["per_domain"]), (
+                seed,
+                method,
+            )
+            assert r["target"] == pytest.approx(
+                sum(r["per_domain"][params["n_sources"] :]) / (n_leaves - params["n_sources"])
+            )
     per_seed = list(p1["per_seed"].values())
-    assert p1["flat_gap"] == pytest.approx([abs(r["TSDA-flat"]["target"] - r["DANN"]["target"]) for r in per_seed])
-    assert p1["tsda_minus_dann"] == pytest.approx([r["TSDA"]["target"] - r["DANN"]["target"] for r in per_seed])
+    assert p1["flat_gap"] == pytest.approx(
+        [abs(r["TSDA-flat"]["target"] - r["DANN"]["target"]) for r in per_seed]
+    )
+    assert p1["tsda_minus_dann"] == pytest.approx(
+        [r["TSDA"]["target"] - r["DANN"]["target"] for r in per_seed]
+    )
     assert p1["tsda_vs_dann"] == verdict_over_seeds(p1["tsda_minus_dann"])  # the conclusion reads the numbers
     assert p1["table"]["oracle"][0] > p1["table"]["source-only"][0]  # target labels help on mirrored domains
     probe = p2["probe"]
-    assert set(probe) == {"residual", "GSAE", "SSAE-05 (professor, nurse)", f"SSAE ({params.get('ssae_subtree', 'health')})"}
+    assert set(probe) == {
+        "residual",
+        "GSAE",
+        "SSAE-05 (professor, nurse)",
+        f"SSAE ({params.get('ssae_subtree', 'health')})",
+    }
     for name, cells in probe.items():
         assert cells["flat"]["rho"] is None and {"taxonomy", "shuffled"} <= set(cells), name
         for target, c in cells.items():
@@ -158,15 +208,22 @@ def _check_06_taxonomy(m: dict, params: dict) -> None:
     # the residual stream keeps the profession tree beyond what the probe fits to a shuffled one
     assert probe["residual"]["taxonomy"]["rho"][0] > probe["residual"]["shuffled"]["rho"][0] + 0.2
     for target, diffs in p2["ssae_minus_gsae_rho"].items():
-        assert len(diffs) == len(params["probe_seeds"]) and p2["ssae_vs_gsae"][target] == verdict_over_seeds(diffs)
+        assert len(diffs) == len(params["probe_seeds"]) and p2["ssae_vs_gsae"][target] == verdict_over_seeds(
+            diffs
+        )
     for fig in ("dt_data", "dt_per_leaf", "taxonomy_probe", "taxonomist_map"):
         assert (Path(params["run_dir"]) / f"{fig}.png").exists(), fig
 
 
-CHECKS = {"00_quickstart": _check_00_quickstart, "01_retrieval": _check_01_retrieval,
-          "02_train_ssae": _check_02_train_ssae, "03_term_vs_erm": _check_03_term_vs_erm,
-          "04_visualise": _check_04_visualise, "05_debias_bias_in_bios": _check_05_debias,
-          "06_taxonomy_domain_adaptation": _check_06_taxonomy}
+CHECKS = {
+    "00_quickstart": _check_00_quickstart,
+    "01_retrieval": _check_01_retrieval,
+    "02_train_ssae": _check_02_train_ssae,
+    "03_term_vs_erm": _check_03_term_vs_erm,
+    "04_visualise": _check_04_visualise,
+    "05_debias_bias_in_bios": _check_05_debias,
+    "06_taxonomy_domain_adaptation": _check_06_taxonomy,
+}
 
 
 def test_notebooks_exist_and_each_has_smoke_parameters_and_checks():
@@ -184,9 +241,12 @@ def test_notebook_is_committed_stripped_with_a_parameters_cell(path):
     assert not dirty, f"cells {dirty} have outputs: strip them before committing"
 
 
-REQUIRES: dict[str, list[str]] = {"02_train_ssae": ["01_retrieval"], "03_term_vs_erm": ["02_train_ssae"],
-                                  "04_visualise": ["03_term_vs_erm"],
-                                  "06_taxonomy_domain_adaptation": ["05_debias_bias_in_bios"]}
+REQUIRES: dict[str, list[str]] = {
+    "02_train_ssae": ["01_retrieval"],
+    "03_term_vs_erm": ["02_train_ssae"],
+    "04_visualise": ["03_term_vs_erm"],
+    "06_taxonomy_domain_adaptation": ["05_debias_bias_in_bios"],
+}
 
 
 @pytest.fixture(scope="session")
@@ -201,8 +261,12 @@ def run_notebook(tmp_path_factory):
                 run(dep)
             params = {**SMOKE.get(stem, {}), "run_dir": str(root / stem)}
             papermill.execute_notebook(
-                str(NOTEBOOKS_DIR / f"{stem}.ipynb"), str(root / f"{stem}.ipynb"), parameters=params,
-                cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False,
+                str(NOTEBOOKS_DIR / f"{stem}.ipynb"),
+                str(root / f"{stem}.ipynb"),
+                parameters=params,
+                cwd=str(NOTEBOOKS_DIR),
+                kernel_name="python3",
+                progress_bar=False,
             )
             done[stem] = (RunLayout(root / stem).read_metrics(), params)
         return done[stem]
@@ -222,27 +286,51 @@ def _bad_gsae(tmp_path: Path, d_in: int, layer: int) -> str:
     return str(SAE(SAEConfig(d_in=d_in, d_sae=8, layer=layer)).save(tmp_path / f"gsae_{d_in}_{layer}"))
 
 
-@pytest.mark.parametrize("case", ["unknown strategy", "notebook 01 not run", "GSAE of another width",
-                                  "GSAE of another layer", "mistyped GSAE", "negative ssae_l1s"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown strategy",
+        "notebook 01 not run",
+        "GSAE of another width",
+        "GSAE of another layer",
+        "mistyped GSAE",
+        "negative ssae_l1s",
+    ],
+)
 def test_bad_parameters_stop_notebook_02_early_naming_the_fix(case, tmp_path, run_notebook):
     _, retrieval = run_notebook("01_retrieval")
-    params = {**SMOKE["02_train_ssae"], "run_dir": str(tmp_path / "02"), "retrieval_dir": retrieval["run_dir"]}
-    params.update({
-        "unknown strategy": dict(strategies=["dense", "tfidf"]),
-        "notebook 01 not run": dict(retrieval_dir=str(tmp_path / "nothing_here")),
-        "GSAE of another width": dict(gsae=_bad_gsae(tmp_path, 16, 15)),
-        "GSAE of another layer": dict(gsae=_bad_gsae(tmp_path, 576, 3), layer=6),
-        "mistyped GSAE": dict(gsae=str(tmp_path / "no_such_gsae")),
-        "negative ssae_l1s": dict(ssae_l1s=[-1.0]),
-    }[case])
-    expected = {"unknown strategy": "Unknown strategies \\['tfidf'\\]", "notebook 01 not run": "run notebook 01 first",
-                "GSAE of another width": "d_in=16.*use an SAE of this model",
-                "GSAE of another layer": "trained on layer 3, not 6: pass layer=3",
-                "mistyped GSAE": "neither a folder nor 'release:sae_id'",
-                "negative ssae_l1s": "must list non-negative sparsity coefficients"}[case]
+    params = {
+        **SMOKE["02_train_ssae"],
+        "run_dir": str(tmp_path / "02"),
+        "retrieval_dir": retrieval["run_dir"],
+    }
+    params.update(
+        {
+            "unknown strategy": dict(strategies=["dense", "tfidf"]),
+            "notebook 01 not run": dict(retrieval_dir=str(tmp_path / "nothing_here")),
+            "GSAE of another width": dict(gsae=_bad_gsae(tmp_path, 16, 15)),
+            "GSAE of another layer": dict(gsae=_bad_gsae(tmp_path, 576, 3), layer=6),
+            "mistyped GSAE": dict(gsae=str(tmp_path / "no_such_gsae")),
+            "negative ssae_l1s": dict(ssae_l1s=[-1.0]),
+        }[case]
+    )
+    expected = {
+        "unknown strategy": "Unknown strategies \\['tfidf'\\]",
+        "notebook 01 not run": "run notebook 01 first",
+        "GSAE of another width": "d_in=16.*use an SAE of this model",
+        "GSAE of another layer": "trained on layer 3, not 6: pass layer=3",
+        "mistyped GSAE": "neither a folder nor 'release:sae_id'",
+        "negative ssae_l1s": "must list non-negative sparsity coefficients",
+    }[case]
     with pytest.raises(papermill.PapermillExecutionError, match=expected):
-        papermill.execute_notebook(str(NOTEBOOKS_DIR / "02_train_ssae.ipynb"), str(tmp_path / "out.ipynb"),
-                                   parameters=params, cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False)
+        papermill.execute_notebook(
+            str(NOTEBOOKS_DIR / "02_train_ssae.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            parameters=params,
+            cwd=str(NOTEBOOKS_DIR),
+            kernel_name="python3",
+            progress_bar=False,
+        )
     assert not (tmp_path / "02" / ACTS_DIR).exists(), "work started before the inputs were checked"
 
 
@@ -258,21 +346,40 @@ def test_papermill_reads_every_parameter(path):
     assert all(p["help"] for p in inspected.values()), "every parameter needs a comment saying what it is"
 
 
-@pytest.mark.parametrize("case", ["unknown subtree", "leaf without bios", "notebook 05 not run", "SAE of another layer"])
+@pytest.mark.parametrize(
+    "case", ["unknown subtree", "leaf without bios", "notebook 05 not run", "SAE of another layer"]
+)
 def test_bad_parameters_stop_notebook_06_early_naming_the_fix(case, tmp_path, run_notebook):
     _, debias = run_notebook("05_debias_bias_in_bios")
-    params = {**SMOKE["06_taxonomy_domain_adaptation"], "run_dir": str(tmp_path / "06"), **{
-        "unknown subtree": dict(ssae_subtree="law"),
-        "leaf without bios": dict(taxonomy={"root": [{"health": ["nurse", "surgeon"]}, {"space": ["astronaut"]}]}),
-        "notebook 05 not run": dict(debias_dir=str(tmp_path / "nothing_here")),
-        "SAE of another layer": dict(debias_dir=debias["run_dir"], saes={"other": _bad_gsae(tmp_path, 576, 3)}),
-    }[case]}
-    expected = {"unknown subtree": "ssae_subtree='law' is not a subtree.*choose from", "leaf without bios":
-                r"Leaves \['astronaut'\] have no synthetic bios", "notebook 05 not run": "run notebook 05 first",
-                "SAE of another layer": "trained on layer 3, not 6: pass layer=3"}[case]
+    params = {
+        **SMOKE["06_taxonomy_domain_adaptation"],
+        "run_dir": str(tmp_path / "06"),
+        **{
+            "unknown subtree": dict(ssae_subtree="law"),
+            "leaf without bios": dict(
+                taxonomy={"root": [{"health": ["nurse", "surgeon"]}, {"space": ["astronaut"]}]}
+            ),
+            "notebook 05 not run": dict(debias_dir=str(tmp_path / "nothing_here")),
+            "SAE of another layer": dict(
+                debias_dir=debias["run_dir"], saes={"other": _bad_gsae(tmp_path, 576, 3)}
+            ),
+        }[case],
+    }
+    expected = {
+        "unknown subtree": "ssae_subtree='law' is not a subtree.*choose from",
+        "leaf without bios": r"Leaves \['astronaut'\] have no synthetic bios",
+        "notebook 05 not run": "run notebook 05 first",
+        "SAE of another layer": "trained on layer 3, not 6: pass layer=3",
+    }[case]
     with pytest.raises(papermill.PapermillExecutionError, match=expected):
-        papermill.execute_notebook(str(NOTEBOOKS_DIR / "06_taxonomy_domain_adaptation.ipynb"), str(tmp_path / "out.ipynb"),
-                                   parameters=params, cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False)
+        papermill.execute_notebook(
+            str(NOTEBOOKS_DIR / "06_taxonomy_domain_adaptation.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            parameters=params,
+            cwd=str(NOTEBOOKS_DIR),
+            kernel_name="python3",
+            progress_bar=False,
+        )
     assert not (tmp_path / "06").exists(), "work started before the inputs were checked"
 
 
@@ -283,12 +390,25 @@ def test_notebook_06_probes_user_features_against_a_user_taxonomy(tmp_path):
     rng = np.random.default_rng(0)
     centres = {"a1": 0.0, "a2": 1.0, "b1": 6.0, "b2": 7.0}
     leaves = [leaf for leaf in centres for _ in range(8)]
-    features = np.array([[centres[leaf]] * 3 for leaf in leaves]) + 0.1 * rng.standard_normal((len(leaves), 3))
+    features = np.array([[centres[leaf]] * 3 for leaf in leaves]) + 0.1 * rng.standard_normal(
+        (len(leaves), 3)
+    )
     np.savez(tmp_path / "mine.npz", features=features, leaves=np.array(leaves))
-    params = {**SMOKE["06_taxonomy_domain_adaptation"], "run_dir": str(tmp_path / "06"), "features_file": str(tmp_path / "mine.npz"),
-              "taxonomy": {"root": [{"a": ["a1", "a2"]}, {"b": ["b1", "b2"]}]}, "debias_dir": str(tmp_path / "no_05_needed")}
-    papermill.execute_notebook(str(NOTEBOOKS_DIR / "06_taxonomy_domain_adaptation.ipynb"), str(tmp_path / "out.ipynb"),
-                               parameters=params, cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False)
+    params = {
+        **SMOKE["06_taxonomy_domain_adaptation"],
+        "run_dir": str(tmp_path / "06"),
+        "features_file": str(tmp_path / "mine.npz"),
+        "taxonomy": {"root": [{"a": ["a1", "a2"]}, {"b": ["b1", "b2"]}]},
+        "debias_dir": str(tmp_path / "no_05_needed"),
+    }
+    papermill.execute_notebook(
+        str(NOTEBOOKS_DIR / "06_taxonomy_domain_adaptation.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        parameters=params,
+        cwd=str(NOTEBOOKS_DIR),
+        kernel_name="python3",
+        progress_bar=False,
+    )
     m = RunLayout(tmp_path / "06").read_metrics()["part2"]
     assert list(m["probe"]) == ["features"] and m["n_texts"] == len(leaves) and m["ssae_minus_gsae_rho"] == {}
     assert m["probe"]["features"]["taxonomy"]["rho"][0] > 0.5  # a1-a2 and b1-b2 close, a-b far: found
@@ -296,12 +416,27 @@ def test_notebook_06_probes_user_features_against_a_user_taxonomy(tmp_path):
 
 @pytest.mark.parametrize("case", ["unknown source", "no seeds", "mistyped GSAE"])
 def test_bad_parameters_stop_notebook_05_before_any_work(case, tmp_path):
-    params = {**SMOKE["05_debias_bias_in_bios"], "run_dir": str(tmp_path / "05"), **{
-        "unknown source": dict(source="bios.csv"), "no seeds": dict(seeds=[]),
-        "mistyped GSAE": dict(gsae="ssae-kit:no-such-gsae")}[case]}
-    expected = {"unknown source": "source='bios.csv' is not 'synthetic'", "no seeds": "seeds is empty",
-                "mistyped GSAE": "ships no SAE 'no-such-gsae'"}[case]
+    params = {
+        **SMOKE["05_debias_bias_in_bios"],
+        "run_dir": str(tmp_path / "05"),
+        **{
+            "unknown source": dict(source="bios.csv"),
+            "no seeds": dict(seeds=[]),
+            "mistyped GSAE": dict(gsae="ssae-kit:no-such-gsae"),
+        }[case],
+    }
+    expected = {
+        "unknown source": "source='bios.csv' is not 'synthetic'",
+        "no seeds": "seeds is empty",
+        "mistyped GSAE": "ships no SAE 'no-such-gsae'",
+    }[case]
     with pytest.raises(papermill.PapermillExecutionError, match=expected):
-        papermill.execute_notebook(str(NOTEBOOKS_DIR / "05_debias_bias_in_bios.ipynb"), str(tmp_path / "out.ipynb"),
-                                   parameters=params, cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False)
+        papermill.execute_notebook(
+            str(NOTEBOOKS_DIR / "05_debias_bias_in_bios.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            parameters=params,
+            cwd=str(NOTEBOOKS_DIR),
+            kernel_name="python3",
+            progress_bar=False,
+        )
     assert not (tmp_path / "05").exists(), "work started before the inputs were checked"

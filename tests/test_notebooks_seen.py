@@ -37,7 +37,11 @@ from ssae_kit.io import RunLayout
 
 TESTS = Path(__file__).resolve().parent
 SANITIZE = TESTS / "nbval_sanitize.cfg"
-NBVAL_STEMS = ("00_quickstart", "01_retrieval", "04_visualise")  # 02, 03, 05, 06 train SAEs: too slow to re-run
+NBVAL_STEMS = (
+    "00_quickstart",
+    "01_retrieval",
+    "04_visualise",
+)  # 02, 03, 05, 06 train SAEs: too slow to re-run
 BROWSER_STEMS = ("04_visualise", "03_term_vs_erm")  # the widget; the most figures
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
@@ -52,12 +56,21 @@ def executed(tmp_path_factory):
         for dep in REQUIRES.get(stem, []):
             if not RunLayout(folder / dep).metrics.exists():
                 run(dep, folder)
-        papermill.execute_notebook(str(NOTEBOOKS_DIR / f"{stem}.ipynb"), str(folder / f"{stem}.ipynb"),
-                                   parameters={**SMOKE.get(stem, {}), "run_dir": str(folder / stem)},
-                                   cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False)
+        papermill.execute_notebook(
+            str(NOTEBOOKS_DIR / f"{stem}.ipynb"),
+            str(folder / f"{stem}.ipynb"),
+            parameters={**SMOKE.get(stem, {}), "run_dir": str(folder / stem)},
+            cwd=str(NOTEBOOKS_DIR),
+            kernel_name="python3",
+            progress_bar=False,
+        )
 
     def get(stem: str) -> Path:
-        done = [nb for nb in sorted(base.glob(f"runs*/{stem}.ipynb")) if RunLayout(nb.with_suffix("")).metrics.exists()]
+        done = [
+            nb
+            for nb in sorted(base.glob(f"runs*/{stem}.ipynb"))
+            if RunLayout(nb.with_suffix("")).metrics.exists()
+        ]
         if done:
             return done[0]
         if not own:
@@ -90,8 +103,12 @@ def test_every_figure_cell_shows_its_figure_once_as_an_image(path, executed):
     assert figures, "no figure cells found: did save_figure get renamed?"
     for cell in figures:
         pngs = [o.data["image/png"] for o in cell.outputs if "image/png" in o.get("data", {})]
-        shown = "the cell with " + next(line.strip() for line in cell.source.splitlines() if "save_figure(" in line)
-        assert len(pngs) == 1, f"{shown} shows {len(pngs)} images (a bare '<Figure size ...>' means no PNG formatter)"
+        shown = "the cell with " + next(
+            line.strip() for line in cell.source.splitlines() if "save_figure(" in line
+        )
+        assert len(pngs) == 1, (
+            f"{shown} shows {len(pngs)} images (a bare '<Figure size ...>' means no PNG formatter)"
+        )
         width, height = _png_size(pngs[0])
         assert width > 100 and height > 100, f"{shown}: a {width}x{height} image"
     n_png = sum("image/png" in o.get("data", {}) for c in _code_cells(nb) for o in c.outputs)
@@ -109,7 +126,9 @@ def test_feature_browser_outputs_a_widget_and_a_separate_static_dashboard(execut
     bundles = [o.get("data", {}) for o in _browser_cell(nb).outputs]
     widgets = [b for b in bundles if WIDGET in b]
     static = [b["text/html"] for b in bundles if WIDGET not in b and "text/html" in b]
-    assert len(widgets) == 1 and "text/html" not in widgets[0], "the widget's own output must not hide the HTML"
+    assert len(widgets) == 1 and "text/html" not in widgets[0], (
+        "the widget's own output must not hide the HTML"
+    )
     assert len(static) == 1 and "feature-browser-snapshot" in static[0] and "feature-dashboard" in static[0]
     assert "data:image/png;base64," in static[0], "the static dashboard lost its histogram"
     # JupyterLab draws the widget of a saved notebook from the widget state papermill stored
@@ -125,7 +144,9 @@ def _html_exporter():
 
 
 def _nbconvert_images(body: str) -> int:
-    return len(re.findall(r'<div class="jp-RenderedImage[^"]*"[^>]*>\s*<img [^>]*src="data:image/png;base64,', body))
+    return len(
+        re.findall(r'<div class="jp-RenderedImage[^"]*"[^>]*>\s*<img [^>]*src="data:image/png;base64,', body)
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -145,7 +166,9 @@ def _nbval_fixture(folder: Path, name: str, *sources: str) -> Path:
     from nbclient import NotebookClient
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src) for src in sources])
-    NotebookClient(nb, kernel_name="python3", timeout=60, resources={"metadata": {"path": str(folder)}}).execute()
+    NotebookClient(
+        nb, kernel_name="python3", timeout=60, resources={"metadata": {"path": str(folder)}}
+    ).execute()
     path = folder / f"{name}.ipynb"
     nbformat.write(nb, path)
     return path
@@ -154,17 +177,25 @@ def _nbval_fixture(folder: Path, name: str, *sources: str) -> Path:
 def _random_fixture(folder: Path, name: str, rng: str) -> Path:
     """Prints a random number (from `rng`), a timing and a memory address."""
     return _nbval_fixture(
-        folder, name, "import time\nimport numpy as np\nstarted = time.perf_counter()",
+        folder,
+        name,
+        "import time\nimport numpy as np\nstarted = time.perf_counter()",
         f"rng = {rng}\nprint(f'mean of 1000 draws {{rng.standard_normal(1000).mean():.6f}}')",
-        "print(f'took {time.perf_counter() - started:.4f} s'); object()")
+        "print(f'took {time.perf_counter() - started:.4f} s'); object()",
+    )
 
 
 def _cached_fixture(folder: Path) -> Path:
     """Shows a progress bar on the first run only (the result is cached in a file), like embed_corpus."""
-    return _nbval_fixture(folder, "cached", (
-        "from pathlib import Path\nfrom tqdm.auto import tqdm\ncached = Path('cached.txt')\n"
-        "if not cached.exists():\n    cached.write_text(str(sum(tqdm(range(10), desc='computing'))))\n"
-        "print('result', cached.read_text())"))
+    return _nbval_fixture(
+        folder,
+        "cached",
+        (
+            "from pathlib import Path\nfrom tqdm.auto import tqdm\ncached = Path('cached.txt')\n"
+            "if not cached.exists():\n    cached.write_text(str(sum(tqdm(range(10), desc='computing'))))\n"
+            "print('result', cached.read_text())"
+        ),
+    )
 
 
 # Progress bars depend on the cache, not on the computation: a cold cache shows the embedding bar
@@ -202,17 +233,25 @@ def nbval_failures(executed, tmp_path_factory) -> dict[str, list[str]]:
     ipython_dir = folder / "ipython"
     (ipython_dir / "profile_default" / "startup").mkdir(parents=True)
     (ipython_dir / "profile_default" / "startup" / "00-no-progress.py").write_text(NO_PROGRESS_STARTUP)
-    files = [_random_fixture(folder, "seeded", "np.random.default_rng(0)"),
-             _random_fixture(folder, "unseeded", "np.random.default_rng()"), _cached_fixture(folder)]
+    files = [
+        _random_fixture(folder, "seeded", "np.random.default_rng(0)"),
+        _random_fixture(folder, "unseeded", "np.random.default_rng()"),
+        _cached_fixture(folder),
+    ]
     for stem in NBVAL_STEMS:
         source = executed(stem)
         nb = nbformat.read(source, as_version=4)
         injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
         # a fresh run folder (nothing cached from the first run); earlier notebooks' results as before
         injected.source += f"\nrun_dir = {str(folder / stem)!r}\n" + "".join(
-            f"{name} = {str(source.parent / dep)!r}\n" for name, dep in
-            (("retrieval_dir", "01_retrieval"), ("train_dir", "02_train_ssae"), ("term_dir", "03_term_vs_erm"))
-            if re.search(rf"^{name} = ", nb.cells[0].source, flags=re.MULTILINE))
+            f"{name} = {str(source.parent / dep)!r}\n"
+            for name, dep in (
+                ("retrieval_dir", "01_retrieval"),
+                ("train_dir", "02_train_ssae"),
+                ("term_dir", "03_term_vs_erm"),
+            )
+            if re.search(rf"^{name} = ", nb.cells[0].source, flags=re.MULTILINE)
+        )
         nbformat.write(nb, folder / f"{stem}.ipynb")
         files.append(folder / f"{stem}.ipynb")
     for file in files:
@@ -222,17 +261,44 @@ def nbval_failures(executed, tmp_path_factory) -> dict[str, list[str]]:
         nbformat.write(nb, file)
     (folder / "pytest.ini").write_text("[pytest]\n")  # keep the repo's pytest options out of the inner run
     report = folder / "nbval.xml"
-    command = [sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env", f"--nbval-sanitize-with={SANITIZE}",
-               "-p", "no:cacheprovider", "-q", f"--junitxml={report}", "-o", "junit_family=xunit1", *map(str, files)]
-    done = subprocess.run(command, cwd=folder, timeout=900, capture_output=True, text=True, check=False,
-                          env={**os.environ, "IPYTHONDIR": str(ipython_dir)})
-    assert done.returncode in (0, 1) and report.exists(), f"nbval did not run:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "--nbval",
+        "--nbval-current-env",
+        f"--nbval-sanitize-with={SANITIZE}",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        f"--junitxml={report}",
+        "-o",
+        "junit_family=xunit1",
+        *map(str, files),
+    ]
+    done = subprocess.run(
+        command,
+        cwd=folder,
+        timeout=900,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "IPYTHONDIR": str(ipython_dir)},
+    )
+    assert done.returncode in (0, 1) and report.exists(), (
+        f"nbval did not run:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+    )
     failures: dict[str, list[str]] = {f.stem: [] for f in files}
     cases = list(ET.parse(report).iter("testcase"))
     for case in cases:
-        failures[Path(case.get("file")).stem] += [re.sub(r"#x1B\[\d+m", "", bad.get("message", ""))
-                                                  for bad in case if bad.tag in ("failure", "error")]
-    assert len(cases) >= sum(len(_code_cells(nbformat.read(f, as_version=4))) for f in files), "nbval skipped cells"
+        failures[Path(case.get("file")).stem] += [
+            re.sub(r"#x1B\[\d+m", "", bad.get("message", ""))
+            for bad in case
+            if bad.tag in ("failure", "error")
+        ]
+    assert len(cases) >= sum(len(_code_cells(nbformat.read(f, as_version=4))) for f in files), (
+        "nbval skipped cells"
+    )
     return failures
 
 
@@ -244,7 +310,8 @@ def test_nbval_rerun_reproduces_the_executed_notebook(stem, nbval_failures):
 def test_nbval_fails_when_a_printed_result_changes_between_runs_with_the_same_seed(nbval_failures):
     assert not nbval_failures["seeded"], "a seeded notebook failed: is a timing or address left unsanitised?"
     assert len(nbval_failures["unseeded"]) == 1 and "mean of 1000 draws" in nbval_failures["unseeded"][0], (
-        "an unseeded random number changed between runs and nbval did not notice")
+        "an unseeded random number changed between runs and nbval did not notice"
+    )
 
 
 def test_nbval_passes_a_cell_whose_progress_bar_only_shows_on_a_cold_cache(nbval_failures):
@@ -252,7 +319,9 @@ def test_nbval_passes_a_cell_whose_progress_bar_only_shows_on_a_cold_cache(nbval
 
 
 # --- a real browser: JupyterLab in headless Chromium --------------------------------------------------
-CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+CHROMIUM = next(
+    (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None
+)
 
 # Read from the rendered page. `windowingMode: none` (set below) keeps every cell in the DOM.
 PAGE_STATE_JS = """(() => {
@@ -338,19 +407,39 @@ def lab_page(executed, tmp_path_factory):
     """(open(stem) -> page state, screenshot(path) -> bytes): JupyterLab on copies of the executed
     notebooks, signed as trusted as `make demo` does, opened in one headless Chromium tab."""
     if CHROMIUM is None:
-        pytest.skip("Chromium not found: `apt-get install chromium` (.ci/run installs it) to run the browser test")
+        pytest.skip(
+            "Chromium not found: `apt-get install chromium` (.ci/run installs it) to run the browser test"
+        )
     root = tmp_path_factory.mktemp("lab")
-    env = {**os.environ, **{var: str(root / sub) for var, sub in (
-        ("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"), ("JUPYTER_RUNTIME_DIR", "runtime"),
-        ("JUPYTERLAB_SETTINGS_DIR", "settings"), ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"), ("IPYTHONDIR", "ipython"))}}
+    env = {
+        **os.environ,
+        **{
+            var: str(root / sub)
+            for var, sub in (
+                ("JUPYTER_CONFIG_DIR", "config"),
+                ("JUPYTER_DATA_DIR", "data"),
+                ("JUPYTER_RUNTIME_DIR", "runtime"),
+                ("JUPYTERLAB_SETTINGS_DIR", "settings"),
+                ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"),
+                ("IPYTHONDIR", "ipython"),
+            )
+        },
+    }
     for var in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR"):
         Path(env[var]).mkdir()
-    for name, settings in (("notebook-extension/tracker", {"windowingMode": "none"}),  # all cells drawn, not only those in view
-                           ("apputils-extension/notification", {"fetchNews": "false", "checkForUpdates": False})):
-        (root / "settings" / "@jupyterlab" / f"{name}.jupyterlab-settings").parent.mkdir(parents=True, exist_ok=True)
+    for name, settings in (
+        ("notebook-extension/tracker", {"windowingMode": "none"}),  # all cells drawn, not only those in view
+        ("apputils-extension/notification", {"fetchNews": "false", "checkForUpdates": False}),
+    ):
+        (root / "settings" / "@jupyterlab" / f"{name}.jupyterlab-settings").parent.mkdir(
+            parents=True, exist_ok=True
+        )
         (root / "settings" / "@jupyterlab" / f"{name}.jupyterlab-settings").write_text(json.dumps(settings))
-    (root / "config" / "jupyter_server_config.json").write_text(json.dumps(  # server extensions the test needs not
-        {"ServerApp": {"jpserver_extensions": {"jupyter_lsp": False, "jupyter_server_terminals": False}}}))
+    (root / "config" / "jupyter_server_config.json").write_text(
+        json.dumps(  # server extensions the test needs not
+            {"ServerApp": {"jpserver_extensions": {"jupyter_lsp": False, "jupyter_server_terminals": False}}}
+        )
+    )
     from nbformat.sign import NotebookNotary
 
     notary = NotebookNotary(data_dir=env["JUPYTER_DATA_DIR"])
@@ -360,21 +449,54 @@ def lab_page(executed, tmp_path_factory):
         notary.sign(nb)
         nbformat.write(nb, root / "notebooks" / f"{stem}.ipynb")
     port, token = _free_port(), secrets.token_hex(16)
-    lab = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-                            f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-                            f"--ServerApp.root_dir={root / 'notebooks'}", "--LabApp.news_url=None",
-                            *(["--allow-root"] if os.geteuid() == 0 else [])],
-                           env=env, stdout=subprocess.DEVNULL,
-                           stderr=open(root / "lab.log", "w"))  # noqa: SIM115 (the server keeps it until it stops)
+    lab = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root / 'notebooks'}",
+            "--LabApp.news_url=None",
+            *(["--allow-root"] if os.geteuid() == 0 else []),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(root / "lab.log", "w"),  # noqa: SIM115 (the server keeps it until it stops)
+    )
     chromium = None
     try:
-        _wait_for("JupyterLab", lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}"), 120, lab)
+        _wait_for(
+            "JupyterLab",
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}"),
+            120,
+            lab,
+        )
         profile = root / "chromium"
-        chromium = subprocess.Popen([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                                     "--no-first-run", "--no-default-browser-check", f"--user-data-dir={profile}",
-                                     "--remote-debugging-port=0", "--window-size=1400,1000", "about:blank"],
-                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        devtools_port = _wait_for("Chromium", lambda: (profile / "DevToolsActivePort").read_text().split()[0], 60, chromium)
+        chromium = subprocess.Popen(
+            [
+                CHROMIUM,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--no-default-browser-check",
+                f"--user-data-dir={profile}",
+                "--remote-debugging-port=0",
+                "--window-size=1400,1000",
+                "about:blank",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        devtools_port = _wait_for(
+            "Chromium", lambda: (profile / "DevToolsActivePort").read_text().split()[0], 60, chromium
+        )
         pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{devtools_port}/json/list"))
         page = _DevTools(next(p for p in pages if p["type"] == "page")["webSocketDebuggerUrl"])
 
@@ -383,7 +505,12 @@ def lab_page(executed, tmp_path_factory):
             state: dict = {}
 
             def rendered():
-                state.update(page("Runtime.evaluate", expression=PAGE_STATE_JS, returnByValue=True)["result"].get("value") or {})
+                state.update(
+                    page("Runtime.evaluate", expression=PAGE_STATE_JS, returnByValue=True)["result"].get(
+                        "value"
+                    )
+                    or {}
+                )
                 return state if state and ready(state) else None
 
             try:
@@ -392,7 +519,10 @@ def lab_page(executed, tmp_path_factory):
                 return state  # the test's asserts say what is missing
 
         def screenshot(selector: str, path: Path) -> int:
-            page("Runtime.evaluate", expression=f"document.querySelector('{selector}')?.closest('.jp-Cell')?.scrollIntoView()")
+            page(
+                "Runtime.evaluate",
+                expression=f"document.querySelector('{selector}')?.closest('.jp-Cell')?.scrollIntoView()",
+            )
             png = base64.b64decode(page("Page.captureScreenshot", format="png")["data"])
             path.write_bytes(png)
             return len(png)
@@ -412,9 +542,18 @@ def test_jupyterlab_in_chromium_draws_each_figure_and_the_live_browser(stem, lab
     n_figures = len(_figure_cells(nb))
     n_png = sum("image/png" in o.get("data", {}) for c in _code_cells(nb) for o in c.outputs)
     has_browser = any("feature_browser(" in c.source for c in _code_cells(nb))
-    state = open_notebook(stem, lambda s: s["cells"] == len(nb.cells) and len(s["images"]) >= n_png
-                          and all(w > 0 for w, _, _ in s["images"]) and (s["widget_dashboard"] or not has_browser))
-    assert state.get("cells") == len(nb.cells), f"JupyterLab drew {state.get('cells')} of {len(nb.cells)} cells"
+    state = open_notebook(
+        stem,
+        lambda s: (
+            s["cells"] == len(nb.cells)
+            and len(s["images"]) >= n_png
+            and all(w > 0 for w, _, _ in s["images"])
+            and (s["widget_dashboard"] or not has_browser)
+        ),
+    )
+    assert state.get("cells") == len(nb.cells), (
+        f"JupyterLab drew {state.get('cells')} of {len(nb.cells)} cells"
+    )
     images = state["images"]
     assert len(images) == n_png == n_figures, f"{len(images)} <img> for {n_figures} figures"
     assert all(natural > 0 and w > 0 and h > 0 for natural, w, h in images), f"an image drew empty: {images}"

@@ -23,7 +23,9 @@ def test_environment_yml_lists_exactly_the_pyproject_dependencies():
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     listed = {_norm(r) for r in pip if not r.startswith("-")}
-    assert listed == wanted, f"only in environment.yml: {listed - wanted}; only in pyproject: {wanted - listed}"
+    assert listed == wanted, (
+        f"only in environment.yml: {listed - wanted}; only in pyproject: {wanted - listed}"
+    )
     python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))
     assert python.split("=")[-1] >= project["requires-python"].lstrip(">=")
 
@@ -32,7 +34,9 @@ def test_readme_gives_the_two_commands_and_ci_runs_the_test_one():
     readme = (REPO / "README.md").read_text()
     commands = re.findall(r"^make (\w+)$", readme, flags=re.MULTILINE)
     assert commands[:2] == ["demo", "test"]
-    ci = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    ci = [
+        line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")
+    ]
     assert ci[-1] == "make test"
 
 

@@ -24,16 +24,20 @@ from ssae_kit.retrieval import (
     split_subdomain,
 )
 
-SPORT = ["The striker scored twice as the home team won the football match.",
-         "The goalkeeper saved a penalty in the final minute of the cup tie.",
-         "The tennis champion won the final set after a long rally.",
-         "The coach praised the midfield after the league victory on Saturday.",
-         "Fans cheered as the runner broke the world record at the athletics meeting."]
-FOOD = ["Simmer the onions in butter until soft, then add the garlic.",
-        "Bake the bread for forty minutes until the crust is golden.",
-        "Whisk the eggs with sugar and fold in the flour gently.",
-        "Season the soup with salt and pepper and serve it hot.",
-        "Roast the vegetables with olive oil and fresh rosemary."]
+SPORT = [
+    "The striker scored twice as the home team won the football match.",
+    "The goalkeeper saved a penalty in the final minute of the cup tie.",
+    "The tennis champion won the final set after a long rally.",
+    "The coach praised the midfield after the league victory on Saturday.",
+    "Fans cheered as the runner broke the world record at the athletics meeting.",
+]
+FOOD = [
+    "Simmer the onions in butter until soft, then add the garlic.",
+    "Bake the bread for forty minutes until the crust is golden.",
+    "Whisk the eggs with sugar and fold in the flour gently.",
+    "Season the soup with salt and pepper and serve it hot.",
+    "Roast the vegetables with olive oil and fresh rosemary.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +59,9 @@ def seeds():
 
 def test_dense_retrieval_ranks_the_subdomain_first(pool, seeds, embedder, tiny):
     sel = select(pool, seeds, "dense", 10**6, tiny[1], embedder=embedder)
-    assert [d.label for d in sel.documents[:4]] == ["sport"] * 4 and len(sel.documents) == 9  # duplicate dropped
+    assert [d.label for d in sel.documents[:4]] == ["sport"] * 4 and len(
+        sel.documents
+    ) == 9  # duplicate dropped
     assert sel.scores == sorted(sel.scores, reverse=True)
 
 
@@ -81,7 +87,11 @@ def test_selecting_through_a_faiss_index_matches_the_full_ranking(pool, seeds, e
 
 
 def test_bm25_ranks_by_shared_words(tiny):
-    pool = [Document("apples and pears", "fruit"), Document("cars and trucks", "cars"), Document("pears are sweet", "fruit")]
+    pool = [
+        Document("apples and pears", "fruit"),
+        Document("cars and trucks", "cars"),
+        Document("pears are sweet", "fruit"),
+    ]
     sel = select(pool, [Document("ripe pears")], "bm25", 10**6, tiny[1])
     assert {d.text for d in sel.documents[:2]} == {"apples and pears", "pears are sweet"}
 
@@ -97,7 +107,10 @@ def test_every_strategy_fills_the_same_budget_without_exceeding_it(pool, seeds, 
 
 def test_none_takes_the_deduplicated_pool_and_seed_only_the_seeds(pool, seeds, tiny):
     everything = select(pool, seeds, "none", None, tiny[1]).documents
-    assert sorted(d.source for d in everything) == sorted(d.source for d in dedupe(pool)) and len(everything) == 9
+    assert (
+        sorted(d.source for d in everything) == sorted(d.source for d in dedupe(pool))
+        and len(everything) == 9
+    )
     assert everything != dedupe(pool)  # shuffled: a later token cap must not take the first topic only
     assert select(pool, seeds, "seed_only", None, tiny[1]).documents == seeds
 
@@ -107,7 +120,9 @@ def test_random_selection_is_seeded(pool, seeds, tiny):
     assert a == b and a != c
 
 
-def test_selection_report_gives_token_precision_with_an_interval_then_document_precision_and_recall(pool, seeds, tiny):
+def test_selection_report_gives_token_precision_with_an_interval_then_document_precision_and_recall(
+    pool, seeds, tiny
+):
     sel = Selection("dense", [pool[0], pool[1], pool[4]], [3.0, 2.0, 1.0], 0, 100)  # sport, sport, food
     rep = selection_report(sel, "sport", pool, tiny[1])
     assert next(iter(rep)) == "token_precision"
@@ -120,7 +135,9 @@ def test_selection_report_gives_token_precision_with_an_interval_then_document_p
 
 def test_token_precision_differs_from_document_precision_when_lengths_differ(tiny):
     # One long subdomain document and nine short others: half the documents' story is wrong.
-    docs = [Document("word " * 400, "in", "long")] + [Document("short text", "out", f"s{i}") for i in range(9)]
+    docs = [Document("word " * 400, "in", "long")] + [
+        Document("short text", "out", f"s{i}") for i in range(9)
+    ]
     rep = selection_report(Selection("random", docs, [0.0] * 10, 0, None), "in", docs, tiny[1])
     assert rep["doc_precision"] == pytest.approx(0.1) and rep["token_precision"] > 0.9
 
@@ -128,7 +145,10 @@ def test_token_precision_differs_from_document_precision_when_lengths_differ(tin
 def test_precision_difference_interval_excludes_zero_only_for_a_real_gap(tiny):
     good = [Document(f"sport text number {i}", "sport", f"g{i}") for i in range(30)]
     bad = [Document(f"food text number {i}", "food", f"b{i}") for i in range(30)]
-    pure, mixed = Selection("dense", good, [0.0] * 30, 0, None), Selection("random", good[:15] + bad[:15], [0.0] * 30, 0, None)
+    pure, mixed = (
+        Selection("dense", good, [0.0] * 30, 0, None),
+        Selection("random", good[:15] + bad[:15], [0.0] * 30, 0, None),
+    )
     est, low, high = precision_difference(pure, mixed, "sport", tiny[1])
     assert est == pytest.approx(0.5, abs=0.02) and low > 0
     est, low, high = precision_difference(mixed, mixed, "sport", tiny[1])
@@ -159,7 +179,10 @@ def test_a_committed_heldout_split_supplies_the_test_text_and_seeds_come_from_th
     docs = [Document(f"text {i}", "a" if i % 3 else "b", f"d{i}") for i in range(60)]
     heldout, rest = docs[:20], docs[20:]
     split = split_subdomain(rest, "b", n_seeds=2, n_heldout=4, n_ood=5, seed=1, heldout_docs=heldout)
-    assert split.heldout == [d for d in heldout if d.label == "b"][:4] and split.ood == [d for d in heldout if d.label == "a"][:5]
+    assert (
+        split.heldout == [d for d in heldout if d.label == "b"][:4]
+        and split.ood == [d for d in heldout if d.label == "a"][:5]
+    )
     assert {d.source for d in split.seeds + split.pool} <= {d.source for d in rest} and len(split.pool) == 38
     assert split_subdomain(rest, "b", 2, 4, 5, seed=2, heldout_docs=heldout).heldout == split.heldout
     with pytest.raises(ValueError, match="also in `docs`"):
@@ -205,7 +228,10 @@ def test_bad_selection_requests_name_the_fix(pool, seeds, tiny, tmp_path):
         select(pool, [], "dense", 100, tiny[1])
     with pytest.raises(ValueError, match="smaller than every candidate.*raise the budget"):
         select(pool, seeds, "bm25", 3, tiny[1])
-    with pytest.raises(ValueError, match=f"Unknown strategy 'tfidf'; use one of {STRATEGIES}".replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(
+        ValueError,
+        match=f"Unknown strategy 'tfidf'; use one of {STRATEGIES}".replace("(", r"\(").replace(")", r"\)"),
+    ):
         select(pool, seeds, "tfidf", 100, tiny[1])
     with pytest.raises(FileNotFoundError, match="run notebook 01"):
         Selection.load(RunLayout(tmp_path).selection("dense"))
@@ -225,7 +251,9 @@ def test_empty_pool_is_refused_with_the_kits_message(seeds, tiny, strategy):
 
 
 def test_bm25_with_stop_word_only_seeds_or_pool_says_why(pool, seeds, tiny):
-    with pytest.raises(ValueError, match=r"BM25 cannot use the seeds \['empty'\]: no word is left.*strategy='dense'"):
+    with pytest.raises(
+        ValueError, match=r"BM25 cannot use the seeds \['empty'\]: no word is left.*strategy='dense'"
+    ):
         select(pool, seeds + [Document("the and of it", "sport", "empty")], "bm25", 100, tiny[1])
     with pytest.raises(ValueError, match="BM25 cannot score the pool: no document has a word left"):
         select([Document("the of"), Document("and it is")], seeds, "bm25", 100, tiny[1])
@@ -233,7 +261,9 @@ def test_bm25_with_stop_word_only_seeds_or_pool_says_why(pool, seeds, tiny):
 
 def test_index_or_embeddings_of_another_encoder_dimension_are_refused(pool, seeds, embedder, tiny):
     other = np.random.default_rng(0).normal(size=(len(pool), 16)).astype(np.float32)
-    match = "holds 16-dimensional vectors but encoder 'all-MiniLM-L6-v2' gives 384: build it from this encoder"
+    match = (
+        "holds 16-dimensional vectors but encoder 'all-MiniLM-L6-v2' gives 384: build it from this encoder"
+    )
     with pytest.raises(ValueError, match=f"The index {match}"):
         select(pool, seeds, "dense", 200, tiny[1], embedder=embedder, index=build_index(other))
     with pytest.raises(ValueError, match=f"pool_embeddings {match}"):
@@ -241,7 +271,10 @@ def test_index_or_embeddings_of_another_encoder_dimension_are_refused(pool, seed
 
 
 def test_budget_holding_the_whole_pool_warns_that_random_equals_none(pool, seeds, tiny):
-    with pytest.warns(UserWarning, match=r"budget_tokens=1000000 holds the whole pool.*'random' \(and every "
-                                         r"strategy\) equals 'none'"):
+    with pytest.warns(
+        UserWarning,
+        match=r"budget_tokens=1000000 holds the whole pool.*'random' \(and every "
+        r"strategy\) equals 'none'",
+    ):
         sel = select(pool, seeds, "random", 10**6, tiny[1])
     assert len(sel.documents) == len(dedupe(pool))

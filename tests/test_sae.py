@@ -24,14 +24,17 @@ def build_sae(architecture="relu", norm_scale=1.0, **kw) -> SAE:
 X = torch.tensor([[3.0, 2.0]])  # pre-activations: (x - b_dec) W_enc + b_enc = [2, 1]
 
 
-@pytest.mark.parametrize("arch,kw,latents,recon,sparsity", [
-    ("relu", {}, [2.0, 1.0], [3.0, 1.0], 3.0),  # L1 = 2 + 1
-    ("topk", {"k": 1}, [2.0, 0.0], [3.0, 0.0], 0.0),
-    ("jumprelu", {"threshold": 1.5}, [2.0, 0.0], [3.0, 0.0], 1.0),  # L0 = 1
-    # apply_b_dec_to_input off (Gemma Scope): pre-activations x W_enc + b_enc = [3, 1]
-    ("relu", {"apply_b_dec_to_input": False}, [3.0, 1.0], [4.0, 1.0], 4.0),
-    ("topk", {"k": 1, "apply_b_dec_to_input": False}, [3.0, 0.0], [4.0, 0.0], 0.0),
-])
+@pytest.mark.parametrize(
+    "arch,kw,latents,recon,sparsity",
+    [
+        ("relu", {}, [2.0, 1.0], [3.0, 1.0], 3.0),  # L1 = 2 + 1
+        ("topk", {"k": 1}, [2.0, 0.0], [3.0, 0.0], 0.0),
+        ("jumprelu", {"threshold": 1.5}, [2.0, 0.0], [3.0, 0.0], 1.0),  # L0 = 1
+        # apply_b_dec_to_input off (Gemma Scope): pre-activations x W_enc + b_enc = [3, 1]
+        ("relu", {"apply_b_dec_to_input": False}, [3.0, 1.0], [4.0, 1.0], 4.0),
+        ("topk", {"k": 1, "apply_b_dec_to_input": False}, [3.0, 0.0], [4.0, 0.0], 0.0),
+    ],
+)
 def test_forward_on_a_hand_computed_case(arch, kw, latents, recon, sparsity):
     out = build_sae(arch, **kw)(X)
     assert out.feature_acts.tolist() == [latents]
@@ -76,8 +79,16 @@ def test_jumprelu_threshold_gets_a_gradient():
 
 @pytest.mark.parametrize("arch", ["relu", "topk", "jumprelu"])
 def test_save_load_round_trip_keeps_the_function_and_provenance(arch, tmp_path):
-    cfg = SAEConfig(d_in=8, d_sae=16, architecture=arch, k=3, model_name="m", layer=4,
-                    hook_name="blocks.4.hook_resid_post", norm_scale=0.37)
+    cfg = SAEConfig(
+        d_in=8,
+        d_sae=16,
+        architecture=arch,
+        k=3,
+        model_name="m",
+        layer=4,
+        hook_name="blocks.4.hook_resid_post",
+        norm_scale=0.37,
+    )
     sae = SAE(cfg, seed=3)
     with torch.no_grad():
         sae.b_enc.normal_()
@@ -114,11 +125,16 @@ def test_check_reads_refuses_another_width_layer_or_model_and_passes_what_is_unk
     sae = SAE(SAEConfig(d_in=4, d_sae=8, model_name="tiny-llama", layer=1))
     sae.check_reads(model_name="tiny-llama", layer=1, d_in=4)
     sae.check_reads()  # nothing given, nothing to refuse
-    with pytest.raises(ValueError, match="The SAE reads d_in=4 but these activations have d_model=32: use an SAE of this model."):
+    with pytest.raises(
+        ValueError,
+        match="The SAE reads d_in=4 but these activations have d_model=32: use an SAE of this model.",
+    ):
         sae.check_reads(d_in=32)
     with pytest.raises(ValueError, match="The SAE was trained on layer 1, not 2: pass layer=1."):
         sae.check_reads(layer=2)
-    with pytest.raises(ValueError, match="trained on model 'tiny-llama', not 'gpt2': use an SAE of this model"):
+    with pytest.raises(
+        ValueError, match="trained on model 'tiny-llama', not 'gpt2': use an SAE of this model"
+    ):
         sae.check_reads(model_name="gpt2")
     unknown = SAE(SAEConfig(d_in=4, d_sae=8))  # layer -1, no model name: reads any layer of any model
     unknown.check_reads(model_name="gpt2", layer=7, d_in=4)
@@ -132,8 +148,17 @@ def test_from_dict_ignores_unknown_fields():
 
 @pytest.mark.parametrize("apply_b_dec_to_input", [True, False])
 def test_sparse_topk_forward_matches_the_dense_path_in_value_and_gradient(apply_b_dec_to_input):
-    sae = SAE(SAEConfig(d_in=16, d_sae=64, architecture="topk", k=5, norm_scale=0.7,
-                        apply_b_dec_to_input=apply_b_dec_to_input), seed=4)
+    sae = SAE(
+        SAEConfig(
+            d_in=16,
+            d_sae=64,
+            architecture="topk",
+            k=5,
+            norm_scale=0.7,
+            apply_b_dec_to_input=apply_b_dec_to_input,
+        ),
+        seed=4,
+    )
     with torch.no_grad():
         sae.b_dec.normal_()
         sae.b_enc.normal_(0, 0.1)

@@ -42,18 +42,24 @@ HOOK = "blocks.1.hook_resid_post"
 def store(tiny, docs, tmp_path_factory):
     """Layer-1 activations of the tiny model, as in test_train.py."""
     model, tok = tiny
-    return cache_activations(model, tok, docs * 4, 1, tmp_path_factory.mktemp("store"), ctx_len=16, shard_tokens=500)
+    return cache_activations(
+        model, tok, docs * 4, 1, tmp_path_factory.mktemp("store"), ctx_len=16, shard_tokens=500
+    )
 
 
 def _lens_sae(arch: str, dtype: str = "float32", d_in: int = 16, hook_name: str = HOOK, **flags: Any) -> Any:
     """A SAELens SAE with random weights: non-zero b_dec, decoder rows of uneven norm (so that
     rescale_acts_by_decoder_norm matters), thresholds that silence part of the latents.
     batchtopk is SAELens' training class; SAELens saves it as jumprelu (save_inference_model)."""
-    common = dict(d_in=d_in, d_sae=48, dtype=dtype, metadata=SAEMetadata(model_name="tiny-llama", hook_name=hook_name))
-    lens = {"standard": lambda: StandardSAE(StandardSAEConfig(**common, **flags)),
-            "topk": lambda: TopKSAE(TopKSAEConfig(k=6, **common, **flags)),
-            "jumprelu": lambda: JumpReLUSAE(JumpReLUSAEConfig(**common, **flags)),
-            "batchtopk": lambda: BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(k=6, **common, **flags))}[arch]()
+    common = dict(
+        d_in=d_in, d_sae=48, dtype=dtype, metadata=SAEMetadata(model_name="tiny-llama", hook_name=hook_name)
+    )
+    lens = {
+        "standard": lambda: StandardSAE(StandardSAEConfig(**common, **flags)),
+        "topk": lambda: TopKSAE(TopKSAEConfig(k=6, **common, **flags)),
+        "jumprelu": lambda: JumpReLUSAE(JumpReLUSAEConfig(**common, **flags)),
+        "batchtopk": lambda: BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(k=6, **common, **flags)),
+    }[arch]()
     with torch.no_grad():
         for p in lens.parameters():
             p.normal_(0, 0.3)
@@ -77,7 +83,11 @@ def _assert_same_function(kit: SAE, lens: Any, x: torch.Tensor) -> None:
 LENS_CASES = [
     *[("standard", {"apply_b_dec_to_input": a}) for a in (True, False)],
     *[("jumprelu", {"apply_b_dec_to_input": a}) for a in (True, False)],
-    *[("topk", {"apply_b_dec_to_input": a, "rescale_acts_by_decoder_norm": r}) for a in (True, False) for r in (True, False)],
+    *[
+        ("topk", {"apply_b_dec_to_input": a, "rescale_acts_by_decoder_norm": r})
+        for a in (True, False)
+        for r in (True, False)
+    ],
     *[("batchtopk", {"rescale_acts_by_decoder_norm": r}) for r in (True, False)],
 ]
 
@@ -87,7 +97,9 @@ LENS_CASES = [
 def test_kit_loads_a_sae_lens_sae_to_sae_lens_function_and_saves_it_back(arch, flags, dtype, tmp_path):
     lens = _lens_sae(arch, dtype, **flags)
     (lens.save_inference_model if arch == "batchtopk" else lens.save_model)(str(tmp_path / "lens"))
-    reference = LensSAE.load_from_disk(str(tmp_path / "lens"), dtype="float32")  # the stored weights, in float32
+    reference = LensSAE.load_from_disk(
+        str(tmp_path / "lens"), dtype="float32"
+    )  # the stored weights, in float32
     x = torch.randn(20, 16)
     assert 0.05 < (reference.encode(x) > 0).float().mean() < 0.95, "the test SAE should silence some latents"
     for kit in (SAE.load(tmp_path / "lens"), from_sae_lens(lens)):
@@ -101,8 +113,21 @@ def test_kit_loads_a_sae_lens_sae_to_sae_lens_function_and_saves_it_back(arch, f
 @pytest.mark.parametrize("apply_b_dec_to_input", [True, False])
 @pytest.mark.parametrize("arch", ["relu", "topk", "jumprelu"])
 def test_sae_lens_loads_a_kit_sae_to_the_kit_function(arch, apply_b_dec_to_input, tmp_path):
-    kit = SAE(SAEConfig(d_in=16, d_sae=48, architecture=arch, k=6, threshold=0.05, model_name="tiny-llama", layer=1,
-                        hook_name=HOOK, norm_scale=0.4, apply_b_dec_to_input=apply_b_dec_to_input), seed=1)
+    kit = SAE(
+        SAEConfig(
+            d_in=16,
+            d_sae=48,
+            architecture=arch,
+            k=6,
+            threshold=0.05,
+            model_name="tiny-llama",
+            layer=1,
+            hook_name=HOOK,
+            norm_scale=0.4,
+            apply_b_dec_to_input=apply_b_dec_to_input,
+        ),
+        seed=1,
+    )
     with torch.no_grad():
         kit.b_enc.normal_(0, 0.1)
         kit.b_dec.normal_(0, 0.5)
@@ -113,7 +138,9 @@ def test_sae_lens_loads_a_kit_sae_to_the_kit_function(arch, apply_b_dec_to_input
     assert SAE.load(tmp_path).cfg == kit.cfg
 
 
-@pytest.mark.parametrize("hook_name,layer", [("blocks.15.hook_resid_post", 15), ("blocks.16.hook_resid_pre", 15)])
+@pytest.mark.parametrize(
+    "hook_name,layer", [("blocks.15.hook_resid_post", 15), ("blocks.16.hook_resid_pre", 15)]
+)
 def test_layer_is_read_from_the_hook_name(hook_name, layer, tmp_path):
     _lens_sae("standard", hook_name=hook_name).save_model(str(tmp_path))
     assert SAE.load(tmp_path).cfg.layer == layer
@@ -127,33 +154,56 @@ def test_layer_guards_refuse_a_sae_lens_sae_of_another_layer(store):
 
 def test_fine_tuning_from_a_bfloat16_sae_lens_sae_gives_a_float32_sae(store):
     lens = _lens_sae("jumprelu", "bfloat16", d_in=store.d_model, apply_b_dec_to_input=False)  # as Gemma Scope
-    result = train(store, TrainConfig(batch_size=64, total_tokens=64 * 5, warmup_tokens=0, log_every=1), init=lens)
+    result = train(
+        store, TrainConfig(batch_size=64, total_tokens=64 * 5, warmup_tokens=0, log_every=1), init=lens
+    )
     assert all(p.dtype == torch.float32 for p in result.sae.parameters())
     assert result.sae.cfg.layer == 1 and not result.sae.cfg.apply_b_dec_to_input
     assert len(result.log) == 5 and all(math.isfinite(m["loss"]) for m in result.log)
 
 
-@pytest.mark.parametrize("lens,match", [
-    (lambda: GatedSAE(GatedSAEConfig(d_in=4, d_sae=8)), "architecture 'gated'"),
-    (lambda: BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=4, d_sae=8, k=2)),
-     "architecture 'batchtopk'.*save_inference_model saves a batchtopk SAE as jumprelu"),
-], ids=["gated", "batchtopk-training-checkpoint"])
+@pytest.mark.parametrize(
+    "lens,match",
+    [
+        (lambda: GatedSAE(GatedSAEConfig(d_in=4, d_sae=8)), "architecture 'gated'"),
+        (
+            lambda: BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=4, d_sae=8, k=2)),
+            "architecture 'batchtopk'.*save_inference_model saves a batchtopk SAE as jumprelu",
+        ),
+    ],
+    ids=["gated", "batchtopk-training-checkpoint"],
+)
 def test_an_architecture_the_kit_does_not_compute_is_refused_by_name(lens, match, tmp_path):
     lens().save_model(str(tmp_path))
     with pytest.raises(ValueError, match=match):
         SAE.load(tmp_path)
 
 
-@pytest.mark.parametrize("edit,match", [
-    ({"normalize_activations": "layer_norm"}, "normalize_activations='layer_norm'"),
-    ({"reshape_activations": "hook_z"}, "reshape_activations='hook_z'"),
-    ({"dtype": "int8"}, "dtype='int8'"),
-    ({"metadata": {"sae_lens_version": "5.9.0"}}, "sae_lens_version='5.9.0'"),
-    ({"metadata": {"sae_lens_version": "6.0.0", "hook_name": "blocks.3.hook_mlp_out"}},
-     "hook_name='blocks.3.hook_mlp_out' is not the residual stream after a block"),
-    ({"metadata": {"sae_lens_version": "6.0.0", "hook_name": "blocks.0.hook_resid_pre"}},
-     "hook_name='blocks.0.hook_resid_pre' is not the residual stream after a block"),
-], ids=["normalize_activations", "reshape_activations", "dtype", "pre-6-format", "hook-not-resid", "hook-embeddings"])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        ({"normalize_activations": "layer_norm"}, "normalize_activations='layer_norm'"),
+        ({"reshape_activations": "hook_z"}, "reshape_activations='hook_z'"),
+        ({"dtype": "int8"}, "dtype='int8'"),
+        ({"metadata": {"sae_lens_version": "5.9.0"}}, "sae_lens_version='5.9.0'"),
+        (
+            {"metadata": {"sae_lens_version": "6.0.0", "hook_name": "blocks.3.hook_mlp_out"}},
+            "hook_name='blocks.3.hook_mlp_out' is not the residual stream after a block",
+        ),
+        (
+            {"metadata": {"sae_lens_version": "6.0.0", "hook_name": "blocks.0.hook_resid_pre"}},
+            "hook_name='blocks.0.hook_resid_pre' is not the residual stream after a block",
+        ),
+    ],
+    ids=[
+        "normalize_activations",
+        "reshape_activations",
+        "dtype",
+        "pre-6-format",
+        "hook-not-resid",
+        "hook-embeddings",
+    ],
+)
 def test_a_cfg_field_the_kit_cannot_honour_is_refused_by_name(edit, match, tmp_path):
     StandardSAE(StandardSAEConfig(d_in=4, d_sae=8)).save_model(str(tmp_path))
     cfg = json.loads((tmp_path / "cfg.json").read_text())

@@ -24,8 +24,13 @@ def test_tree_distance_on_a_hand_computed_tree():
 
 
 def test_edge_list_gives_the_same_matrix_as_the_nested_dict():
-    edges = [("root", "medical"), ("root", "academic"), ("medical", "nurse"), ("medical", "surgeon"),
-             ("academic", "professor")]
+    edges = [
+        ("root", "medical"),
+        ("root", "academic"),
+        ("medical", "nurse"),
+        ("medical", "surgeon"),
+        ("academic", "professor"),
+    ]
     nested = {"root": [{"medical": ["nurse", "surgeon"]}, {"academic": ["professor"]}]}
     order = ["professor", "nurse", "surgeon"]
     np.testing.assert_allclose(taxonomy_matrix(edges, order)[1], taxonomy_matrix(nested, order)[1])
@@ -53,7 +58,11 @@ def test_binary_tree_keeps_order_and_balance():
 def test_the_profession_tree_covers_the_28_labhc_professions_at_three_distances():
     leaves, A = taxonomy_matrix(PROFESSION_TAXONOMY)
     assert sorted(leaves) == sorted(LABHC_PROFESSIONS)
-    assert sorted(set(np.round(A[np.triu_indices(28, 1)], 6))) == [pytest.approx(1 / 3), pytest.approx(2 / 3), 1.0]
+    assert sorted(set(np.round(A[np.triu_indices(28, 1)], 6))) == [
+        pytest.approx(1 / 3),
+        pytest.approx(2 / 3),
+        1.0,
+    ]
     fields = subtrees(PROFESSION_TAXONOMY)
     assert sum(map(len, fields.values())) == 28 and len(fields["health"]) == 9
     assert list(subtrees(PROFESSION_TAXONOMY, min_leaves=4)) == ["health", "arts_and_media"]

@@ -21,16 +21,20 @@ from ssae_kit.tracin import (
     tracin_scores_explicit,
 )
 
-SPORT = ["The striker scored twice as the home team won the football match.",
-         "The goalkeeper saved a penalty in the final minute of the cup tie.",
-         "The tennis champion won the final set after a long rally.",
-         "The coach praised the midfield after the league victory on Saturday.",
-         "Fans cheered as the runner broke the world record at the athletics meeting."]
-FOOD = ["Simmer the onions in butter until soft, then add the garlic.",
-        "Bake the bread for forty minutes until the crust is golden.",
-        "Whisk the eggs with sugar and fold in the flour gently.",
-        "Season the soup with salt and pepper and serve it hot.",
-        "Roast the vegetables with olive oil and fresh rosemary."]
+SPORT = [
+    "The striker scored twice as the home team won the football match.",
+    "The goalkeeper saved a penalty in the final minute of the cup tie.",
+    "The tennis champion won the final set after a long rally.",
+    "The coach praised the midfield after the league victory on Saturday.",
+    "Fans cheered as the runner broke the world record at the athletics meeting.",
+]
+FOOD = [
+    "Simmer the onions in butter until soft, then add the garlic.",
+    "Bake the bread for forty minutes until the crust is golden.",
+    "Whisk the eggs with sugar and fold in the flour gently.",
+    "Season the soup with salt and pepper and serve it hot.",
+    "Roast the vegetables with olive oil and fresh rosemary.",
+]
 LAYER = 1
 
 
@@ -67,8 +71,12 @@ def test_token_losses_have_the_saes_value_and_gradient(architecture):
     names, params = zip(*sae.named_parameters())
     mine = token_losses(dict(zip(names, params)), sae.cfg, x, 0.5)
     torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-5)
-    for name, a, b in zip(names, torch.autograd.grad(mine.sum(), params), torch.autograd.grad(ref.sum(), params)):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"gradient of {name} differs from SAE.forward's")
+    for name, a, b in zip(
+        names, torch.autograd.grad(mine.sum(), params), torch.autograd.grad(ref.sum(), params)
+    ):
+        torch.testing.assert_close(
+            a, b, rtol=1e-4, atol=1e-5, msg=f"gradient of {name} differs from SAE.forward's"
+        )
 
 
 def test_seed_gradient_has_no_part_along_the_decoder_rows():
@@ -99,11 +107,22 @@ def gsae(tiny):
 
 
 @pytest.mark.parametrize("base", ["dense", "bm25"])
-def test_tracin_selection_fills_the_budget_by_score_and_repeats_by_seed(pool, seeds, gsae, tiny, embedder, tmp_path,
-                                                                        base):
+def test_tracin_selection_fills_the_budget_by_score_and_repeats_by_seed(
+    pool, seeds, gsae, tiny, embedder, tmp_path, base
+):
     model, tok = tiny
-    kw = dict(budget_tokens=150, tokenizer=tok, model=model, layer=LAYER, gsae=gsae, n_checkpoints=2,
-              steps_per_checkpoint=3, store_dir=tmp_path, device="cpu", embedder=embedder)
+    kw = dict(
+        budget_tokens=150,
+        tokenizer=tok,
+        model=model,
+        layer=LAYER,
+        gsae=gsae,
+        n_checkpoints=2,
+        steps_per_checkpoint=3,
+        store_dir=tmp_path,
+        device="cpu",
+        embedder=embedder,
+    )
     sel = select_tracin(pool, seeds, base, **kw)
     again = select_tracin(pool, seeds, base, **{**kw, "store_dir": tmp_path / "again"})
     assert sel.strategy == f"{base}_tracin" and sel.budget_tokens == 150
@@ -119,26 +138,51 @@ def test_tracin_selection_fills_the_budget_by_score_and_repeats_by_seed(pool, se
 
 def test_each_selected_document_carries_its_own_tracin_score(pool, seeds, gsae, tiny, tmp_path):
     model, tok = tiny
-    sel = select_tracin(pool, seeds, "bm25", 150, tok, model, LAYER, gsae, n_checkpoints=2, steps_per_checkpoint=3,
-                        l1_coefficient=0.5, store_dir=tmp_path, device="cpu")
+    sel = select_tracin(
+        pool,
+        seeds,
+        "bm25",
+        150,
+        tok,
+        model,
+        LAYER,
+        gsae,
+        n_checkpoints=2,
+        steps_per_checkpoint=3,
+        l1_coefficient=0.5,
+        store_dir=tmp_path,
+        device="cpu",
+    )
     candidates = select(pool, seeds, "bm25", 450, tok).documents
-    stores = {what: tracin._cached_store(docs, model, tok, LAYER, 128, tmp_path, what)  # reuses select_tracin's
-              for docs, what in ((candidates, "candidates"), (seeds, "seeds"))}
+    stores = {
+        what: tracin._cached_store(docs, model, tok, LAYER, 128, tmp_path, what)  # reuses select_tracin's
+        for docs, what in ((candidates, "candidates"), (seeds, "seeds"))
+    }
     checkpoints = build_checkpoints(gsae, stores["seeds"], 2, 3, l1_coefficient=0.5, device="cpu")
     grads = [seed_gradient(sae, *read_store(stores["seeds"]), 0.5) for sae, _ in checkpoints]
-    explicit = tracin_scores_explicit(checkpoints, grads, *read_store(stores["candidates"]), len(candidates), 0.5)
+    explicit = tracin_scores_explicit(
+        checkpoints, grads, *read_store(stores["candidates"]), len(candidates), 0.5
+    )
     by_text = {d.text: float(s) for d, s in zip(candidates, explicit)}
-    torch.testing.assert_close(torch.tensor(sel.scores), torch.tensor([by_text[d.text] for d in sel.documents]),
-                               rtol=1e-5, atol=0, msg="a score belongs to another candidate, or the scores are wrong")
+    torch.testing.assert_close(
+        torch.tensor(sel.scores),
+        torch.tensor([by_text[d.text] for d in sel.documents]),
+        rtol=1e-5,
+        atol=0,
+        msg="a score belongs to another candidate, or the scores are wrong",
+    )
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(rerank_factor=0.5), r"rerank_factor=0.5 must be >= 1"),
-    (dict(seeds=[]), r"The seed set is empty"),
-    (dict(gsae_layer=2), r"The SAE was trained on layer 2, not 1: pass layer=2"),
-    (dict(gsae_model="gpt2"), r"The SAE was trained on model 'gpt2', not 'tiny-llama'"),
-    (dict(gsae_d_in=16), r"The SAE reads d_in=16 but these activations have d_model=32"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(rerank_factor=0.5), r"rerank_factor=0.5 must be >= 1"),
+        (dict(seeds=[]), r"The seed set is empty"),
+        (dict(gsae_layer=2), r"The SAE was trained on layer 2, not 1: pass layer=2"),
+        (dict(gsae_model="gpt2"), r"The SAE was trained on model 'gpt2', not 'tiny-llama'"),
+        (dict(gsae_d_in=16), r"The SAE reads d_in=16 but these activations have d_model=32"),
+    ],
+)
 def test_bad_inputs_are_refused_before_any_model_pass(pool, seeds, tiny, monkeypatch, change, message):
     def no_work(*args, **kwargs):
         raise AssertionError("select_tracin started work before checking its inputs")
@@ -146,9 +190,24 @@ def test_bad_inputs_are_refused_before_any_model_pass(pool, seeds, tiny, monkeyp
     monkeypatch.setattr(tracin, "select", no_work)
     monkeypatch.setattr(tracin, "cache_activations", no_work)
     layer = change.pop("gsae_layer", LAYER)
-    gsae = SAE(SAEConfig(d_in=change.pop("gsae_d_in", 32), d_sae=64, model_name=change.pop("gsae_model", "tiny-llama"),
-                         layer=layer, hook_name=hook_name(layer)))
-    args = dict(pool=pool, seeds=seeds, base="bm25", budget_tokens=150, tokenizer=tiny[1], model=tiny[0],
-                layer=LAYER, gsae=gsae)
+    gsae = SAE(
+        SAEConfig(
+            d_in=change.pop("gsae_d_in", 32),
+            d_sae=64,
+            model_name=change.pop("gsae_model", "tiny-llama"),
+            layer=layer,
+            hook_name=hook_name(layer),
+        )
+    )
+    args = dict(
+        pool=pool,
+        seeds=seeds,
+        base="bm25",
+        budget_tokens=150,
+        tokenizer=tiny[1],
+        model=tiny[0],
+        layer=LAYER,
+        gsae=gsae,
+    )
     with pytest.raises(ValueError, match=message):
         select_tracin(**{**args, **change})

@@ -29,11 +29,15 @@ SCRIPT = Path(__file__).with_name("train_script.py")
 @pytest.fixture(scope="module")
 def store(tiny, docs, tmp_path_factory):
     model, tok = tiny
-    return cache_activations(model, tok, docs * 4, 1, tmp_path_factory.mktemp("store"), ctx_len=16, shard_tokens=500)
+    return cache_activations(
+        model, tok, docs * 4, 1, tmp_path_factory.mktemp("store"), ctx_len=16, shard_tokens=500
+    )
 
 
 def small_cfg(**kw) -> TrainConfig:
-    base = dict(d_sae=64, batch_size=64, total_tokens=64 * 60, l1_coefficient=0.1, warmup_tokens=640, log_every=10)
+    base = dict(
+        d_sae=64, batch_size=64, total_tokens=64 * 60, l1_coefficient=0.1, warmup_tokens=640, log_every=10
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -71,7 +75,14 @@ def test_lr_schedule_warms_up_holds_then_decays_to_zero():
 
 
 def _run(store, out, cfg: TrainConfig, resume: bool = False, wait: bool = True):
-    cmd = [sys.executable, str(SCRIPT), str(store.path), str(out), json.dumps(asdict(cfg)), "1" if resume else "0"]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        str(store.path),
+        str(out),
+        json.dumps(asdict(cfg)),
+        "1" if resume else "0",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if wait:
         _, err = proc.communicate(timeout=300)
@@ -89,7 +100,9 @@ def test_killed_run_resumed_ends_bit_identical_to_an_unkilled_run(store, tmp_pat
         time.sleep(0.01)
     proc.kill()
     proc.wait()
-    assert ckpt.exists() and not (tmp_path / "killed" / "sae_weights.safetensors").exists(), "not killed mid-run"
+    assert ckpt.exists() and not (tmp_path / "killed" / "sae_weights.safetensors").exists(), (
+        "not killed mid-run"
+    )
     with pytest.raises(ValueError, match="resume=True"):
         train(store, cfg, out_dir=tmp_path / "killed")
     _run(store, tmp_path / "killed", cfg, resume=True)
@@ -144,35 +157,46 @@ def test_dead_latents_are_counted_and_resampling_revives_them(store):
     cfg = small_cfg(dead_window_tokens=640, total_tokens=64 * 30, lr=1e-4)
     without = train(store, cfg, init=gsae)
     assert without.log[-1]["dead_frac"] >= 0.5
-    revived = train(store, small_cfg(dead_window_tokens=640, total_tokens=64 * 30, lr=1e-4, resample_dead=True), init=gsae)
+    revived = train(
+        store, small_cfg(dead_window_tokens=640, total_tokens=64 * 30, lr=1e-4, resample_dead=True), init=gsae
+    )
     assert revived.log[-1]["dead_frac"] < 0.25
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(objective="term", tilt=-1.0), "must be a number >= 0"),
-    (dict(objective="term", tilt=float("nan")), "must be a number >= 0"),
-    (dict(objective="term", tilt=0.0), "needs tilt > 0"),
-    (dict(objective="erm", tilt=2.0), "ignores tilt"),
-    (dict(architecture="topk", k=100), "k=100 must be between 1 and d_sae=64"),
-    (dict(lr=0.0), r"lr=0.0 must be a positive finite number, e.g. 1e-3"),
-    (dict(lr=-1e-3), "lr=-0.001 must be a positive finite number"),
-    (dict(lr=float("nan")), "lr=nan must be a positive finite number"),
-    (dict(lr=float("inf")), "lr=inf must be a positive finite number"),
-    (dict(l1_coefficient=-0.1), "l1_coefficient=-0.1 must be a finite number >= 0"),
-    (dict(l1_coefficient=float("inf")), "l1_coefficient=inf must be a finite number >= 0"),
-    (dict(warmup_tokens=-1), r"warmup_tokens=-1 must be >= 0 \(0: no warm-up\)"),
-    (dict(d_sae=0), "d_sae=0 must be >= 1"),
-    (dict(log_every=0), "log_every=0 must be >= 1"),
-    (dict(checkpoint_every=-1), r"checkpoint_every=-1 must be >= 0 \(0: checkpoint only at the end\)"),
-    (dict(dead_window_tokens=0), "dead_window_tokens=0 must be >= 1"),
-    (dict(decay_frac=1.5), r"decay_frac=1.5 must be in \[0, 1\]"),
-    (dict(batch_size=0), "batch_size=0 must be >= 1"),
-    (dict(total_tokens=0), "total_tokens=0 must be >= 1"),
-    (dict(k=0), "k=0 must be >= 1"),
-    (dict(objective="ERM"), r"Unknown objective 'ERM'; use one of \('erm', 'term'\)"),
-    (dict(architecture="gated"), r"Unknown architecture 'gated'; use one of \('relu', 'topk', 'jumprelu'\)"),
-    (dict(objective="term", tilt=1.0, loss_scale="max"), r"Unknown loss_scale 'max'; use one of \('mean', 'none'\)"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(objective="term", tilt=-1.0), "must be a number >= 0"),
+        (dict(objective="term", tilt=float("nan")), "must be a number >= 0"),
+        (dict(objective="term", tilt=0.0), "needs tilt > 0"),
+        (dict(objective="erm", tilt=2.0), "ignores tilt"),
+        (dict(architecture="topk", k=100), "k=100 must be between 1 and d_sae=64"),
+        (dict(lr=0.0), r"lr=0.0 must be a positive finite number, e.g. 1e-3"),
+        (dict(lr=-1e-3), "lr=-0.001 must be a positive finite number"),
+        (dict(lr=float("nan")), "lr=nan must be a positive finite number"),
+        (dict(lr=float("inf")), "lr=inf must be a positive finite number"),
+        (dict(l1_coefficient=-0.1), "l1_coefficient=-0.1 must be a finite number >= 0"),
+        (dict(l1_coefficient=float("inf")), "l1_coefficient=inf must be a finite number >= 0"),
+        (dict(warmup_tokens=-1), r"warmup_tokens=-1 must be >= 0 \(0: no warm-up\)"),
+        (dict(d_sae=0), "d_sae=0 must be >= 1"),
+        (dict(log_every=0), "log_every=0 must be >= 1"),
+        (dict(checkpoint_every=-1), r"checkpoint_every=-1 must be >= 0 \(0: checkpoint only at the end\)"),
+        (dict(dead_window_tokens=0), "dead_window_tokens=0 must be >= 1"),
+        (dict(decay_frac=1.5), r"decay_frac=1.5 must be in \[0, 1\]"),
+        (dict(batch_size=0), "batch_size=0 must be >= 1"),
+        (dict(total_tokens=0), "total_tokens=0 must be >= 1"),
+        (dict(k=0), "k=0 must be >= 1"),
+        (dict(objective="ERM"), r"Unknown objective 'ERM'; use one of \('erm', 'term'\)"),
+        (
+            dict(architecture="gated"),
+            r"Unknown architecture 'gated'; use one of \('relu', 'topk', 'jumprelu'\)",
+        ),
+        (
+            dict(objective="term", tilt=1.0, loss_scale="max"),
+            r"Unknown loss_scale 'max'; use one of \('mean', 'none'\)",
+        ),
+    ],
+)
 def test_bad_training_configs_name_the_fix(kw, match):
     with pytest.raises(ValueError, match=match):
         small_cfg(**kw)
@@ -183,14 +207,31 @@ def test_store_smaller_than_a_batch_is_refused(store):
         train(store, small_cfg(batch_size=10**6, total_tokens=10**6))
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="torchrun missing")
+@pytest.mark.skipif(
+    shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="torchrun missing"
+)
 def test_torchrun_two_ranks_match_single_process_training(store, tmp_path):
     cfg = small_cfg(total_tokens=64 * 150, lr=3e-3)
     single = train(store, cfg).sae
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    cmd = [torchrun, "--standalone", "--nproc_per_node=2", str(SCRIPT), str(store.path), str(tmp_path),
-           json.dumps(asdict(cfg)), "0"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node=2",
+        str(SCRIPT),
+        str(store.path),
+        str(tmp_path),
+        json.dumps(asdict(cfg)),
+        "0",
+    ]
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0]), "ranks drifted apart"
@@ -225,10 +266,16 @@ def _assert_last_checkpoint_is_finite_and_no_sae_saved(out: Path, step: int) -> 
 def test_nan_or_inf_activations_stop_training_and_keep_the_last_good_checkpoint(store, tmp_path, value):
     bad = _poisoned_copy(store, tmp_path / "store", value)
     out = tmp_path / "run"
-    with pytest.raises(ValueError, match="holds NaN/inf activations, so b_dec cannot start at their mean.*rebuild"):
-        train(bad, small_cfg(checkpoint_every=1, total_tokens=64 * 200), out_dir=out)  # the mean init refuses first
+    with pytest.raises(
+        ValueError, match="holds NaN/inf activations, so b_dec cannot start at their mean.*rebuild"
+    ):
+        train(
+            bad, small_cfg(checkpoint_every=1, total_tokens=64 * 200), out_dir=out
+        )  # the mean init refuses first
     assert not out.exists() or not os.listdir(out)
-    with pytest.raises(ValueError, match=r"The loss is nan at step \d+ .*batch holds NaN/inf activations.*rebuild") as err:
+    with pytest.raises(
+        ValueError, match=r"The loss is nan at step \d+ .*batch holds NaN/inf activations.*rebuild"
+    ) as err:
         train(bad, small_cfg(checkpoint_every=1, total_tokens=64 * 200, b_dec_init="zeros"), out_dir=out)
     step = int(re.search(r"at step (\d+)", str(err.value)).group(1))
     assert step > 1, "the bad row came first; pick another row so that a checkpoint precedes it"
@@ -247,16 +294,28 @@ def test_a_checkpoint_is_never_written_with_nan_weights(tmp_path):
         sae.W_enc[0, 0] = float("nan")
     state = TrainState(step=7, tokens_since_fired=torch.zeros(8))
     with pytest.raises(ValueError, match="weights hold NaN/inf at step 7.*keeps its last good checkpoint"):
-        _checkpoint(tmp_path, small_cfg(), {}, sae, torch.optim.Adam(sae.parameters()), state, torch.Generator(),
-                    [], 0)
+        _checkpoint(
+            tmp_path,
+            small_cfg(),
+            {},
+            sae,
+            torch.optim.Adam(sae.parameters()),
+            state,
+            torch.Generator(),
+            [],
+            0,
+        )
     assert not os.listdir(tmp_path)
 
 
 def test_resuming_on_another_store_is_refused(store, tiny, docs, tmp_path):
     train(store, small_cfg(), out_dir=tmp_path / "run")
     other = cache_activations(*tiny, docs * 3, 1, tmp_path / "other", ctx_len=16, shard_tokens=500)
-    with pytest.raises(ValueError, match=r"trained on another activation store \(old, new\):.*'n_tokens'.*"
-                                         "Resume with the store it was trained on, or train into a new out_dir"):
+    with pytest.raises(
+        ValueError,
+        match=r"trained on another activation store \(old, new\):.*'n_tokens'.*"
+        "Resume with the store it was trained on, or train into a new out_dir",
+    ):
         train(other, small_cfg(), out_dir=tmp_path / "run", resume=True)
 
 
@@ -278,8 +337,11 @@ def test_a_failed_final_save_rescues_the_run_into_the_cache(store, tmp_path, mon
         return real_save(self, path)
 
     monkeypatch.setattr(SAE, "save", disk_full_in_run)
-    with pytest.raises(ValueError, match=r"Could not save the finished run in .*run \(.*No space left.*\); "
-                                         r"it is saved in .*rescued_runs.*instead") as err:
+    with pytest.raises(
+        ValueError,
+        match=r"Could not save the finished run in .*run \(.*No space left.*\); "
+        r"it is saved in .*rescued_runs.*instead",
+    ) as err:
         train(store, small_cfg(), out_dir=tmp_path / "run")
     rescue = Path(re.search(r"it is saved in (\S+) instead", str(err.value)).group(1))
     monkeypatch.setattr(SAE, "save", real_save)
@@ -298,8 +360,15 @@ def test_resume_after_a_save_that_died_before_its_config_writes_the_sae(store, t
 def test_finetune_config_is_the_notebooks_ssae_recipe_erm_or_term(store):
     gsae = SAE(SAEConfig(d_in=32, d_sae=48))
     cfg = finetune_config(gsae, store, 2.0, 4096, seed=3)
-    assert cfg == TrainConfig(d_sae=48, l1_coefficient=2.0, total_tokens=4096, lr=5e-4, warmup_tokens=0,
-                              batch_size=min(512, store.n_tokens), seed=3)
+    assert cfg == TrainConfig(
+        d_sae=48,
+        l1_coefficient=2.0,
+        total_tokens=4096,
+        lr=5e-4,
+        warmup_tokens=0,
+        batch_size=min(512, store.n_tokens),
+        seed=3,
+    )
     tilted = finetune_config(gsae, store, 2.0, 4096, lr=1e-4, tilt=0.5)
     assert (tilted.objective, tilted.tilt, tilted.lr) == ("term", 0.5, 1e-4)
     small = finetune_config(gsae, SimpleNamespace(n_tokens=100), 2.0, 400)

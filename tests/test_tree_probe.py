@@ -20,7 +20,9 @@ from ssae_kit.tree_probe import (
 def test_spearman_and_stress_on_hand_cases():
     assert spearman(np.array([1, 2, 3, 4]), np.array([10, 20, 30, 400])) == pytest.approx(1.0)
     assert spearman(np.array([1, 2, 3]), np.array([3, 2, 1])) == pytest.approx(-1.0)
-    assert spearman(np.array([1, 1, 2]), np.array([1, 2, 3])) == pytest.approx(0.8660254)  # tied ranks 1.5, 1.5, 3
+    assert spearman(np.array([1, 1, 2]), np.array([1, 2, 3])) == pytest.approx(
+        0.8660254
+    )  # tied ranks 1.5, 1.5, 3
     assert spearman(np.array([1, 2, 3]), np.ones(3)) is None  # a flat target has no ranks to follow
     A = np.array([1.0, 2, 3])
     assert stress(2 * A, A) == pytest.approx(0.0, abs=1e-12)  # distances equal A up to scale

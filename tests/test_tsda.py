@@ -88,7 +88,9 @@ def test_the_taxonomy_input_is_the_domain_row_of_the_given_matrix():
     data = make_dt(seed=0)
     flat = train_da(data, DAConfig("tsda", steps=1), A=flat_matrix(14))
     x = flat.inputs(data.x[:3], np.array([0, 5, 13]))
-    assert x.shape == (3, 2 + 14) and torch.equal(x[:, 2:], torch.from_numpy(flat_matrix(14)[[0, 5, 13]]).float())
+    assert x.shape == (3, 2 + 14) and torch.equal(
+        x[:, 2:], torch.from_numpy(flat_matrix(14)[[0, 5, 13]]).float()
+    )
     assert train_da(data, DAConfig("dann", steps=1)).inputs(data.x[:3], np.zeros(3, int)).shape == (3, 2)
 
 
@@ -97,13 +99,22 @@ def test_oracle_learns_every_domain_and_source_only_fails_on_the_mirrored_half()
     oracle = accuracy_by_domain(train_da(data, DAConfig("oracle", steps=800)), test)
     source_only = accuracy_by_domain(train_da(data, DAConfig("source_only", steps=800)), test)
     assert oracle.mean() > 0.95
-    assert source_only[:3].mean() > 0.95 and source_only[test.theta > 0.75 * np.pi].mean() < 0.3  # labels flipped
+    assert (
+        source_only[:3].mean() > 0.95 and source_only[test.theta > 0.75 * np.pi].mean() < 0.3
+    )  # labels flipped
 
 
 def test_model_selection_reads_source_labels_only():
     data = make_dt(seed=0)
-    hidden = DomainData(data.x, np.where(data.is_source[data.domain], data.y, 1 - data.y), data.domain, data.theta,
-                        data.is_source, data.A, data.leaves)  # every target label flipped
+    hidden = DomainData(
+        data.x,
+        np.where(data.is_source[data.domain], data.y, 1 - data.y),
+        data.domain,
+        data.theta,
+        data.is_source,
+        data.A,
+        data.leaves,
+    )  # every target label flipped
     configs = [DAConfig("dann", lambda_d=ld, steps=40) for ld in (0.3, 1.0)]
     (m1, s1), (m2, s2) = select_on_source(data, configs), select_on_source(hidden, configs)
     assert s1 == s2 and all(torch.equal(a, b) for a, b in zip(_weights(m1), _weights(m2)))
@@ -121,23 +132,39 @@ def test_bad_domain_data_names_the_fix():
 
 
 def test_compare_over_seeds_gives_the_same_results_in_one_or_two_processes():
-    datasets = {s: (make_dt(6, n_per_class=20, n_sources=2, seed=s), make_dt(6, n_per_class=20, n_sources=2, seed=50 + s))
-                for s in (0, 1)}
+    datasets = {
+        s: (
+            make_dt(6, n_per_class=20, n_sources=2, seed=s),
+            make_dt(6, n_per_class=20, n_sources=2, seed=50 + s),
+        )
+        for s in (0, 1)
+    }
     kw = dict(lambda_d_grid=(1.0,), lambda_t_grid=(0.3, 1.0), steps=20)
-    serial, parallel = compare_over_seeds(datasets, n_jobs=1, **kw), compare_over_seeds(datasets, n_jobs=2, **kw)
+    serial, parallel = (
+        compare_over_seeds(datasets, n_jobs=1, **kw),
+        compare_over_seeds(datasets, n_jobs=2, **kw),
+    )
     assert serial == parallel
     r = serial[0]
-    assert set(r) == {"source-only", "DANN", "TSDA", "TSDA-flat", "oracle"} and len(r["TSDA"]["source_val"]) == 2
+    assert (
+        set(r) == {"source-only", "DANN", "TSDA", "TSDA-flat", "oracle"} and len(r["TSDA"]["source_val"]) == 2
+    )
     assert r["TSDA"]["chosen"]["lambda_t"] in (0.3, 1.0) and r["oracle"]["chosen"] == {}
     assert r["DANN"]["target"] == pytest.approx(np.mean(r["DANN"]["per_domain"][2:]))
 
 
 def test_user_domain_data_with_bad_indices_or_no_labelled_point_names_the_fix():
     data = make_dt(6, n_sources=2, seed=0)
-    stray = DomainData(data.x, data.y, np.where(data.domain == 5, 6, data.domain), data.theta, data.is_source, data.A,
-                       data.leaves)
+    stray = DomainData(
+        data.x,
+        data.y,
+        np.where(data.domain == 5, 6, data.domain),
+        data.theta,
+        data.is_source,
+        data.A,
+        data.leaves,
+    )
     with pytest.raises(ValueError, match=r"Domain indices must lie in \[0, 6\)"):
         train_da(stray, DAConfig("dann", steps=1))
     with pytest.raises(ValueError, match="No labelled point"):
         train_da(data, DAConfig("dann", steps=1), labelled=np.zeros(len(data.y), bool))
-

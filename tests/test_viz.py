@@ -24,7 +24,9 @@ def test_ipython_formats_a_kit_figure_as_png_without_pyplot():
     from IPython.core.formatters import DisplayFormatter
 
     data, _ = DisplayFormatter().format(_curves())
-    assert data["image/png"].startswith(PNG_SIGNATURE), "no PNG: a cell ending in `fig` would print <Figure size ...>"
+    assert data["image/png"].startswith(PNG_SIGNATURE), (
+        "no PNG: a cell ending in `fig` would print <Figure size ...>"
+    )
 
 
 def test_figures_are_freed_once_unreferenced_and_never_enter_pyplot():
@@ -42,12 +44,16 @@ def test_a_kernel_shows_each_returned_figure_once_with_and_without_pyplot(tmp_pa
     """A live kernel's displayhook: a cell ending in `fig` gives one image/png; after `import
     matplotlib.pyplot` (inline backend active, its Figure formatter registered) still exactly one."""
     make = "from ssae_kit.viz import plot_curves\nfig = plot_curves({'a': ([1, 2], [3, 4])}, 'x', 'y', 't')\n"
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell(make + "fig"),
-        nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\n" + make + "fig"),
-        nbformat.v4.new_code_cell("plt.plot([1, 2]);"),  # the user's own pyplot figure, for comparison
-    ])
-    NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(make + "fig"),
+            nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\n" + make + "fig"),
+            nbformat.v4.new_code_cell("plt.plot([1, 2]);"),  # the user's own pyplot figure, for comparison
+        ]
+    )
+    NotebookClient(
+        nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     pngs = [sum("image/png" in o.get("data", {}) for o in cell.outputs) for cell in nb.cells]
     assert pngs == [1, 1, 1], f"image/png outputs per cell {pngs}: expected one per figure"
 
@@ -60,16 +66,19 @@ def test_feature_browser_displays_a_widget_and_a_separate_static_dashboard(tiny,
     fa = collect_feature_activations(sae, model, tokenizer, docs, layer=1, ctx_len=16, max_contexts=4)
     browser = feature_browser({"GSAE": sae}, {"GSAE": fa}, model, tokenizer, latent=3)
     shown = []
-    monkeypatch.setattr(IPython.display, "display", lambda obj, raw=False: shown.append(obj if raw else obj.data))
+    monkeypatch.setattr(
+        IPython.display, "display", lambda obj, raw=False: shown.append(obj if raw else obj.data)
+    )
     browser._ipython_display_()
     widget, snapshot = shown
     assert "application/vnd.jupyter.widget-view+json" in widget and "text/html" not in widget, widget.keys()
-    assert "feature-browser-snapshot" in snapshot and "feature-dashboard" in snapshot and "latent 3" in snapshot
+    assert (
+        "feature-browser-snapshot" in snapshot and "feature-dashboard" in snapshot and "latent 3" in snapshot
+    )
     assert "data:image/png;base64," in snapshot, "the snapshot lost its activation histogram"
     controls, _, view = browser.children
     controls.children[1].value = 5  # what typing a latent number in a live kernel does
     assert "latent 5" in view.value and "latent 3" not in view.value, "the widget's dashboard did not follow"
-
 
 
 # --- figures drawn from plain data ---------------------------------------------------------------
@@ -79,7 +88,9 @@ from ssae_kit.viz import plot_tree_values
 
 def test_a_tree_figure_takes_the_tree_as_leaf_paths():
     paths = {"a": ["r", "x", "a"], "b": ["r", "x", "b"], "c": ["r", "c"]}  # ((a, b), c)
-    fig = plot_tree_values(paths, ["a", "b", "c"], {"m1": [0.1, 0.5, 0.9], "m2": [1, 1, 0]}, "t", [True, False, False])
+    fig = plot_tree_values(
+        paths, ["a", "b", "c"], {"m1": [0.1, 0.5, 0.9], "m2": [1, 1, 0]}, "t", [True, False, False]
+    )
     rows = [ax for ax in fig.axes if ax.get_ylabel() in ("m1", "m2")]
     assert len(rows) == 2, "one dendrogram per row of values"
     # a bar at each inner node (above r, at r, at x) and a stem to each child (r, x, c, a, b): 3 + 5 lines

@@ -14,6 +14,8 @@ from ssae_kit.activations import ActivationStore
 from ssae_kit.train import TrainConfig, train
 
 store_dir, out_dir, cfg_json, resume = sys.argv[1:5]
-result = train(ActivationStore(store_dir), TrainConfig(**json.loads(cfg_json)), out_dir=out_dir, resume=resume == "1")
+result = train(
+    ActivationStore(store_dir), TrainConfig(**json.loads(cfg_json)), out_dir=out_dir, resume=resume == "1"
+)
 if int(os.environ.get("WORLD_SIZE", "1")) > 1:
     torch.save(result.sae.state_dict(), os.path.join(out_dir, f"rank{os.environ['RANK']}.pt"))

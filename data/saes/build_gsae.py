@@ -37,14 +37,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--layer", type=int, default=6)
     p.add_argument("--d-sae", type=int, default=4608, help="latents (8 x d_model of SmolLM2)")
-    p.add_argument("--l1", type=float, nargs="+", default=[0.55, 1.2, 1.4], help="sparsity coefficients (frontier)")
+    p.add_argument(
+        "--l1", type=float, nargs="+", default=[0.55, 1.2, 1.4], help="sparsity coefficients (frontier)"
+    )
     p.add_argument("--ship", type=float, default=None, help="coefficient to ship; default: see _pick")
     p.add_argument("--tokens", type=int, default=4_000_000, help="training tokens per SAE")
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ctx-len", type=int, default=128)
     p.add_argument("--max-docs", type=int, default=None, help="train documents to cache (tiny test budget)")
-    p.add_argument("--eval-contexts", type=int, default=200, help="held-out windows evaluated (~127 tokens each)")
+    p.add_argument(
+        "--eval-contexts", type=int, default=200, help="held-out windows evaluated (~127 tokens each)"
+    )
     p.add_argument("--threads", type=int, default=2, help="torch threads: fixed, since sums depend on it")
     p.add_argument("--work", default="runs/gsae", help="store, checkpoints and log")
     p.add_argument("--out", default=str(HERE), help="where the shipped SAE folder goes")
@@ -56,8 +60,12 @@ TARGETS = dict(max_l0=64, min_ev=0.90, max_ce_delta=0.35, max_dead=0.03)
 
 
 def meets_targets(m: dict[str, float]) -> bool:
-    return (m["l0"] <= TARGETS["max_l0"] and m["explained_variance"] >= TARGETS["min_ev"]
-            and m["ce_delta"] <= TARGETS["max_ce_delta"] and m["dead_fraction"] <= TARGETS["max_dead"])
+    return (
+        m["l0"] <= TARGETS["max_l0"]
+        and m["explained_variance"] >= TARGETS["min_ev"]
+        and m["ce_delta"] <= TARGETS["max_ce_delta"]
+        and m["dead_fraction"] <= TARGETS["max_dead"]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,20 +88,41 @@ def main(argv: list[str] | None = None) -> None:
         point = _point(run, l1, args, store, model, tokenizer, heldout, baseline)
         baseline = baseline or point
         points.append(point)
-        log.info("l1=%g: L0 %.1f EV %.3f CE %+.3f dead %.3f (%.0f s)", l1, point["l0"], point["explained_variance"],
-                 point["ce_delta"], point["dead_fraction"], point["train_seconds"])
+        log.info(
+            "l1=%g: L0 %.1f EV %.3f CE %+.3f dead %.3f (%.0f s)",
+            l1,
+            point["l0"],
+            point["explained_variance"],
+            point["ce_delta"],
+            point["dead_fraction"],
+            point["train_seconds"],
+        )
         atomic_write_json(work / "frontier.json", points)
 
     ship = _pick(points, args.ship)
     sae_id = args.id or f"{args.model}-l{args.layer}"
     shipped = _ship(work / f"l1_{ship['l1']:g}_tok{args.tokens}" / "fp16", Path(args.out) / sae_id)
-    card = dict(id=sae_id, model=args.model, layer=args.layer, hook_name=f"blocks.{args.layer}.hook_resid_post",
-                d_sae=args.d_sae, l1_coefficient=ship["l1"], targets=TARGETS, meets_targets=meets_targets(ship),
-                metrics={k: v for k, v in ship.items() if k not in ("train_config", "train_log")}, frontier=points,
-                n_train_docs=len(train_docs), n_train_tokens=store.n_tokens,
-                n_outliers_dropped=store.manifest["n_outliers_dropped"], n_heldout_docs=len(heldout),
-                tokens_seen=args.tokens, threads=args.threads, torch=torch.__version__, machine=platform.machine(),
-                command="make gsae  # = " + _command(argv))
+    card = dict(
+        id=sae_id,
+        model=args.model,
+        layer=args.layer,
+        hook_name=f"blocks.{args.layer}.hook_resid_post",
+        d_sae=args.d_sae,
+        l1_coefficient=ship["l1"],
+        targets=TARGETS,
+        meets_targets=meets_targets(ship),
+        metrics={k: v for k, v in ship.items() if k not in ("train_config", "train_log")},
+        frontier=points,
+        n_train_docs=len(train_docs),
+        n_train_tokens=store.n_tokens,
+        n_outliers_dropped=store.manifest["n_outliers_dropped"],
+        n_heldout_docs=len(heldout),
+        tokens_seen=args.tokens,
+        threads=args.threads,
+        torch=torch.__version__,
+        machine=platform.machine(),
+        command="make gsae  # = " + _command(argv),
+    )
     atomic_write_json(shipped / "card.json", card)
     (shipped / "README.md").write_text(_model_card(card))
     log.info("shipped %s (l1=%g)", shipped, ship["l1"])
@@ -106,17 +135,40 @@ def _point(run: Path, l1: float, args, store, model, tokenizer, heldout, baselin
         return json.loads(done.read_text())
     # norm_scale_from="store": the shipped weights were trained so (the kit's default later became
     # "centered"); pinned so the recipe still rebuilds them bit for bit.
-    cfg = TrainConfig(d_sae=args.d_sae, l1_coefficient=l1, lr=args.lr, batch_size=args.batch_size, norm_scale_from="store",
-                      total_tokens=args.tokens, warmup_tokens=min(200_000, args.tokens // 10),
-                      checkpoint_every=200, log_every=50, device="cpu", seed=0)
+    cfg = TrainConfig(
+        d_sae=args.d_sae,
+        l1_coefficient=l1,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        norm_scale_from="store",
+        total_tokens=args.tokens,
+        warmup_tokens=min(200_000, args.tokens // 10),
+        checkpoint_every=200,
+        log_every=50,
+        device="cpu",
+        seed=0,
+    )
     t0 = time.perf_counter()
     result = train(store, cfg, out_dir=run, resume=True)
     seconds = _train_seconds(run, time.perf_counter() - t0)
     half = _to_fp16(run, run / "fp16")
-    ev = evaluate(SAE.load(half), model, tokenizer, heldout, args.layer, ctx_len=args.ctx_len,
-                  max_contexts=args.eval_contexts, baseline=baseline).metrics
-    point = dict(l1=l1, train_seconds=seconds, train_config=cfg.__dict__,
-                 train_log=[{k: r[k] for k in ("tokens", "loss", "mse", "l0", "dead_frac")} for r in result.log], **ev)
+    ev = evaluate(
+        SAE.load(half),
+        model,
+        tokenizer,
+        heldout,
+        args.layer,
+        ctx_len=args.ctx_len,
+        max_contexts=args.eval_contexts,
+        baseline=baseline,
+    ).metrics
+    point = dict(
+        l1=l1,
+        train_seconds=seconds,
+        train_config=cfg.__dict__,
+        train_log=[{k: r[k] for k in ("tokens", "loss", "mse", "l0", "dead_frac")} for r in result.log],
+        **ev,
+    )
     atomic_write_json(done, point)
     return point
 
@@ -170,38 +222,41 @@ def _model_card(c: dict) -> str:
     rows = "\n".join(
         f"| {p['l1']:g} | {p['l0']:.1f} | {p['explained_variance']:.3f} | {p['ce_delta']:+.3f} | "
         f"{p['ce_loss_recovered']:.3f} | {p['dead_fraction']:.3f} | {p['train_seconds'] / 60:.0f} |"
-        for p in c["frontier"])
+        for p in c["frontier"]
+    )
     log = next(p for p in c["frontier"] if p["l1"] == c["l1_coefficient"])["train_log"]
-    curve = "\n".join(f"| {r['tokens']:,} | {r['mse']:.1f} | {r['l0']:.1f} | {r['dead_frac']:.3f} |"
-                      for r in log[:: max(1, len(log) // 8)] + log[-1:])
-    return f"""# {c['id']}: a general SAE for {c['model']}, layer {c['layer']}
+    curve = "\n".join(
+        f"| {r['tokens']:,} | {r['mse']:.1f} | {r['l0']:.1f} | {r['dead_frac']:.3f} |"
+        for r in log[:: max(1, len(log) // 8)] + log[-1:]
+    )
+    return f"""# {c["id"]}: a general SAE for {c["model"]}, layer {c["layer"]}
 
-ReLU SAE (L1 penalty) with {c['d_sae']} latents on the residual stream after block {c['layer']}
-(`{c['hook_name']}`), in SAELens' format (`cfg.json` + `sae_weights.safetensors`, fp16 weights
-loaded into fp32). Load it with `ssae_kit.load_pretrained("ssae-kit", "{c['id']}")`, or with
+ReLU SAE (L1 penalty) with {c["d_sae"]} latents on the residual stream after block {c["layer"]}
+(`{c["hook_name"]}`), in SAELens' format (`cfg.json` + `sae_weights.safetensors`, fp16 weights
+loaded into fp32). Load it with `ssae_kit.load_pretrained("ssae-kit", "{c["id"]}")`, or with
 `sae_lens.SAE.load_from_disk` on this folder.
 
 ## Data
 - Train: BBC news (`load_corpus("bbc-news")`) minus the committed held-out split
-  `data/splits/bbc-news.json`: {c['n_train_docs']} documents, {c['n_train_tokens']:,} content tokens in
-  windows of 128 (BOS/EOS/PAD left out; {c['n_outliers_dropped']} tokens above 10x their batch's
+  `data/splits/bbc-news.json`: {c["n_train_docs"]} documents, {c["n_train_tokens"]:,} content tokens in
+  windows of 128 (BOS/EOS/PAD left out; {c["n_outliers_dropped"]} tokens above 10x their batch's
   median norm dropped, the same rule `evaluate` applies).
-- Evaluation: the held-out split ({c['n_heldout_docs']} documents, topic-mixed order), first
-  {m['n_tokens']:,} content tokens, with `ssae_kit.evals.evaluate`.
+- Evaluation: the held-out split ({c["n_heldout_docs"]} documents, topic-mixed order), first
+  {m["n_tokens"]:,} content tokens, with `ssae_kit.evals.evaluate`.
 
 ## Training
-Tokens seen: {c['tokens_seen']:,}; l1 coefficient {c['l1_coefficient']:g}; other settings in
-`card.json` (`frontier[].train_config`). CPU, {c['threads']} torch threads, torch {c['torch']},
-{c['machine']}.
+Tokens seen: {c["tokens_seen"]:,}; l1 coefficient {c["l1_coefficient"]:g}; other settings in
+`card.json` (`frontier[].train_config`). CPU, {c["threads"]} torch threads, torch {c["torch"]},
+{c["machine"]}.
 
 ## Metrics on the held-out split (this folder, as shipped)
 | L0 | EV | spliced CE - clean (nats) | CE loss recovered | dead | CE clean | CE spliced | CE zero-ablation |
 |---|---|---|---|---|---|---|---|
-| {m['l0']:.1f} | {m['explained_variance']:.3f} | {m['ce_delta']:+.3f} | {m['ce_loss_recovered']:.3f} | {m['dead_fraction']:.3f} | {m['ce_clean']:.3f} | {m['ce_sae']:.3f} | {m['ce_zero']:.3f} |
+| {m["l0"]:.1f} | {m["explained_variance"]:.3f} | {m["ce_delta"]:+.3f} | {m["ce_loss_recovered"]:.3f} | {m["dead_fraction"]:.3f} | {m["ce_clean"]:.3f} | {m["ce_sae"]:.3f} | {m["ce_zero"]:.3f} |
 
-Targets: L0 <= {c['targets']['max_l0']}, EV >= {c['targets']['min_ev']}, spliced CE <= +{c['targets']['max_ce_delta']} nats,
-dead <= {100 * c['targets']['max_dead']:.0f}% (dead = never active on the {m['n_tokens']:,} evaluated tokens).
-Meets all targets: **{'yes' if c['meets_targets'] else 'no'}**.
+Targets: L0 <= {c["targets"]["max_l0"]}, EV >= {c["targets"]["min_ev"]}, spliced CE <= +{c["targets"]["max_ce_delta"]} nats,
+dead <= {100 * c["targets"]["max_dead"]:.0f}% (dead = never active on the {m["n_tokens"]:,} evaluated tokens).
+Meets all targets: **{"yes" if c["meets_targets"] else "no"}**.
 
 ## Frontier (one SAE per sparsity coefficient, each evaluated with fp16 weights as shipped)
 | l1 | L0 | EV | spliced CE - clean | CE recovered | dead | train minutes |
@@ -214,7 +269,7 @@ Meets all targets: **{'yes' if c['meets_targets'] else 'no'}**.
 {curve}
 
 ## Rebuild
-`{c['command']}` from a clean clone: deterministic on CPU for the same thread count and torch.
+`{c["command"]}` from a clean clone: deterministic on CPU for the same thread count and torch.
 """
 
 
