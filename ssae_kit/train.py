@@ -379,11 +379,7 @@ def _store_mean(store: ActivationStore, max_tokens: int = 100_000) -> torch.Tens
     total, n = torch.zeros(store.d_model, dtype=torch.float64), 0
     for i in range(store.n_shards):
         x, _ = store.read_shard(i, normalize=False)
-        if not torch.isfinite(x[: max_tokens - n]).all():
-            raise ValueError(
-                f"Shard {i} of {store.path} holds NaN/inf activations, so b_dec cannot start at their mean: "
-                "rebuild the store with cache_activations (dtype='float32' if float16 overflowed)."
-            )
+        _check_finite(store, i, x[: max_tokens - n])
         total += x[: max_tokens - n].double().sum(0)
         n += min(len(x), max_tokens - n)
         if n >= max_tokens:
@@ -391,12 +387,24 @@ def _store_mean(store: ActivationStore, max_tokens: int = 100_000) -> torch.Tens
     return (total / n).float()
 
 
+def _check_finite(store: ActivationStore, shard: int, x: torch.Tensor) -> torch.Tensor:
+    """`x` (rows of shard `shard`), or a clear error when it holds NaN/inf: a new SAE's b_dec and input
+    scale are measured on these rows, before any training step could catch it."""
+    if not torch.isfinite(x).all():
+        raise ValueError(
+            f"Shard {shard} of {store.path} holds NaN/inf activations, so b_dec cannot start at their mean "
+            "(nor the input scale be measured): rebuild the store with cache_activations "
+            "(dtype='float32' if float16 overflowed)."
+        )
+    return x
+
+
 def _store_sample(store: ActivationStore, max_tokens: int = 100_000) -> torch.Tensor:
     """(n, d_model) raw activations of the store's first shards (the tokens `_store_mean` averages)."""
     parts, n = [], 0
     for i in range(store.n_shards):
         x, _ = store.read_shard(i, normalize=False)
-        parts.append(x[: max_tokens - n])
+        parts.append(_check_finite(store, i, x[: max_tokens - n]))
         n += len(parts[-1])
         if n >= max_tokens:
             break

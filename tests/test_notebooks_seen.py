@@ -283,7 +283,11 @@ def nbval_failures(executed, tmp_path_factory) -> dict[str, list[str]]:
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "IPYTHONDIR": str(ipython_dir)},
+        # the outer run's PYTEST_ADDOPTS (e.g. --basetemp) must not reach the inner pytest
+        env={
+            **{k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"},
+            "IPYTHONDIR": str(ipython_dir),
+        },
     )
     assert done.returncode in (0, 1) and report.exists(), (
         f"nbval did not run:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"

@@ -276,7 +276,11 @@ def test_nan_or_inf_activations_stop_training_and_keep_the_last_good_checkpoint(
     with pytest.raises(
         ValueError, match=r"The loss is nan at step \d+ .*batch holds NaN/inf activations.*rebuild"
     ) as err:
-        train(bad, small_cfg(checkpoint_every=1, total_tokens=64 * 200, b_dec_init="zeros"), out_dir=out)
+        # zeros b_dec and the store's own scale measure nothing at init, so the training guard is reached
+        cfg = small_cfg(
+            checkpoint_every=1, total_tokens=64 * 200, b_dec_init="zeros", norm_scale_from="store"
+        )
+        train(bad, cfg, out_dir=out)
     step = int(re.search(r"at step (\d+)", str(err.value)).group(1))
     assert step > 1, "the bad row came first; pick another row so that a checkpoint precedes it"
     _assert_last_checkpoint_is_finite_and_no_sae_saved(out, step - 1)
