@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_debias import TEXTS  # the same gendered snippets
 
 from ssae_kit import Document
 from ssae_kit.debias import ablation_edit
@@ -17,15 +18,6 @@ from ssae_kit.features import (
 )
 from ssae_kit.models import forward_to_layer
 from ssae_kit.sae import SAE, SAEConfig
-
-TEXTS = [
-    "she is a nurse at the ward",
-    "he teaches physics",
-    "her patients like her",
-    "his lab is large",
-    "she studied medicine",
-    "he wrote a book on algebra",
-]
 
 
 def test_pooled_activations_are_the_mean_over_text_tokens(tiny, identity_sae):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_retrieval import FOOD, SPORT  # the same two-topic pool
 
 from ssae_kit import Document, tracin
 from ssae_kit.models import hook_name
@@ -21,20 +22,6 @@ from ssae_kit.tracin import (
     tracin_scores_explicit,
 )
 
-SPORT = [
-    "The striker scored twice as the home team won the football match.",
-    "The goalkeeper saved a penalty in the final minute of the cup tie.",
-    "The tennis champion won the final set after a long rally.",
-    "The coach praised the midfield after the league victory on Saturday.",
-    "Fans cheered as the runner broke the world record at the athletics meeting.",
-]
-FOOD = [
-    "Simmer the onions in butter until soft, then add the garlic.",
-    "Bake the bread for forty minutes until the crust is golden.",
-    "Whisk the eggs with sugar and fold in the flour gently.",
-    "Season the soup with salt and pepper and serve it hot.",
-    "Roast the vegetables with olive oil and fresh rosemary.",
-]
 LAYER = 1
 
 
