@@ -99,14 +99,9 @@ def test_decoder_cosines_between_two_decoders_on_a_hand_case():
     )
 
 
-def _identity_sae(d: int, layer: int) -> SAE:
-    eye = torch.eye(d)
-    return fixed_sae(torch.cat([eye, -eye], 1).tolist(), torch.cat([eye, -eye], 0).tolist())
-
-
-def test_spliced_ce_equals_clean_for_a_perfect_sae_and_zero_ablation_for_a_null_one(tiny, docs):
+def test_spliced_ce_equals_clean_for_a_perfect_sae_and_zero_ablation_for_a_null_one(tiny, docs, identity_sae):
     model, tok = tiny
-    perfect = evaluate(_identity_sae(32, 1), model, tok, docs, 1, ctx_len=16)
+    perfect = evaluate(identity_sae(32), model, tok, docs, 1, ctx_len=16)
     m = perfect.metrics
     assert m["ce_sae"] == pytest.approx(m["ce_clean"], abs=1e-5) and m["ce_loss_recovered"] == pytest.approx(
         1.0, abs=1e-3
@@ -121,10 +116,10 @@ def test_spliced_ce_equals_clean_for_a_perfect_sae_and_zero_ablation_for_a_null_
     assert m["perplexity_sae"] == pytest.approx(math.exp(m["ce_sae"]))
 
 
-def test_a_baseline_from_the_same_text_gives_the_same_metrics_with_one_pass(tiny, docs):
+def test_a_baseline_from_the_same_text_gives_the_same_metrics_with_one_pass(tiny, docs, identity_sae):
     model, tok = tiny
     sae = SAE(SAEConfig(d_in=32, d_sae=64), seed=5)
-    first = evaluate(_identity_sae(32, 1), model, tok, docs, 1, ctx_len=16).metrics
+    first = evaluate(identity_sae(32), model, tok, docs, 1, ctx_len=16).metrics
     full = evaluate(sae, model, tok, docs, 1, ctx_len=16).metrics
     reused = evaluate(sae, model, tok, docs, 1, ctx_len=16, baseline=first).metrics
     for key in ("ce_clean", "ce_zero", "ce_sae", "ce_loss_recovered", "mse"):
@@ -157,12 +152,12 @@ def test_evaluating_on_the_wrong_layer_or_width_is_refused(tiny, docs, tmp_path)
     assert np.isfinite(evaluate_store(SAE(SAEConfig(d_in=32, d_sae=8)), store).metrics["mse"])
 
 
-def test_evaluate_and_caching_drop_the_same_massive_norm_tokens(tiny, docs, tmp_path):
+def test_evaluate_and_caching_drop_the_same_massive_norm_tokens(tiny, docs, tmp_path, identity_sae):
     from ssae_kit import cache_activations
 
     model, tok = tiny
     store = cache_activations(model, tok, docs, 1, tmp_path, ctx_len=16, max_norm_multiple=1.1, batch_size=8)
-    sae = _identity_sae(32, 1)
+    sae = identity_sae(32)
     m = evaluate(sae, model, tok, docs, 1, ctx_len=16, max_norm_multiple=1.1).metrics
     everything = evaluate(sae, model, tok, docs, 1, ctx_len=16, max_norm_multiple=None).metrics
     assert m["n_outliers"] > 0 and everything["n_outliers"] == 0
@@ -240,9 +235,9 @@ def test_compare_refuses_results_on_other_documents():
         compare(_fake([1.0, 2.0], [1, 1], docs="x"), _fake([1.0, 2.0], [1, 1], docs="y"))
 
 
-def test_compare_on_real_evaluations_finds_the_identity_sae_better_than_a_null_one(tiny, docs):
+def test_compare_on_real_evaluations_finds_the_identity_sae_better_than_a_null_one(tiny, docs, identity_sae):
     model, tok = tiny
-    perfect = evaluate(_identity_sae(32, 1), model, tok, docs, 1, ctx_len=16)
+    perfect = evaluate(identity_sae(32), model, tok, docs, 1, ctx_len=16)
     null = fixed_sae(torch.zeros(32, 4).tolist(), torch.zeros(4, 32).tolist())
     with pytest.warns(UserWarning):
         bad = evaluate(null, model, tok, docs, 1, ctx_len=16, baseline=perfect.metrics)
@@ -263,10 +258,10 @@ def test_health_warnings_name_dead_latents_negative_ev_and_ce_worse_than_zero_ab
     assert "no better than zero-ablation" in words
 
 
-def test_evaluating_an_sae_of_another_model_or_past_the_models_positions_is_refused(tiny, docs):
+def test_evaluating_an_sae_of_another_model_or_past_the_models_positions_is_refused(tiny, docs, identity_sae):
     model, tok = tiny
     with pytest.raises(ValueError, match="ctx_len=513 is more than the 512 positions"):
-        evaluate(_identity_sae(32, 1), model, tok, docs, 1, ctx_len=513)
+        evaluate(identity_sae(32), model, tok, docs, 1, ctx_len=513)
     with pytest.raises(ValueError, match="trained on model 'gpt2', not 'tiny-llama'"):
         evaluate(SAE(SAEConfig(d_in=32, d_sae=8, model_name="gpt2")), model, tok, docs, 1)
 
