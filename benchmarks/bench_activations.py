@@ -14,7 +14,9 @@ import time
 
 import torch
 
-from ssae_kit import cache_activations, forward_to_layer, load_corpus, load_model, tokenize_contexts
+from ssae_kit import cache_activations, load_corpus, load_model
+from ssae_kit.corpora import tokenize_contexts
+from ssae_kit.models import forward_to_layer
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ from ssae_kit.tracin import (
     tracin_scores_explicit,
 )
 
-L1 = 1.0  # select_tracin's default coefficient: the loss the scores differentiate
+SPARSITY = 1.0  # select_tracin's default coefficient: the loss the scores differentiate
 
 
 def timed(fn):
@@ -58,12 +58,13 @@ def throughput(checkpoints, grads, acts, doc_ids, n_explicit: int, repeats: int,
     """Print jvp and explicit tokens/s on (acts, doc_ids); return the ratio."""
     n_docs = int(doc_ids.max()) + 1
     t_fast = min(
-        timed(lambda: tracin_scores(checkpoints, grads, acts, doc_ids, n_docs, L1))[0] for _ in range(repeats)
+        timed(lambda: tracin_scores(checkpoints, grads, acts, doc_ids, n_docs, SPARSITY))[0]
+        for _ in range(repeats)
     )
-    fast = tracin_scores(checkpoints, grads, acts, doc_ids, n_docs, L1)
+    fast = tracin_scores(checkpoints, grads, acts, doc_ids, n_docs, SPARSITY)
     sub = doc_ids < n_explicit
     t_slow, slow = timed(
-        lambda: tracin_scores_explicit(checkpoints, grads, acts[sub], doc_ids[sub], n_explicit, L1)
+        lambda: tracin_scores_explicit(checkpoints, grads, acts[sub], doc_ids[sub], n_explicit, SPARSITY)
     )
     keep = ~torch.isnan(slow)
     rel = float((fast[:n_explicit][keep] - slow[keep]).norm() / slow[keep].norm())
@@ -114,7 +115,7 @@ def main() -> None:
                 model,
                 gsae.cfg.layer,
                 gsae,
-                l1_coefficient=L1,
+                sparsity_coefficient=SPARSITY,
                 embedder=embedder,
                 store_dir=tmp,
                 device="cpu",
@@ -136,10 +137,10 @@ def main() -> None:
         acts, doc_ids = read_store(ActivationStore(cand_dir))
         seed_store = ActivationStore(seed_dir)
         checkpoints = build_checkpoints(
-            gsae, seed_store, l1_coefficient=L1, device="cpu"
+            gsae, seed_store, sparsity_coefficient=SPARSITY, device="cpu"
         )  # as select_tracin's
         seed_acts, seed_ids = read_store(seed_store)
-    grads = [seed_gradient(sae, seed_acts, seed_ids, L1) for sae, _ in checkpoints]
+    grads = [seed_gradient(sae, seed_acts, seed_ids, SPARSITY) for sae, _ in checkpoints]
     print(f"(2, 3) scoring throughput, {len(checkpoints)} checkpoints")
     ratio = throughput(checkpoints, grads, acts, doc_ids, args.explicit_docs, args.repeats, "real documents")
     part = acts[:4096]  # the jvp's cost does not depend on where documents end; 4096 tokens keep (3) short

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from ssae_kit.sae import SAE, SAEConfig
 from ssae_kit.train import TrainConfig, TrainState, _train_step
 
-D_IN, D_SAE, K, L1 = 512, 4096, 32, 1.0
+D_IN, D_SAE, K, SPARSITY = 512, 4096, 32, 1.0
 ALL_CASES = ["relu", "relu-term", "topk", "topk-term", "ref-relu", "saelens-relu", "sparsify-topk"]
 Step = Callable[[torch.Tensor], object]
 
@@ -53,8 +53,7 @@ def kit_case(arch: str, term: bool, batch: int) -> Step:
         k=K,
         batch_size=batch,
         total_tokens=10**15,
-        l1_coefficient=L1,
-        objective="term" if term else "erm",
+        sparsity_coefficient=SPARSITY,
         tilt=1.0 if term else 0.0,
         warmup_tokens=0,
     )
@@ -76,7 +75,7 @@ def ref_relu_case(batch: int) -> Step:
     def step(x: torch.Tensor) -> float:
         f = F.relu((x - b_dec) @ W_enc + b_enc)
         x_hat = f @ W_dec + b_dec
-        loss = (x_hat - x).pow(2).sum(-1).mean() + L1 * f.sum(-1).mean()  # f >= 0 so |f| = f
+        loss = (x_hat - x).pow(2).sum(-1).mean() + SPARSITY * f.sum(-1).mean()  # f >= 0 so |f| = f
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -93,7 +92,7 @@ def saelens_case(batch: int) -> Step:
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
 
     torch.manual_seed(0)
-    sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, l1_coefficient=L1))
+    sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, l1_coefficient=SPARSITY))
     sae.train()
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
     since_fired = torch.zeros(D_SAE)
@@ -103,7 +102,7 @@ def saelens_case(batch: int) -> Step:
         out = sae.training_forward_pass(
             TrainStepInput(
                 sae_in=x,
-                coefficients={"l1": L1},
+                coefficients={"l1": SPARSITY},
                 dead_neuron_mask=since_fired > 1000,
                 n_training_steps=n[0],
                 is_logging_step=False,

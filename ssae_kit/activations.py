@@ -40,6 +40,11 @@ from .io import (
 )
 from .models import check_ctx_len, check_layer, d_model, hook_name, iter_residuals
 
+__all__ = [
+    "ActivationStore",
+    "cache_activations",
+]
+
 FORMAT = "ssae-kit-activations"
 VERSION = 1
 DTYPES = ("float16", "float32")

@@ -23,6 +23,13 @@ from faker import Faker
 
 from .bio_templates import DETAILS, INTROS, NEUTRAL_INTROS, PERSONAL
 
+__all__ = [
+    "LABHC_PROFESSIONS",
+    "load_bias_in_bios",
+    "make_splits",
+    "synthetic_bios",
+]
+
 Gender = Literal["male", "female"]
 GENDERS: tuple[Gender, Gender] = ("male", "female")
 

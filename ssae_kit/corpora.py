@@ -22,6 +22,12 @@ from typing import Any, Literal, get_args
 import torch
 from transformers import PreTrainedTokenizerBase
 
+__all__ = [
+    "Document",
+    "heldout_split",
+    "load_corpus",
+]
+
 BBC_TOPICS = ("business", "entertainment", "politics", "sport", "tech")
 SPLITS_DIR = Path(__file__).resolve().parents[1] / "data" / "splits"
 """Committed held-out splits, `<corpus name>.json`: document sources no SAE of the kit trains on."""

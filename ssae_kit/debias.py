@@ -23,6 +23,11 @@ from .bios import Bio, BiosSplits, delete_gender_tokens, group_of
 from .features import Edit, Residuals, latent_means, mean_pool, residuals, token_mean
 from .sae import SAE
 
+__all__ = [
+    "DebiasConfig",
+    "shift_case_study",
+]
+
 
 def ablation_edit(sae: SAE, latents: Sequence[int]) -> Edit:
     """Residual-stream edit that zero-ablates `latents` of `sae` and keeps its error term."""

@@ -45,6 +45,17 @@ from .corpora import Document, content_mask, corpus_checksum, tokenize_contexts
 from .models import check_ctx_len, check_layer, d_model, splice
 from .sae import SAE
 
+__all__ = [
+    "compare",
+    "decoder_cosine_similarities",
+    "error_by_rank",
+    "evaluate",
+    "ssae_only_latents",
+    "tail_coverage",
+    "tail_coverage_difference",
+    "verdict_over_seeds",
+]
+
 
 @dataclass
 class EvalResult:
@@ -99,7 +110,7 @@ class _Accumulator:
         self.n += len(x)
         self.sum_x += x_n.sum(0)
         self.sum_sq_x += float(x_n.pow(2).sum())
-        self.sum_err += float(out.mse.double().sum())
+        self.sum_err += float(out.sq_error.double().sum())
         active = f > 0
         self.counts += active.sum(0)
         batch_max, where = f.max(0)
@@ -110,7 +121,7 @@ class _Accumulator:
         entropy = -(p * p.clamp_min(1e-12).log()).sum(1)
         for key, value in (
             ("ids", token_ids.cpu()),
-            ("mse", out.mse.float().cpu()),
+            ("mse", out.sq_error.float().cpu()),
             ("l0", active.sum(1)),
             ("max", f.max(1).values),
             ("entropy", entropy),
@@ -121,7 +132,7 @@ class _Accumulator:
             self.doc_n.index_add_(0, d, torch.ones(len(d), dtype=torch.float64))
             self.doc_sum_x.index_add_(0, d, x_n)
             self.doc_sq.index_add_(0, d, x_n.pow(2).sum(1))
-            self.doc_err.index_add_(0, d, out.mse.double().cpu())
+            self.doc_err.index_add_(0, d, out.sq_error.double().cpu())
         return out.sae_out
 
     def result(self, dense_threshold: float) -> EvalResult:

@@ -19,6 +19,13 @@ from .corpora import Document, content_mask, tokenize_contexts
 from .models import check_layer, d_model, iter_residuals, splice
 from .sae import SAE
 
+__all__ = [
+    "collect_feature_activations",
+    "latent_means",
+    "mean_pool",
+    "residuals",
+]
+
 Edit = Callable[[torch.Tensor], torch.Tensor]
 
 

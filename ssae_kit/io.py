@@ -26,6 +26,17 @@ from typing import IO, Any
 
 import numpy as np
 
+__all__ = [
+    "BEST_SSAE_KEY",
+    "BEST_STRATEGY_KEY",
+    "MAIN_SPARSITY_KEY",
+    "ROWS_KEY",
+    "SAE_CFG_FILE",
+    "SSAE_DIRS_KEY",
+    "RunLayout",
+    "write_metrics",
+]
+
 CACHE_ENV = "SSAE_KIT_CACHE"
 MANIFEST_FILE = "manifest.json"
 METRICS_FILE = "metrics.json"
@@ -38,9 +49,10 @@ SAES_DIR = "saes"
 GSAE_NAME = "gsae"
 TERM_PREFIX = "term_t"
 # Keys of notebook 02's metrics.json that notebooks 03 (the sparsity coefficients) and 04 (the best SSAE) read.
-MAIN_L1_KEY = "main_l1"
+MAIN_SPARSITY_KEY = "main_sparsity_coefficient"
 ROWS_KEY = "rows"
 BEST_STRATEGY_KEY = "best_in_domain_strategy"
+BEST_SSAE_KEY = "best_in_domain_ssae"  # its folder (seed and coefficient included), which 04 shows
 SSAE_DIRS_KEY = "ssae_dirs"
 
 
@@ -82,13 +94,14 @@ class RunLayout:
         """The general SAE the run's SSAEs start from (notebooks 02 and 05 save it here for 03, 04 and 06)."""
         return self.sae(GSAE_NAME)
 
-    def ssae(self, strategy: str, l1: float, seed: int) -> Path:
+    def ssae(self, strategy: str, sparsity_coefficient: float, seed: int) -> Path:
         """Notebook 02's SSAE fine-tuned on one selection at one sparsity coefficient and seed."""
-        return self.sae(f"{strategy}_l1{l1:g}_seed{seed}")
+        return self.sae(f"{strategy}_sparsity{sparsity_coefficient:g}_seed{seed}")
 
-    def tilted_sae(self, tilt: float, l1: float) -> Path:
+    def tilted_sae(self, tilt: float, sparsity_coefficient: float) -> Path:
         """Notebook 03's SSAE fine-tuned with TERM at `tilt` (ERM when 0)."""
-        return self.sae(f"{TERM_PREFIX}{tilt:g}_l1{l1:g}" if tilt else f"erm_l1{l1:g}")
+        sparsity = f"sparsity{sparsity_coefficient:g}"
+        return self.sae(f"{TERM_PREFIX}{tilt:g}_{sparsity}" if tilt else f"erm_{sparsity}")
 
     def term_saes(self) -> list[Path]:
         """Notebook 03's TERM SSAEs (not its ERM one), in name order; empty when there are none."""

@@ -25,6 +25,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from .io import cache_dir
 
+__all__ = [
+    "check_layer",
+    "d_model",
+    "load_model",
+    "n_layers",
+]
+
 logger = logging.getLogger(__name__)
 
 EMBEDDED_MODELS = {

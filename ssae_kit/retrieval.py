@@ -34,6 +34,18 @@ from scipy import stats
 from .corpora import Document, corpus_checksum
 from .io import RunLayout, atomic_write_bytes, atomic_write_json, cache_dir, npy_bytes
 
+__all__ = [
+    "STRATEGIES",
+    "Embedder",
+    "Selection",
+    "SubdomainSplit",
+    "dedupe",
+    "precision_difference",
+    "select",
+    "selection_report",
+    "split_subdomain",
+]
+
 logger = logging.getLogger(__name__)
 
 Strategy = Literal["dense", "bm25", "random", "none", "seed_only"]

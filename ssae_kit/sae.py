@@ -28,6 +28,11 @@ from torch import nn
 from .io import SAE_CFG_FILE, SAE_WEIGHTS_FILE, atomic_write_dir, atomic_write_json
 from .models import layer_of_hook
 
+__all__ = [
+    "SAE",
+    "resolve_sae",
+]
+
 Architecture = Literal["relu", "topk", "jumprelu"]
 _TO_SAELENS = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}
 _FROM_SAELENS = {v: k for k, v in _TO_SAELENS.items()}
@@ -92,8 +97,8 @@ class ForwardOutput(NamedTuple):
     """(B, d_in) reconstruction, raw units."""
     feature_acts: torch.Tensor
     """(B, d_sae) latents."""
-    mse: torch.Tensor
-    """(B,) squared error per token, summed over d_in, normalised units."""
+    sq_error: torch.Tensor
+    """(B,) squared error per token, summed over d_in (not a mean), normalised units."""
     sparsity: torch.Tensor
     """(B,) per-token sparsity penalty: L1 of the latents (relu), L0 (jumprelu), 0 (topk)."""
 
@@ -160,14 +165,14 @@ class SAE(nn.Module):
         pre = self._pre(x_n)
         f = self._activate(pre)
         x_hat_n = self.decode_normalized(f)
-        mse = (x_hat_n - x_n).pow(2).sum(-1)
+        sq_error = (x_hat_n - x_n).pow(2).sum(-1)
         if self.cfg.architecture == "relu":
             sparsity = f.sum(-1)  # the L1 norm: ReLU latents are >= 0
         elif self.cfg.architecture == "jumprelu":  # L0 with a straight-through threshold gradient
             sparsity = _JumpStep.apply(pre, self.log_threshold.exp(), self.cfg.bandwidth).sum(-1)
         else:
-            sparsity = torch.zeros_like(mse)
-        return ForwardOutput(x_hat_n / self.cfg.norm_scale, f, mse, sparsity)
+            sparsity = torch.zeros_like(sq_error)
+        return ForwardOutput(x_hat_n / self.cfg.norm_scale, f, sq_error, sparsity)
 
     def _forward_topk(self, x_n: torch.Tensor) -> ForwardOutput:
         """TopK forward that exploits sparsity, as sparsify does: only B*k latents are non-zero,
@@ -176,11 +181,11 @@ class SAE(nn.Module):
         values, indices = _TopKEncode.apply(x_n, self.W_enc, self.b_enc, self._input_bias(), self.cfg.k)
         values = F.relu(values)  # (B, k)
         x_hat_n = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum") + self.b_dec
-        mse = (x_hat_n - x_n).pow(2).sum(-1)
+        sq_error = (x_hat_n - x_n).pow(2).sum(-1)
         with torch.no_grad():
             f = torch.zeros(len(x_n), self.cfg.d_sae, dtype=values.dtype, device=values.device)
             f.scatter_(-1, indices, values)
-        return ForwardOutput(x_hat_n / self.cfg.norm_scale, f, mse, torch.zeros_like(mse))
+        return ForwardOutput(x_hat_n / self.cfg.norm_scale, f, sq_error, torch.zeros_like(sq_error))
 
     # --- what the SAE reads -----------------------------------------------------------------
     def check_reads(

@@ -11,6 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = [
+    "PROFESSION_TAXONOMY",
+    "binary_tree",
+    "leaf_paths",
+    "parse_taxonomy",
+    "subtrees",
+]
+
 Tree = str | dict | list  # a leaf name, {name: subtree(s)}, or a list of subtrees
 
 
@@ -34,7 +42,7 @@ def parse_taxonomy(taxonomy: Tree | list[tuple[str, str]]) -> Tree:
     return taxonomy
 
 
-def leaf_depths(tree: Tree) -> dict[str, list[str]]:
+def leaf_paths(tree: Tree) -> dict[str, list[str]]:
     """{leaf: path of node names from the root to the leaf} (inner list nodes get positional names)."""
     paths: dict[str, list[str]] = {}
 
@@ -59,7 +67,7 @@ def taxonomy_matrix(
     taxonomy: Tree | list[tuple[str, str]], leaves: list[str] | None = None
 ) -> tuple[list[str], np.ndarray]:
     """(leaf names, A) with A the normalised tree distance between leaves, in `leaves` order."""
-    paths = leaf_depths(parse_taxonomy(taxonomy))
+    paths = leaf_paths(parse_taxonomy(taxonomy))
     leaves = list(paths) if leaves is None else list(leaves)
     unknown = [leaf for leaf in leaves if leaf not in paths]
     if unknown:
@@ -111,7 +119,7 @@ def flat_matrix(n_domains: int) -> np.ndarray:
 def subtrees(taxonomy: Tree | list[tuple[str, str]], min_leaves: int = 1) -> dict[str, list[str]]:
     """{child of the root: its leaves}, keeping those with at least `min_leaves` leaves."""
     groups: dict[str, list[str]] = {}
-    for leaf, path in leaf_depths(parse_taxonomy(taxonomy)).items():
+    for leaf, path in leaf_paths(parse_taxonomy(taxonomy)).items():
         groups.setdefault(path[1] if len(path) > 2 else leaf, []).append(leaf)
     return {name: leaves for name, leaves in groups.items() if len(leaves) >= min_leaves}
 

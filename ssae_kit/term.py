@@ -21,9 +21,11 @@ import torch
 ScaleRule = Literal["mean", "none"]
 
 
-def per_token_loss(mse: torch.Tensor, sparsity: torch.Tensor, sparsity_coefficient: float) -> torch.Tensor:
+def per_token_loss(
+    sq_error: torch.Tensor, sparsity: torch.Tensor, sparsity_coefficient: float
+) -> torch.Tensor:
     """l_i = ||x_i - x_hat_i||^2 + lambda * penalty_i (PAPER §2), shape (B,)."""
-    return mse + sparsity_coefficient * sparsity
+    return sq_error + sparsity_coefficient * sparsity
 
 
 def check_tilt(t: float) -> float:

@@ -56,9 +56,9 @@ Checkpoint = tuple[SAE, float]
 
 
 def token_losses(
-    params: dict[str, torch.Tensor], cfg: SAEConfig, x: torch.Tensor, l1_coefficient: float
+    params: dict[str, torch.Tensor], cfg: SAEConfig, x: torch.Tensor, sparsity_coefficient: float
 ) -> torch.Tensor:
-    """(B,) per-token training loss (MSE + l1_coefficient x sparsity, normalised units) of the SAE
+    """(B,) per-token training loss (MSE + sparsity_coefficient x sparsity, normalised units) of the SAE
     with parameters `params` on raw activations x (B, d_in), in ops that forward-mode AD supports.
 
     The same function and gradient as `SAE.forward` + `term.per_token_loss`: JumpReLU's step
@@ -81,16 +81,16 @@ def token_losses(
         f = torch.relu(pre) * step
         sparsity = step.sum(-1)
     x_hat_n = torch.addmm(b_dec, f, W_dec)  # (B, d_in)
-    return per_token_loss((x_hat_n - x_n).pow(2).sum(-1), sparsity, l1_coefficient)
+    return per_token_loss((x_hat_n - x_n).pow(2).sum(-1), sparsity, sparsity_coefficient)
 
 
 def seed_gradient(
-    sae: SAE, acts: torch.Tensor, doc_ids: torch.Tensor, l1_coefficient: float
+    sae: SAE, acts: torch.Tensor, doc_ids: torch.Tensor, sparsity_coefficient: float
 ) -> dict[str, torch.Tensor]:
     """Gradient of the seeds' loss (the mean over seed documents of each one's mean token loss)
     by the SAE's own backward, minus its part along each decoder row, as training removes it."""
     out = sae(acts)
-    losses = per_token_loss(out.mse, out.sparsity, l1_coefficient)
+    losses = per_token_loss(out.sq_error, out.sparsity, sparsity_coefficient)
     loss = _doc_means(losses, doc_ids, int(doc_ids.max()) + 1).nanmean()
     names, params = zip(*sae.named_parameters())
     g = dict(zip(names, torch.autograd.grad(loss, params)))
@@ -105,7 +105,7 @@ def tracin_scores(
     acts: torch.Tensor,
     doc_ids: torch.Tensor,
     n_docs: int,
-    l1_coefficient: float,
+    sparsity_coefficient: float,
     chunk_tokens: int = 4096,
 ) -> torch.Tensor:
     """(n_docs,) TracIn score of each document, sum_c eta_c <grad l(doc; theta_c), g_c>, where l is
@@ -114,7 +114,7 @@ def tracin_scores(
     The mean, not the sum: the budget is counted in tokens, so documents are ranked by influence
     per token spent. One jvp per chunk of tokens and checkpoint; NaN for a document with no token."""
     sums, counts = _influence_sums(
-        checkpoints, seed_grads, acts, doc_ids, n_docs, l1_coefficient, chunk_tokens
+        checkpoints, seed_grads, acts, doc_ids, n_docs, sparsity_coefficient, chunk_tokens
     )
     return sums / counts.where(counts > 0, torch.nan)
 
@@ -125,7 +125,7 @@ def _influence_sums(
     acts: torch.Tensor,
     doc_ids: torch.Tensor,
     n_docs: int,
-    l1_coefficient: float,
+    sparsity_coefficient: float,
     chunk_tokens: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per document: the sum over its tokens of sum_c eta_c <grad l_token, g_c>, and its token count."""
@@ -136,7 +136,7 @@ def _influence_sums(
         tangent = {name: g[name] for name in params}
         for x, ids in zip(acts.split(chunk_tokens), on_device.split(chunk_tokens)):
             x = x.to(device)
-            loss_of = partial(token_losses, cfg=sae.cfg, x=x, l1_coefficient=l1_coefficient)
+            loss_of = partial(token_losses, cfg=sae.cfg, x=x, sparsity_coefficient=sparsity_coefficient)
             with torch.no_grad():
                 _, along_g = jvp(loss_of, (params,), (tangent,))  # (B,) <grad l_token, g_c>
             sums.index_add_(0, ids, eta * along_g.double())
@@ -149,7 +149,7 @@ def tracin_scores_explicit(
     acts: torch.Tensor,
     doc_ids: torch.Tensor,
     n_docs: int,
-    l1_coefficient: float,
+    sparsity_coefficient: float,
 ) -> torch.Tensor:
     """The same scores as `tracin_scores` the slow way: each document's gradient by the SAE's own
     backward, materialised, dotted with g_c. The reference for tests and the benchmark."""
@@ -162,7 +162,7 @@ def tracin_scores_explicit(
         for (sae, eta), g in zip(checkpoints, seed_grads):
             names, params = zip(*sae.named_parameters())
             out = sae(x.to(sae.W_dec.device))
-            loss = per_token_loss(out.mse, out.sparsity, l1_coefficient).mean()
+            loss = per_token_loss(out.sq_error, out.sparsity, sparsity_coefficient).mean()
             grads = torch.autograd.grad(loss, params)
             scores[doc] += eta * float(sum((gr * g[n]).sum() for n, gr in zip(names, grads)))
     return scores
@@ -174,7 +174,7 @@ def build_checkpoints(
     n_checkpoints: int = 3,
     steps_per_checkpoint: int = 10,
     lr: float = 5e-4,
-    l1_coefficient: float = 1.0,
+    sparsity_coefficient: float = 1.0,
     seed: int = 0,
     device: str = "auto",
 ) -> list[Checkpoint]:
@@ -190,7 +190,7 @@ def build_checkpoints(
     batch = min(512, seed_store.n_tokens)
     for c in range(1, n_checkpoints):
         cfg = TrainConfig(
-            l1_coefficient=l1_coefficient,
+            sparsity_coefficient=sparsity_coefficient,
             lr=lr,
             warmup_tokens=0,
             decay_frac=0.0,
@@ -224,7 +224,7 @@ def select_tracin(
     n_checkpoints: int = 3,
     steps_per_checkpoint: int = 10,
     lr: float = 5e-4,
-    l1_coefficient: float = 1.0,
+    sparsity_coefficient: float = 1.0,
     seed: int = 0,
     embedder: Embedder | None = None,
     combine: Literal["max", "mean"] = "mean",
@@ -240,7 +240,7 @@ def select_tracin(
     Args:
         model, layer, gsae: whose activations and which SAE the loss is of; the GSAE must read
             this model and layer (checked before any work).
-        n_checkpoints, steps_per_checkpoint, lr, l1_coefficient: the checkpoints (`build_checkpoints`):
+        n_checkpoints, steps_per_checkpoint, lr, sparsity_coefficient: the checkpoints (`build_checkpoints`):
             the GSAE and short fine-tuning stretches on the seeds, with the SSAE's LR and coefficient.
         embedder, combine, pool_embeddings, index: passed to `retrieval.select` for the candidates.
         store_dir: where the candidates' and seeds' activations are cached (float32 stores, one
@@ -295,15 +295,16 @@ def select_tracin(
     )
     cached = time.perf_counter()
     checkpoints = build_checkpoints(
-        gsae, seed_store, n_checkpoints, steps_per_checkpoint, lr, l1_coefficient, seed, device
+        gsae, seed_store, n_checkpoints, steps_per_checkpoint, lr, sparsity_coefficient, seed, device
     )
     seed_acts, seed_ids = read_store(seed_store)
     seed_grads = [
-        seed_gradient(sae, seed_acts.to(sae.W_dec.device), seed_ids, l1_coefficient) for sae, _ in checkpoints
+        seed_gradient(sae, seed_acts.to(sae.W_dec.device), seed_ids, sparsity_coefficient)
+        for sae, _ in checkpoints
     ]
     trained = time.perf_counter()
     acts, doc_ids = read_store(cand_store)
-    scores = tracin_scores(checkpoints, seed_grads, acts, doc_ids, len(candidates), l1_coefficient)
+    scores = tracin_scores(checkpoints, seed_grads, acts, doc_ids, len(candidates), sparsity_coefficient)
     scores = scores.nan_to_num(nan=-math.inf).numpy()  # a document with no cached token goes last
     logger.info(
         "%s_tracin: %d candidates (%d tokens) retrieved in %.1f s, activations %.1f s, "

@@ -36,7 +36,11 @@ from .models import resolve_device
 from .sae import SAE, Architecture, SAEConfig, from_sae_lens
 from .term import ScaleRule, check_tilt, objective, per_token_loss
 
-Objective = Literal["erm", "term"]
+__all__ = [
+    "TrainConfig",
+    "finetune_config",
+    "train",
+]
 
 
 @dataclass
@@ -57,7 +61,7 @@ class TrainConfig:
     """Input scale of a new SAE: sqrt(d_model / E||x - mean||^2), which a massive constant dimension
     cannot shrink (see `_centered_norm_scale`), or the store's sqrt(d_model / E||x||^2) (SAELens'
     `expected_average_only_in`; the shipped GSAE's recipe pins it). A fine-tuned SAE keeps its init's."""
-    l1_coefficient: float = 1.0
+    sparsity_coefficient: float = 1.0
     """Weight of the sparsity penalty (L1 for relu, L0 for jumprelu; unused by topk)."""
     lr: float = 1e-3
     """Peak Adam learning rate."""
@@ -69,10 +73,8 @@ class TrainConfig:
     """Tokens per optimiser step (across all ranks)."""
     total_tokens: int = 200_000
     """Training budget in tokens; the store is re-read in new orders as needed."""
-    objective: Objective = "erm"
-    """erm: mean per-token loss; term: tilted loss (ssae_kit.term)."""
     tilt: float = 0.0
-    """TERM tilt t (> 0 with objective='term')."""
+    """The objective: 0 is ERM (the mean per-token loss), t > 0 is TERM, the tilted loss (ssae_kit.term)."""
     loss_scale: ScaleRule = "mean"
     """How per-token losses are scaled before tilting (ssae_kit.term)."""
     seed: int = 0
@@ -90,7 +92,6 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name, choices in (
-            ("objective", Objective),
             ("architecture", Architecture),
             ("loss_scale", ScaleRule),
         ):
@@ -99,8 +100,8 @@ class TrainConfig:
         for name, ok, need in (
             ("lr", self.lr > 0 and math.isfinite(self.lr), "a positive finite number, e.g. 1e-3"),
             (
-                "l1_coefficient",
-                self.l1_coefficient >= 0 and math.isfinite(self.l1_coefficient),
+                "sparsity_coefficient",
+                self.sparsity_coefficient >= 0 and math.isfinite(self.sparsity_coefficient),
                 "a finite number >= 0",
             ),
             ("warmup_tokens", self.warmup_tokens >= 0, ">= 0 (0: no warm-up)"),
@@ -120,10 +121,6 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be {need}.")
         check_tilt(self.tilt)
-        if self.objective == "term" and self.tilt == 0:
-            raise ValueError("objective='term' needs tilt > 0 (tilt=0 is ERM): set tilt, e.g. tilt=1.0.")
-        if self.objective == "erm" and self.tilt != 0:
-            raise ValueError(f"objective='erm' ignores tilt={self.tilt}: set objective='term' or tilt=0.")
         if self.architecture == "topk" and not 0 < self.k <= self.d_sae:
             raise ValueError(f"k={self.k} must be between 1 and d_sae={self.d_sae}.")
         if self.batch_size <= 0 or self.total_tokens < self.batch_size:
@@ -165,7 +162,7 @@ def get_lr(tokens: int, cfg: TrainConfig) -> float:
 def finetune_config(
     gsae: SAE,
     store: ActivationStore,
-    l1_coefficient: float,
+    sparsity_coefficient: float,
     total_tokens: int,
     lr: float = 5e-4,
     tilt: float = 0.0,
@@ -176,12 +173,11 @@ def finetune_config(
     are trained already), 512-token batches (the whole store if smaller), ERM, or TERM when `tilt` > 0."""
     return TrainConfig(
         d_sae=gsae.cfg.d_sae,
-        l1_coefficient=l1_coefficient,
+        sparsity_coefficient=sparsity_coefficient,
         total_tokens=total_tokens,
         lr=lr,
         warmup_tokens=0,
         batch_size=min(512, store.n_tokens),
-        objective="term" if tilt else "erm",
         tilt=tilt,
         seed=seed,
         device=device,
@@ -222,7 +218,7 @@ def train(
         initial=state.tokens,
         unit="tok",
         disable=rank != 0,
-        desc=f"{cfg.objective}{'' if cfg.objective == 'erm' else f' t={cfg.tilt:g}'}",
+        desc=f"term t={cfg.tilt:g}" if cfg.tilt else "erm",
     )
     while state.tokens < cfg.total_tokens:
         x = next(batches).to(device)
@@ -281,13 +277,13 @@ def _train_step(
     statistics cost a quarter of a TopK step, so they are computed on logging steps only."""
     lr = get_lr(state.tokens, cfg)
     out = model(x)
-    losses = per_token_loss(out.mse, out.sparsity, cfg.l1_coefficient)
+    losses = per_token_loss(out.sq_error, out.sparsity, cfg.sparsity_coefficient)
     loss = objective(losses, cfg.tilt, cfg.loss_scale)
     if not torch.isfinite(loss):  # never step on it: a NaN spreads to every weight through Adam
         cause = (
             "the batch holds NaN/inf activations: rebuild the store with cache_activations(dtype='float32')"
             if not torch.isfinite(x).all()
-            else f"the activations are finite, so training diverged: lower lr (now {cfg.lr:g}) or l1_coefficient"
+            else f"the activations are finite, so training diverged: lower lr (now {cfg.lr:g}) or sparsity_coefficient"
         )
         raise ValueError(
             f"The loss is {loss.item()} at step {state.step + 1} (after {state.tokens} tokens): {cause}. "
@@ -315,8 +311,8 @@ def _train_step(
             tokens=state.tokens,
             lr=lr,
             loss=float(loss),
-            mse=float(out.mse.mean()),
-            max_mse=float(out.mse.max()),
+            mse=float(out.sq_error.mean()),
+            max_mse=float(out.sq_error.max()),
             l0=float((out.feature_acts > 0).sum(-1).float().mean()),
             dead_frac=float((state.tokens_since_fired >= cfg.dead_window_tokens).float().mean()),
         )
@@ -456,7 +452,9 @@ def _resample_dead(
         return
     out = sae(x)
     x_n = x * sae.cfg.norm_scale
-    picks = torch.multinomial(out.mse.cpu() + 1e-12, len(dead), replacement=True, generator=gen).to(x.device)
+    picks = torch.multinomial(out.sq_error.cpu() + 1e-12, len(dead), replacement=True, generator=gen).to(
+        x.device
+    )
     directions = x_n[picks] - out.sae_out[picks] * sae.cfg.norm_scale
     directions /= directions.norm(dim=1, keepdim=True).clamp_min(1e-8)
     alive_norm = sae.W_enc[:, state.tokens_since_fired < cfg.dead_window_tokens].norm(dim=0).mean()

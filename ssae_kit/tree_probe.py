@@ -16,9 +16,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .taxonomy import Tree, flat_matrix, leaf_depths, parse_taxonomy, subtrees, taxonomy_matrix
+from .taxonomy import Tree, flat_matrix, leaf_paths, parse_taxonomy, subtrees, taxonomy_matrix
 from .tsda import taxonomist_loss
 from .viz import principal_components
+
+__all__ = [
+    "probe_taxonomy",
+    "summarise",
+    "taxonomist_map",
+]
 
 
 def shuffled_matrix(A: np.ndarray, seed: int) -> np.ndarray:
@@ -94,7 +100,7 @@ def taxonomist_map(
 ) -> tuple[list[str], np.ndarray]:
     """(leaves, their 2-d points) from a taxonomist fit on all texts: a picture, not a score."""
     tree = parse_taxonomy(taxonomy)
-    leaves, A = taxonomy_matrix(tree, [name for name in leaf_depths(tree) if name in set(leaf_names)])
+    leaves, A = taxonomy_matrix(tree, [name for name in leaf_paths(tree) if name in set(leaf_names)])
     every = np.ones(len(leaf_names), bool)
     z = _components(np.asarray(features, dtype=np.float64), every, cfg.n_components)
     centroids = _leaf_means(z, np.array([leaves.index(name) for name in leaf_names]), every, len(leaves))
@@ -155,7 +161,7 @@ def probe_taxonomy(
             f"features has shape {features.shape} for {len(leaf_names)} texts: give one row per text."
         )
     tree = parse_taxonomy(taxonomy)
-    order, present = list(leaf_depths(tree)), set(leaf_names)
+    order, present = list(leaf_paths(tree)), set(leaf_names)
     # the tree's order; unknown names go last, where taxonomy_matrix names them in its error
     leaves, A = taxonomy_matrix(
         tree, [name for name in order if name in present] + sorted(present - set(order))

@@ -26,6 +26,11 @@ from torch.nn import functional as nnf
 
 from .taxonomy import binary_tree, check_taxonomy_matrix, flat_matrix, taxonomy_matrix
 
+__all__ = [
+    "compare_over_seeds",
+    "make_dt",
+]
+
 
 @dataclass
 class DomainData:

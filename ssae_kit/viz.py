@@ -21,6 +21,25 @@ from sklearn.decomposition import PCA
 from .evals import decoder_cosines
 from .features import FeatureActivations
 
+__all__ = [
+    "dashboard_html",
+    "feature_browser",
+    "match_latents",
+    "plot_curves",
+    "plot_domains",
+    "plot_embedding_map",
+    "plot_grouped_bars",
+    "plot_histograms",
+    "plot_leaf_map",
+    "plot_norm_histogram",
+    "plot_pareto",
+    "plot_selection_quality",
+    "plot_tree_values",
+    "project_2d",
+    "save_figure",
+    "top_contexts",
+]
+
 DPI = 110  # of the PNG shown in the notebook and of the one saved in the run folder
 
 
@@ -172,15 +191,17 @@ def plot_pareto(
 ) -> Figure:
     """One line per strategy through its sparsity sweep: mean over seeds, bars from min to max.
 
-    `rows` are dicts with keys strategy, l1 (the swept coefficient), seed, and the `x`/`y` metrics;
+    `rows` are dicts with keys strategy, sparsity_coefficient (the swept one), seed, and the `x`/`y` metrics;
     `baseline` (e.g. the GSAE's metrics) is drawn as a star.
     """
     fig = NotebookFigure(figsize=(6.5, 4.5))
     ax = fig.subplots()
     for strategy in dict.fromkeys(r["strategy"] for r in rows):
         points = []
-        for l1 in sorted({r["l1"] for r in rows if r["strategy"] == strategy}):
-            group = [r for r in rows if r["strategy"] == strategy and r["l1"] == l1]
+        for coefficient in sorted({r["sparsity_coefficient"] for r in rows if r["strategy"] == strategy}):
+            group = [
+                r for r in rows if r["strategy"] == strategy and r["sparsity_coefficient"] == coefficient
+            ]
             xs, ys = np.array([r[x] for r in group]), np.array([r[y] for r in group])
             points.append((xs.mean(), ys.mean(), ys.mean() - ys.min(), ys.max() - ys.mean()))
         points.sort()
@@ -456,7 +477,7 @@ def plot_tree_values(
 ) -> Figure:
     """One dendrogram per row of `values` ({name: one value in [0, 1] per leaf, in `leaves` order}), each
     leaf a coloured square with its value; `marked` leaves (e.g. sources) get a black frame. The tree comes
-    as plain data, {leaf: node names from the root to it} (`taxonomy.leaf_depths`), so viz needs no taxonomy."""
+    as plain data, {leaf: node names from the root to it} (`taxonomy.leaf_paths`), so viz needs no taxonomy."""
     xpos = {leaf: i for i, leaf in enumerate(leaves)}
     depth = max(len(p) for p in paths.values())
     fig = NotebookFigure(figsize=(max(6, 0.45 * len(leaves)), 1.9 * len(values)))

@@ -18,7 +18,10 @@ for var, value in {
 import pytest
 import torch
 
-from ssae_kit import SAE, Document, SAEConfig, tiny_model
+from ssae_kit import SAE
+from ssae_kit.corpora import Document
+from ssae_kit.models import tiny_model
+from ssae_kit.sae import SAEConfig
 
 
 @pytest.fixture(autouse=True)

@@ -8,9 +8,9 @@ import os
 import pytest
 import torch
 
-from ssae_kit import ActivationStore, cache_activations, forward_to_layer, tokenize_contexts
-from ssae_kit.corpora import content_mask
-from ssae_kit.models import get_blocks
+from ssae_kit import ActivationStore, cache_activations
+from ssae_kit.corpora import content_mask, tokenize_contexts
+from ssae_kit.models import forward_to_layer, get_blocks
 
 
 def _cache(tiny, docs, out, **kw):

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from ssae_kit import Document, load_corpus, tokenize_contexts
-from ssae_kit.corpora import content_mask, corpus_checksum
+from ssae_kit import load_corpus
+from ssae_kit.corpora import Document, content_mask, corpus_checksum, tokenize_contexts
 
 
 def test_bbc_news_has_2225_articles_labelled_by_folder():

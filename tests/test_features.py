@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_debias import TEXTS  # the same gendered snippets
 
-from ssae_kit import Document
+from ssae_kit.corpora import Document
 from ssae_kit.debias import ablation_edit
 from ssae_kit.features import (
     collect_feature_activations,

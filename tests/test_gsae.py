@@ -66,7 +66,7 @@ def _build(tmp: Path) -> Path:
         "512",
         "--eval-contexts",
         "2",
-        "--l1",
+        "--sparsity-coefficients",
         "1",
         "2",
         "4",
@@ -86,7 +86,7 @@ def test_the_recipe_on_a_tiny_budget_rebuilds_the_same_bits_and_writes_a_model_c
     card_a, card_b = (json.loads((p / "card.json").read_text()) for p in (a, b))
     untimed = lambda m: {k: v for k, v in m.items() if k != "train_seconds"}
     assert untimed(card_a["metrics"]) == untimed(card_b["metrics"]) and [
-        p["l1"] for p in card_a["frontier"]
+        p["sparsity_coefficient"] for p in card_a["frontier"]
     ] == [1.0, 2.0, 4.0]
     assert card_a["tokens_seen"] == 2048 and "build_gsae.py" in card_a["command"]
     assert "## Frontier" in (a / "README.md").read_text()

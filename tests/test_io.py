@@ -110,9 +110,9 @@ def test_run_layout_names_the_artefacts_notebooks_write_and_read(tmp_path):
         run.selection("bm25") == tmp_path / "selection_bm25.jsonl"
         and run.split("ood") == tmp_path / "split_ood.jsonl"
     )
-    assert run.ssae("dense", 1.4, 0) == tmp_path / "saes" / "dense_l11.4_seed0"
-    assert run.tilted_sae(0.0, 2.0) == tmp_path / "saes" / "erm_l12"
-    assert run.tilted_sae(1e9, 2.0) == tmp_path / "saes" / "term_t1e+09_l12"
+    assert run.ssae("dense", 1.4, 0) == tmp_path / "saes" / "dense_sparsity1.4_seed0"
+    assert run.tilted_sae(0.0, 2.0) == tmp_path / "saes" / "erm_sparsity2"
+    assert run.tilted_sae(1e9, 2.0) == tmp_path / "saes" / "term_t1e+09_sparsity2"
     assert run.bios_ssae(0) == tmp_path / "saes" / "ssae_seed0"
 
 
@@ -121,7 +121,7 @@ def test_run_layout_finds_only_term_saes_and_none_in_an_empty_run(tmp_path):
     assert run.term_saes() == []
     for tilt in (0.0, 2.0, 0.5):
         run.tilted_sae(tilt, 1.0).mkdir(parents=True)
-    assert [p.name for p in run.term_saes()] == ["term_t0.5_l11", "term_t2_l11"], (
+    assert [p.name for p in run.term_saes()] == ["term_t0.5_sparsity1", "term_t2_sparsity1"], (
         "the ERM SSAE is not a TERM one"
     )
 
@@ -130,5 +130,5 @@ def test_read_metrics_returns_what_write_metrics_wrote_or_names_the_missing_fold
     run = RunLayout(tmp_path / "02_train_ssae")
     with pytest.raises(FileNotFoundError, match=r"No metrics.json in .*02_train_ssae: run the notebook"):
         run.read_metrics()
-    assert write_metrics(run.run_dir, {"main_l1": 1.4}) == run.metrics
-    assert run.read_metrics() == {"main_l1": 1.4}
+    assert write_metrics(run.run_dir, {"main_sparsity_coefficient": 1.4}) == run.metrics
+    assert run.read_metrics() == {"main_sparsity_coefficient": 1.4}

@@ -4,7 +4,7 @@ The store holds synthetic residual streams (d_model=32): a known dictionary of 6
 ~3 active per token with amplitudes in [0.5, 1.5], plus one coordinate with a large mean (10% std)
 that carries `share` of E||x||^2. At 90% (the share seen at mid depth in real models) that
 coordinate is ~17x the others' RMS; at 99.7% ~100x. ReLU SAEs use TrainConfig's defaults scaled to
-the tiny size (d_sae=128, 60k tokens; l1_coefficient and lr as shipped). CPU, ~1 minute:
+the tiny size (d_sae=128, 60k tokens; sparsity_coefficient and lr as shipped). CPU, ~1 minute:
     pytest tests/test_massive_dims.py
 """
 

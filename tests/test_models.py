@@ -5,9 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssae_kit import Document, forward_to_layer, get_blocks, load_model, splice, tiny_model
-from ssae_kit.corpora import content_mask, tokenize_contexts
-from ssae_kit.models import byte_tokenizer, check_ctx_len, check_layer, hook_name, iter_residuals, n_layers
+from ssae_kit import load_model
+from ssae_kit.corpora import Document, content_mask, tokenize_contexts
+from ssae_kit.models import (
+    byte_tokenizer,
+    check_ctx_len,
+    check_layer,
+    forward_to_layer,
+    get_blocks,
+    hook_name,
+    iter_residuals,
+    n_layers,
+    splice,
+    tiny_model,
+)
 
 ARCHS = ["llama", "gpt2", "gpt_neox", "gemma"]
 

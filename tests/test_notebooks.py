@@ -19,8 +19,9 @@ import yaml
 from ssae_kit.evals import verdict_over_seeds
 from ssae_kit.io import (
     ACTS_DIR,
+    BEST_SSAE_KEY,
     BEST_STRATEGY_KEY,
-    MAIN_L1_KEY,
+    MAIN_SPARSITY_KEY,
     ROWS_KEY,
     SAE_CFG_FILE,
     SAE_WEIGHTS_FILE,
@@ -81,7 +82,7 @@ def _check_02_train_ssae(m: dict, params: dict) -> None:
     run_dir = Path(params["run_dir"])
     strategies = {"dense", "bm25", "random", "none", "seed_only"}
     assert {r["strategy"] for r in m[ROWS_KEY]} == strategies
-    main, others = params["ssae_l1s"][0], params["ssae_l1s"][1:]
+    main, others = params["ssae_sparsity_coefficients"][0], params["ssae_sparsity_coefficients"][1:]
     assert (
         len(m[ROWS_KEY]) == len(strategies) * 2 + len(others) * 2
     )  # main: both texts; others: dense, none in-domain
@@ -97,11 +98,13 @@ def _check_02_train_ssae(m: dict, params: dict) -> None:
         expect = f"{a} has" if v["low"] > 0 or v["high"] < 0 else "No clear difference"
         assert v["low"] <= v["estimate"] <= v["high"] and v["sentence"].startswith(expect), name
     assert {"dense vs none, in-domain", "dense vs bm25, in-domain"} <= set(m["verdicts"]) and m[
-        MAIN_L1_KEY
+        MAIN_SPARSITY_KEY
     ] == main
     for name, path in m[SSAE_DIRS_KEY].items():
         assert (Path(path) / SAE_CFG_FILE).exists() and (Path(path) / SAE_WEIGHTS_FILE).exists(), name
     assert (run_dir / "pareto_in_domain.png").exists() and m[BEST_STRATEGY_KEY] in strategies
+    best = Path(m[BEST_SSAE_KEY])  # notebook 04 shows this one: the best strategy's own SSAE
+    assert best.name.startswith(m[BEST_STRATEGY_KEY] + "_sparsity") and str(best) in m[SSAE_DIRS_KEY].values()
 
 
 def _check_03_term_vs_erm(m: dict, params: dict) -> None:
@@ -119,7 +122,7 @@ def _check_03_term_vs_erm(m: dict, params: dict) -> None:
     assert cover["estimate"] == pytest.approx(best["tail_coverage"] - erm["tail_coverage"])
     assert m["term_covers_more"] == (cover["low"] > 0)  # the verdict is read off the interval
     assert m["term_ce_cost"] == pytest.approx(best["ce_sae"] - erm["ce_sae"])
-    assert len(m["pareto"]) == 2 * len(params["pareto_l1s"])
+    assert len(m["pareto"]) == 2 * len(params["pareto_sparsity_coefficients"])
     for fig in (
         "tail_coverage",
         "tail_coverage_cumulative",
@@ -294,7 +297,7 @@ def _bad_gsae(tmp_path: Path, d_in: int, layer: int) -> str:
         "GSAE of another width",
         "GSAE of another layer",
         "mistyped GSAE",
-        "negative ssae_l1s",
+        "negative ssae_sparsity_coefficients",
     ],
 )
 def test_bad_parameters_stop_notebook_02_early_naming_the_fix(case, tmp_path, run_notebook):
@@ -311,7 +314,7 @@ def test_bad_parameters_stop_notebook_02_early_naming_the_fix(case, tmp_path, ru
             "GSAE of another width": dict(gsae=_bad_gsae(tmp_path, 16, 15)),
             "GSAE of another layer": dict(gsae=_bad_gsae(tmp_path, 576, 3), layer=6),
             "mistyped GSAE": dict(gsae=str(tmp_path / "no_such_gsae")),
-            "negative ssae_l1s": dict(ssae_l1s=[-1.0]),
+            "negative ssae_sparsity_coefficients": dict(ssae_sparsity_coefficients=[-1.0]),
         }[case]
     )
     expected = {
@@ -320,7 +323,7 @@ def test_bad_parameters_stop_notebook_02_early_naming_the_fix(case, tmp_path, ru
         "GSAE of another width": "d_in=16.*use an SAE of this model",
         "GSAE of another layer": "trained on layer 3, not 6: pass layer=3",
         "mistyped GSAE": "neither a folder nor 'release:sae_id'",
-        "negative ssae_l1s": "must list non-negative sparsity coefficients",
+        "negative ssae_sparsity_coefficients": "must list non-negative sparsity coefficients",
     }[case]
     with pytest.raises(papermill.PapermillExecutionError, match=expected):
         papermill.execute_notebook(

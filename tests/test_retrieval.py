@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ssae_kit import Document
+from ssae_kit.corpora import Document
 from ssae_kit.io import RunLayout
 from ssae_kit.retrieval import (
     STRATEGIES,

@@ -39,7 +39,7 @@ def test_forward_on_a_hand_computed_case(arch, kw, latents, recon, sparsity):
     out = build_sae(arch, **kw)(X)
     assert out.feature_acts.tolist() == [latents]
     assert out.sae_out.tolist() == [recon]
-    assert out.mse.item() == pytest.approx(((X - torch.tensor(recon)) ** 2).sum().item())
+    assert out.sq_error.item() == pytest.approx(((X - torch.tensor(recon)) ** 2).sum().item())
     assert out.sparsity.item() == pytest.approx(sparsity)
 
 
@@ -49,7 +49,7 @@ def test_norm_scale_maps_raw_activations_in_and_out():
     out = sae(X / 2)
     assert out.feature_acts.tolist() == [[2.0, 1.0]]
     assert out.sae_out.tolist() == [[1.5, 0.5]]
-    assert out.mse.item() == pytest.approx(1.0)  # in normalised units: ||[3,1] - [3,2]||^2
+    assert out.sq_error.item() == pytest.approx(1.0)  # in normalised units: ||[3,1] - [3,2]||^2
     torch.testing.assert_close(sae.decode(sae.encode(X / 2)), out.sae_out)
 
 
@@ -61,7 +61,7 @@ def test_topk_keeps_exactly_k_largest():
 
 def test_decoder_constraint_steps_keep_rows_at_unit_norm():
     sae = SAE(SAEConfig(d_in=6, d_sae=12))
-    sae(torch.randn(4, 6)).mse.sum().backward()
+    sae(torch.randn(4, 6)).sq_error.sum().backward()
     sae.remove_gradient_parallel_to_decoder_directions()
     parallel = (sae.W_dec.grad * sae.W_dec).sum(1).abs()
     assert (parallel < 1e-6 * sae.W_dec.grad.norm(dim=1).clamp_min(1)).all()
@@ -169,8 +169,8 @@ def test_sparse_topk_forward_matches_the_dense_path_in_value_and_gradient(apply_
     expected = {n: p.grad.clone() for n, p in sae.named_parameters()}
     sae.zero_grad()
     out = sae(x)
-    out.mse.mean().backward()
-    assert out.mse.mean().item() == pytest.approx(dense.item(), rel=1e-6)
+    out.sq_error.mean().backward()
+    assert out.sq_error.mean().item() == pytest.approx(dense.item(), rel=1e-6)
     torch.testing.assert_close(out.feature_acts, sae.encode(x))
     for name, p in sae.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], atol=1e-5, rtol=1e-5, msg=f"gradient of {name}")

@@ -7,7 +7,8 @@ import pytest
 import torch
 from test_retrieval import FOOD, SPORT  # the same two-topic pool
 
-from ssae_kit import Document, tracin
+from ssae_kit import tracin
+from ssae_kit.corpora import Document
 from ssae_kit.models import hook_name
 from ssae_kit.retrieval import Embedder, select
 from ssae_kit.sae import SAE, SAEConfig
@@ -54,7 +55,7 @@ def test_jvp_scores_equal_the_explicit_per_document_gradient_dot_products(archit
 def test_token_losses_have_the_saes_value_and_gradient(architecture):
     sae, x = build_sae(architecture), torch.randn(40, 8) * 2
     out = sae(x)
-    ref = per_token_loss(out.mse, out.sparsity, 0.5)
+    ref = per_token_loss(out.sq_error, out.sparsity, 0.5)
     names, params = zip(*sae.named_parameters())
     mine = token_losses(dict(zip(names, params)), sae.cfg, x, 0.5)
     torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-5)
@@ -136,7 +137,7 @@ def test_each_selected_document_carries_its_own_tracin_score(pool, seeds, gsae, 
         gsae,
         n_checkpoints=2,
         steps_per_checkpoint=3,
-        l1_coefficient=0.5,
+        sparsity_coefficient=0.5,
         store_dir=tmp_path,
         device="cpu",
     )
@@ -145,7 +146,7 @@ def test_each_selected_document_carries_its_own_tracin_score(pool, seeds, gsae, 
         what: tracin._cached_store(docs, model, tok, LAYER, 128, tmp_path, what)  # reuses select_tracin's
         for docs, what in ((candidates, "candidates"), (seeds, "seeds"))
     }
-    checkpoints = build_checkpoints(gsae, stores["seeds"], 2, 3, l1_coefficient=0.5, device="cpu")
+    checkpoints = build_checkpoints(gsae, stores["seeds"], 2, 3, sparsity_coefficient=0.5, device="cpu")
     grads = [seed_gradient(sae, *read_store(stores["seeds"]), 0.5) for sae, _ in checkpoints]
     explicit = tracin_scores_explicit(
         checkpoints, grads, *read_store(stores["candidates"]), len(candidates), 0.5

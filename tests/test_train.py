@@ -36,7 +36,12 @@ def store(tiny, docs, tmp_path_factory):
 
 def small_cfg(**kw) -> TrainConfig:
     base = dict(
-        d_sae=64, batch_size=64, total_tokens=64 * 60, l1_coefficient=0.1, warmup_tokens=640, log_every=10
+        d_sae=64,
+        batch_size=64,
+        total_tokens=64 * 60,
+        sparsity_coefficient=0.1,
+        warmup_tokens=640,
+        log_every=10,
     )
     return TrainConfig(**{**base, **kw})
 
@@ -166,17 +171,15 @@ def test_dead_latents_are_counted_and_resampling_revives_them(store):
 @pytest.mark.parametrize(
     "kw,match",
     [
-        (dict(objective="term", tilt=-1.0), "must be a number >= 0"),
-        (dict(objective="term", tilt=float("nan")), "must be a number >= 0"),
-        (dict(objective="term", tilt=0.0), "needs tilt > 0"),
-        (dict(objective="erm", tilt=2.0), "ignores tilt"),
+        (dict(tilt=-1.0), r"must be a number >= 0 \(0 is ERM"),
+        (dict(tilt=float("nan")), "must be a number >= 0"),
         (dict(architecture="topk", k=100), "k=100 must be between 1 and d_sae=64"),
         (dict(lr=0.0), r"lr=0.0 must be a positive finite number, e.g. 1e-3"),
         (dict(lr=-1e-3), "lr=-0.001 must be a positive finite number"),
         (dict(lr=float("nan")), "lr=nan must be a positive finite number"),
         (dict(lr=float("inf")), "lr=inf must be a positive finite number"),
-        (dict(l1_coefficient=-0.1), "l1_coefficient=-0.1 must be a finite number >= 0"),
-        (dict(l1_coefficient=float("inf")), "l1_coefficient=inf must be a finite number >= 0"),
+        (dict(sparsity_coefficient=-0.1), "sparsity_coefficient=-0.1 must be a finite number >= 0"),
+        (dict(sparsity_coefficient=float("inf")), "sparsity_coefficient=inf must be a finite number >= 0"),
         (dict(warmup_tokens=-1), r"warmup_tokens=-1 must be >= 0 \(0: no warm-up\)"),
         (dict(d_sae=0), "d_sae=0 must be >= 1"),
         (dict(log_every=0), "log_every=0 must be >= 1"),
@@ -186,13 +189,12 @@ def test_dead_latents_are_counted_and_resampling_revives_them(store):
         (dict(batch_size=0), "batch_size=0 must be >= 1"),
         (dict(total_tokens=0), "total_tokens=0 must be >= 1"),
         (dict(k=0), "k=0 must be >= 1"),
-        (dict(objective="ERM"), r"Unknown objective 'ERM'; use one of \('erm', 'term'\)"),
         (
             dict(architecture="gated"),
             r"Unknown architecture 'gated'; use one of \('relu', 'topk', 'jumprelu'\)",
         ),
         (
-            dict(objective="term", tilt=1.0, loss_scale="max"),
+            dict(tilt=1.0, loss_scale="max"),
             r"Unknown loss_scale 'max'; use one of \('mean', 'none'\)",
         ),
     ],
@@ -237,7 +239,7 @@ def test_torchrun_two_ranks_match_single_process_training(store, tmp_path):
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0]), "ranks drifted apart"
     ddp = SAE.load(tmp_path)
     x = torch.cat(list(store.batches(256, normalize=False)))
-    mse_single, mse_ddp = single(x).mse.mean().item(), ddp(x).mse.mean().item()
+    mse_single, mse_ddp = single(x).sq_error.mean().item(), ddp(x).sq_error.mean().item()
     assert mse_ddp == pytest.approx(mse_single, rel=0.15), (mse_single, mse_ddp)
 
 
@@ -366,7 +368,7 @@ def test_finetune_config_is_the_notebooks_ssae_recipe_erm_or_term(store):
     cfg = finetune_config(gsae, store, 2.0, 4096, seed=3)
     assert cfg == TrainConfig(
         d_sae=48,
-        l1_coefficient=2.0,
+        sparsity_coefficient=2.0,
         total_tokens=4096,
         lr=5e-4,
         warmup_tokens=0,
@@ -374,6 +376,6 @@ def test_finetune_config_is_the_notebooks_ssae_recipe_erm_or_term(store):
         seed=3,
     )
     tilted = finetune_config(gsae, store, 2.0, 4096, lr=1e-4, tilt=0.5)
-    assert (tilted.objective, tilted.tilt, tilted.lr) == ("term", 0.5, 1e-4)
+    assert (tilted.tilt, tilted.lr) == (0.5, 1e-4)
     small = finetune_config(gsae, SimpleNamespace(n_tokens=100), 2.0, 400)
     assert small.batch_size == 100, "a store smaller than a batch is one batch"

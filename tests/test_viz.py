@@ -9,8 +9,9 @@ import weakref
 import nbformat
 from nbclient import NotebookClient
 
-from ssae_kit import SAE, SAEConfig
+from ssae_kit import SAE
 from ssae_kit.features import collect_feature_activations
+from ssae_kit.sae import SAEConfig
 from ssae_kit.viz import feature_browser, plot_curves
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

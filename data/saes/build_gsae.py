@@ -38,7 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layer", type=int, default=6)
     p.add_argument("--d-sae", type=int, default=4608, help="latents (8 x d_model of SmolLM2)")
     p.add_argument(
-        "--l1", type=float, nargs="+", default=[0.55, 1.2, 1.4], help="sparsity coefficients (frontier)"
+        "--sparsity-coefficients",
+        type=float,
+        nargs="+",
+        default=[0.55, 1.2, 1.4],
+        help="sparsity coefficients of the frontier",
     )
     p.add_argument("--ship", type=float, default=None, help="coefficient to ship; default: see _pick")
     p.add_argument("--tokens", type=int, default=4_000_000, help="training tokens per SAE")
@@ -83,14 +87,14 @@ def main(argv: list[str] | None = None) -> None:
     log.info("store: %s (%.0f s)", store, time.perf_counter() - t0)
 
     points, baseline = [], None
-    for l1 in args.l1:
-        run = work / f"l1_{l1:g}_tok{args.tokens}"
-        point = _point(run, l1, args, store, model, tokenizer, heldout, baseline)
+    for coefficient in args.sparsity_coefficients:
+        run = work / f"sparsity_{coefficient:g}_tok{args.tokens}"
+        point = _point(run, coefficient, args, store, model, tokenizer, heldout, baseline)
         baseline = baseline or point
         points.append(point)
         log.info(
-            "l1=%g: L0 %.1f EV %.3f CE %+.3f dead %.3f (%.0f s)",
-            l1,
+            "sparsity %g: L0 %.1f EV %.3f CE %+.3f dead %.3f (%.0f s)",
+            coefficient,
             point["l0"],
             point["explained_variance"],
             point["ce_delta"],
@@ -101,14 +105,16 @@ def main(argv: list[str] | None = None) -> None:
 
     ship = _pick(points, args.ship)
     sae_id = args.id or f"{args.model}-l{args.layer}"
-    shipped = _ship(work / f"l1_{ship['l1']:g}_tok{args.tokens}" / "fp16", Path(args.out) / sae_id)
+    shipped = _ship(
+        work / f"sparsity_{ship['sparsity_coefficient']:g}_tok{args.tokens}" / "fp16", Path(args.out) / sae_id
+    )
     card = dict(
         id=sae_id,
         model=args.model,
         layer=args.layer,
         hook_name=f"blocks.{args.layer}.hook_resid_post",
         d_sae=args.d_sae,
-        l1_coefficient=ship["l1"],
+        sparsity_coefficient=ship["sparsity_coefficient"],
         targets=TARGETS,
         meets_targets=meets_targets(ship),
         metrics={k: v for k, v in ship.items() if k not in ("train_config", "train_log")},
@@ -125,10 +131,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     atomic_write_json(shipped / "card.json", card)
     (shipped / "README.md").write_text(_model_card(card))
-    log.info("shipped %s (l1=%g)", shipped, ship["l1"])
+    log.info("shipped %s (sparsity coefficient %g)", shipped, ship["sparsity_coefficient"])
 
 
-def _point(run: Path, l1: float, args, store, model, tokenizer, heldout, baseline: dict | None) -> dict:
+def _point(
+    run: Path, coefficient: float, args, store, model, tokenizer, heldout, baseline: dict | None
+) -> dict:
     """Train one frontier point (resumable) and evaluate it as it would ship (fp16 weights)."""
     done = run / "point.json"
     if done.exists():
@@ -137,7 +145,7 @@ def _point(run: Path, l1: float, args, store, model, tokenizer, heldout, baselin
     # "centered"); pinned so the recipe still rebuilds them bit for bit.
     cfg = TrainConfig(
         d_sae=args.d_sae,
-        l1_coefficient=l1,
+        sparsity_coefficient=coefficient,
         lr=args.lr,
         batch_size=args.batch_size,
         norm_scale_from="store",
@@ -163,7 +171,7 @@ def _point(run: Path, l1: float, args, store, model, tokenizer, heldout, baselin
         baseline=baseline,
     ).metrics
     point = dict(
-        l1=l1,
+        sparsity_coefficient=coefficient,
         train_seconds=seconds,
         train_config=cfg.__dict__,
         train_log=[{k: r[k] for k in ("tokens", "loss", "mse", "l0", "dead_frac")} for r in result.log],
@@ -185,7 +193,7 @@ def _pick(points: list[dict], ship: float | None) -> dict:
     """The requested point; else the best spliced CE among points meeting every target; else the
     best spliced CE within the L0 budget; else the sparsest point."""
     if ship is not None:
-        return next(p for p in points if p["l1"] == ship)
+        return next(p for p in points if p["sparsity_coefficient"] == ship)
     for ok in (meets_targets, lambda p: p["l0"] <= TARGETS["max_l0"]):
         if good := [p for p in points if ok(p)]:
             return min(good, key=lambda p: p["ce_delta"])
@@ -220,11 +228,13 @@ def _command(argv: list[str] | None) -> str:
 def _model_card(c: dict) -> str:
     m = c["metrics"]
     rows = "\n".join(
-        f"| {p['l1']:g} | {p['l0']:.1f} | {p['explained_variance']:.3f} | {p['ce_delta']:+.3f} | "
+        f"| {p['sparsity_coefficient']:g} | {p['l0']:.1f} | {p['explained_variance']:.3f} | {p['ce_delta']:+.3f} | "
         f"{p['ce_loss_recovered']:.3f} | {p['dead_fraction']:.3f} | {p['train_seconds'] / 60:.0f} |"
         for p in c["frontier"]
     )
-    log = next(p for p in c["frontier"] if p["l1"] == c["l1_coefficient"])["train_log"]
+    log = next(p for p in c["frontier"] if p["sparsity_coefficient"] == c["sparsity_coefficient"])[
+        "train_log"
+    ]
     curve = "\n".join(
         f"| {r['tokens']:,} | {r['mse']:.1f} | {r['l0']:.1f} | {r['dead_frac']:.3f} |"
         for r in log[:: max(1, len(log) // 8)] + log[-1:]
@@ -233,7 +243,7 @@ def _model_card(c: dict) -> str:
 
 ReLU SAE (L1 penalty) with {c["d_sae"]} latents on the residual stream after block {c["layer"]}
 (`{c["hook_name"]}`), in SAELens' format (`cfg.json` + `sae_weights.safetensors`, fp16 weights
-loaded into fp32). Load it with `ssae_kit.load_pretrained("ssae-kit", "{c["id"]}")`, or with
+loaded into fp32). Load it with `ssae_kit.sae.load_pretrained("ssae-kit", "{c["id"]}")`, or with
 `sae_lens.SAE.load_from_disk` on this folder.
 
 ## Data
@@ -245,7 +255,7 @@ loaded into fp32). Load it with `ssae_kit.load_pretrained("ssae-kit", "{c["id"]}
   {m["n_tokens"]:,} content tokens, with `ssae_kit.evals.evaluate`.
 
 ## Training
-Tokens seen: {c["tokens_seen"]:,}; l1 coefficient {c["l1_coefficient"]:g}; other settings in
+Tokens seen: {c["tokens_seen"]:,}; sparsity coefficient {c["sparsity_coefficient"]:g}; other settings in
 `card.json` (`frontier[].train_config`). CPU, {c["threads"]} torch threads, torch {c["torch"]},
 {c["machine"]}.
 
@@ -259,7 +269,7 @@ dead <= {100 * c["targets"]["max_dead"]:.0f}% (dead = never active on the {m["n_
 Meets all targets: **{"yes" if c["meets_targets"] else "no"}**.
 
 ## Frontier (one SAE per sparsity coefficient, each evaluated with fp16 weights as shipped)
-| l1 | L0 | EV | spliced CE - clean | CE recovered | dead | train minutes |
+| sparsity coefficient | L0 | EV | spliced CE - clean | CE recovered | dead | train minutes |
 |---|---|---|---|---|---|---|
 {rows}
 
