@@ -96,6 +96,13 @@ def project_2d(x: np.ndarray) -> np.ndarray:
     return principal_components(x, 2)
 
 
+def _cell(rows: list[dict], strategy: str, budget: int, key: str) -> float:
+    """rows' value of `key` for one strategy and budget; NaN where absent (no bar, or no interval)."""
+    return next(
+        (r.get(key, np.nan) for r in rows if r["strategy"] == strategy and r["budget"] == budget), np.nan
+    )
+
+
 def plot_selection_quality(
     rows: list[dict], metrics: tuple[str, ...] = ("token_precision", "recall")
 ) -> Figure:
@@ -110,32 +117,10 @@ def plot_selection_quality(
     width = 0.8 / len(strategies)
     for ax, metric in zip(np.atleast_1d(axes), metrics):
         for j, strategy in enumerate(strategies):
-            vals = [
-                next((r[metric] for r in rows if r["strategy"] == strategy and r["budget"] == b), np.nan)
-                for b in budgets
-            ]
-            low = [
-                next(
-                    (
-                        r.get(f"{metric}_low", np.nan)
-                        for r in rows
-                        if r["strategy"] == strategy and r["budget"] == b
-                    ),
-                    np.nan,
-                )
-                for b in budgets
-            ]
-            high = [
-                next(
-                    (
-                        r.get(f"{metric}_high", np.nan)
-                        for r in rows
-                        if r["strategy"] == strategy and r["budget"] == b
-                    ),
-                    np.nan,
-                )
-                for b in budgets
-            ]
+            vals, low, high = (
+                [_cell(rows, strategy, b, key) for b in budgets]
+                for key in (metric, f"{metric}_low", f"{metric}_high")
+            )
             err = None if np.isnan(low).all() else np.array([np.subtract(vals, low), np.subtract(high, vals)])
             ax.bar(np.arange(len(budgets)) + j * width, vals, width, label=strategy, yerr=err, capsize=2)
         ax.set_xticks(np.arange(len(budgets)) + 0.4 - width / 2, [f"{b:,}" for b in budgets])
