@@ -11,16 +11,19 @@ survive). Ablation keeps the SAE's error term (PAPER §3): x' = decode(f with ch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .bios import Bio, BiosSplits, delete_gender_tokens, group_of
+from .bios import Bio, BiosSplits, group_of
+from .evals import seed_item_bootstrap
 from .features import Edit, Residuals, latent_means, mean_pool, residuals, token_mean
+from .models import forward_from_layer, splice
 from .sae import SAE
 
 __all__ = [
@@ -95,25 +98,138 @@ def group_accuracies(
     return {**out, "overall": probe.accuracy(x, y), "worst_group": min(out.values())}
 
 
-def shift_attribution(
-    sae: SAE, probe: Probe, r: Residuals, labels: torch.Tensor, batch_size: int = 32
+Ablations = Mapping[int, tuple[SAE, Sequence[int]]]
+"""SAE layer -> (the SAE read there, its latents to zero-ablate): SHIFT's edit, one or several layers."""
+
+
+def _check_ablations(ablations: Ablations, start: int, probe_layer: int) -> None:
+    """Every edit must sit at or after the cached layer and at or before the probe layer."""
+    for layer, (sae, _) in ablations.items():
+        sae.check_reads(layer=layer)
+        if not start <= layer <= probe_layer:
+            raise ValueError(
+                f"An ablation at layer {layer} cannot act between the cached residuals (layer {start}) and "
+                f"the probe (layer {probe_layer}): cache residuals at or before it, and probe at or after it."
+            )
+
+
+def _length_batches(r: Residuals, batch_size: int) -> Iterator[tuple[torch.Tensor, int]]:
+    """Row indices of `r` in batches of similar length, shortest first, with each batch's width."""
+    full = torch.full((len(r.keep),), r.keep.shape[1])
+    lengths = r.attention_mask.sum(1) if r.attention_mask is not None else full
+    order = lengths.argsort(stable=True)
+    for rows in order.split(batch_size):
+        yield rows, int(lengths[rows].max())
+
+
+def _run_to_probe(
+    model: PreTrainedModel, r: Residuals, rows: torch.Tensor, width: int, x: torch.Tensor, probe_layer: int
+):
+    """Residual after `probe_layer` for rows of `r`, starting from `x` (their edited resid at r.layer)."""
+    if r.input_ids is None:
+        raise ValueError("These residuals keep no input_ids: build them with features.residuals.")
+    device = next(model.parameters()).device
+    return forward_from_layer(
+        model,
+        x.to(device),
+        r.layer,
+        probe_layer,
+        r.input_ids[rows, :width].to(device),
+        r.attention_mask[rows, :width].to(device),
+    )
+
+
+def probe_inputs(
+    model: PreTrainedModel | None,
+    r: Residuals,
+    probe_layer: int,
+    ablations: Ablations | None = None,
+    batch_size: int = 32,
 ) -> torch.Tensor:
-    """(d_sae,) attribution of the probe's metric -log p(y|x) to each latent of `sae` at the probe
-    layer (`r` holds that layer): gradient x activation (attribution patching), summed over
-    positions, mean over examples. Its negative is the first-order effect of ablating the latent."""
+    """(N, d_model) what the probe reads: the residual after `probe_layer`, mean-pooled over text
+    tokens, with `ablations` applied at their layers and propagated through the blocks after them.
+
+    `r` holds the clean residuals at the first SAE layer (or earlier), so nothing before it runs
+    again. With the probe at `r.layer` itself no block runs (and `model` may be None)."""
+    ablations = dict(ablations or {})
+    _check_ablations(ablations, r.layer, probe_layer)
+    edits = {layer: ablation_edit(sae, latents) for layer, (sae, latents) in ablations.items()}
+    if probe_layer == r.layer:
+        return mean_pool(r, edits.get(r.layer))
+    if model is None:
+        raise ValueError(
+            f"The probe reads layer {probe_layer}, after the residuals' layer {r.layer}: pass the model."
+        )
+    out = torch.zeros(len(r.resid), r.resid.shape[-1])
+    with torch.no_grad(), ExitStack() as stack:
+        for layer, edit in edits.items():
+            if layer != r.layer:
+                stack.enter_context(splice(model, layer, edit))
+        for rows, width in _length_batches(r, batch_size):
+            x = r.resid[rows, :width]
+            x = edits[r.layer](x) if r.layer in edits else x
+            h = _run_to_probe(model, r, rows, width, x, probe_layer)
+            out[rows] = token_mean(h.float().cpu(), r.keep[rows, :width])
+    return out
+
+
+def shift_attribution(
+    sae: SAE,
+    probe: Probe,
+    r: Residuals,
+    labels: torch.Tensor,
+    model: PreTrainedModel | None = None,
+    probe_layer: int | None = None,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """(d_sae,) attribution of the probe's metric -log p(y|x) to each latent of `sae` at r.layer:
+    gradient x activation (attribution patching), summed over positions, mean over examples. With
+    `probe_layer` after r.layer the gradient flows back through the blocks in between (the indirect
+    effect, Marks et al. §4). Its negative is the first-order effect of ablating the latent."""
     sae.check_reads(layer=r.layer, d_in=r.resid.shape[-1])
+    probe_layer = r.layer if probe_layer is None else probe_layer
+    if probe_layer != r.layer and model is None:
+        raise ValueError(
+            f"The probe reads layer {probe_layer}, after the SAE's layer {r.layer}: pass the model."
+        )
     total = torch.zeros(sae.cfg.d_sae)
-    for s in range(0, len(r.resid), batch_size):
-        x = r.resid[s : s + batch_size].to(sae.W_dec.dtype)
-        keep = r.keep[s : s + batch_size]
+    for rows, width in _length_batches(r, batch_size):
+        x = r.resid[rows, :width].to(sae.W_dec.dtype)
+        keep = r.keep[rows, :width]
         f = sae.encode(x).detach().requires_grad_()
         x_hat = sae.decode(f) + (x - sae.decode(f)).detach()  # the error term carries no gradient
+        if probe_layer != r.layer:
+            x_hat = _run_to_probe(model, r, rows, width, x_hat, probe_layer).float().cpu()
         metric = F.binary_cross_entropy_with_logits(
-            probe.logits(token_mean(x_hat, keep).float()), labels[s : s + batch_size].float(), reduction="sum"
+            probe.logits(token_mean(x_hat, keep).float()), labels[rows].float(), reduction="sum"
         )
         (grad,) = torch.autograd.grad(metric, f)
         total += (grad * f.detach() * keep[..., None]).sum((0, 1)).float()
     return total / len(r.resid)
+
+
+def attribution_check(
+    model: PreTrainedModel | None,
+    sae: SAE,
+    probe: Probe,
+    r: Residuals,
+    labels: torch.Tensor,
+    latents: Sequence[int],
+    probe_layer: int,
+) -> list[dict[str, float]]:
+    """Attribution patching's prediction (-attribution) against the measured change of the mean
+    metric -log p(y|x) when each latent is ablated alone: how good the linear approximation is."""
+    attribution = shift_attribution(sae, probe, r, labels, model, probe_layer)
+
+    def metric(ablations: Ablations | None) -> float:
+        x = probe_inputs(model, r, probe_layer, ablations)
+        return float(F.binary_cross_entropy_with_logits(probe.logits(x), labels.float()))
+
+    clean = metric(None)
+    return [
+        dict(latent=int(j), predicted=-float(attribution[j]), measured=metric({r.layer: (sae, [j])}) - clean)
+        for j in latents
+    ]
 
 
 def spurious_latents(
@@ -168,15 +284,25 @@ class DebiasConfig:
     """Latents ablated whatever the rule says."""
     force_keep: tuple[int, ...] = ()
     """Latents never ablated."""
+    attribution_bios: int = 64
+    """Ambiguous-set bios the attribution averages over (each costs a forward and backward pass)."""
     seed: int = 0
     """Seeds the heads' data order."""
+
+    def __post_init__(self) -> None:
+        if self.top_n < 1 or self.attribution_bios < 1 or self.probe_epochs < 1:
+            raise ValueError(
+                f"top_n={self.top_n}, attribution_bios={self.attribution_bios}, probe_epochs={self.probe_epochs}: "
+                "each must be >= 1."
+            )
 
 
 @dataclass
 class DebiasData:
-    """Residuals and labels of the three sets: the ambiguous training set (profession = gender),
-    a balanced set A (trains the gender probe and the oracle, judges features) and a balanced set
-    B on which every accuracy is reported. Labels: profession 1 = professor, gender 1 = female."""
+    """Residuals (at the SAE layer) and labels of the three sets: the ambiguous training set
+    (profession = gender), a balanced set A (trains the gender probe and the oracle, judges features,
+    chooses settings) and a balanced set B on which every accuracy is reported. Labels: profession
+    1 = professor, gender 1 = female. `clean` caches the probe's inputs without an edit."""
 
     train: Residuals
     train_profession: torch.Tensor
@@ -187,45 +313,64 @@ class DebiasData:
     b_profession: torch.Tensor
     b_gender: torch.Tensor
     b_groups: list[str]
+    a_groups: list[str]
+    probe_layer: int
+    clean: dict[str, torch.Tensor]
+    """"train", "a", "b" -> (N, d_model) mean-pooled residual after probe_layer, no edit."""
+
+    def inputs(
+        self, model: PreTrainedModel | None, ablations: Ablations | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The probe's inputs of the three sets with `ablations` applied (the cached clean ones without)."""
+        if not ablations:
+            return self.clean
+        sets = {"train": self.train, "a": self.balanced_a, "b": self.balanced_b}
+        return {k: probe_inputs(model, r, self.probe_layer, ablations) for k, r in sets.items()}
 
 
 def report_row(
     data: DebiasData,
     cfg: DebiasConfig,
     probe: Probe | None = None,
-    edit: Edit | None = None,
+    ablations: Ablations | None = None,
     oracle: bool = False,
-) -> dict[str, float]:
-    """Profession, gender and worst-group accuracy on balanced set B, with `edit` applied.
+    model: PreTrainedModel | None = None,
+) -> dict:
+    """Profession, gender and worst-group accuracy on balanced set B, with `ablations` applied.
 
     `probe=None` trains a new profession head on the (edited) ambiguous set, i.e. "+ retrain";
     `oracle=True` trains it on balanced set A instead. The gender accuracy is that of a separate
     head trained on (edited) set A to predict gender: 0.5 means gender is no longer readable.
+    "profession_correct" / "gender_correct" hold B's per-bio outcomes, for the bootstrap.
     """
-    x_train, x_a, x_b = (
-        mean_pool(data.train, edit),
-        mean_pool(data.balanced_a, edit),
-        mean_pool(data.balanced_b, edit),
-    )
+    x = data.inputs(model, ablations)
     kw = dict(lr=cfg.probe_lr, epochs=cfg.probe_epochs, seed=cfg.seed)
     if oracle:
-        probe = train_probe(x_a, data.a_profession, **kw)
+        probe = train_probe(x["a"], data.a_profession, **kw)
     elif probe is None:
-        probe = train_probe(x_train, data.train_profession, **kw)
-    acc = group_accuracies(probe, x_b, data.b_profession, data.b_groups)
-    gender = train_probe(x_a, data.a_gender, **kw).accuracy(x_b, data.b_gender)
+        probe = train_probe(x["train"], data.train_profession, **kw)
+    acc = group_accuracies(probe, x["b"], data.b_profession, data.b_groups)
+    gender_probe = train_probe(x["a"], data.a_gender, **kw)
     return dict(
         profession=acc["overall"],
-        gender=gender,
+        gender=gender_probe.accuracy(x["b"], data.b_gender),
         worst_group=acc["worst_group"],
         **{f"acc {g}": v for g, v in acc.items() if g not in ("overall", "worst_group")},
+        profession_correct=((probe.logits(x["b"]) > 0).long() == data.b_profession).int().tolist(),
+        gender_correct=((gender_probe.logits(x["b"]) > 0).long() == data.b_gender).int().tolist(),
     )
 
 
-def find_spurious(sae: SAE, probe: Probe, data: DebiasData, cfg: DebiasConfig) -> dict:
-    """SHIFT's feature pick: attribution on the ambiguous set, the top_n candidates, then the
-    automatic gender-vs-profession rule on balanced set A (with the manual overrides)."""
-    attribution = shift_attribution(sae, probe, data.train, data.train_profession)
+def find_spurious(
+    sae: SAE, probe: Probe, data: DebiasData, cfg: DebiasConfig, model: PreTrainedModel | None = None
+) -> dict:
+    """SHIFT's feature pick: attribution through the blocks up to the probe on (the first
+    cfg.attribution_bios of) the ambiguous set, the top_n candidates, then the automatic
+    gender-vs-profession rule on balanced set A (with the manual overrides). "spurious" is ordered
+    by |attribution|, largest first."""
+    n = min(cfg.attribution_bios, len(data.train.resid))
+    sample = _rows(data.train, slice(0, n))
+    attribution = shift_attribution(sae, probe, sample, data.train_profession[:n], model, data.probe_layer)
     candidates = attribution.abs().topk(min(cfg.top_n, sae.cfg.d_sae)).indices.tolist()
     means = latent_means(sae, data.balanced_a)
     spurious = spurious_latents(
@@ -234,10 +379,58 @@ def find_spurious(sae: SAE, probe: Probe, data: DebiasData, cfg: DebiasConfig) -
     return dict(
         attribution=attribution,
         candidates=candidates,
-        spurious=spurious,
+        spurious=sorted(spurious, key=lambda j: -abs(float(attribution[j]))),
         gender_separation={j: _separation(means[:, j], data.a_gender) for j in candidates},
         profession_separation={j: _separation(means[:, j], data.a_profession) for j in candidates},
     )
+
+
+def _rows(r: Residuals, rows: slice) -> Residuals:
+    """The residuals of some texts only."""
+    pick = lambda t: None if t is None else t[rows]
+    return Residuals(r.resid[rows], r.keep[rows], r.layer, pick(r.input_ids), pick(r.attention_mask))
+
+
+def ablation_curve(
+    model: PreTrainedModel | None,
+    data: DebiasData,
+    probe: Probe,
+    sae: SAE,
+    ranked: Sequence[int],
+    counts: Sequence[int],
+    cfg: DebiasConfig,
+) -> list[dict[str, float]]:
+    """On balanced set A only: ablate the first k of `ranked` for each k in `counts`, and read the
+    original probe's profession and worst-group accuracy and the gender readout (a gender head
+    trained on one half of A, tested on the other, both ways). B is not touched."""
+    half = torch.arange(len(data.a_gender)) % 2 == 0
+    out = []
+    for k in counts:
+        ablations = {data.train.layer: (sae, list(ranked[:k]))} if k else None
+        x = data.inputs(model, ablations)["a"] if k else data.clean["a"]
+        acc = group_accuracies(probe, x, data.a_profession, data.a_groups)
+        kw = dict(lr=cfg.probe_lr, epochs=cfg.probe_epochs, seed=cfg.seed)
+        gender = np.mean(
+            [
+                train_probe(x[fit], data.a_gender[fit], **kw).accuracy(x[~fit], data.a_gender[~fit])
+                for fit in (half, ~half)
+            ]
+        )
+        out.append(
+            dict(
+                n_ablated=int(min(k, len(ranked))),
+                profession=acc["overall"],
+                worst_group=acc["worst_group"],
+                gender=float(gender),
+            )
+        )
+    return out
+
+
+def best_count(curve: list[dict[str, float]]) -> int:
+    """The number of latents to ablate, read off an `ablation_curve` on A: the highest worst-group
+    accuracy, the fewest latents among ties."""
+    return max(curve, key=lambda c: (c["worst_group"], -c["n_ablated"]))["n_ablated"]
 
 
 def build_debias_data(
@@ -247,28 +440,51 @@ def build_debias_data(
     layer: int,
     ctx_len: int = 128,
     transform: Callable[[Bio], str] | None = None,
+    probe_layer: int | None = None,
+    n_a_per_group: int | None = None,
 ) -> DebiasData:
-    """Residuals and labels of the three sets; the balanced test set is split per group into halves
-    A and B. `transform` rewrites each bio's text first (e.g. the token-deletion baseline)."""
+    """Residuals at the SAE `layer` and the probe's clean inputs at `probe_layer` (default `layer`)
+    of the three sets. The balanced test set is split per group into A and B: `n_a_per_group` bios
+    of each group go to A (default half), the rest to B. `transform` rewrites each bio's text first
+    (e.g. the token-deletion baseline)."""
+    probe_layer = layer if probe_layer is None else probe_layer
+    if probe_layer < layer:
+        raise ValueError(
+            f"probe_layer={probe_layer} is before the SAE layer {layer}: SHIFT's edit must run before the "
+            "probe reads, so pass probe_layer >= layer."
+        )
     text = transform or (lambda b: b.text)
     a, b = [], []
     for group in sorted({group_of(x) for x in splits.balanced_test}):
         members = [x for x in splits.balanced_test if group_of(x) == group]
-        a += members[0::2]
-        b += members[1::2]
+        n_a = len(members) // 2 if n_a_per_group is None else n_a_per_group
+        if not 0 < n_a < len(members):
+            raise ValueError(
+                f"n_a_per_group={n_a_per_group} leaves no bio of {group!r} for A or for B "
+                f"(it has {len(members)}): pass 0 < n_a_per_group < {len(members)}."
+            )
+        a += members[:n_a]
+        b += members[n_a:]
     prof = lambda bios: torch.tensor([int(x.profession == "professor") for x in bios])
     gender = lambda bios: torch.tensor([int(x.gender == "female") for x in bios])
-    res = lambda bios: residuals(model, tokenizer, [text(x) for x in bios], layer, ctx_len)
+    sets = {
+        name: residuals(model, tokenizer, [text(x) for x in bios], layer, ctx_len)
+        for name, bios in (("train", splits.ambiguous_train), ("a", a), ("b", b))
+    }
+    clean = {k: probe_inputs(model, r, probe_layer) for k, r in sets.items()}
     return DebiasData(
-        res(splits.ambiguous_train),
+        sets["train"],
         prof(splits.ambiguous_train),
-        res(a),
+        sets["a"],
         prof(a),
         gender(a),
-        res(b),
+        sets["b"],
         prof(b),
         gender(b),
         [group_of(x) for x in b],
+        [group_of(x) for x in a],
+        probe_layer,
+        clean,
     )
 
 
@@ -276,40 +492,94 @@ def build_debias_data(
 class ShiftStudy:
     """One seed of the SHIFT case study (PAPER §4): the table's rows and what SHIFT picked."""
 
-    rows: dict[str, dict[str, float]]
+    rows: dict[str, dict]
     """Row name ("Original", "<SAE> SHIFT", ...) -> `report_row` accuracies on balanced set B."""
     picks: dict[str, dict]
-    """SAE name -> `find_spurious` output: attribution, candidates, spurious latents, separations."""
+    """SAE name -> `find_spurious` output, plus "ablated": the latents SHIFT zeroed."""
 
 
 def shift_case_study(
     model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    splits: BiosSplits,
+    data: DebiasData,
     saes: dict[str, SAE],
-    layer: int,
-    ctx_len: int,
     cfg: DebiasConfig,
     retrain: Sequence[str] = (),
+    deleted: DebiasData | None = None,
+    max_ablated: Mapping[str, int] | None = None,
 ) -> ShiftStudy:
     """Every row of the SHIFT table for one seed: the original probe, SHIFT with each SAE (plus
     "+ retrain", a new head on the edited ambiguous set, for the SAEs named in `retrain`), the
-    token-deletion baseline and the oracle. An SAE whose rule picks no latent ablates nothing."""
-    data = build_debias_data(model, tokenizer, splits, layer, ctx_len)
+    token-deletion baseline (when `deleted`, the same sets with gendered words removed, is given)
+    and the oracle. Each SAE ablates its spurious latents, at most `max_ablated[name]` of them
+    (chosen on A) in attribution order; an SAE whose rule picks none ablates nothing."""
     original = train_probe(
-        mean_pool(data.train), data.train_profession, lr=cfg.probe_lr, epochs=cfg.probe_epochs, seed=cfg.seed
+        data.clean["train"], data.train_profession, lr=cfg.probe_lr, epochs=cfg.probe_epochs, seed=cfg.seed
     )
     rows, picks = {"Original": report_row(data, cfg, original)}, {}
     for name, sae in saes.items():
-        picks[name] = find_spurious(sae, original, data, cfg)
-        spurious = picks[name]["spurious"]
-        edit = ablation_edit(sae, spurious) if spurious else None
-        rows[f"{name} SHIFT"] = report_row(data, cfg, original, edit)
+        picks[name] = find_spurious(sae, original, data, cfg, model)
+        ablated = picks[name]["spurious"][: (max_ablated or {}).get(name)]
+        picks[name]["ablated"] = ablated
+        ablations = {data.train.layer: (sae, ablated)} if ablated else None
+        x = data.inputs(model, ablations)
+        edited = replace(data, clean=x)  # computed once, read by both rows
+        rows[f"{name} SHIFT"] = report_row(edited, cfg, original)
         if name in retrain:
-            rows[f"{name} SHIFT + retrain"] = report_row(data, cfg, None, edit)
-    deleted = build_debias_data(
-        model, tokenizer, splits, layer, ctx_len, transform=lambda b: delete_gender_tokens(b.text, b.name)
-    )
-    rows["Token deletion + retrain"] = report_row(deleted, cfg, None)
+            rows[f"{name} SHIFT + retrain"] = report_row(edited, cfg, None)
+    if deleted is not None:
+        rows["Token deletion + retrain"] = report_row(deleted, cfg, None)
     rows["Oracle"] = report_row(data, cfg, oracle=True)
     return ShiftStudy(rows, picks)
+
+
+def worst_group_accuracy(correct: np.ndarray, groups: np.ndarray) -> float:
+    """Mean over seeds of the lowest per-group accuracy; correct: (S, N) 0/1, groups: (N,)."""
+    per_group = [correct[:, groups == g].mean(1) for g in np.unique(groups)]  # each (S,)
+    return float(np.min(per_group, axis=0).mean())
+
+
+def _accuracy(correct: np.ndarray, groups: np.ndarray) -> float:
+    return float(correct.mean())
+
+
+def summarize_seeds(
+    per_seed: Sequence[dict[str, dict]], groups: Sequence[str], n_resamples: int = 2000
+) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """Row -> metric -> (mean over seeds, 95% low, high), the interval bootstrapped over B's bios
+    (within group) and seeds at once (`evals.seed_item_bootstrap`)."""
+    columns = dict(profession="profession_correct", gender="gender_correct", worst_group="profession_correct")
+    out: dict[str, dict[str, tuple[float, float, float]]] = {}
+    for name in per_seed[0]:
+        out[name] = {}
+        for metric, key in columns.items():
+            values = np.array([r[name][key] for r in per_seed])  # (S, N)
+            stat = worst_group_accuracy if metric == "worst_group" else _accuracy
+            out[name][metric] = seed_item_bootstrap(values, stat, groups, n_resamples=n_resamples)
+    return out
+
+
+def row_difference(
+    per_seed: Sequence[dict[str, dict]],
+    a: str,
+    b: str,
+    groups: Sequence[str],
+    metric: str = "worst_group",
+    n_resamples: int = 2000,
+) -> dict:
+    """Row a minus row b in `metric` (paired: the same resampled seeds and bios for both), with its
+    95% interval and the number of seeds where it is positive."""
+    key = "gender_correct" if metric == "gender" else "profession_correct"
+    stat = worst_group_accuracy if metric == "worst_group" else _accuracy
+    values = np.stack([np.array([r[n][key] for r in per_seed]) for n in (a, b)], -1)  # (S, N, 2)
+    estimate, low, high = seed_item_bootstrap(
+        values, lambda v, g: stat(v[..., 0], g) - stat(v[..., 1], g), groups, n_resamples=n_resamples
+    )
+    per = [r[a][metric] - r[b][metric] for r in per_seed]
+    return dict(
+        estimate=estimate,
+        low=low,
+        high=high,
+        per_seed=per,
+        n_positive=sum(d > 0 for d in per),
+        n_seeds=len(per),
+    )

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -416,6 +416,39 @@ def verdict_over_seeds(diffs: Sequence[float]) -> Literal["better", "worse", "no
     mean = np.mean(diffs)
     se = np.std(diffs, ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else np.inf
     return "better" if mean > 2 * se else "worse" if mean < -2 * se else "no clear difference"
+
+
+def seed_item_bootstrap(
+    values: np.ndarray,
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    strata: Sequence[str],
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """(estimate, low, high) of `statistic(values, strata)` with a percentile bootstrap over seeds
+    and items at once: each resample draws seeds with replacement, and items with replacement
+    within each stratum (so every group keeps its size), the same items for every seed (they were
+    scored on the same items).
+
+    values: (S, N, ...) per seed and item (e.g. 1 when bio n was classified right under seed s);
+    strata: (N,) the item's group, e.g. "female nurse" (worst-group accuracy needs each group).
+    """
+    values, strata = np.asarray(values), np.asarray(strata)
+    if values.ndim < 2 or values.shape[1] != len(strata) or values.shape[0] < 1:
+        raise ValueError(
+            f"values has shape {values.shape}: it must be (seeds, items, ...) with {len(strata)} items."
+        )
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(strata == g) for g in np.unique(strata)]
+    stats_ = []
+    for _ in range(n_resamples):
+        s = rng.integers(values.shape[0], size=values.shape[0])
+        items = np.concatenate([rng.choice(g, size=len(g)) for g in groups])
+        stats_.append(statistic(values[s][:, items], strata[items]))
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(stats_, [tail, 100 - tail])
+    return float(statistic(values, strata)), float(low), float(high)
 
 
 def tail_coverage(result: EvalResult, n_bins: int = 8) -> dict[str, Any]:

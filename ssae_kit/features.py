@@ -50,6 +50,8 @@ class Residuals:
     resid: torch.Tensor  # (N, T, d_model) float32
     keep: torch.Tensor  # (N, T) bool: text tokens
     layer: int
+    input_ids: torch.Tensor | None = None  # (N, T): to run later blocks on an edited resid
+    attention_mask: torch.Tensor | None = None  # (N, T)
 
 
 def residuals(
@@ -60,10 +62,18 @@ def residuals(
     ctx_len: int = 128,
     batch_size: int = 16,
 ) -> Residuals:
-    """Run the model to `layer` once over `texts` (N x T x d_model floats stay in memory)."""
+    """Run the model to `layer` once over `texts` (N x T x d_model floats stay in memory).
+
+    Texts run shortest first with each batch's all-padding columns dropped (windows are right-padded,
+    so this changes no value), which saves about a third of the work on bios of varied length."""
     ids, attn, keep = _first_windows(texts, tokenizer, ctx_len)
-    batches = iter_residuals(model, ids, attn, keep, layer, batch_size)
-    return Residuals(torch.cat([b.resid.float().cpu() for b in batches]), keep, layer)
+    order = attn.sum(1).argsort(stable=True)
+    resid = torch.zeros(*ids.shape, d_model(model))
+    for b in iter_residuals(
+        model, ids[order], attn[order], keep[order], layer, batch_size, trim_padding=True
+    ):
+        resid[order[b.rows], : b.resid.shape[1]] = b.resid.float().cpu()
+    return Residuals(resid, keep, layer, ids, attn)
 
 
 @torch.no_grad()

@@ -380,3 +380,84 @@ def splice(model: PreTrainedModel, layer: int, fn: Callable[[torch.Tensor], torc
         yield
     finally:
         handle.remove()
+
+
+class _Skip(nn.Module):
+    """Stands in for a block that `forward_from_layer` skips: hands its input on unchanged."""
+
+    def __init__(self, as_tuple: bool):
+        super().__init__()
+        self.as_tuple = as_tuple
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return (hidden,) if self.as_tuple else hidden
+
+
+def _block_returns_tuple(model: PreTrainedModel, input_ids: torch.Tensor) -> bool:
+    """Whether this family's blocks return a tuple (GPT-2) or a tensor (Llama in transformers 5)."""
+    found: list[bool] = []
+    handle = get_blocks(model)[0].register_forward_hook(
+        lambda m, a, out: (found.append(isinstance(out, tuple)), _raise_stop())
+    )
+    try:
+        model(input_ids=input_ids[:1, :1], use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return found[0]
+
+
+def _raise_stop() -> None:
+    raise _StopForward
+
+
+def forward_from_layer(
+    model: PreTrainedModel,
+    resid: torch.Tensor,  # (B, T, d_model): the residual stream after block `start`
+    start: int,
+    stop: int,
+    input_ids: torch.Tensor,  # (B, T): the windows `resid` came from (positions, padding)
+    attention_mask: torch.Tensor | None = None,  # (B, T)
+) -> torch.Tensor:
+    """Residual stream after block `stop`, computed from the one after block `start` (B, T, d_model):
+    blocks start+1..stop run on `resid`, blocks 0..start are skipped. So an edit made to a cached
+    residual reaches a later layer only through the blocks after it (SHIFT, PAPER §4). Differentiable;
+    hooks on blocks start+1..stop (e.g. `splice`) apply."""
+    blocks = get_blocks(model)
+    check_layer(model, start)
+    check_layer(model, stop)
+    if stop < start:
+        raise ValueError(f"stop={stop} is before start={start}: the blocks run forward only.")
+    if stop == start:
+        return resid
+    as_tuple = _block_returns_tuple(model, input_ids)
+    originals = [blocks[i] for i in range(start + 1)]
+    captured: list[torch.Tensor] = []
+
+    def inject(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if args:
+            return (resid.to(args[0].dtype),) + tuple(args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": resid.to(kwargs["hidden_states"].dtype)}
+
+    def catch(module: nn.Module, args: tuple, output: object) -> None:
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        raise _StopForward
+
+    handles = [
+        blocks[start + 1].register_forward_pre_hook(inject, with_kwargs=True),
+        blocks[stop].register_forward_hook(catch),
+    ]
+    for i in range(start + 1):
+        blocks[i] = _Skip(as_tuple)
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for i, block in enumerate(originals):
+            blocks[i] = block
+        for h in handles:
+            h.remove()
+    return captured[0]

@@ -115,14 +115,18 @@ def test_debias_data_splits_the_balanced_set_per_group_and_labels_it(tiny):
 def test_shift_case_study_gives_every_row_and_an_sae_with_nothing_spurious_changes_nothing(
     tiny, identity_sae
 ):
-    from ssae_kit.bios import make_splits, synthetic_bios
+    from ssae_kit.bios import delete_gender_tokens, make_splits, synthetic_bios
     from ssae_kit.debias import DebiasConfig, build_debias_data, report_row, shift_case_study
 
     model, tok = tiny
     splits = make_splits(synthetic_bios(120, seed=1), n_train_per_group=10, n_test_per_group=6, seed=1)
+    data = build_debias_data(model, tok, splits, 1, 48, probe_layer=2)
+    deleted = build_debias_data(
+        model, tok, splits, 1, 48, transform=lambda b: delete_gender_tokens(b.text, b.name), probe_layer=2
+    )
     saes = {"A": identity_sae(32), "B": SAE(SAEConfig(d_in=32, d_sae=64, layer=1), seed=2)}
     keep_all = DebiasConfig(probe_epochs=2, top_n=4, force_keep=tuple(range(64)))
-    study = shift_case_study(model, tok, splits, saes, 1, 48, keep_all, retrain=["A"])
+    study = shift_case_study(model, data, saes, keep_all, retrain=["A"], deleted=deleted)
     assert list(study.rows) == [
         "Original",
         "A SHIFT",
@@ -132,10 +136,145 @@ def test_shift_case_study_gives_every_row_and_an_sae_with_nothing_spurious_chang
         "Oracle",
     ]
     assert set(study.picks) == {"A", "B"} and all(len(p["candidates"]) == 4 for p in study.picks.values())
-    assert all(p["spurious"] == [] for p in study.picks.values()), "force_keep overrides the rule"
+    assert all(p["ablated"] == [] for p in study.picks.values()), "force_keep overrides the rule"
     assert study.rows["A SHIFT"] == study.rows["B SHIFT"] == study.rows["Original"], (
         "nothing ablated, yet the rows moved"
     )
-    assert study.rows["Oracle"] == report_row(
-        build_debias_data(model, tok, splits, 1, 48), keep_all, oracle=True
-    )
+    assert study.rows["Oracle"] == report_row(data, keep_all, oracle=True)
+    assert len(study.rows["Original"]["profession_correct"]) == len(data.b_groups) == 12
+
+
+def test_an_edit_reaches_a_later_probe_only_through_the_blocks_after_it(tiny):
+    from ssae_kit.debias import probe_inputs
+    from ssae_kit.features import pooled_activations
+    from ssae_kit.models import get_blocks
+
+    model, tok = tiny
+    sae = SAE(SAEConfig(d_in=32, d_sae=64, layer=1), seed=5)
+    r = residuals(model, tok, TEXTS, 1, ctx_len=32)
+    edited = probe_inputs(model, r, 2, {1: (sae, [0, 1, 2, 3, 4, 5])})
+    reference = pooled_activations(model, tok, TEXTS, 2, 32, edit=ablation_edit(sae, range(6)), edit_layer=1)
+    assert torch.allclose(edited, reference, atol=1e-5), "not the same as splicing the edit into a full pass"
+    assert not torch.allclose(edited, probe_inputs(model, r, 2), atol=1e-4), "the edit did not reach layer 2"
+
+    def refuse(module, args):  # one position is forward_from_layer learning what a block returns
+        if args[0].shape[1] > 1:
+            raise AssertionError("a block before the edit ran again on the texts")
+
+    handles = [get_blocks(model)[i].register_forward_pre_hook(refuse) for i in (0, 1)]
+    try:
+        assert torch.allclose(probe_inputs(model, r, 2, {1: (sae, range(6))}), edited, atol=1e-6)
+    finally:
+        for h in handles:
+            h.remove()
+    with pytest.raises(ValueError, match="cannot act between"):
+        probe_inputs(model, r, 1, {2: (SAE(SAEConfig(d_in=32, d_sae=8, layer=2)), [0])})
+
+
+def test_edits_at_two_layers_compose_like_two_splices(tiny):
+    from ssae_kit.debias import probe_inputs
+    from ssae_kit.models import splice
+
+    model, tok = tiny
+    sae1, sae2 = (SAE(SAEConfig(d_in=32, d_sae=64, layer=layer), seed=layer) for layer in (1, 2))
+    r = residuals(model, tok, TEXTS, 1, ctx_len=32)
+    both = probe_inputs(model, r, 2, {1: (sae1, [0, 1, 2]), 2: (sae2, [3, 4])})
+    with splice(model, 1, ablation_edit(sae1, [0, 1, 2])), splice(model, 2, ablation_edit(sae2, [3, 4])):
+        reference = mean_pool(residuals(model, tok, TEXTS, 2, ctx_len=32))
+    assert torch.allclose(both, reference, atol=1e-5)
+
+
+def test_ablating_the_latent_along_the_probe_weight_removes_the_probe_signal(tiny):
+    from ssae_kit.debias import probe_inputs
+
+    model, tok = tiny
+    r = residuals(model, tok, TEXTS, 1, ctx_len=32)
+    w = torch.nn.functional.normalize(torch.randn(32), dim=0)
+    probe = Probe(1000 * w, torch.tensor(0.3), torch.zeros(32), torch.ones(32))  # residuals are ~0.01
+    sae = SAE(SAEConfig(d_in=32, d_sae=2, layer=1, apply_b_dec_to_input=False))
+    with torch.no_grad():  # latents relu(w.x) and relu(-w.x), decoded along +w and -w
+        sae.W_enc.copy_(torch.stack([w, -w], 1) / sae.cfg.norm_scale)
+        sae.W_dec.copy_(torch.stack([w, -w]) * sae.cfg.norm_scale)
+        sae.b_enc.zero_(), sae.b_dec.zero_()
+    before = probe.logits(probe_inputs(model, r, 1))
+    after = probe.logits(probe_inputs(model, r, 1, {1: (sae, [0, 1])}))
+    assert before.std() > 0.1
+    assert torch.allclose(after, torch.full_like(after, 0.3), atol=1e-3), "the probe still reads something"
+
+
+def test_attribution_of_an_upstream_latent_is_the_first_order_effect_of_ablating_it(tiny):
+    from ssae_kit.debias import attribution_check
+    from ssae_kit.features import pooled_activations
+
+    model, tok = tiny
+    sae = SAE(SAEConfig(d_in=32, d_sae=64, layer=1), seed=3)
+    with torch.no_grad():
+        sae.b_enc.fill_(0.1)
+        sae.W_dec.mul_(0.05)
+    labels = torch.tensor([1, 0, 1, 0, 1, 0])
+    r = residuals(model, tok, TEXTS, 1, ctx_len=32)
+    probe = train_probe(mean_pool(residuals(model, tok, TEXTS, 2, ctx_len=32)), labels, epochs=3)
+    attr = shift_attribution(sae, probe, r, labels, model, probe_layer=2)
+    j, eps = int(attr.abs().argmax()), 1e-2
+
+    def metric(edit=None):
+        x = pooled_activations(model, tok, TEXTS, 2, 32, edit=edit, edit_layer=1)
+        return torch.nn.functional.binary_cross_entropy_with_logits(probe.logits(x), labels.float()).item()
+
+    def shrink_latent_j(resid):  # f_j -> (1 - eps) f_j at layer 1, error term kept
+        f = sae.encode(resid)
+        return resid - eps * f[..., j : j + 1] * sae.W_dec[j] / sae.cfg.norm_scale
+
+    assert metric(shrink_latent_j) - metric() == pytest.approx(-eps * attr[j].item(), rel=0.05)
+    assert not torch.allclose(attr, shift_attribution(sae, probe, r, labels)), "the later blocks were ignored"
+    (check,) = attribution_check(model, sae, probe, r, labels, [j], probe_layer=2)
+    assert check["latent"] == j and check["predicted"] * check["measured"] > 0  # full ablation: same sign
+    with pytest.raises(ValueError, match="pass the model"):
+        shift_attribution(sae, probe, r, labels, probe_layer=2)
+
+
+def test_ablation_curve_reads_set_a_only_and_the_best_count_prefers_fewer_latents(tiny, identity_sae):
+    from ssae_kit.bios import make_splits, synthetic_bios
+    from ssae_kit.debias import DebiasConfig, ablation_curve, best_count, build_debias_data
+
+    model, tok = tiny
+    splits = make_splits(synthetic_bios(120, seed=1), n_train_per_group=10, n_test_per_group=6, seed=1)
+    data = build_debias_data(model, tok, splits, 1, 48, probe_layer=2, n_a_per_group=4)
+    assert len(data.a_groups) == 16 and len(data.b_groups) == 8
+    probe = train_probe(data.clean["train"], data.train_profession, epochs=2)
+    data.balanced_b.resid.fill_(float("nan"))  # a curve that read B would turn to nan
+    curve = ablation_curve(model, data, probe, identity_sae(32), [0, 1, 2], [0, 2, 5], DebiasConfig())
+    assert [c["n_ablated"] for c in curve] == [0, 2, 3]
+    assert all(0 <= c[k] <= 1 for c in curve for k in ("profession", "gender", "worst_group"))
+    assert best_count([dict(n_ablated=0, worst_group=0.5), dict(n_ablated=3, worst_group=0.5)]) == 0
+    assert best_count([dict(n_ablated=0, worst_group=0.5), dict(n_ablated=3, worst_group=0.7)]) == 3
+    with pytest.raises(ValueError, match="probe_layer >= layer"):
+        build_debias_data(model, tok, splits, 2, 48, probe_layer=1)
+    with pytest.raises(ValueError, match="0 < n_a_per_group < 6"):
+        build_debias_data(model, tok, splits, 1, 48, n_a_per_group=6)
+
+
+def test_seed_and_bio_bootstrap_intervals_and_the_paired_difference():
+    import numpy as np
+
+    from ssae_kit.debias import row_difference, summarize_seeds, worst_group_accuracy
+
+    groups = ["a", "a", "b", "b"]
+    correct = np.array([[1, 1, 0, 1], [1, 1, 1, 1]])  # seed 0: a 100%, b 50%; seed 1: both 100%
+    assert worst_group_accuracy(correct, np.array(groups)) == 0.75
+    rows = [
+        {"X": dict(profession_correct=c, gender_correct=[1, 0, 1, 0], worst_group=wg, profession=0)}
+        | {
+            "Y": dict(
+                profession_correct=[0, 1, 0, 1], gender_correct=[1, 1, 1, 1], worst_group=0.5, profession=0
+            )
+        }
+        for c, wg in zip(correct.tolist(), (0.5, 1.0))
+    ]
+    table = summarize_seeds(rows, groups, n_resamples=300)
+    mean, low, high = table["X"]["worst_group"]
+    assert mean == 0.75 and 0 <= low <= mean <= high <= 1 and low < high
+    assert table["Y"]["gender"] == (1.0, 1.0, 1.0)  # no spread: a point interval
+    diff = row_difference(rows, "X", "Y", groups, n_resamples=300)
+    assert diff["estimate"] == pytest.approx(0.25) and diff["n_positive"] == 1 and diff["n_seeds"] == 2
+    assert diff["low"] <= diff["estimate"] <= diff["high"]
