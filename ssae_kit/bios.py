@@ -85,7 +85,9 @@ class Bio:
     gender: Gender
     """The label the probe must not use (PAPER §4)."""
     name: str = ""
-    """The person's name as written in `text` (synthetic bios only), for `delete_gender_tokens`."""
+    """The person's name as written in `text`, for `delete_gender_tokens`: synthetic bios, and loaded
+    ones whose source has a "name" column (LabHC/bias_in_bios has none: deletion then removes only
+    pronouns and titles)."""
 
 
 def group_of(bio: Bio) -> str:
@@ -281,9 +283,11 @@ def load_bias_in_bios(
             )
     if limit_per_group is not None:
         table = table.groupby(["profession", "gender"], sort=False).head(limit_per_group)
+    # LabHC has no name column; a source that has one gives token deletion the names to remove.
+    people = table["name"].fillna("").astype(str) if "name" in table.columns else [""] * len(table)
     return [
-        Bio(str(text), names[int(prof)], GENDERS[int(gender)])
-        for text, prof, gender in zip(table["hard_text"], table["profession"], table["gender"])
+        Bio(str(text), names[int(prof)], GENDERS[int(gender)], name)
+        for text, prof, gender, name in zip(table["hard_text"], table["profession"], table["gender"], people)
     ]
 
 

@@ -369,7 +369,7 @@ def find_spurious(
     gender-vs-profession rule on balanced set A (with the manual overrides). "spurious" is ordered
     by |attribution|, largest first."""
     n = min(cfg.attribution_bios, len(data.train.resid))
-    sample = _rows(data.train, slice(0, n))
+    sample = data.train.take(slice(0, n))
     attribution = shift_attribution(sae, probe, sample, data.train_profession[:n], model, data.probe_layer)
     candidates = attribution.abs().topk(min(cfg.top_n, sae.cfg.d_sae)).indices.tolist()
     means = latent_means(sae, data.balanced_a)
@@ -383,12 +383,6 @@ def find_spurious(
         gender_separation={j: _separation(means[:, j], data.a_gender) for j in candidates},
         profession_separation={j: _separation(means[:, j], data.a_profession) for j in candidates},
     )
-
-
-def _rows(r: Residuals, rows: slice) -> Residuals:
-    """The residuals of some texts only."""
-    pick = lambda t: None if t is None else t[rows]
-    return Residuals(r.resid[rows], r.keep[rows], r.layer, pick(r.input_ids), pick(r.attention_mask))
 
 
 def ablation_curve(

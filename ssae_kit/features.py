@@ -53,6 +53,13 @@ class Residuals:
     input_ids: torch.Tensor | None = None  # (N, T): to run later blocks on an edited resid
     attention_mask: torch.Tensor | None = None  # (N, T)
 
+    def take(self, rows: slice | torch.Tensor) -> Residuals:
+        """The residuals of some texts only (e.g. a sample to attribute on)."""
+        pick = lambda t: None if t is None else t[rows]
+        return Residuals(
+            self.resid[rows], self.keep[rows], self.layer, pick(self.input_ids), pick(self.attention_mask)
+        )
+
 
 def residuals(
     model: PreTrainedModel,

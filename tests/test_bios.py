@@ -387,3 +387,14 @@ def test_profession_cue_rate_controls_how_many_bios_state_the_profession():
     assert 0.35 < sum(bool(cues.search(b.text)) for b in half) / 400 < 0.65
     with pytest.raises(ValueError, match="between 0 and 1"):
         synthetic_bios(4, profession_cue_rate=1.5)
+
+
+def test_loaded_bios_carry_a_name_only_when_the_source_has_one(tmp_path):
+    plain, named = tmp_path / "plain.jsonl", tmp_path / "named.parquet"
+    plain.write_text("\n".join(json.dumps(r) for r in LABHC_ROWS))
+    pd.DataFrame([{**r, "name": f"Ann Lee{i}"} for i, r in enumerate(LABHC_ROWS)]).to_parquet(named)
+    assert {b.name for b in load_bias_in_bios(str(plain))} == {""}  # LabHC: deletion removes pronouns only
+    first = load_bias_in_bios(str(named))[1]
+    assert (
+        first.name == "Ann Lee1" and delete_gender_tokens("Ann Lee1 runs a lab.", first.name) == "runs a lab."
+    )

@@ -154,25 +154,25 @@ def _check_04_visualise(m: dict, params: dict) -> None:
 
 
 def _check_05_debias(m: dict, params: dict) -> None:
-    rows = {
-        "Original",
-        "GSAE SHIFT",
-        "GSAE SHIFT + retrain",
-        "SSAE SHIFT",
-        "SSAE SHIFT + retrain",
-        "1/8 GSAE SHIFT",
-        "1/8 SSAE SHIFT",
-        "Token deletion + retrain",
-        "Oracle",
-    }
+    rows = {"Original", "GSAE SHIFT", "GSAE SHIFT + retrain", "SSAE SHIFT", "SSAE SHIFT + retrain"}
+    rows |= {"Token deletion + retrain", "Oracle", "1/8 GSAE SHIFT", "1/8 SSAE SHIFT"}
     assert set(m["table"]) == rows and len(m["per_seed"]) == len(params["seeds"])
+    assert m["probe_layer"] > m["layer"] and m["n_per_group"]["b"] == params["n_b_per_group"]
     for name, cells in m["table"].items():
-        for metric, (mean, sd) in cells.items():
-            assert 0 <= mean <= 1 and sd >= 0, (name, metric)
+        for metric, (mean, low, high) in cells.items():
+            assert 0 <= low <= mean + 1e-9 and mean <= high + 1e-9 and high <= 1, (name, metric)
         assert cells["worst_group"][0] <= cells["profession"][0] + 1e-9, name
+    for claim, d in m["claims"].items():  # each verdict is read off its interval
+        assert d["holds"] == (d["low"] > 0) and d["low"] <= d["estimate"] + 1e-9 <= d["high"] + 2e-9, claim
+        assert d["n_positive"] == sum(x > 0 for x in d["per_seed"]) and d["n_seeds"] == len(params["seeds"])
     diffs = [r["SSAE SHIFT"]["worst_group"] - r["GSAE SHIFT"]["worst_group"] for r in m["per_seed"]]
     assert m["ssae_minus_gsae_worst_group"] == pytest.approx(diffs)  # the conclusion reads the numbers
-    assert (Path(params["run_dir"]) / "debias_accuracies.png").exists()
+    for name, curve in m["curves"].items():  # the number ablated on B is read off the curve on A
+        counts = [c["n_ablated"] for c in curve]
+        assert counts[0] == 0 and m["chosen"][name] in counts, name
+    assert all(len(v) == params["n_check"] for v in m["attribution_checks"].values())
+    for fig in ("debias_accuracies", "ablation_curve"):
+        assert (Path(params["run_dir"]) / f"{fig}.png").exists(), fig
 
 
 def _check_06_taxonomy(m: dict, params: dict) -> None:
