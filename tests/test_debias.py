@@ -278,3 +278,13 @@ def test_seed_and_bio_bootstrap_intervals_and_the_paired_difference():
     diff = row_difference(rows, "X", "Y", groups, n_resamples=300)
     assert diff["estimate"] == pytest.approx(0.25) and diff["n_positive"] == 1 and diff["n_seeds"] == 2
     assert diff["low"] <= diff["estimate"] <= diff["high"]
+    with pytest.raises(ValueError, match="must be \\(seeds, items, ...\\) with 4 items"):
+        summarize_seeds([{"X": dict(profession_correct=[1, 0], gender_correct=[1, 0])}], groups)
+
+
+def test_debias_config_refuses_settings_that_pick_or_train_nothing():
+    from ssae_kit.debias import DebiasConfig
+
+    for bad in (dict(top_n=0), dict(attribution_bios=0), dict(probe_epochs=0)):
+        with pytest.raises(ValueError, match="each must be >= 1"):
+            DebiasConfig(**bad)

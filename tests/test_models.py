@@ -204,3 +204,23 @@ def test_embedded_smollm2_loads_real_weights():
     with torch.no_grad():
         loss = model(ids, labels=ids).loss
     assert loss < 6.0, f"loss {loss:.2f}: the dequantised weights look wrong"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "gemma"])
+def test_forward_from_a_cached_layer_matches_the_full_pass(arch):
+    from ssae_kit.models import forward_from_layer
+
+    model, _ = tiny_model(arch, n_layers=4)
+    ids = torch.randint(0, 200, (2, 10))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, 7:] = 0  # right padding, as tokenize_contexts writes it
+    with torch.no_grad():
+        cached = forward_to_layer(model, ids, 1, mask)
+        resumed = forward_from_layer(model, cached, 1, 3, ids, mask)
+        full = forward_to_layer(model, ids, 3, mask)
+    assert torch.allclose(resumed[0], full[0], atol=1e-5) and torch.allclose(
+        resumed[1, :7], full[1, :7], atol=1e-5
+    )
+    assert forward_from_layer(model, cached, 1, 1, ids, mask) is cached
+    with pytest.raises(ValueError, match="stop=0 is before start=1"):
+        forward_from_layer(model, cached, 1, 0, ids, mask)

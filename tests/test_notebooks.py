@@ -417,7 +417,9 @@ def test_notebook_06_probes_user_features_against_a_user_taxonomy(tmp_path):
     assert m["probe"]["features"]["taxonomy"]["rho"][0] > 0.5  # a1-a2 and b1-b2 close, a-b far: found
 
 
-@pytest.mark.parametrize("case", ["unknown source", "no seeds", "mistyped GSAE"])
+@pytest.mark.parametrize(
+    "case", ["unknown source", "no seeds", "mistyped GSAE", "probe before the SAE layer", "unknown SSAE data"]
+)
 def test_bad_parameters_stop_notebook_05_before_any_work(case, tmp_path):
     params = {
         **SMOKE["05_debias_bias_in_bios"],
@@ -426,12 +428,16 @@ def test_bad_parameters_stop_notebook_05_before_any_work(case, tmp_path):
             "unknown source": dict(source="bios.csv"),
             "no seeds": dict(seeds=[]),
             "mistyped GSAE": dict(gsae="ssae-kit:no-such-gsae"),
+            "probe before the SAE layer": dict(probe_layer=5),
+            "unknown SSAE data": dict(ssae_data="wiki"),
         }[case],
     }
     expected = {
         "unknown source": "source='bios.csv' is not 'synthetic'",
         "no seeds": "seeds is empty",
         "mistyped GSAE": "ships no SAE 'no-such-gsae'",
+        "probe before the SAE layer": "probe_layer=5 is before layer=6",
+        "unknown SSAE data": "ssae_data='wiki': use 'bios' or 'retrieval'",
     }[case]
     with pytest.raises(papermill.PapermillExecutionError, match=expected):
         papermill.execute_notebook(
