@@ -1,12 +1,16 @@
-"""SHIFT-style debiasing (Marks et al. 2025; PAPER §4): find the SAE features a classifier uses,
+"""SHIFT-style debiasing (Marks et al. 2025, §4; PAPER §4): find the SAE features a classifier uses,
 decide which are spurious (gender), ablate them, and measure profession, gender and worst-group
-accuracy.
+accuracy, with intervals over bios and seeds.
 
-The classifier is a logistic-regression head on the residual stream of one layer, mean-pooled over
-text tokens (`features.mean_pool`). Features are standardised with the training set's mean and s.d. before the head (the
-raw residual stream has norms in the hundreds, which a one-epoch AdamW head at lr 0.01 does not
-survive). Ablation keeps the SAE's error term (PAPER §3): x' = decode(f with chosen latents zeroed)
-+ (x - decode(f)), so only the chosen features change, not the reconstruction error.
+As in Marks et al., the classifier may read a later layer than the SAE edits: residuals are cached
+once at the SAE layer, and an edit runs through the blocks in between (`models.forward_from_layer`)
+before the probe reads, so later computation no longer receives the ablated features; attribution
+flows back through the same blocks. Ablations map SAE layer -> (SAE, latents), so several layers
+can be edited at once. The classifier is a logistic-regression head on the mean-pooled residual
+stream (text tokens only), standardised with its training set's mean and s.d. (the raw residual
+stream has norms in the hundreds, which a one-epoch AdamW head at lr 0.01 does not survive).
+Ablation keeps the SAE's error term (PAPER §3): x' = decode(f with chosen latents zeroed) +
+(x - decode(f)), so only the chosen features change, not the reconstruction error.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -161,16 +166,25 @@ def probe_inputs(
             f"The probe reads layer {probe_layer}, after the residuals' layer {r.layer}: pass the model."
         )
     out = torch.zeros(len(r.resid), r.resid.shape[-1])
-    with torch.no_grad(), ExitStack() as stack:
-        for layer, edit in edits.items():
-            if layer != r.layer:
-                stack.enter_context(splice(model, layer, edit))
+    with torch.no_grad():
         for rows, width in _length_batches(r, batch_size):
-            x = r.resid[rows, :width]
-            x = edits[r.layer](x) if r.layer in edits else x
-            h = _run_to_probe(model, r, rows, width, x, probe_layer)
-            out[rows] = token_mean(h.float().cpu(), r.keep[rows, :width])
+            keep = r.keep[rows, :width]
+            on_text = {layer: _on_text(edit, keep) for layer, edit in edits.items()}
+            with ExitStack() as stack:
+                for layer, edit in on_text.items():
+                    if layer != r.layer:
+                        stack.enter_context(splice(model, layer, edit))
+                x = r.resid[rows, :width]
+                x = on_text[r.layer](x) if r.layer in on_text else x
+                h = _run_to_probe(model, r, rows, width, x, probe_layer)
+            out[rows] = token_mean(h.float().cpu(), keep)
     return out
+
+
+def _on_text(edit: Edit, keep: torch.Tensor) -> Edit:
+    """`edit` on text tokens only: BOS/EOS/PAD keep their clean value (PAPER §3), so an ablation
+    never touches the attention sink, and attribution (summed over text tokens) predicts it."""
+    return lambda x: torch.where(keep[..., None].to(x.device), edit(x), x)
 
 
 def shift_attribution(
@@ -180,31 +194,43 @@ def shift_attribution(
     labels: torch.Tensor,
     model: PreTrainedModel | None = None,
     probe_layer: int | None = None,
+    method: Literal["atp", "ig"] = "atp",
+    ig_steps: int = 8,
     batch_size: int = 16,
 ) -> torch.Tensor:
-    """(d_sae,) attribution of the probe's metric -log p(y|x) to each latent of `sae` at r.layer:
-    gradient x activation (attribution patching), summed over positions, mean over examples. With
-    `probe_layer` after r.layer the gradient flows back through the blocks in between (the indirect
-    effect, Marks et al. §4). Its negative is the first-order effect of ablating the latent."""
+    """(d_sae,) attribution of the probe's metric -log p(y|x) to each latent of `sae` at r.layer,
+    summed over text positions, mean over examples; its negative predicts the effect of ablating
+    the latent. "atp" (attribution patching): gradient x activation at the clean point. "ig"
+    (integrated gradients, Marks et al. §4 when the linear approximation is poor): the gradient
+    averaged over `ig_steps` points on the path that scales every latent from its value to 0, x
+    activation; the attributions then sum to the effect of ablating all latents at once. With
+    `probe_layer` after r.layer the gradient flows back through the blocks in between."""
     sae.check_reads(layer=r.layer, d_in=r.resid.shape[-1])
     probe_layer = r.layer if probe_layer is None else probe_layer
     if probe_layer != r.layer and model is None:
         raise ValueError(
             f"The probe reads layer {probe_layer}, after the SAE's layer {r.layer}: pass the model."
         )
+    if method not in ("atp", "ig") or ig_steps < 1:
+        raise ValueError(f"method={method!r}, ig_steps={ig_steps}: use 'atp' or 'ig' with ig_steps >= 1.")
+    alphas = [1.0] if method == "atp" else [(k + 0.5) / ig_steps for k in range(ig_steps)]
     total = torch.zeros(sae.cfg.d_sae)
     for rows, width in _length_batches(r, batch_size):
         x = r.resid[rows, :width].to(sae.W_dec.dtype)
-        keep = r.keep[rows, :width]
-        f = sae.encode(x).detach().requires_grad_()
-        x_hat = sae.decode(f) + (x - sae.decode(f)).detach()  # the error term carries no gradient
-        if probe_layer != r.layer:
-            x_hat = _run_to_probe(model, r, rows, width, x_hat, probe_layer).float().cpu()
-        metric = F.binary_cross_entropy_with_logits(
-            probe.logits(token_mean(x_hat, keep).float()), labels[rows].float(), reduction="sum"
-        )
-        (grad,) = torch.autograd.grad(metric, f)
-        total += (grad * f.detach() * keep[..., None]).sum((0, 1)).float()
+        keep = r.keep[rows, :width, None]
+        f0 = sae.encode(x).detach()
+        error = (x - sae.decode(f0)).detach()  # the error term is kept and carries no gradient
+        grad_sum = torch.zeros_like(f0)
+        for alpha in alphas:  # only text positions move along the path, as in the ablation
+            f = torch.where(keep, alpha * f0, f0).requires_grad_()
+            x_hat = sae.decode(f) + error
+            if probe_layer != r.layer:
+                x_hat = _run_to_probe(model, r, rows, width, x_hat, probe_layer).float().cpu()
+            metric = F.binary_cross_entropy_with_logits(
+                probe.logits(token_mean(x_hat, keep[..., 0]).float()), labels[rows].float(), reduction="sum"
+            )
+            grad_sum += torch.autograd.grad(metric, f)[0]
+        total += (grad_sum / len(alphas) * f0 * keep).sum((0, 1)).float()
     return total / len(r.resid)
 
 
@@ -216,10 +242,12 @@ def attribution_check(
     labels: torch.Tensor,
     latents: Sequence[int],
     probe_layer: int,
+    method: Literal["atp", "ig"] = "atp",
+    ig_steps: int = 8,
 ) -> list[dict[str, float]]:
-    """Attribution patching's prediction (-attribution) against the measured change of the mean
-    metric -log p(y|x) when each latent is ablated alone: how good the linear approximation is."""
-    attribution = shift_attribution(sae, probe, r, labels, model, probe_layer)
+    """The attribution's prediction (-attribution) against the measured change of the mean metric
+    -log p(y|x) when each latent is ablated alone: how good the approximation is on this sample."""
+    attribution = shift_attribution(sae, probe, r, labels, model, probe_layer, method, ig_steps)
 
     def metric(ablations: Ablations | None) -> float:
         x = probe_inputs(model, r, probe_layer, ablations)
@@ -286,10 +314,16 @@ class DebiasConfig:
     """Latents never ablated."""
     attribution_bios: int = 64
     """Ambiguous-set bios the attribution averages over (each costs a forward and backward pass)."""
+    attribution: Literal["atp", "ig"] = "atp"
+    """Attribution patching, or integrated gradients (ig_steps forward and backward passes a bio)."""
+    ig_steps: int = 8
+    """Points on the integrated-gradients path."""
     seed: int = 0
     """Seeds the heads' data order."""
 
     def __post_init__(self) -> None:
+        if self.attribution not in ("atp", "ig"):
+            raise ValueError(f"attribution={self.attribution!r}: use 'atp' or 'ig'.")
         if self.top_n < 1 or self.attribution_bios < 1 or self.probe_epochs < 1:
             raise ValueError(
                 f"top_n={self.top_n}, attribution_bios={self.attribution_bios}, probe_epochs={self.probe_epochs}: "
@@ -370,7 +404,9 @@ def find_spurious(
     by |attribution|, largest first."""
     n = min(cfg.attribution_bios, len(data.train.resid))
     sample = data.train.take(slice(0, n))
-    attribution = shift_attribution(sae, probe, sample, data.train_profession[:n], model, data.probe_layer)
+    attribution = shift_attribution(
+        sae, probe, sample, data.train_profession[:n], model, data.probe_layer, cfg.attribution, cfg.ig_steps
+    )
     candidates = attribution.abs().topk(min(cfg.top_n, sae.cfg.d_sae)).indices.tolist()
     means = latent_means(sae, data.balanced_a)
     spurious = spurious_latents(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import pytest
 import torch
 
@@ -13,7 +15,7 @@ from ssae_kit.debias import (
     spurious_latents,
     train_probe,
 )
-from ssae_kit.features import mean_pool, residuals
+from ssae_kit.features import mean_pool, residuals, token_mean
 from ssae_kit.sae import SAE, SAEConfig
 
 TEXTS = [
@@ -24,6 +26,18 @@ TEXTS = [
     "she studied medicine",
     "he wrote a book on algebra",
 ]
+
+
+def run_with_edits(model, r, upto, edits):
+    """Reference: the full model from the tokens, with each edit spliced in at its layer on text
+    tokens only, mean-pooled at layer `upto` (what probe_inputs must equal)."""
+    from ssae_kit.models import forward_to_layer, splice
+
+    with torch.no_grad(), ExitStack() as stack:
+        for layer, edit in edits.items():
+            on_text = lambda x, edit=edit: torch.where(r.keep[..., None], edit(x), x)
+            stack.enter_context(splice(model, layer, on_text))
+        return token_mean(forward_to_layer(model, r.input_ids, upto, r.attention_mask), r.keep)
 
 
 def test_ablation_removes_only_the_chosen_latents_and_keeps_the_error_term(identity_sae):
@@ -146,14 +160,13 @@ def test_shift_case_study_gives_every_row_and_an_sae_with_nothing_spurious_chang
 
 def test_an_edit_reaches_a_later_probe_only_through_the_blocks_after_it(tiny):
     from ssae_kit.debias import probe_inputs
-    from ssae_kit.features import pooled_activations
     from ssae_kit.models import get_blocks
 
     model, tok = tiny
     sae = SAE(SAEConfig(d_in=32, d_sae=64, layer=1), seed=5)
     r = residuals(model, tok, TEXTS, 1, ctx_len=32)
     edited = probe_inputs(model, r, 2, {1: (sae, [0, 1, 2, 3, 4, 5])})
-    reference = pooled_activations(model, tok, TEXTS, 2, 32, edit=ablation_edit(sae, range(6)), edit_layer=1)
+    reference = run_with_edits(model, r, 2, {1: ablation_edit(sae, range(6))})
     assert torch.allclose(edited, reference, atol=1e-5), "not the same as splicing the edit into a full pass"
     assert not torch.allclose(edited, probe_inputs(model, r, 2), atol=1e-4), "the edit did not reach layer 2"
 
@@ -173,14 +186,14 @@ def test_an_edit_reaches_a_later_probe_only_through_the_blocks_after_it(tiny):
 
 def test_edits_at_two_layers_compose_like_two_splices(tiny):
     from ssae_kit.debias import probe_inputs
-    from ssae_kit.models import splice
 
     model, tok = tiny
     sae1, sae2 = (SAE(SAEConfig(d_in=32, d_sae=64, layer=layer), seed=layer) for layer in (1, 2))
     r = residuals(model, tok, TEXTS, 1, ctx_len=32)
     both = probe_inputs(model, r, 2, {1: (sae1, [0, 1, 2]), 2: (sae2, [3, 4])})
-    with splice(model, 1, ablation_edit(sae1, [0, 1, 2])), splice(model, 2, ablation_edit(sae2, [3, 4])):
-        reference = mean_pool(residuals(model, tok, TEXTS, 2, ctx_len=32))
+    reference = run_with_edits(
+        model, r, 2, {1: ablation_edit(sae1, [0, 1, 2]), 2: ablation_edit(sae2, [3, 4])}
+    )
     assert torch.allclose(both, reference, atol=1e-5)
 
 
@@ -204,7 +217,6 @@ def test_ablating_the_latent_along_the_probe_weight_removes_the_probe_signal(tin
 
 def test_attribution_of_an_upstream_latent_is_the_first_order_effect_of_ablating_it(tiny):
     from ssae_kit.debias import attribution_check
-    from ssae_kit.features import pooled_activations
 
     model, tok = tiny
     sae = SAE(SAEConfig(d_in=32, d_sae=64, layer=1), seed=3)
@@ -218,7 +230,7 @@ def test_attribution_of_an_upstream_latent_is_the_first_order_effect_of_ablating
     j, eps = int(attr.abs().argmax()), 1e-2
 
     def metric(edit=None):
-        x = pooled_activations(model, tok, TEXTS, 2, 32, edit=edit, edit_layer=1)
+        x = run_with_edits(model, r, 2, {1: edit} if edit else {})
         return torch.nn.functional.binary_cross_entropy_with_logits(probe.logits(x), labels.float()).item()
 
     def shrink_latent_j(resid):  # f_j -> (1 - eps) f_j at layer 1, error term kept
@@ -231,6 +243,28 @@ def test_attribution_of_an_upstream_latent_is_the_first_order_effect_of_ablating
     assert check["latent"] == j and check["predicted"] * check["measured"] > 0  # full ablation: same sign
     with pytest.raises(ValueError, match="pass the model"):
         shift_attribution(sae, probe, r, labels, probe_layer=2)
+
+
+def test_integrated_gradients_sum_to_the_effect_of_ablating_every_latent(tiny):
+    from ssae_kit.debias import probe_inputs
+
+    model, tok = tiny
+    sae = SAE(SAEConfig(d_in=32, d_sae=64, layer=1), seed=3)
+    with torch.no_grad():
+        sae.b_enc.fill_(0.1)
+    labels = torch.tensor([1, 0, 1, 0, 1, 0])
+    r = residuals(model, tok, TEXTS, 1, ctx_len=32)
+    probe = train_probe(probe_inputs(model, r, 2), labels, epochs=3)
+
+    def metric(ablations=None):
+        x = probe_inputs(model, r, 2, ablations)
+        return torch.nn.functional.binary_cross_entropy_with_logits(probe.logits(x), labels.float()).item()
+
+    effect = metric({1: (sae, range(64))}) - metric()  # every latent ablated, error term kept
+    ig = shift_attribution(sae, probe, r, labels, model, 2, method="ig", ig_steps=16)
+    assert -ig.sum().item() == pytest.approx(effect, rel=0.02), "integrated gradients lost completeness"
+    with pytest.raises(ValueError, match="use 'atp' or 'ig'"):
+        shift_attribution(sae, probe, r, labels, model, 2, method="shap")
 
 
 def test_ablation_curve_reads_set_a_only_and_the_best_count_prefers_fewer_latents(tiny, identity_sae):
