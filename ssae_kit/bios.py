@@ -25,6 +25,7 @@ from .bio_templates import DETAILS, INTROS, NEUTRAL_INTROS, PERSONAL
 
 __all__ = [
     "LABHC_PROFESSIONS",
+    "delete_gender_tokens",
     "load_bias_in_bios",
     "make_splits",
     "synthetic_bios",

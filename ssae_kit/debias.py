@@ -33,7 +33,15 @@ from .sae import SAE
 
 __all__ = [
     "DebiasConfig",
+    "ablation_curve",
+    "attribution_check",
+    "best_count",
+    "build_debias_data",
+    "find_spurious",
+    "row_difference",
     "shift_case_study",
+    "summarize_seeds",
+    "train_probe",
 ]
 
 
