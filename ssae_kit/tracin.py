@@ -48,6 +48,8 @@ from .sae import SAE, SAEConfig
 from .term import per_token_loss
 from .train import TrainConfig, train
 
+__all__ = ["TRACIN_STRATEGIES", "select_tracin"]
+
 logger = logging.getLogger(__name__)
 
 Base = Literal["dense", "bm25"]
