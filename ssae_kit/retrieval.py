@@ -238,7 +238,7 @@ def select(
     if combine not in ("max", "mean"):
         raise ValueError(f"combine={combine!r} must be 'max' or 'mean'.")
     if strategy == "seed_only":
-        return _fill(seeds, np.zeros(len(seeds)), None, tokenizer, "seed_only")
+        return fill_budget(seeds, np.zeros(len(seeds)), None, tokenizer, "seed_only")
     if not pool:
         raise ValueError(
             "The pool is empty: there is nothing to select from. Pass the documents to choose "
@@ -248,7 +248,7 @@ def select(
     keep = dedupe_indices(pool)
     pool = [pool[i] for i in keep]
     if strategy == "none":  # shuffled, so that a token cap downstream takes an unbiased sample
-        return _fill(
+        return fill_budget(
             pool, np.random.default_rng([_NONE_STREAM, seed]).random(len(pool)), None, tokenizer, "none"
         )
     if budget_tokens is None or budget_tokens <= 0:
@@ -265,7 +265,7 @@ def select(
             _check_pool_vectors("The index", (index.ntotal, index.d), n_given, embedder)
         seed_emb = embedder.embed([s.text for s in seeds], progress=False)
         if index is not None:
-            return _warn_if_whole_pool(
+            return warn_if_whole_pool(
                 _select_with_index(index, pool, keep, seed_emb, combine, budget_tokens, tokenizer), len(pool)
             )
         emb = (
@@ -275,7 +275,7 @@ def select(
         )
         sims = emb @ seed_emb.T
         scores = sims.max(1) if combine == "max" else sims.mean(1)
-    return _warn_if_whole_pool(_fill(pool, scores, budget_tokens, tokenizer, strategy), len(pool))
+    return warn_if_whole_pool(fill_budget(pool, scores, budget_tokens, tokenizer, strategy), len(pool))
 
 
 def _check_pool_vectors(what: str, shape: tuple[int, ...], n_pool: int, embedder: Embedder) -> None:
@@ -292,7 +292,7 @@ def _check_pool_vectors(what: str, shape: tuple[int, ...], n_pool: int, embedder
         )
 
 
-def _warn_if_whole_pool(selection: Selection, n_pool: int) -> Selection:
+def warn_if_whole_pool(selection: Selection, n_pool: int) -> Selection:
     """Warn when the budget holds every document: then every strategy picks the whole pool."""
     if len(selection.documents) == n_pool:
         warnings.warn(
@@ -324,7 +324,9 @@ def _select_with_index(
                 if r >= 0 and r in position:
                     best[position[r]] = max(best.get(position[r], -np.inf), float(sc))
         cand = sorted(best)
-        sel = _fill([pool[i] for i in cand], np.array([best[i] for i in cand]), budget, tokenizer, "dense")
+        sel = fill_budget(
+            [pool[i] for i in cand], np.array([best[i] for i in cand]), budget, tokenizer, "dense"
+        )
         if sel.tokens_used >= 0.95 * budget or n_cand >= index.ntotal:
             return sel
         n_cand *= 4
@@ -377,7 +379,7 @@ def _token_lengths(docs: list[Document], tokenizer) -> np.ndarray:
     )
 
 
-def _fill(
+def fill_budget(
     docs: list[Document], scores: np.ndarray, budget: int | None, tokenizer, strategy: str
 ) -> Selection:
     """Take documents by descending score while they fit in the budget (all of them if None)."""

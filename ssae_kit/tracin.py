@@ -43,14 +43,18 @@ from .activations import ActivationStore, cache_activations
 from .corpora import Document, corpus_checksum
 from .io import cache_dir
 from .models import check_ctx_len, check_layer, d_model, resolve_device
-from .retrieval import Embedder, Selection, _fill, _warn_if_whole_pool, dedupe_indices, select
+from .retrieval import Embedder, Selection, dedupe_indices, fill_budget, select, warn_if_whole_pool
 from .sae import SAE, SAEConfig
 from .term import per_token_loss
 from .train import TrainConfig, train
 
+__all__ = ["TRACIN_STRATEGIES", "select_tracin"]
+
 logger = logging.getLogger(__name__)
 
 Base = Literal["dense", "bm25"]
+TRACIN_STRATEGIES: tuple[str, ...] = ("dense_tracin", "bm25_tracin")
+"""The strategy names of `select_tracin` (base + "_tracin"), beside `retrieval.STRATEGIES`."""
 Checkpoint = tuple[SAE, float]
 """An SAE at one point of training and the learning rate eta_c of the steps taken from it."""
 
@@ -317,8 +321,8 @@ def select_tracin(
         trained - cached,
         time.perf_counter() - trained,
     )
-    selection = _fill(candidates, scores, budget_tokens, tokenizer, f"{base}_tracin")
-    return _warn_if_whole_pool(selection, len(dedupe_indices(pool)))
+    selection = fill_budget(candidates, scores, budget_tokens, tokenizer, f"{base}_tracin")
+    return warn_if_whole_pool(selection, len(dedupe_indices(pool)))
 
 
 def _cached_store(

@@ -136,26 +136,28 @@ def plot_selection_quality(
 def plot_embedding_map(
     points: np.ndarray,
     labels: list,
-    selected: np.ndarray,
+    selected: dict[str, np.ndarray] | None = None,
     seeds: np.ndarray | None = None,
     title: str = "pool embeddings (PCA)",
 ) -> Figure:
-    """Scatter of 2-D points coloured by label; selected documents ringed, seeds as stars."""
+    """Scatter of 2-D points coloured by label; each selection's documents (name -> boolean mask)
+    ringed, one ring size and colour per selection so overlapping picks stay visible; seeds as stars."""
     fig = NotebookFigure(figsize=(6.5, 5))
     ax = fig.subplots()
     labels = np.asarray([str(lab) for lab in labels])
     for lab in sorted(set(labels)):
         m = labels == lab
         ax.scatter(points[m, 0], points[m, 1], s=8, alpha=0.5, label=lab)
-    ax.scatter(
-        points[selected, 0],
-        points[selected, 1],
-        s=30,
-        facecolors="none",
-        edgecolors="black",
-        linewidths=0.8,
-        label="selected",
-    )
+    for j, (name, mask) in enumerate((selected or {}).items()):
+        ax.scatter(
+            points[mask, 0],
+            points[mask, 1],
+            s=30 * (j + 1),
+            facecolors="none",
+            edgecolors=("black", "tab:red", "tab:purple", "tab:brown")[j % 4],
+            linewidths=0.8,
+            label=f"selected: {name}",
+        )
     if seeds is not None and len(seeds):
         ax.scatter(
             seeds[:, 0], seeds[:, 1], marker="*", s=180, color="red", edgecolors="black", label="seeds"

@@ -45,11 +45,16 @@ def _check_00_quickstart(m: dict, params: dict) -> None:
 
 def _check_01_retrieval(m: dict, params: dict) -> None:
     run = RunLayout(Path(params["run_dir"]))
-    for strategy in ("dense", "bm25", "random", "none", "seed_only"):
+    for strategy in ("dense", "bm25", "dense_tracin", "bm25_tracin", "random", "none", "seed_only"):
         assert run.selection(strategy).exists(), strategy
     assert all(run.split(part).exists() for part in ("pool", "seeds", "heldout", "ood"))
     at = {(r["strategy"], r["budget"]): r for r in m["rows"]}
-    budgets = params["budgets"]
+    budgets, main = params["budgets"], params["main_budget"]
+    for s in ("dense_tracin", "bm25_tracin"):  # TracIn runs at the main budget only, with an interval
+        assert [b for t, b in at if t == s] == [main], s
+        r = at[(s, main)]
+        assert r["token_precision_low"] <= r["token_precision"] <= r["token_precision_high"], s
+        assert 0 < r["tokens_used"] <= main and r["n_docs"] > 0, s
     for b in budgets:  # stable across seeds: both retrievers beat the random control
         assert at[("dense", b)]["token_precision"] > at[("random", b)]["token_precision"]
         assert at[("bm25", b)]["token_precision"] > at[("random", b)]["token_precision"]
@@ -80,12 +85,21 @@ def _check_01_retrieval(m: dict, params: dict) -> None:
 
 def _check_02_train_ssae(m: dict, params: dict) -> None:
     run_dir = Path(params["run_dir"])
-    strategies = {"dense", "bm25", "random", "none", "seed_only"}
+    strategies = {"dense", "bm25", "dense_tracin", "bm25_tracin", "random", "none", "seed_only"}
     assert {r["strategy"] for r in m[ROWS_KEY]} == strategies
     main, others = params["ssae_sparsity_coefficients"][0], params["ssae_sparsity_coefficients"][1:]
     assert (
         len(m[ROWS_KEY]) == len(strategies) * 2 + len(others) * 2
     )  # main: both texts; others: dense, none in-domain
+    ce_vs_gsae = {
+        (r["strategy"], r["text"]): r["ce_vs_gsae"] for r in m[ROWS_KEY] if r["sparsity_coefficient"] == main
+    }
+    for (s, text), value in ce_vs_gsae.items():  # the in/out-of-domain table, with bootstrap intervals
+        d = m["ce_vs_gsae"][s][text]
+        assert d["low"] <= d["estimate"] <= d["high"] and d["estimate"] == pytest.approx(value, abs=1e-4), s
+    for base in ("dense", "bm25"):  # each TracIn selection is compared with the retrieval it reranks
+        for text in ("in-domain", "out-of-domain"):
+            assert f"{base}_tracin vs {base}, {text}" in m["verdicts"]
     for r in m[ROWS_KEY]:
         assert 0 <= r["l0"] <= params["d_sae"] and r["ce_sae"] > 0 and 0 <= r["dead_fraction"] <= 1
         assert r["ce_vs_gsae"] == pytest.approx(r["ce_sae"] - m["gsae"][r["text"]]["ce_sae"])
@@ -287,6 +301,28 @@ def _bad_gsae(tmp_path: Path, d_in: int, layer: int) -> str:
     from ssae_kit.sae import SAE, SAEConfig
 
     return str(SAE(SAEConfig(d_in=d_in, d_sae=8, layer=layer)).save(tmp_path / f"gsae_{d_in}_{layer}"))
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (dict(strategies=["dense", "tfidf_tracin"]), r"Unknown strategies \['tfidf_tracin'\]"),
+        (dict(gsae=""), r"\['dense_tracin', 'bm25_tracin'\] rerank with a GSAE's loss: set gsae"),
+        (dict(gsae="no-such-release-or-folder"), "neither a folder nor 'release:sae_id'"),
+    ],
+    ids=["unknown strategy", "TracIn without a GSAE", "mistyped GSAE"],
+)
+def test_bad_parameters_stop_notebook_01_in_its_setup_cell(change, expected, tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError, match=expected):
+        papermill.execute_notebook(
+            str(NOTEBOOKS_DIR / "01_retrieval.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            parameters={**SMOKE["01_retrieval"], "run_dir": str(tmp_path / "01"), **change},
+            cwd=str(NOTEBOOKS_DIR),
+            kernel_name="python3",
+            progress_bar=False,
+        )
+    assert not (tmp_path / "01").exists(), "the run folder was made before the inputs were checked"
 
 
 @pytest.mark.parametrize(

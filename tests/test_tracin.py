@@ -10,10 +10,11 @@ from test_retrieval import FOOD, SPORT  # the same two-topic pool
 from ssae_kit import tracin
 from ssae_kit.corpora import Document
 from ssae_kit.models import hook_name
-from ssae_kit.retrieval import Embedder, select
+from ssae_kit.retrieval import STRATEGIES, Embedder, select
 from ssae_kit.sae import SAE, SAEConfig
 from ssae_kit.term import per_token_loss
 from ssae_kit.tracin import (
+    TRACIN_STRATEGIES,
     build_checkpoints,
     read_store,
     seed_gradient,
@@ -114,6 +115,9 @@ def test_tracin_selection_fills_the_budget_by_score_and_repeats_by_seed(
     sel = select_tracin(pool, seeds, base, **kw)
     again = select_tracin(pool, seeds, base, **{**kw, "store_dir": tmp_path / "again"})
     assert sel.strategy == f"{base}_tracin" and sel.budget_tokens == 150
+    assert sel.strategy in TRACIN_STRATEGIES and sel.strategy not in STRATEGIES, (
+        "notebooks pick it by this name"
+    )
     assert (sel.documents, sel.scores) == (again.documents, again.scores), "same seed, same selection"
     candidates = select(pool, seeds, base, 450, tok, embedder=embedder).documents
     assert {d.text for d in sel.documents} <= {d.text for d in candidates}

@@ -12,7 +12,7 @@ from nbclient import NotebookClient
 from ssae_kit import SAE
 from ssae_kit.features import collect_feature_activations
 from ssae_kit.sae import SAEConfig
-from ssae_kit.viz import feature_browser, plot_curves
+from ssae_kit.viz import feature_browser, plot_curves, plot_embedding_map
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -104,6 +104,18 @@ import numpy as np
 import torch
 
 from ssae_kit.viz import match_latents, principal_components, project_2d
+
+
+def test_an_embedding_map_rings_each_selection_in_its_own_layer():
+    points, labels = np.arange(12.0).reshape(6, 2), ["a", "b"] * 3
+    masks = {"dense": np.array([1, 1, 0, 0, 0, 0], bool), "dense_tracin": np.array([0, 1, 1, 0, 0, 0], bool)}
+    ax = plot_embedding_map(points, labels, masks).axes[0]
+    rings = {c.get_label(): c.get_offsets() for c in ax.collections if c.get_label().startswith("selected")}
+    assert list(rings) == ["selected: dense", "selected: dense_tracin"], "one labelled layer per selection"
+    assert np.array_equal(rings["selected: dense_tracin"], points[[1, 2]])
+    assert not any(
+        c.get_label().startswith("selected") for c in plot_embedding_map(points, labels).axes[0].collections
+    )
 
 
 def test_project_2d_matches_the_svd_of_the_centred_rows_up_to_each_axis_sign():
