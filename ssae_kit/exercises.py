@@ -90,22 +90,23 @@ def _mismatch(got: Any, expected: Any, rtol: float, atol: float) -> str | None:
 
 def run_cases(
     exercise: str, fn: Callable, cases: Sequence[Case], rtol: float = 1e-4, atol: float = 1e-6
-) -> bool:
-    """Run `fn` on every case, print one line (pass, not written yet, or the failing case and its hint)."""
+) -> None:
+    """Run `fn` on every case and print one line: a pass, not written yet, or the failing case and its hint.
+
+    Nothing is returned, so a check cell shows that line alone."""
     for case in cases:
         try:
             got = fn(*case.args)
         except NotImplementedError:
             print(f"… {exercise}: not written yet. Fill in the stub above, run it, then run this cell again.")
-            return False
+            return
         except Exception as err:  # noqa: BLE001 (the learner's bug, reported as one line, not a traceback)
             print(f"✗ {exercise}, case '{case.name}': raised {type(err).__name__}: {err}. Hint: {case.hint}")
-            return False
+            return
         if problem := _mismatch(got, case.expected, rtol, atol):
             print(f"✗ {exercise}, case '{case.name}': {problem}. Hint: {case.hint}")
-            return False
+            return
     print(f"✓ {exercise}: all {len(cases)} cases match the kit's own.")
-    return True
 
 
 def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -115,13 +116,13 @@ def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
 # --- 01 retrieval ---------------------------------------------------------------------------------
 
 
-def check_centroid_scores(centroid_scores: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> bool:
+def check_centroid_scores(centroid_scores: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
     """centroid_scores(pool_emb (N, D), seed_emb (S, D)) -> (N,): the mean cosine to the seeds (dense retrieval)."""
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
     pool, seeds = _randn(6, 4, seed=1).numpy(), _randn(3, 4, seed=2).numpy()
     scaled_pool = pool * np.array([[0.1], [5.0], [1.0], [20.0], [0.5], [2.0]])
     expected = lambda p, s: decoder_cosines(torch.as_tensor(p), torch.as_tensor(s)).mean(1).numpy()
-    return run_cases(
+    run_cases(
         "centroid_scores",
         centroid_scores,
         [
@@ -151,7 +152,7 @@ def _budget_reference(scores: list[float], lengths: list[int], budget: int) -> l
     return [int(d.source) for d in sel.documents]
 
 
-def check_fill_budget(fill_budget: Callable[[np.ndarray, np.ndarray, int], list[int]]) -> bool:
+def check_fill_budget(fill_budget: Callable[[np.ndarray, np.ndarray, int], list[int]]) -> None:
     """fill_budget(scores (N,), lengths (N,), budget) -> indices taken, best first, within the budget."""
     cases = [
         ("everything fits", [0.9, 0.1, 0.5], [10, 10, 10], 100, "take documents by descending score"),
@@ -173,7 +174,7 @@ def check_fill_budget(fill_budget: Callable[[np.ndarray, np.ndarray, int], list[
             "a document that fills the budget exactly still fits: compare with <=, not <",
         ),
     ]
-    return run_cases(
+    run_cases(
         "fill_budget",
         lambda s, n, b: [int(i) for i in fill_budget(s, n, b)],
         [
@@ -193,12 +194,12 @@ _BM25_POOL = [
 _BM25_SEEDS = ["Mobile broadband and internet software", "The phones that are on the shelves"]
 
 
-def check_bm25_scores(bm25_scores: Callable[[list[str], list[str]], np.ndarray]) -> bool:
+def check_bm25_scores(bm25_scores: Callable[[list[str], list[str]], np.ndarray]) -> None:
     """bm25_scores(pool_texts, seed_texts) -> (N,): BM25 (bm25s, English stop words) averaged over seeds."""
     expected = lambda pool, seeds: _bm25_scores(
         [Document(t) for t in pool], [Document(t) for t in seeds], "mean"
     )
-    return run_cases(
+    run_cases(
         "bm25_scores",
         bm25_scores,
         [
@@ -233,7 +234,7 @@ def _small_sae(d_in: int = 8, d_sae: int = 16, seed: int = 0, biases: bool = Tru
     return sae
 
 
-def check_sae_forward(sae_forward: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> bool:
+def check_sae_forward(sae_forward: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> None:
     """sae_forward(x, W_enc, b_enc, W_dec, b_dec) -> (x_hat, f), as `SAE.decode(SAE.encode(x))`."""
     cases = []
     for name, biases, hint in (
@@ -252,10 +253,10 @@ def check_sae_forward(sae_forward: Callable[..., tuple[torch.Tensor, torch.Tenso
         f = sae.encode(x)
         args = tuple(p.detach().clone() for p in (x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec))
         cases.append(Case(name, args, (sae.decode(f), f), hint))
-    return run_cases("sae_forward", sae_forward, cases)
+    run_cases("sae_forward", sae_forward, cases)
 
 
-def check_spliced_ce_delta(spliced_ce_delta: Callable[..., float]) -> bool:
+def check_spliced_ce_delta(spliced_ce_delta: Callable[..., float]) -> None:
     """spliced_ce_delta(model, sae, input_ids, layer) -> spliced minus clean next-token CE (nats per token)."""
     model, tokenizer = tiny_model(seed=0)
     ids = tokenizer(
@@ -269,7 +270,7 @@ def check_spliced_ce_delta(spliced_ce_delta: Callable[..., float]) -> bool:
         clean = _ce_sums(model, ids, mask, targets).sum() / targets.sum()
         with splice(model, 1, lambda r: sae.decode(sae.encode(r))):
             spliced = _ce_sums(model, ids, mask, targets).sum() / targets.sum()
-    return run_cases(
+    run_cases(
         "spliced_ce_delta",
         lambda *a: float(spliced_ce_delta(*a)),
         [
@@ -290,7 +291,7 @@ def check_spliced_ce_delta(spliced_ce_delta: Callable[..., float]) -> bool:
 # --- 03 TERM ----------------------------------------------------------------------------------
 
 
-def check_tilted_loss(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> bool:
+def check_tilted_loss(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
     """fn(losses (N,), t > 0) -> (1/t) log mean exp(t l), finite for any t; compared with `term.tilted_loss`."""
     losses = _randn(32, seed=3).abs()
     cases = [
@@ -314,7 +315,7 @@ def check_tilted_loss(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> bool
             "at a huge tilt the value is the max loss; compute it through logsumexp, shifted by the max",
         ),
     ]
-    return run_cases(
+    run_cases(
         "tilted_loss",
         fn,
         [Case(name, (l.clone(), t), tilted_loss(l, t), hint) for name, l, t, hint in cases],
@@ -330,7 +331,7 @@ def _term_weights_reference(losses: torch.Tensor, t: float) -> torch.Tensor:
     return grad
 
 
-def check_term_weights(term_weights: Callable[[torch.Tensor, float], torch.Tensor]) -> bool:
+def check_term_weights(term_weights: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
     """term_weights(losses (N,), t) -> (N,) the weight TERM's gradient gives each token, softmax(t l)."""
     losses = _randn(16, seed=4).abs()
     cases = [
@@ -346,7 +347,7 @@ def check_term_weights(term_weights: Callable[[torch.Tensor, float], torch.Tenso
             ),
         ),
     ]
-    return run_cases(
+    run_cases(
         "term_weights",
         term_weights,
         [Case(name, (l.clone(), t), _term_weights_reference(l, t), hint) for name, l, t, hint in cases],
@@ -359,14 +360,14 @@ def check_term_weights(term_weights: Callable[[torch.Tensor, float], torch.Tenso
 
 def check_best_decoder_cosine(
     best_decoder_cosine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-) -> bool:
+) -> None:
     """best_decoder_cosine(W_dec_ssae (n, D), W_dec_gsae (m, D)) -> (n,) each SSAE row's best cosine to the GSAE's."""
     unit = lambda w: w / w.norm(dim=1, keepdim=True)
     ssae, gsae = unit(_randn(5, 6, seed=5)), unit(_randn(7, 6, seed=6))
     flipped = torch.cat([-ssae[:2], unit(_randn(5, 6, seed=8))])  # two GSAE rows point opposite to SSAE rows
     scaled = ssae * torch.tensor([[0.2], [3.0], [1.0], [10.0], [0.5]], dtype=torch.float64)
     expected = lambda a, b: match_latents(SimpleNamespace(W_dec=a), SimpleNamespace(W_dec=b))
-    return run_cases(
+    run_cases(
         "best_decoder_cosine",
         best_decoder_cosine,
         [
@@ -395,11 +396,11 @@ def check_best_decoder_cosine(
     )
 
 
-def check_dark_matter(dark_matter: Callable[[np.ndarray, np.ndarray, float], np.ndarray]) -> bool:
+def check_dark_matter(dark_matter: Callable[[np.ndarray, np.ndarray, float], np.ndarray]) -> None:
     """dark_matter(best_cosine (n,), peak_activation (n,), threshold) -> SSAE-only latents, strongest first."""
     best = np.array([0.95, 0.2, 0.5, 0.1, 0.99, 0.3])
     peak = np.array([1.0, 0.5, 2.0, 0.0, 3.0, 4.0])
-    return run_cases(
+    run_cases(
         "dark_matter",
         lambda *a: [int(i) for i in dark_matter(*a)],
         [
@@ -423,7 +424,7 @@ def check_dark_matter(dark_matter: Callable[[np.ndarray, np.ndarray, float], np.
 # --- 05 debias --------------------------------------------------------------------------------
 
 
-def check_ablate_keeping_error(ablate: Callable[[SAE, torch.Tensor, list[int]], torch.Tensor]) -> bool:
+def check_ablate_keeping_error(ablate: Callable[[SAE, torch.Tensor, list[int]], torch.Tensor]) -> None:
     """ablate(sae, resid (..., D), latents) -> resid with `latents` zeroed in the SAE, its error term kept."""
     sae, x = _small_sae(), 2 * _randn(3, 4, 8, seed=9)
     f = sae.encode(x)
@@ -444,14 +445,14 @@ def check_ablate_keeping_error(ablate: Callable[[SAE, torch.Tensor, list[int]], 
             "zero the chosen latents in a copy of f (all positions), decode, and add the error term x - decode(f)",
         ),
     ]
-    return run_cases(
+    run_cases(
         "ablate_keeping_error",
         ablate,
         [Case(name, (sae, x.clone(), j), ablation_edit(sae, j)(x), hint) for name, j, hint in cases],
     )
 
 
-def check_shift_attribution(attribution: Callable[..., torch.Tensor]) -> bool:
+def check_shift_attribution(attribution: Callable[..., torch.Tensor]) -> None:
     """attribution(sae, resid (N, T, D), keep (N, T), metric) -> (d_sae,) gradient x activation, as `shift_attribution`.
 
     `metric(x_hat)` maps a (N, T, D) residual to the summed probe loss -log p(y|x) of the N texts.
@@ -474,4 +475,4 @@ def check_shift_attribution(attribution: Callable[..., torch.Tensor]) -> bool:
         "attribution = grad of metric(x_hat) w.r.t. f, times f, summed over kept positions, averaged over texts"
     )
     cases = [Case("4 texts with padding, a random SAE", (sae, resid.clone(), keep, metric), expected, hint)]
-    return run_cases("shift_attribution", attribution, cases, rtol=1e-3, atol=1e-5)
+    run_cases("shift_attribution", attribution, cases, rtol=1e-3, atol=1e-5)
