@@ -315,3 +315,23 @@ def test_the_student_copy_of_notebook_01_runs_end_to_end_with_its_stubs(tmp_path
     printed = "".join(o.get("text", "") for c in nb.cells for o in c.outputs)
     assert printed.count("not written yet") == len(_exercises("01_retrieval"))
     assert RunLayout(tmp_path / "01_retrieval").read_metrics()["rows"]
+
+
+def test_make_workshop_writes_student_copies_and_solutions_html_into_an_ignored_folder(tmp_path, monkeypatch):
+    repo = NOTEBOOKS_DIR.parent
+    make = (repo / "Makefile").read_text()
+    recipe = re.search(r"^workshop: \$\(STAMP\)\n((?:\t.*\n)+)", make, flags=re.MULTILINE)
+    assert recipe and "$(BIN)/python notebooks/workshop.py --out workshop" in recipe.group(1)
+    assert re.search(r"^\.PHONY:.* workshop\b", make, flags=re.MULTILINE)
+    assert "workshop/" in (repo / ".gitignore").read_text().splitlines()
+    assert "\nmake workshop\n" in (repo / "README.md").read_text()
+    monkeypatch.setattr("sys.argv", ["workshop.py", "--out", str(tmp_path)])
+    workshop.main()
+    for stem in PRESET:
+        student = nbformat.read(tmp_path / f"{stem}.ipynb", as_version=4)
+        nbformat.validate(student)
+        assert all(
+            "NotImplementedError" in c.source for c in student.cells if "solution" in c.metadata["tags"]
+        )
+    html = (tmp_path / "solutions" / "03_term_vs_erm.html").read_text()
+    assert "logsumexp" in html and "write tilted_loss, then run" not in html  # the solutions, revealed
