@@ -18,7 +18,7 @@ export IPYTHONDIR := $(CACHE)/ipython
 export npm_config_cache := $(CACHE)/npm
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test gsae lab clean
+.PHONY: demo test gsae lab workshop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ gsae: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks \
 		$(if $(filter 0,$(shell id -u)),--allow-root)
+
+# The workshop's student copies (exercise solutions replaced by stubs, notebooks/workshop.yaml's
+# parameters) and each notebook with its solutions as HTML, in workshop/; offline, seconds.
+workshop: $(STAMP)
+	$(BIN)/python notebooks/workshop.py --out workshop
 
 # Lint and format first (seconds), then the tests.
 test: $(STAMP)

@@ -1,4 +1,4 @@
-"""Run every notebooks/NN_*.ipynb with papermill, in order, on its defaults (or smoke params).
+"""Run every notebooks/NN_*.ipynb with papermill, in order, on its defaults (or a preset's params).
 
 Each notebook writes into <out>/<notebook stem>/ (figures, metrics.json, artefacts) and its
 executed copy goes to <out>/<notebook>.ipynb, signed as trusted (you ran it), so JupyterLab draws
@@ -17,24 +17,30 @@ import yaml
 from nbformat.sign import NotebookNotary
 
 HERE = Path(__file__).resolve().parent
+PRESETS = ("smoke", "workshop")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo", help="folder for executed notebooks and results")
-    parser.add_argument("--smoke", action="store_true", help="use notebooks/smoke.yaml (fast, for checks)")
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default=None,
+        help="parameters from notebooks/<preset>.yaml: smoke (fast, for checks), workshop (a teaching session)",
+    )
     parser.add_argument("--only", nargs="*", default=None, help="notebook stems to run, e.g. 00_quickstart")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    smoke = yaml.safe_load((HERE / "smoke.yaml").read_text()) if args.smoke else {}
+    preset = yaml.safe_load((HERE / f"{args.preset}.yaml").read_text()) if args.preset else {}
     notebooks = sorted(HERE.glob("[0-9][0-9]_*.ipynb"))
     if args.only:
         notebooks = [nb for nb in notebooks if nb.stem in args.only]
     timings = []
     for nb in notebooks:
         run_dir = out / nb.stem
-        params = {**(smoke or {}).get(nb.stem, {}), "run_dir": str(run_dir)}
+        params = {**(preset or {}).get(nb.stem, {}), "run_dir": str(run_dir)}
         print(f"== {nb.name} -> {run_dir}", flush=True)
         start = time.perf_counter()
         papermill.execute_notebook(

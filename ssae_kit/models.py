@@ -30,6 +30,7 @@ __all__ = [
     "d_model",
     "load_model",
     "n_layers",
+    "splice",
 ]
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,77 @@
+"""Write the workshop's student copies, and the solutions-revealed HTML, from the instructor notebooks.
+
+The notebooks in notebooks/ are the instructor copy: each exercise's reference solution sits in a code
+cell tagged `solution`. The student copy replaces every such cell by a stub made from it (its imports,
+and each function's signature and docstring over a body that raises NotImplementedError) and carries
+the workshop preset (notebooks/workshop.yaml) as papermill's injected parameters. Every other cell is
+the instructor's, unchanged. Used by `make workshop`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from pathlib import Path
+
+import nbformat
+import yaml
+from nbconvert import HTMLExporter
+from papermill.iorw import load_notebook_node
+from papermill.parameterize import parameterize_notebook
+
+HERE = Path(__file__).resolve().parent
+SOLUTION_TAG = "solution"
+
+
+def stub_source(source: str) -> str:
+    """The stub of a solution cell: its imports, then each function's signature and docstring over
+    `raise NotImplementedError`, so the learner sees what to write and not how."""
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    imports, stubs = [], []
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            imports.append(ast.get_source_segment(source, node))
+        elif isinstance(node, ast.FunctionDef) and ast.get_docstring(node):
+            start = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1
+            head = "\n".join(lines[start : node.body[0].end_lineno])
+            stubs.append(
+                f'{head}\n    raise NotImplementedError("write {node.name}, then run the check below")'
+            )
+        else:
+            raise ValueError(
+                f"A `{SOLUTION_TAG}` cell may hold only imports and functions with docstrings, but line "
+                f"{node.lineno} is a {type(node).__name__}: move it to a cell of its own.\n{source}"
+            )
+    if not stubs:
+        raise ValueError(f"A `{SOLUTION_TAG}` cell defines no function to stub:\n{source}")
+    return "\n\n\n".join(["\n".join(imports)] * bool(imports) + stubs)
+
+
+def student_copy(path: Path, parameters: dict) -> nbformat.NotebookNode:
+    """The student copy of the instructor notebook at `path`: solutions replaced by stubs, `parameters`
+    injected (read with papermill's loader, which gives every cell the tags list it expects)."""
+    out = load_notebook_node(str(path))
+    for cell in out.cells:
+        if SOLUTION_TAG in cell.metadata.get("tags", []):
+            cell.source = stub_source(cell.source)
+    return parameterize_notebook(out, parameters, report_mode=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="workshop", help="folder for the student copies")
+    args = parser.parse_args()
+    out = Path(args.out)
+    (out / "solutions").mkdir(parents=True, exist_ok=True)
+    preset = yaml.safe_load((HERE / "workshop.yaml").read_text())
+    exporter = HTMLExporter()
+    for stem, parameters in preset.items():
+        nbformat.write(student_copy(HERE / f"{stem}.ipynb", parameters), out / f"{stem}.ipynb")
+        html, _ = exporter.from_notebook_node(nbformat.read(HERE / f"{stem}.ipynb", as_version=4))
+        (out / "solutions" / f"{stem}.html").write_text(html)
+        print(f"{out / (stem + '.ipynb')}  (solutions: {out / 'solutions' / (stem + '.html')})")
+
+
+if __name__ == "__main__":
+    main()

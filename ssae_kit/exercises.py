@@ -1,0 +1,479 @@
+"""Workshop checkers: each runs a learner's function beside the kit's own on small inputs.
+
+The cases are chosen so that the usual mistakes show (an overflow at a large tilt, a cosine without
+normalising, a forgotten error term), each with the hint that fixes it. A checker prints one line:
+a tick when every case matches, else the first failing case and its hint; a stub that still raises
+`NotImplementedError` is reported as not written yet, so a student copy runs past unfinished
+exercises. The learner's functions take plain tensors, the SAE or a tiny model, never a notebook's
+own variables, so an exercise runs wherever it is placed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from . import retrieval
+from .corpora import Document
+from .debias import Probe, ablation_edit, shift_attribution
+from .evals import _ce_sums, decoder_cosines, ssae_only_latents
+from .features import Residuals, token_mean
+from .models import byte_tokenizer, splice, tiny_model
+from .retrieval import _bm25_scores
+from .sae import SAE, SAEConfig
+from .term import tilted_loss
+from .viz import match_latents
+
+__all__ = [
+    "check_ablate_keeping_error",
+    "check_best_decoder_cosine",
+    "check_bm25_scores",
+    "check_centroid_scores",
+    "check_dark_matter",
+    "check_fill_budget",
+    "check_sae_forward",
+    "check_shift_attribution",
+    "check_spliced_ce_delta",
+    "check_term_weights",
+    "check_tilted_loss",
+]
+
+
+class Case(NamedTuple):
+    """One input for the learner's function, the kit's answer on it, and the hint for a mismatch."""
+
+    name: str
+    """What the case tests, as the failure line names it."""
+    args: tuple
+    """Positional arguments for the learner's function."""
+    expected: Any
+    """The kit's output on `args`."""
+    hint: str
+    """The likely mistake when this case fails, and its fix."""
+
+
+def _float64(value: Any) -> torch.Tensor:
+    """A tensor, array, number or list as a float64 tensor without autograd history."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().double()
+    return torch.as_tensor(np.asarray(value, dtype=np.float64))
+
+
+def _mismatch(got: Any, expected: Any, rtol: float, atol: float) -> str | None:
+    """None when `got` matches `expected` (arrays, tensors, numbers, lists or tuples of them), else why not."""
+    if isinstance(expected, tuple):
+        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+            return f"expected a tuple of {len(expected)} values, got {type(got).__name__}"
+        for i, (g, e) in enumerate(zip(got, expected)):
+            if problem := _mismatch(g, e, rtol, atol):
+                return f"output {i}: {problem}"
+        return None
+    try:
+        g = _float64(got)
+    except (TypeError, ValueError, RuntimeError):
+        return f"expected numbers, got {type(got).__name__}"
+    e = _float64(expected)
+    if g.shape != e.shape:
+        return f"shape {tuple(g.shape)}, expected {tuple(e.shape)}"
+    if not torch.isfinite(g).all():
+        return f"got non-finite values ({g.flatten()[~torch.isfinite(g.flatten())][0].item()})"
+    if torch.allclose(g, e, rtol=rtol, atol=atol):
+        return None
+    if g.numel() == 1:
+        return f"got {g.item():.6g}, expected {e.item():.6g}"
+    i = int((g - e).abs().flatten().argmax())
+    return f"at flat index {i} got {g.flatten()[i].item():.6g}, expected {e.flatten()[i].item():.6g}"
+
+
+def run_cases(
+    exercise: str, fn: Callable, cases: Sequence[Case], rtol: float = 1e-4, atol: float = 1e-6
+) -> None:
+    """Run `fn` on every case and print one line: a pass, not written yet, or the failing case and its hint.
+
+    Nothing is returned, so a check cell shows that line alone."""
+    for case in cases:
+        try:
+            got = fn(*case.args)
+        except NotImplementedError:
+            print(f"… {exercise}: not written yet. Fill in the stub above, run it, then run this cell again.")
+            return
+        except Exception as err:  # noqa: BLE001 (the learner's bug, reported as one line, not a traceback)
+            print(f"✗ {exercise}, case '{case.name}': raised {type(err).__name__}: {err}. Hint: {case.hint}")
+            return
+        if problem := _mismatch(got, case.expected, rtol, atol):
+            print(f"✗ {exercise}, case '{case.name}': {problem}. Hint: {case.hint}")
+            return
+    print(f"✓ {exercise}: all {len(cases)} cases match the kit's own.")
+
+
+def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+# --- 01 retrieval ---------------------------------------------------------------------------------
+
+
+def check_centroid_scores(centroid_scores: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
+    """centroid_scores(pool_emb (N, D), seed_emb (S, D)) -> (N,): the mean cosine to the seeds (dense retrieval)."""
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    pool, seeds = _randn(6, 4, seed=1).numpy(), _randn(3, 4, seed=2).numpy()
+    scaled_pool = pool * np.array([[0.1], [5.0], [1.0], [20.0], [0.5], [2.0]])
+    expected = lambda p, s: decoder_cosines(torch.as_tensor(p), torch.as_tensor(s)).mean(1).numpy()
+    run_cases(
+        "centroid_scores",
+        centroid_scores,
+        [
+            Case(
+                "unit vectors, 3 seeds",
+                (unit(pool), unit(seeds)),
+                expected(pool, seeds),
+                "score each pool row by its dot product with every seed, then average over the seeds "
+                "(axis 1): one score per pool document",
+            ),
+            Case(
+                "pool vectors of different lengths",
+                (scaled_pool, seeds),
+                expected(scaled_pool, seeds),
+                "normalise every vector to unit length first: a raw dot product favours long vectors, "
+                "not close ones",
+            ),
+        ],
+        rtol=1e-3,
+    )
+
+
+def _budget_reference(scores: list[float], lengths: list[int], budget: int) -> list[int]:
+    """The kit's greedy fill (retrieval.fill_budget) on documents of the given token lengths."""
+    docs = [Document("a" * n, source=str(i)) for i, n in enumerate(lengths)]
+    sel = retrieval.fill_budget(docs, np.array(scores), budget, byte_tokenizer(), "dense")
+    return [int(d.source) for d in sel.documents]
+
+
+def check_fill_budget(fill_budget: Callable[[np.ndarray, np.ndarray, int], list[int]]) -> None:
+    """fill_budget(scores (N,), lengths (N,), budget) -> indices taken, best first, within the budget."""
+    cases = [
+        ("everything fits", [0.9, 0.1, 0.5], [10, 10, 10], 100, "take documents by descending score"),
+        (
+            "the second-best is too long, later ones fit",
+            [0.9, 0.8, 0.7, 0.6],
+            [40, 80, 30, 20],
+            100,
+            (
+                "skip a document that does not fit and keep going: a shorter one further down may still fit "
+                "(do not stop at the first that overflows)"
+            ),
+        ),
+        (
+            "the budget is filled exactly",
+            [0.3, 0.9, 0.6],
+            [50, 30, 20],
+            100,
+            "a document that fills the budget exactly still fits: compare with <=, not <",
+        ),
+    ]
+    run_cases(
+        "fill_budget",
+        lambda s, n, b: [int(i) for i in fill_budget(s, n, b)],
+        [
+            Case(name, (np.array(s), np.array(n), b), _budget_reference(s, n, b), hint)
+            for name, s, n, b, hint in cases
+        ],
+    )
+
+
+_BM25_POOL = [
+    "The new broadband network brings faster internet to rural homes.",
+    "The striker scored twice as the team won the cup final.",
+    "Software makers race to ship mobile apps for the new phones.",
+    "It is what it is, and that is all there is to it.",
+    "Internet providers cut the price of broadband for mobile phones.",
+]
+_BM25_SEEDS = ["Mobile broadband and internet software", "The phones that are on the shelves"]
+
+
+def check_bm25_scores(bm25_scores: Callable[[list[str], list[str]], np.ndarray]) -> None:
+    """bm25_scores(pool_texts, seed_texts) -> (N,): BM25 (bm25s, English stop words) averaged over seeds."""
+    expected = lambda pool, seeds: _bm25_scores(
+        [Document(t) for t in pool], [Document(t) for t in seeds], "mean"
+    )
+    run_cases(
+        "bm25_scores",
+        bm25_scores,
+        [
+            Case(
+                "one seed",
+                (_BM25_POOL, _BM25_SEEDS[:1]),
+                expected(_BM25_POOL, _BM25_SEEDS[:1]),
+                "index the pool with bm25s.BM25() on bm25s.tokenize(..., stopwords='en') and score the seed "
+                "with retriever.get_scores(tokens); stop words must go, or 'the' and 'is' count as matches",
+            ),
+            Case(
+                "two seeds",
+                (_BM25_POOL, _BM25_SEEDS),
+                expected(_BM25_POOL, _BM25_SEEDS),
+                "score each seed as its own query and average the scores (not one query of all seed words)",
+            ),
+        ],
+        rtol=1e-3,
+    )
+
+
+# --- 02 train ---------------------------------------------------------------------------------
+
+
+def _small_sae(d_in: int = 8, d_sae: int = 16, seed: int = 0, biases: bool = True) -> SAE:
+    """A random ReLU SAE in float64 (norm scale 1), with non-zero biases unless `biases` is False."""
+    sae = SAE(SAEConfig(d_in=d_in, d_sae=d_sae), seed=seed).double()
+    if biases:
+        with torch.no_grad():
+            sae.b_enc.copy_(0.3 * _randn(d_sae, seed=seed + 1))
+            sae.b_dec.copy_(_randn(d_in, seed=seed + 2))
+    return sae
+
+
+def check_sae_forward(sae_forward: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """sae_forward(x, W_enc, b_enc, W_dec, b_dec) -> (x_hat, f), as `SAE.decode(SAE.encode(x))`."""
+    cases = []
+    for name, biases, hint in (
+        (
+            "zero biases",
+            False,
+            "f = ReLU(x @ W_enc + b_enc): the ReLU keeps latents >= 0; x_hat = f @ W_dec + b_dec",
+        ),
+        (
+            "non-zero b_dec and b_enc",
+            True,
+            "subtract b_dec from x before encoding (the pre-encoder bias) and add it back after decoding",
+        ),
+    ):
+        sae, x = _small_sae(biases=biases), 2 * _randn(5, 8, seed=7)
+        f = sae.encode(x)
+        args = tuple(p.detach().clone() for p in (x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec))
+        cases.append(Case(name, args, (sae.decode(f), f), hint))
+    run_cases("sae_forward", sae_forward, cases)
+
+
+def check_spliced_ce_delta(spliced_ce_delta: Callable[..., float]) -> None:
+    """spliced_ce_delta(model, sae, input_ids, layer) -> spliced minus clean next-token CE (nats per token)."""
+    model, tokenizer = tiny_model(seed=0)
+    ids = tokenizer(
+        ["the cat sat on the mat", "dark matter of rare words"], return_tensors="pt", padding=True
+    )
+    ids = ids["input_ids"][:, :20]
+    sae = SAE(SAEConfig(d_in=model.config.hidden_size, d_sae=64), seed=3)
+    targets = torch.ones(ids.shape[0], ids.shape[1] - 1, dtype=torch.bool)
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        clean = _ce_sums(model, ids, mask, targets).sum() / targets.sum()
+        with splice(model, 1, lambda r: sae.decode(sae.encode(r))):
+            spliced = _ce_sums(model, ids, mask, targets).sum() / targets.sum()
+    run_cases(
+        "spliced_ce_delta",
+        lambda *a: float(spliced_ce_delta(*a)),
+        [
+            Case(
+                "a random SAE at layer 1 of a tiny model",
+                (model, sae, ids, 1),
+                float(spliced - clean),
+                "run the model once clean and once inside `with splice(model, layer, fn)` where fn returns "
+                "sae.decode(sae.encode(resid)); CE compares logits[:, :-1] with input_ids[:, 1:] (mean over "
+                "positions), and the answer is spliced minus clean",
+            )
+        ],
+        rtol=1e-3,
+        atol=1e-4,
+    )
+
+
+# --- 03 TERM ----------------------------------------------------------------------------------
+
+
+def check_tilted_loss(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
+    """fn(losses (N,), t > 0) -> (1/t) log mean exp(t l), finite for any t; compared with `term.tilted_loss`."""
+    losses = _randn(32, seed=3).abs()
+    cases = [
+        ("t = 1 on small losses", losses, 1.0, "(1/t) * log(mean(exp(t * losses)))"),
+        (
+            "t = 1e-6 (close to ERM)",
+            losses,
+            1e-6,
+            "at a tiny tilt the value is the mean: divide by t after the log, not before",
+        ),
+        (
+            "t = 50 on losses up to 30 (exp(1500) overflows)",
+            losses * 10,
+            50.0,
+            "exp(t * l) overflows: subtract max(l) first, max + (logsumexp(t*(l - max)) - log N) / t",
+        ),
+        (
+            "t = 1e9 on losses near 1000",
+            torch.tensor([1000.0, 999.0, 10.0], dtype=torch.float64),
+            1e9,
+            "at a huge tilt the value is the max loss; compute it through logsumexp, shifted by the max",
+        ),
+    ]
+    run_cases(
+        "tilted_loss",
+        fn,
+        [Case(name, (l.clone(), t), tilted_loss(l, t), hint) for name, l, t, hint in cases],
+        rtol=1e-6,
+    )
+
+
+def _term_weights_reference(losses: torch.Tensor, t: float) -> torch.Tensor:
+    """The TERM weights as the gradient of the kit's tilted loss with respect to each token's loss."""
+    with torch.enable_grad():
+        l = losses.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(tilted_loss(l, t), l)
+    return grad
+
+
+def check_term_weights(term_weights: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
+    """term_weights(losses (N,), t) -> (N,) the weight TERM's gradient gives each token, softmax(t l)."""
+    losses = _randn(16, seed=4).abs()
+    cases = [
+        ("t = 2", losses, 2.0, "the weights are softmax(t * losses); they sum to 1"),
+        ("t = 1e-6 (close to ERM)", losses, 1e-6, "at a tiny tilt every token weighs 1/N, as in ERM"),
+        (
+            "t = 1e9",
+            torch.tensor([3.0, 7.0, 5.0], dtype=torch.float64),
+            1e9,
+            (
+                "exp(t * l) overflows at a huge tilt: use torch.softmax (it subtracts the max) rather than "
+                "exp(...) / sum(exp(...)); the worst token gets all the weight"
+            ),
+        ),
+    ]
+    run_cases(
+        "term_weights",
+        term_weights,
+        [Case(name, (l.clone(), t), _term_weights_reference(l, t), hint) for name, l, t, hint in cases],
+        rtol=1e-5,
+    )
+
+
+# --- 04 visualise -----------------------------------------------------------------------------
+
+
+def check_best_decoder_cosine(
+    best_decoder_cosine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> None:
+    """best_decoder_cosine(W_dec_ssae (n, D), W_dec_gsae (m, D)) -> (n,) each SSAE row's best cosine to the GSAE's."""
+    unit = lambda w: w / w.norm(dim=1, keepdim=True)
+    ssae, gsae = unit(_randn(5, 6, seed=5)), unit(_randn(7, 6, seed=6))
+    flipped = torch.cat([-ssae[:2], unit(_randn(5, 6, seed=8))])  # two GSAE rows point opposite to SSAE rows
+    scaled = ssae * torch.tensor([[0.2], [3.0], [1.0], [10.0], [0.5]], dtype=torch.float64)
+    expected = lambda a, b: match_latents(SimpleNamespace(W_dec=a), SimpleNamespace(W_dec=b))
+    run_cases(
+        "best_decoder_cosine",
+        best_decoder_cosine,
+        [
+            Case(
+                "unit rows, 5 SSAE vs 7 GSAE latents",
+                (ssae, gsae),
+                expected(ssae, gsae),
+                "cosines between every SSAE row and every GSAE row, then the max over the GSAE's rows "
+                "(dim 1), signed (no abs): one value per SSAE latent",
+            ),
+            Case(
+                "GSAE rows pointing the opposite way",
+                (ssae, flipped),
+                expected(ssae, flipped),
+                "keep the sign: a direction opposite to a GSAE direction adds the opposite vector, so it "
+                "is not a match (no abs)",
+            ),
+            Case(
+                "SSAE rows of different lengths",
+                (scaled, gsae),
+                expected(scaled, gsae),
+                "normalise each row to unit length first: a dot product is a cosine only between unit vectors",
+            ),
+        ],
+        rtol=1e-4,
+    )
+
+
+def check_dark_matter(dark_matter: Callable[[np.ndarray, np.ndarray, float], np.ndarray]) -> None:
+    """dark_matter(best_cosine (n,), peak_activation (n,), threshold) -> SSAE-only latents, strongest first."""
+    best = np.array([0.95, 0.2, 0.5, 0.1, 0.99, 0.3])
+    peak = np.array([1.0, 0.5, 2.0, 0.0, 3.0, 4.0])
+    run_cases(
+        "dark_matter",
+        lambda *a: [int(i) for i in dark_matter(*a)],
+        [
+            Case(
+                "threshold 0.7",
+                (best, peak, 0.7),
+                ssae_only_latents(best, peak, 0.7).tolist(),
+                "keep latents whose best cosine is below the threshold and that fire on the sample "
+                "(peak > 0), ordered by peak activation, largest first",
+            ),
+            Case(
+                "threshold 0.25",
+                (best, peak, 0.25),
+                ssae_only_latents(best, peak, 0.25).tolist(),
+                "a latent that never fires (peak 0) is dead, not dark matter: drop it",
+            ),
+        ],
+    )
+
+
+# --- 05 debias --------------------------------------------------------------------------------
+
+
+def check_ablate_keeping_error(ablate: Callable[[SAE, torch.Tensor, list[int]], torch.Tensor]) -> None:
+    """ablate(sae, resid (..., D), latents) -> resid with `latents` zeroed in the SAE, its error term kept."""
+    sae, x = _small_sae(), 2 * _randn(3, 4, 8, seed=9)
+    f = sae.encode(x)
+    silent = [int(j) for j in torch.nonzero(f.amax((0, 1)) == 0).flatten()][:2]
+    active = f.amax((0, 1)).topk(3).indices.tolist()
+    cases = [
+        (
+            "ablating latents that never fire changes nothing",
+            silent or [0],
+            (
+                "keep the SAE's error term: return decode(f with the latents zeroed) + (x - decode(f)); "
+                "without it the output is the reconstruction, not x"
+            ),
+        ),
+        (
+            "ablating the 3 most active latents",
+            active,
+            "zero the chosen latents in a copy of f (all positions), decode, and add the error term x - decode(f)",
+        ),
+    ]
+    run_cases(
+        "ablate_keeping_error",
+        ablate,
+        [Case(name, (sae, x.clone(), j), ablation_edit(sae, j)(x), hint) for name, j, hint in cases],
+    )
+
+
+def check_shift_attribution(attribution: Callable[..., torch.Tensor]) -> None:
+    """attribution(sae, resid (N, T, D), keep (N, T), metric) -> (d_sae,) gradient x activation, as `shift_attribution`.
+
+    `metric(x_hat)` maps a (N, T, D) residual to the summed probe loss -log p(y|x) of the N texts.
+    """
+    sae = _small_sae().float()
+    resid = _randn(4, 5, 8, seed=10).float()
+    keep = torch.ones(4, 5, dtype=torch.bool)
+    keep[:, 3:] = False  # padding
+    probe = Probe(_randn(8, seed=11).float(), torch.tensor(0.1), torch.zeros(8), torch.ones(8))
+    labels = torch.tensor([0, 1, 1, 0])
+
+    def metric(x_hat: torch.Tensor) -> torch.Tensor:
+        logits = probe.logits(token_mean(x_hat, keep))
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), reduction="sum")
+
+    expected = shift_attribution(sae, probe, Residuals(resid, keep, layer=0), labels)
+    hint = (
+        "the metric must see the true residual: x_hat = sae.decode(f) + (x - sae.decode(f)).detach() "
+        "(the error term, without gradient), with f = sae.encode(x) a leaf that requires grad; "
+        "attribution = grad of metric(x_hat) w.r.t. f, times f, summed over kept positions, averaged over texts"
+    )
+    cases = [Case("4 texts with padding, a random SAE", (sae, resid.clone(), keep, metric), expected, hint)]
+    run_cases("shift_attribution", attribution, cases, rtol=1e-3, atol=1e-5)

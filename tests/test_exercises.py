@@ -1,0 +1,337 @@
+"""Workshop mode: the checkers of `ssae_kit.exercises` and the student copies of notebooks/workshop.py.
+
+Every checker passes the reference solution kept in the instructor notebooks and fails a deliberately
+wrong version with the hint that names its mistake. The student copies are generated here: each
+exercise cell is checked against its instructor cell, the exercise cells run with stubs (skipped)
+and with the solutions injected back (all pass), the rest of each copy is the instructor's source
+cell for cell (which tests/test_notebooks.py runs), and notebook 01's student copy runs end to end
+on smoke parameters with its stubs in place.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import math
+import re
+from pathlib import Path
+
+import nbclient
+import nbformat
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ssae_kit import exercises
+from ssae_kit.io import RunLayout
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+PRESET = yaml.safe_load((NOTEBOOKS_DIR / "workshop.yaml").read_text())
+SMOKE = yaml.safe_load((NOTEBOOKS_DIR / "smoke.yaml").read_text())
+_spec = importlib.util.spec_from_file_location("workshop_script", NOTEBOOKS_DIR / "workshop.py")
+workshop = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(workshop)
+
+
+def _exercises(
+    stem: str,
+) -> list[tuple[str, nbformat.NotebookNode, nbformat.NotebookNode, nbformat.NotebookNode]]:
+    """(function name, header, solution cell, check cell) of each exercise of an instructor notebook."""
+    cells = nbformat.read(NOTEBOOKS_DIR / f"{stem}.ipynb", as_version=4).cells
+    found = []
+    for i, cell in enumerate(cells):
+        if "solution" in cell.metadata.get("tags", []):
+            name = next(n.name for n in ast.parse(cell.source).body if isinstance(n, ast.FunctionDef))
+            found.append((name, cells[i - 1], cell, cells[i + 1]))
+    return found
+
+
+EXERCISES = [(stem, *ex) for stem in PRESET for ex in _exercises(stem)]
+
+
+def test_notebooks_01_to_05_have_two_to_four_exercises_each_and_every_checker_is_used():
+    per_notebook = {stem: len(_exercises(stem)) for stem in PRESET}
+    assert all(2 <= n <= 4 for n in per_notebook.values()), per_notebook
+    assert sorted(f"check_{name}" for _, name, *_ in EXERCISES) == sorted(exercises.__all__)
+
+
+@pytest.mark.parametrize("stem, name, header, solution, check", EXERCISES, ids=[e[1] for e in EXERCISES])
+def test_each_exercise_states_goal_difficulty_importance_and_time_and_calls_its_checker(
+    stem, name, header, solution, check
+):
+    assert header.cell_type == "markdown" and f"implement `{name}`" in header.source
+    assert re.search(r"Difficulty [1-5]/5 · Importance [1-5]/5 · spend up to [\d-]+ minutes", header.source)
+    assert "**Goal:**" in header.source
+    assert check.source.strip().endswith(f"check_{name}({name})")
+
+
+@pytest.mark.parametrize("stem, name, header, solution, check", EXERCISES, ids=[e[1] for e in EXERCISES])
+def test_the_reference_solution_passes_its_checker(stem, name, header, solution, check, capsys):
+    namespace: dict = {}
+    exec(solution.source, namespace)
+    exec(check.source, namespace)
+    out = capsys.readouterr().out
+    assert out.startswith(f"✓ {name}: all"), out
+
+
+def _stub(*args):
+    raise NotImplementedError
+
+
+def _naive_tilted_loss(losses, t):
+    return torch.log(torch.mean(torch.exp(t * losses))) / t
+
+
+def _unnormalised_centroid(pool, seeds):
+    return (pool @ seeds.T).mean(1)
+
+
+def _stop_at_first_overflow(scores, lengths, budget):
+    taken, used = [], 0
+    for i in np.argsort(-scores):
+        if used + lengths[i] > budget:
+            break
+        taken.append(i)
+        used += lengths[i]
+    return taken
+
+
+def _strict_budget(scores, lengths, budget):
+    taken, used = [], 0
+    for i in np.argsort(-scores):
+        if used + lengths[i] < budget:
+            taken.append(i)
+            used += lengths[i]
+    return taken
+
+
+def _bm25(stopwords):
+    def scores(pool, seeds):
+        import bm25s
+
+        retriever = bm25s.BM25()
+        retriever.index(bm25s.tokenize(pool, stopwords=stopwords, show_progress=False), show_progress=False)
+        queries = bm25s.tokenize(seeds, stopwords=stopwords, show_progress=False, return_ids=False)
+        return np.mean([retriever.get_scores(q) for q in queries], axis=0)
+
+    return scores
+
+
+def _bm25_one_query(pool, seeds):
+    return _bm25("en")(pool, [" ".join(seeds)])
+
+
+def _no_relu(x, W_enc, b_enc, W_dec, b_dec):
+    f = (x - b_dec) @ W_enc + b_enc
+    return f @ W_dec + b_dec, f
+
+
+def _no_pre_encoder_bias(x, W_enc, b_enc, W_dec, b_dec):
+    f = torch.relu(x @ W_enc + b_enc)
+    return f @ W_dec + b_dec, f
+
+
+def _ce_without_splice(model, sae, ids, layer):
+    return 0.0
+
+
+def _ce_without_shift(model, sae, ids, layer):
+    from ssae_kit.models import splice
+
+    def ce():
+        return torch.nn.functional.cross_entropy(model(input_ids=ids).logits.flatten(0, 1), ids.flatten())
+
+    with torch.no_grad():
+        clean = ce()
+        with splice(model, layer, lambda r: sae.decode(sae.encode(r))):
+            return float(ce() - clean)
+
+
+def _naive_weights(losses, t):
+    return torch.exp(t * losses) / torch.exp(t * losses).sum()
+
+
+def _unnormalised_cosine(a, b):
+    return (a @ b.T).max(1).values
+
+
+def _abs_cosine(a, b):
+    a, b = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    return (a @ b.T).abs().max(1).values
+
+
+def _dark_matter_with_dead(best, peak, threshold):
+    new = np.flatnonzero(best < threshold)
+    return new[np.argsort(-peak[new], kind="stable")]
+
+
+def _ablate_dropping_error(sae, x, latents):
+    f = sae.encode(x).clone()
+    f[..., latents] = 0
+    return sae.decode(f)
+
+
+def _gradient_only(sae, resid, keep, metric):
+    f = sae.encode(resid).detach().requires_grad_()
+    (grad,) = torch.autograd.grad(metric(sae.decode(f) + (resid - sae.decode(f)).detach()), f)
+    return (grad * keep[..., None]).sum((0, 1)) / len(resid)
+
+
+def _without_error_term(sae, resid, keep, metric):
+    f = sae.encode(resid).detach().requires_grad_()
+    (grad,) = torch.autograd.grad(metric(sae.decode(f)), f)
+    return (grad * f.detach() * keep[..., None]).sum((0, 1)) / len(resid)
+
+
+def _raises(*args):
+    raise IndexError("index 9 is out of bounds")
+
+
+WRONG = [
+    (
+        "centroid_scores",
+        _unnormalised_centroid,
+        "pool vectors of different lengths",
+        "normalise every vector",
+    ),
+    ("fill_budget", _stop_at_first_overflow, "second-best is too long", "do not stop at the first"),
+    ("fill_budget", _strict_budget, "filled exactly", "compare with <=, not <"),
+    ("bm25_scores", _bm25(None), "one seed", "stop words must go"),
+    ("bm25_scores", _bm25_one_query, "two seeds", "each seed as its own query"),
+    ("sae_forward", _no_relu, "zero biases", "the ReLU keeps latents >= 0"),
+    ("sae_forward", _no_pre_encoder_bias, "non-zero b_dec", "subtract b_dec from x before encoding"),
+    ("spliced_ce_delta", _ce_without_splice, "a random SAE", "inside `with splice"),
+    ("spliced_ce_delta", _ce_without_shift, "a random SAE", "logits[:, :-1] with input_ids[:, 1:]"),
+    ("tilted_loss", _naive_tilted_loss, "exp(1500) overflows", "subtract max(l) first"),
+    ("term_weights", _naive_weights, "t = 1e9", "use torch.softmax"),
+    ("best_decoder_cosine", _unnormalised_cosine, "different lengths", "normalise each row"),
+    ("best_decoder_cosine", _abs_cosine, "unit rows", "signed (no abs)"),
+    ("dark_matter", _dark_matter_with_dead, "threshold 0.7", "fire on the sample (peak > 0)"),
+    (
+        "ablate_keeping_error",
+        _ablate_dropping_error,
+        "never fire changes nothing",
+        "keep the SAE's error term",
+    ),
+    ("shift_attribution", _gradient_only, "4 texts", "times f"),
+    ("shift_attribution", _without_error_term, "4 texts", "the metric must see the true residual"),
+    ("tilted_loss", _raises, "t = 1 on small losses", "raised IndexError: index 9"),
+]
+
+
+@pytest.mark.parametrize("name, wrong, case, hint", WRONG, ids=[f"{w[0]}-{w[1].__name__}" for w in WRONG])
+def test_a_wrong_implementation_fails_naming_the_case_and_the_hint(name, wrong, case, hint, capsys):
+    getattr(exercises, f"check_{name}")(wrong)
+    out = capsys.readouterr().out
+    assert len(out.strip().splitlines()) == 1, out
+    assert out.startswith(f"✗ {name}, case '") and case in out and hint in out, out
+
+
+def test_an_unwritten_stub_is_reported_not_raised(capsys):
+    exercises.check_tilted_loss(_stub)
+    assert "tilted_loss: not written yet" in capsys.readouterr().out
+
+
+def test_the_overflow_case_is_one_a_naive_tilted_loss_really_overflows():
+    assert math.isinf(float(_naive_tilted_loss(torch.full((3,), 30.0, dtype=torch.float64), 50.0)))
+
+
+@pytest.mark.parametrize("stem", list(PRESET))
+def test_the_student_copy_is_the_instructor_notebook_with_stubs_and_the_workshop_parameters(stem):
+    instructor = nbformat.read(NOTEBOOKS_DIR / f"{stem}.ipynb", as_version=4).cells
+    student = workshop.student_copy(NOTEBOOKS_DIR / f"{stem}.ipynb", PRESET[stem]).cells
+    injected = [c for c in student if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and student.index(injected[0]) == 1
+    values: dict = {}
+    exec(injected[0].source, values)
+    assert {k: values[k] for k in PRESET[stem]} == PRESET[stem]
+    student = [c for c in student if c is not injected[0]]
+    assert [c.cell_type for c in student] == [c.cell_type for c in instructor]
+    for s, i in zip(student, instructor):
+        if "solution" not in i.metadata.get("tags", []):
+            assert s.source == i.source
+            continue
+        stub_ns, ref_ns = {}, {}
+        exec(s.source, stub_ns)
+        exec(i.source, ref_ns)
+        for node in ast.parse(s.source).body:
+            if isinstance(node, ast.FunctionDef):
+                stub, ref = stub_ns[node.name], ref_ns[node.name]
+                assert inspect.signature(stub) == inspect.signature(ref) and stub.__doc__ == ref.__doc__
+                assert len(node.body) == 2 and isinstance(node.body[1], ast.Raise), (
+                    "the stub keeps the solution"
+                )
+
+
+def test_a_solution_cell_with_other_statements_is_refused_naming_the_fix():
+    with pytest.raises(ValueError, match="only imports and functions with docstrings.*cell of its own"):
+        workshop.stub_source('def f(x):\n    """Doc."""\n    return x\n\n\nf(1)\n')
+
+
+@pytest.mark.parametrize("stem", list(PRESET))
+def test_exercise_functions_are_not_used_by_the_rest_of_the_notebook(stem):
+    """So a student copy runs past exercises left as stubs."""
+    cells = nbformat.read(NOTEBOOKS_DIR / f"{stem}.ipynb", as_version=4).cells
+    names = {name for s, name, *_ in EXERCISES if s == stem}
+    for cell in cells:
+        if cell.cell_type == "code" and "exercise" not in cell.metadata.get("tags", []):
+            used = {n.id for n in ast.walk(ast.parse(cell.source)) if isinstance(n, ast.Name)}
+            assert not used & names, cell.source
+
+
+def _run_exercise_cells(inject: bool) -> str:
+    """Execute every exercise cell of the five student copies in one kernel; return the printed text."""
+    cells = []
+    for stem in PRESET:
+        student = workshop.student_copy(NOTEBOOKS_DIR / f"{stem}.ipynb", PRESET[stem]).cells
+        solutions = iter(sol for _, _, sol, _ in _exercises(stem))
+        for cell in student:
+            if "exercise" in cell.metadata.get("tags", []) and cell.cell_type == "code":
+                cells.append(next(solutions) if inject and "solution" in cell.metadata["tags"] else cell)
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}
+    ).execute()
+    return "".join(o.get("text", "") for c in nb.cells for o in c.outputs)
+
+
+def test_student_exercise_cells_skip_the_stubs_and_pass_with_the_solutions_injected():
+    stubbed, solved = _run_exercise_cells(inject=False), _run_exercise_cells(inject=True)
+    names = [name for _, name, *_ in EXERCISES]
+    assert [line for line in stubbed.splitlines()] == [
+        f"… {n}: not written yet. Fill in the stub above, run it, then run this cell again." for n in names
+    ]
+    assert [line.split(":")[0] for line in solved.splitlines()] == [f"✓ {n}" for n in names]
+
+
+def test_the_student_copy_of_notebook_01_runs_end_to_end_with_its_stubs(tmp_path):
+    params = {**SMOKE["01_retrieval"], "run_dir": str(tmp_path / "01_retrieval")}
+    nb = workshop.student_copy(NOTEBOOKS_DIR / "01_retrieval.ipynb", params)
+    nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}
+    ).execute()
+    printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert printed.count("not written yet") == len(_exercises("01_retrieval"))
+    assert RunLayout(tmp_path / "01_retrieval").read_metrics()["rows"]
+
+
+def test_make_workshop_writes_student_copies_and_solutions_html_into_an_ignored_folder(tmp_path, monkeypatch):
+    repo = NOTEBOOKS_DIR.parent
+    make = (repo / "Makefile").read_text()
+    recipe = re.search(r"^workshop: \$\(STAMP\)\n((?:\t.*\n)+)", make, flags=re.MULTILINE)
+    assert recipe and "$(BIN)/python notebooks/workshop.py --out workshop" in recipe.group(1)
+    assert re.search(r"^\.PHONY:.* workshop\b", make, flags=re.MULTILINE)
+    assert "workshop/" in (repo / ".gitignore").read_text().splitlines()
+    assert "\nmake workshop\n" in (repo / "README.md").read_text()
+    monkeypatch.setattr("sys.argv", ["workshop.py", "--out", str(tmp_path)])
+    workshop.main()
+    for stem in PRESET:
+        student = nbformat.read(tmp_path / f"{stem}.ipynb", as_version=4)
+        nbformat.validate(student)
+        assert all(
+            "NotImplementedError" in c.source for c in student.cells if "solution" in c.metadata["tags"]
+        )
+    html = (tmp_path / "solutions" / "03_term_vs_erm.html").read_text()
+    assert "logsumexp" in html and "write tilted_loss, then run" not in html  # the solutions, revealed
