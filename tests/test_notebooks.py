@@ -258,6 +258,19 @@ def test_notebook_is_committed_stripped_with_a_parameters_cell(path):
     assert not dirty, f"cells {dirty} have outputs: strip them before committing"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_every_figure_is_followed_by_a_markdown_reading(path):
+    nb = nbformat.read(path, as_version=4)
+    unread = [
+        i
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code"
+        and "save_figure(" in c.source
+        and (i + 1 == len(nb.cells) or nb.cells[i + 1].cell_type != "markdown")
+    ]
+    assert not unread, f"cells {unread} draw a figure with no markdown cell after it saying what to see"
+
+
 REQUIRES: dict[str, list[str]] = {
     "02_train_ssae": ["01_retrieval"],
     "03_term_vs_erm": ["02_train_ssae"],
