@@ -467,8 +467,9 @@ def ablation_curve(
 
 def best_count(curve: list[dict[str, float]]) -> int:
     """The number of latents to ablate, read off an `ablation_curve` on A: the highest worst-group
-    accuracy, the fewest latents among ties."""
-    return max(curve, key=lambda c: (c["worst_group"], -c["n_ablated"]))["n_ablated"]
+    accuracy; among ties the lowest gender readout (SHIFT's aim is to remove the spurious signal, so a
+    flat worst group must not default to ablating nothing), then the fewest latents."""
+    return max(curve, key=lambda c: (c["worst_group"], -c["gender"], -c["n_ablated"]))["n_ablated"]
 
 
 def build_debias_data(

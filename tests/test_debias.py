@@ -267,7 +267,7 @@ def test_integrated_gradients_sum_to_the_effect_of_ablating_every_latent(tiny):
         shift_attribution(sae, probe, r, labels, model, 2, method="shap")
 
 
-def test_ablation_curve_reads_set_a_only_and_the_best_count_prefers_fewer_latents(tiny, identity_sae):
+def test_ablation_curve_reads_set_a_only_and_the_best_count_breaks_ties_by_gender_readout(tiny, identity_sae):
     from ssae_kit.bios import make_splits, synthetic_bios
     from ssae_kit.debias import DebiasConfig, ablation_curve, best_count, build_debias_data
 
@@ -280,8 +280,12 @@ def test_ablation_curve_reads_set_a_only_and_the_best_count_prefers_fewer_latent
     curve = ablation_curve(model, data, probe, identity_sae(32), [0, 1, 2], [0, 2, 5], DebiasConfig())
     assert [c["n_ablated"] for c in curve] == [0, 2, 3]
     assert all(0 <= c[k] <= 1 for c in curve for k in ("profession", "gender", "worst_group"))
-    assert best_count([dict(n_ablated=0, worst_group=0.5), dict(n_ablated=3, worst_group=0.5)]) == 0
-    assert best_count([dict(n_ablated=0, worst_group=0.5), dict(n_ablated=3, worst_group=0.7)]) == 3
+    point = lambda n, worst, gender: dict(n_ablated=n, worst_group=worst, gender=gender)
+    assert best_count([point(0, 0.5, 0.8), point(3, 0.7, 0.8)]) == 3, "worst group first"
+    assert best_count([point(0, 0.5, 0.8), point(3, 0.5, 0.7)]) == 3, (
+        "a flat worst group: lower gender readout"
+    )
+    assert best_count([point(0, 0.5, 0.7), point(3, 0.5, 0.7)]) == 0, "then the fewest latents"
     with pytest.raises(ValueError, match="probe_layer >= layer"):
         build_debias_data(model, tok, splits, 2, 48, probe_layer=1)
     with pytest.raises(ValueError, match="0 < n_a_per_group < 6"):
