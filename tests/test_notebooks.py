@@ -498,3 +498,41 @@ def test_bad_parameters_stop_notebook_05_before_any_work(case, tmp_path):
             progress_bar=False,
         )
     assert not (tmp_path / "05").exists(), "work started before the inputs were checked"
+
+
+def test_notebook_05_runs_unchanged_on_a_local_labhc_file_and_fine_tunes_on_its_unused_bios(tmp_path):
+    """The real-data path offline: a LabHC-format .jsonl (text, profession code, gender code) in place
+    of the synthetic bios; the SSAE is fine-tuned on the file's bios that no split uses."""
+    from ssae_kit.bios import PROFESSION_CODES, synthetic_bios
+
+    bios = synthetic_bios(600, seed=5, professions=["professor", "nurse", "attorney"])
+    rows = [
+        {
+            "hard_text": b.text,
+            "profession": PROFESSION_CODES[b.profession],
+            "gender": int(b.gender == "female"),
+        }
+        for b in bios
+    ]
+    source = tmp_path / "labhc.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    params = {**SMOKE["05_debias_bias_in_bios"], "source": str(source), "run_dir": str(tmp_path / "05")}
+    params["ssae_bios"] = 10_000  # more than the file has left over: synthetic bios would give all 10,000
+    papermill.execute_notebook(
+        str(NOTEBOOKS_DIR / "05_debias_bias_in_bios.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        parameters=params,
+        cwd=str(NOTEBOOKS_DIR),
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    m = RunLayout(tmp_path / "05").read_metrics()
+    _check_05_debias(m, params)
+    assert m["source"] == str(source) and m["ssae_data"]["kind"] == "bios"
+    assert 0 < m["ssae_data"]["documents"] < len(rows), "the SSAE's bios are the file's unused ones"
+    printed = "".join(
+        o.get("text", "")
+        for c in nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
+        for o in c.get("outputs", [])
+    )
+    assert f"(bios, {source})" in printed, "the notebook says which bios the SSAE is fine-tuned on"
