@@ -34,6 +34,18 @@ NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 SMOKE = yaml.safe_load((NOTEBOOKS_DIR / "smoke.yaml").read_text()) or {}
 
 
+def execute(notebook: Path, out: Path, parameters: dict) -> None:
+    """Run `notebook` with papermill in the notebooks' folder (as `make demo` does), no progress bar."""
+    papermill.execute_notebook(
+        str(notebook),
+        str(out),
+        parameters=parameters,
+        cwd=str(NOTEBOOKS_DIR),
+        kernel_name="python3",
+        progress_bar=False,
+    )
+
+
 def _check_00_quickstart(m: dict, params: dict) -> None:
     assert m["model"] == "smollm2-135m" and m["d_model"] == 576 and m["layer"] == 6
     assert m["n_tokens"] == params["max_tokens"]
@@ -290,14 +302,7 @@ def run_notebook(tmp_path_factory):
             for dep in REQUIRES.get(stem, []):
                 run(dep)
             params = {**SMOKE.get(stem, {}), "run_dir": str(root / stem)}
-            papermill.execute_notebook(
-                str(NOTEBOOKS_DIR / f"{stem}.ipynb"),
-                str(root / f"{stem}.ipynb"),
-                parameters=params,
-                cwd=str(NOTEBOOKS_DIR),
-                kernel_name="python3",
-                progress_bar=False,
-            )
+            execute(NOTEBOOKS_DIR / f"{stem}.ipynb", root / f"{stem}.ipynb", params)
             done[stem] = (RunLayout(root / stem).read_metrics(), params)
         return done[stem]
 
@@ -327,13 +332,10 @@ def _bad_gsae(tmp_path: Path, d_in: int, layer: int) -> str:
 )
 def test_bad_parameters_stop_notebook_01_in_its_setup_cell(change, expected, tmp_path):
     with pytest.raises(papermill.PapermillExecutionError, match=expected):
-        papermill.execute_notebook(
-            str(NOTEBOOKS_DIR / "01_retrieval.ipynb"),
-            str(tmp_path / "out.ipynb"),
-            parameters={**SMOKE["01_retrieval"], "run_dir": str(tmp_path / "01"), **change},
-            cwd=str(NOTEBOOKS_DIR),
-            kernel_name="python3",
-            progress_bar=False,
+        execute(
+            NOTEBOOKS_DIR / "01_retrieval.ipynb",
+            tmp_path / "out.ipynb",
+            {**SMOKE["01_retrieval"], "run_dir": str(tmp_path / "01"), **change},
         )
     assert not (tmp_path / "01").exists(), "the run folder was made before the inputs were checked"
 
@@ -375,14 +377,7 @@ def test_bad_parameters_stop_notebook_02_early_naming_the_fix(case, tmp_path, ru
         "negative ssae_sparsity_coefficients": "must list non-negative sparsity coefficients",
     }[case]
     with pytest.raises(papermill.PapermillExecutionError, match=expected):
-        papermill.execute_notebook(
-            str(NOTEBOOKS_DIR / "02_train_ssae.ipynb"),
-            str(tmp_path / "out.ipynb"),
-            parameters=params,
-            cwd=str(NOTEBOOKS_DIR),
-            kernel_name="python3",
-            progress_bar=False,
-        )
+        execute(NOTEBOOKS_DIR / "02_train_ssae.ipynb", tmp_path / "out.ipynb", params)
     assert not (tmp_path / "02" / ACTS_DIR).exists(), "work started before the inputs were checked"
 
 
@@ -424,14 +419,7 @@ def test_bad_parameters_stop_notebook_06_early_naming_the_fix(case, tmp_path, ru
         "SAE of another layer": "trained on layer 3, not 6: pass layer=3",
     }[case]
     with pytest.raises(papermill.PapermillExecutionError, match=expected):
-        papermill.execute_notebook(
-            str(NOTEBOOKS_DIR / "06_taxonomy_domain_adaptation.ipynb"),
-            str(tmp_path / "out.ipynb"),
-            parameters=params,
-            cwd=str(NOTEBOOKS_DIR),
-            kernel_name="python3",
-            progress_bar=False,
-        )
+        execute(NOTEBOOKS_DIR / "06_taxonomy_domain_adaptation.ipynb", tmp_path / "out.ipynb", params)
     assert not (tmp_path / "06").exists(), "work started before the inputs were checked"
 
 
@@ -453,14 +441,7 @@ def test_notebook_06_probes_user_features_against_a_user_taxonomy(tmp_path):
         "taxonomy": {"root": [{"a": ["a1", "a2"]}, {"b": ["b1", "b2"]}]},
         "debias_dir": str(tmp_path / "no_05_needed"),
     }
-    papermill.execute_notebook(
-        str(NOTEBOOKS_DIR / "06_taxonomy_domain_adaptation.ipynb"),
-        str(tmp_path / "out.ipynb"),
-        parameters=params,
-        cwd=str(NOTEBOOKS_DIR),
-        kernel_name="python3",
-        progress_bar=False,
-    )
+    execute(NOTEBOOKS_DIR / "06_taxonomy_domain_adaptation.ipynb", tmp_path / "out.ipynb", params)
     m = RunLayout(tmp_path / "06").read_metrics()["part2"]
     assert list(m["probe"]) == ["features"] and m["n_texts"] == len(leaves) and m["ssae_minus_gsae_rho"] == {}
     assert m["probe"]["features"]["taxonomy"]["rho"][0] > 0.5  # a1-a2 and b1-b2 close, a-b far: found
@@ -489,14 +470,7 @@ def test_bad_parameters_stop_notebook_05_before_any_work(case, tmp_path):
         "unknown SSAE data": "ssae_data='wiki': use 'bios' or 'retrieval'",
     }[case]
     with pytest.raises(papermill.PapermillExecutionError, match=expected):
-        papermill.execute_notebook(
-            str(NOTEBOOKS_DIR / "05_debias_bias_in_bios.ipynb"),
-            str(tmp_path / "out.ipynb"),
-            parameters=params,
-            cwd=str(NOTEBOOKS_DIR),
-            kernel_name="python3",
-            progress_bar=False,
-        )
+        execute(NOTEBOOKS_DIR / "05_debias_bias_in_bios.ipynb", tmp_path / "out.ipynb", params)
     assert not (tmp_path / "05").exists(), "work started before the inputs were checked"
 
 
@@ -518,14 +492,7 @@ def test_notebook_05_runs_unchanged_on_a_local_labhc_file_and_fine_tunes_on_its_
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     params = {**SMOKE["05_debias_bias_in_bios"], "source": str(source), "run_dir": str(tmp_path / "05")}
     params["ssae_bios"] = 10_000  # more than the file has left over: synthetic bios would give all 10,000
-    papermill.execute_notebook(
-        str(NOTEBOOKS_DIR / "05_debias_bias_in_bios.ipynb"),
-        str(tmp_path / "out.ipynb"),
-        parameters=params,
-        cwd=str(NOTEBOOKS_DIR),
-        kernel_name="python3",
-        progress_bar=False,
-    )
+    execute(NOTEBOOKS_DIR / "05_debias_bias_in_bios.ipynb", tmp_path / "out.ipynb", params)
     m = RunLayout(tmp_path / "05").read_metrics()
     _check_05_debias(m, params)
     assert m["source"] == str(source) and m["ssae_data"]["kind"] == "bios"
