@@ -21,7 +21,7 @@ from sklearn.model_selection import cross_val_score
 from ssae_kit import load_corpus, load_model
 from ssae_kit.bios import synthetic_bios
 from ssae_kit.corpora import Document, content_mask, tokenize_contexts
-from ssae_kit.evals import _ce_sums, _replace
+from ssae_kit.evals import ce_sums, replace_content
 from ssae_kit.models import forward_to_layer, splice
 
 LAYERS = (3, 6, 9, 12, 15)
@@ -72,9 +72,9 @@ def main() -> None:
                 norms = r.norm(dim=-1)
                 n_massive += int((k & (norms > 10 * norms[k].median())).sum())
                 n_keep += int(k.sum())
-                ce["clean"] += float(_ce_sums(model, ids, mask, k[:, 1:]).sum())
-                with splice(model, layer, lambda x, k=k: _replace(x, k, torch.zeros_like(x))):
-                    ce["zero"] += float(_ce_sums(model, ids, mask, k[:, 1:]).sum())
+                ce["clean"] += float(ce_sums(model, ids, mask, k[:, 1:]).sum())
+                with splice(model, layer, lambda x, k=k: replace_content(x, k, torch.zeros_like(x))):
+                    ce["zero"] += float(ce_sums(model, ids, mask, k[:, 1:]).sum())
             n_t += int(k[:, 1:].sum())
         per_k = 1000 * secs / n_keep
         base_time = per_k if layer == 6 else base_time

@@ -36,12 +36,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import stats
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .activations import ActivationStore
 from .corpora import Document, content_mask, corpus_checksum, tokenize_contexts
+from .intervals import bootstrap_interval
 from .models import check_ctx_len, check_layer, d_model, splice
 from .sae import SAE
 
@@ -243,11 +243,11 @@ def evaluate(
         targets = keep[:, 1:]
         doc_ce["targets"].index_add_(0, doc, targets.sum(1).double().cpu())
         with splice(model, layer, reconstruct):
-            doc_ce["sae"].index_add_(0, doc, _ce_sums(model, ids, mask, targets))
+            doc_ce["sae"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
         if baseline is None:
-            doc_ce["clean"].index_add_(0, doc, _ce_sums(model, ids, mask, targets))
-            with splice(model, layer, lambda r, keep=keep: _replace(r, keep, torch.zeros_like(r))):
-                doc_ce["zero"].index_add_(0, doc, _ce_sums(model, ids, mask, targets))
+            doc_ce["clean"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
+            with splice(model, layer, lambda r, keep=keep: replace_content(r, keep, torch.zeros_like(r))):
+                doc_ce["zero"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
     result = acc.result(dense_threshold)
     n_targets = max(float(doc_ce["targets"].sum()), 1.0)
     ce = {k: float(doc_ce[k].sum()) / n_targets for k in ("clean", "sae", "zero")}
@@ -308,12 +308,12 @@ def _massive(resid: torch.Tensor, keep: torch.Tensor, multiple: float | None) ->
     return keep & (norms > multiple * norms[keep].median())
 
 
-def _replace(resid: torch.Tensor, keep: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+def replace_content(resid: torch.Tensor, keep: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     """Residual stream with content positions replaced by `new`; special tokens stay clean."""
     return torch.where(keep[..., None], new.to(resid.dtype), resid)
 
 
-def _ce_sums(
+def ce_sums(
     model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:
     """(B,) summed next-token cross-entropy per window, over positions whose target is a content token."""
@@ -392,20 +392,8 @@ def compare(
     if used.sum() < 2:
         raise ValueError("compare needs at least 2 evaluated documents to resample: evaluate more text.")
     estimate = float(statistic(*data))
-    with warnings.catch_warnings():  # BCa is undefined when every resample gives the same value
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        ci = stats.bootstrap(
-            data,
-            statistic,
-            paired=True,
-            vectorized=True,
-            confidence_level=confidence,
-            n_resamples=n_resamples,
-            method="BCa",
-            random_state=seed,
-        ).confidence_interval
-    low, high = (
-        (float(ci.low), float(ci.high)) if np.isfinite([ci.low, ci.high]).all() else (estimate, estimate)
+    low, high = bootstrap_interval(
+        data, statistic, paired=True, method="BCa", confidence=confidence, n_resamples=n_resamples, seed=seed
     )
     return Difference(metric, estimate, low, high, confidence, int(used.sum()))
 
@@ -489,17 +477,14 @@ def tail_coverage_difference(
     estimate = float(has[0].mean() - has[1].mean())
     if len(types) < 2 or np.array_equal(has[0], has[1]):
         return Difference("coverage", estimate, estimate, estimate, confidence, len(types))
-    ci = stats.bootstrap(
+    low, high = bootstrap_interval(
         (has[0], has[1]),
         lambda x, y, axis=-1: x.mean(axis) - y.mean(axis),
         paired=True,
-        vectorized=True,
-        confidence_level=confidence,
-        n_resamples=2000,
-        method="percentile",
-        random_state=seed,
-    ).confidence_interval
-    return Difference("coverage", estimate, float(ci.low), float(ci.high), confidence, len(types))
+        confidence=confidence,
+        seed=seed,
+    )
+    return Difference("coverage", estimate, low, high, confidence, len(types))
 
 
 def ssae_only_latents(best_cosine: np.ndarray, peak_activation: np.ndarray, threshold: float) -> np.ndarray:

@@ -20,10 +20,9 @@ import torch
 from . import retrieval
 from .corpora import Document
 from .debias import Probe, ablation_edit, shift_attribution
-from .evals import _ce_sums, decoder_cosines, ssae_only_latents
+from .evals import ce_sums, decoder_cosines, ssae_only_latents
 from .features import Residuals, token_mean
 from .models import byte_tokenizer, splice, tiny_model
-from .retrieval import _bm25_scores
 from .sae import SAE, SAEConfig
 from .term import tilted_loss
 from .viz import match_latents
@@ -197,7 +196,7 @@ _BM25_SEEDS = ["Mobile broadband and internet software", "The phones that are on
 
 def check_bm25_scores(bm25_scores: Callable[[list[str], list[str]], np.ndarray]) -> None:
     """bm25_scores(pool_texts, seed_texts) -> (N,): BM25 (bm25s, English stop words) averaged over seeds."""
-    expected = lambda pool, seeds: _bm25_scores(
+    expected = lambda pool, seeds: retrieval.bm25_scores(
         [Document(t) for t in pool], [Document(t) for t in seeds], "mean"
     )
     run_cases(
@@ -268,9 +267,9 @@ def check_spliced_ce_delta(spliced_ce_delta: Callable[..., float]) -> None:
     targets = torch.ones(ids.shape[0], ids.shape[1] - 1, dtype=torch.bool)
     mask = torch.ones_like(ids)
     with torch.no_grad():
-        clean = _ce_sums(model, ids, mask, targets).sum() / targets.sum()
+        clean = ce_sums(model, ids, mask, targets).sum() / targets.sum()
         with splice(model, 1, lambda r: sae.decode(sae.encode(r))):
-            spliced = _ce_sums(model, ids, mask, targets).sum() / targets.sum()
+            spliced = ce_sums(model, ids, mask, targets).sum() / targets.sum()
     run_cases(
         "spliced_ce_delta",
         lambda *a: float(spliced_ce_delta(*a)),

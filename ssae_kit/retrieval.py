@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from scipy import stats
 
 from .corpora import Document, corpus_checksum
+from .intervals import bootstrap_interval
 from .io import RunLayout, atomic_write_bytes, atomic_write_json, cache_dir, npy_bytes
 
 __all__ = [
@@ -231,6 +231,12 @@ def select(
     "max" exact for every document that is among some seed's candidates. A budget that holds the
     whole (de-duplicated) pool makes every strategy pick all of it, which a warning points out.
     """
+    if strategy in ("dense_tracin", "bm25_tracin"):  # tracin sits above this module: it needs the LM
+        raise ValueError(
+            f"strategy={strategy!r} reranks by TracIn, which needs the LM and a GSAE: call "
+            f"ssae_kit.tracin.select_tracin(pool, seeds, {strategy.removesuffix('_tracin')!r}, budget_tokens, "
+            "tokenizer, model, layer, gsae)."
+        )
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy {strategy!r}; use one of {STRATEGIES}.")
     if not seeds:
@@ -256,7 +262,7 @@ def select(
     if strategy == "random":
         scores = np.random.default_rng([_RANDOM_STREAM, seed]).random(len(pool))
     elif strategy == "bm25":
-        scores = _bm25_scores(pool, seeds, combine)
+        scores = bm25_scores(pool, seeds, combine)
     else:
         embedder = embedder or Embedder()
         if pool_embeddings is not None:
@@ -349,7 +355,9 @@ def dedupe(docs: list[Document]) -> list[Document]:
     return [docs[i] for i in dedupe_indices(docs)]
 
 
-def _bm25_scores(pool: list[Document], seeds: list[Document], combine: str) -> np.ndarray:
+def bm25_scores(pool: list[Document], seeds: list[Document], combine: str) -> np.ndarray:
+    """(len(pool),) BM25 score of each pool document (bm25s, English stop words removed) against
+    the seeds, combined over seeds by "mean" or "max"; raises when no content word is left."""
     import bm25s
 
     retriever = bm25s.BM25()
@@ -426,17 +434,13 @@ def _ratio_interval(
     if len(num) < 2 or np.ptp(num / np.maximum(den, 1)) == 0:
         value = float(num.sum() / max(den.sum(), 1))
         return value, value
-    ci = stats.bootstrap(
+    return bootstrap_interval(
         (num, den),
         lambda a, b, axis=-1: a.sum(axis) / b.sum(axis),
         paired=True,
-        vectorized=True,
-        confidence_level=confidence,
-        n_resamples=2000,
-        method="percentile",
-        random_state=seed,
-    ).confidence_interval
-    return float(ci.low), float(ci.high)
+        confidence=confidence,
+        seed=seed,
+    )
 
 
 def precision_difference(
@@ -452,16 +456,15 @@ def precision_difference(
     (pa, na), (pb, nb) = parts(a), parts(b)
     diff = lambda ia, ib: pa[ia].sum() / na[ia].sum() - pb[ib].sum() / nb[ib].sum()
     estimate = float(diff(np.arange(len(pa)), np.arange(len(pb))))
-    ci = stats.bootstrap(
+    low, high = bootstrap_interval(
         (np.arange(len(pa)), np.arange(len(pb))),
         diff,
+        paired=False,
         vectorized=False,
-        confidence_level=confidence,
-        n_resamples=2000,
-        method="percentile",
-        random_state=seed,
-    ).confidence_interval
-    return estimate, float(ci.low), float(ci.high)
+        confidence=confidence,
+        seed=seed,
+    )
+    return estimate, low, high
 
 
 @dataclass

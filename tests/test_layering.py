@@ -16,8 +16,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ssae_kit"
 # The pipeline's stages in data-flow order: the single place the order is written down. A name with
 # no file yet (a module still to come) keeps its place; every file in the package must have one.
 # bio_templates holds bios' sentence templates, so it sits just before bios.
+# intervals holds the bootstrap every stage's comparisons share, so it comes first.
 # tracin reranks retrieval's candidates with SAEs and short training runs, so it follows train.
 ORDER = (
+    "intervals",
     "io",
     "models",
     "corpora",

@@ -233,6 +233,10 @@ def test_bad_selection_requests_name_the_fix(pool, seeds, tiny, tmp_path):
         match=f"Unknown strategy 'tfidf'; use one of {STRATEGIES}".replace("(", r"\(").replace(")", r"\)"),
     ):
         select(pool, seeds, "tfidf", 100, tiny[1])
+    with pytest.raises(
+        ValueError, match=r"needs the LM and a GSAE: call ssae_kit.tracin.select_tracin\(pool, seeds, 'bm25'"
+    ):
+        select(pool, seeds, "bm25_tracin", 100, tiny[1])
     with pytest.raises(FileNotFoundError, match="run notebook 01"):
         Selection.load(RunLayout(tmp_path).selection("dense"))
     with pytest.raises(ValueError, match="Only 0 documents have label 'tech'"):
