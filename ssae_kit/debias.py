@@ -440,10 +440,11 @@ def ablation_curve(
 ) -> list[dict[str, float]]:
     """On balanced set A only: ablate the first k of `ranked` for each k in `counts`, and read the
     original probe's profession and worst-group accuracy and the gender readout (a gender head
-    trained on one half of A, tested on the other, both ways). B is not touched."""
+    trained on one half of A, tested on the other, both ways). B is not touched. A count above
+    len(ranked) ablates all of them, once: the curve has one point per distinct number ablated."""
     half = torch.arange(len(data.a_gender)) % 2 == 0
     out = []
-    for k in counts:
+    for k in sorted({min(k, len(ranked)) for k in counts}):
         ablations = {data.train.layer: (sae, list(ranked[:k]))} if k else None
         x = data.inputs(model, ablations)["a"] if k else data.clean["a"]
         acc = group_accuracies(probe, x, data.a_profession, data.a_groups)
@@ -456,7 +457,7 @@ def ablation_curve(
         )
         out.append(
             dict(
-                n_ablated=int(min(k, len(ranked))),
+                n_ablated=k,
                 profession=acc["overall"],
                 worst_group=acc["worst_group"],
                 gender=float(gender),

@@ -277,8 +277,8 @@ def test_ablation_curve_reads_set_a_only_and_the_best_count_breaks_ties_by_gende
     assert len(data.a_groups) == 16 and len(data.b_groups) == 8
     probe = train_probe(data.clean["train"], data.train_profession, epochs=2)
     data.balanced_b.resid.fill_(float("nan"))  # a curve that read B would turn to nan
-    curve = ablation_curve(model, data, probe, identity_sae(32), [0, 1, 2], [0, 2, 5], DebiasConfig())
-    assert [c["n_ablated"] for c in curve] == [0, 2, 3]
+    curve = ablation_curve(model, data, probe, identity_sae(32), [0, 1, 2], [0, 2, 5, 9], DebiasConfig())
+    assert [c["n_ablated"] for c in curve] == [0, 2, 3]  # 5 and 9 both ablate all 3: one point
     assert all(0 <= c[k] <= 1 for c in curve for k in ("profession", "gender", "worst_group"))
     point = lambda n, worst, gender: dict(n_ablated=n, worst_group=worst, gender=gender)
     assert best_count([point(0, 0.5, 0.8), point(3, 0.7, 0.8)]) == 3, "worst group first"
