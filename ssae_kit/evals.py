@@ -50,6 +50,7 @@ __all__ = [
     "decoder_cosine_similarities",
     "error_by_rank",
     "evaluate",
+    "interval_over_seeds",
     "ssae_only_latents",
     "tail_coverage",
     "tail_coverage_difference",
@@ -398,12 +399,19 @@ def compare(
     return Difference(metric, estimate, low, high, confidence, int(used.sum()))
 
 
+def interval_over_seeds(diffs: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high) of per-seed differences: the mean +- two standard errors, the band
+    `verdict_over_seeds` reads. Unbounded with one seed: one run says nothing of seed noise."""
+    mean = float(np.mean(diffs))
+    se = float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else math.inf
+    return mean, mean - 2 * se, mean + 2 * se
+
+
 def verdict_over_seeds(diffs: Sequence[float]) -> Literal["better", "worse", "no clear difference"]:
     """Per-seed differences (a minus b) read as a verdict: "better" or "worse" when their mean is
     more than two standard errors from 0, else "no clear difference" (always, with one seed)."""
-    mean = np.mean(diffs)
-    se = np.std(diffs, ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else np.inf
-    return "better" if mean > 2 * se else "worse" if mean < -2 * se else "no clear difference"
+    _, low, high = interval_over_seeds(diffs)
+    return "better" if low > 0 else "worse" if high < 0 else "no clear difference"
 
 
 def seed_item_bootstrap(

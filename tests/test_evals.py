@@ -19,6 +19,7 @@ from ssae_kit.evals import (
     evaluate,
     evaluate_store,
     health_warnings,
+    interval_over_seeds,
     ssae_only_latents,
     tail_coverage,
     tail_coverage_difference,
@@ -305,3 +306,13 @@ def test_ssae_only_latents_are_unmatched_and_alive_strongest_first():
 )
 def test_verdict_over_seeds_needs_the_mean_two_standard_errors_from_zero(diffs, expected):
     assert verdict_over_seeds(diffs) == expected
+    mean, low, high = interval_over_seeds(diffs)  # the verdict is read off this band
+    assert mean == pytest.approx(np.mean(diffs)) and low <= mean <= high
+    assert (low > 0) == (expected == "better") and (high < 0) == (expected == "worse")
+
+
+def test_the_band_over_seeds_is_two_standard_errors_wide():
+    mean, low, high = interval_over_seeds([0.1, 0.2, 0.3])
+    se = 0.1 / np.sqrt(3)  # sample sd 0.1 over 3 seeds
+    assert (mean, low, high) == pytest.approx((0.2, 0.2 - 2 * se, 0.2 + 2 * se))
+    assert interval_over_seeds([0.5])[1:] == (-math.inf, math.inf)

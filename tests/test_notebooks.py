@@ -16,7 +16,7 @@ import papermill
 import pytest
 import yaml
 
-from ssae_kit.evals import verdict_over_seeds
+from ssae_kit.evals import interval_over_seeds, verdict_over_seeds
 from ssae_kit.io import (
     ACTS_DIR,
     BEST_SSAE_KEY,
@@ -77,7 +77,23 @@ def _check_01_retrieval(m: dict, params: dict) -> None:
     assert at[("dense", budgets[-1])]["recall"] > at[("dense", budgets[0])]["recall"]
     assert m["dense_beats_random_every_split"] is True
     assert m["dense_beats_bm25_every_split"] in (True, False)  # reported, not asserted: not stable here
-    assert len(m["stability"]["dense"]) == len(params["split_seeds"])
+    assert set(m["stability"]) == set(params["stability_strategies"])
+    assert all(len(v) == len(params["split_seeds"]) for v in m["stability"].values())
+    assert m["stability"]["dense"][0] == at[("dense", main)]["token_precision"]  # split 0 is the main split
+    assert "dense_tracin" in params["stability_strategies"]  # the smoke run checks TracIn over splits
+    v = m["stability_differences"]["dense_tracin vs dense"]
+    assert v["per_split"] == pytest.approx(
+        [x - y for x, y in zip(m["stability"]["dense_tracin"], m["stability"]["dense"])]
+    )
+    assert (v["mean"], v["low"], v["high"]) == pytest.approx(interval_over_seeds(v["per_split"]))
+    expect = (
+        "dense_tracin higher"
+        if v["low"] > 0
+        else "dense_tracin lower"
+        if v["high"] < 0
+        else "no clear difference"
+    )
+    assert v["verdict"] == expect
     for name, v in m["verdicts"].items():  # each verdict is read off its interval
         a, b = name.split(" vs ")
         expect = (
@@ -100,11 +116,14 @@ def _check_02_train_ssae(m: dict, params: dict) -> None:
     strategies = {"dense", "bm25", "dense_tracin", "bm25_tracin", "random", "none", "seed_only"}
     assert {r["strategy"] for r in m[ROWS_KEY]} == strategies
     main, others = params["ssae_sparsity_coefficients"][0], params["ssae_sparsity_coefficients"][1:]
-    assert (
-        len(m[ROWS_KEY]) == len(strategies) * 2 + len(others) * 2
-    )  # main: both texts; others: dense, none in-domain
+    seeds = params["seeds"]
+    assert len(m[ROWS_KEY]) == (len(strategies) * 2 + len(others) * 2) * len(
+        seeds
+    )  # main: both texts; others: dense, none in-domain; per seed
     ce_vs_gsae = {
-        (r["strategy"], r["text"]): r["ce_vs_gsae"] for r in m[ROWS_KEY] if r["sparsity_coefficient"] == main
+        (r["strategy"], r["text"]): r["ce_vs_gsae"]
+        for r in m[ROWS_KEY]
+        if r["sparsity_coefficient"] == main and r["seed"] == seeds[0]
     }
     for (s, text), value in ce_vs_gsae.items():  # the in/out-of-domain table, with bootstrap intervals
         d = m["ce_vs_gsae"][s][text]
@@ -112,6 +131,23 @@ def _check_02_train_ssae(m: dict, params: dict) -> None:
     for base in ("dense", "bm25"):  # each TracIn selection is compared with the retrieval it reranks
         for text in ("in-domain", "out-of-domain"):
             assert f"{base}_tracin vs {base}, {text}" in m["verdicts"]
+    assert len(seeds) > 1  # the smoke run checks the comparisons over training seeds
+    main_ce = {
+        (r["strategy"], r["text"], r["seed"]): r["ce_sae"]
+        for r in m[ROWS_KEY]
+        if r["sparsity_coefficient"] == main
+    }
+    pairs = [(s, "GSAE") for s in strategies] + [("dense_tracin", "dense"), ("bm25_tracin", "bm25")]
+    assert set(m["over_seeds"]) == {f"{a} vs {b}" for a, b in pairs}
+    for a, b in pairs:
+        for text, v in m["over_seeds"][f"{a} vs {b}"].items():  # the per-seed differences of the rows
+            other = [m["gsae"][text]["ce_sae"] if b == "GSAE" else main_ce[(b, text, s)] for s in seeds]
+            assert v["per_seed"] == pytest.approx([main_ce[(a, text, s)] - o for s, o in zip(seeds, other)])
+            assert (v["mean"], v["low"], v["high"]) == pytest.approx(interval_over_seeds(v["per_seed"]))
+            expect = (
+                f"{a} lower" if v["high"] < 0 else f"{a} higher" if v["low"] > 0 else "no clear difference"
+            )
+            assert v["verdict"] == expect, (a, b, text)
     for r in m[ROWS_KEY]:
         assert 0 <= r["l0"] <= params["d_sae"] and r["ce_sae"] > 0 and 0 <= r["dead_fraction"] <= 1
         assert r["ce_vs_gsae"] == pytest.approx(r["ce_sae"] - m["gsae"][r["text"]]["ce_sae"])
@@ -196,6 +232,7 @@ def _check_05_debias(m: dict, params: dict) -> None:
     for name, curve in m["curves"].items():  # the number ablated on B is read off the curve on A
         counts = [c["n_ablated"] for c in curve]
         assert counts[0] == 0 and m["chosen"][name] in counts, name
+        assert counts == sorted(set(counts)), name  # one point per distinct number ablated
     assert all(len(v) == params["n_check"] for v in m["attribution_checks"].values())
     for fig in ("debias_accuracies", "ablation_curve"):
         assert (Path(params["run_dir"]) / f"{fig}.png").exists(), fig
@@ -327,8 +364,12 @@ def _bad_gsae(tmp_path: Path, d_in: int, layer: int) -> str:
         (dict(strategies=["dense", "tfidf_tracin"]), r"Unknown strategies \['tfidf_tracin'\]"),
         (dict(gsae=""), r"\['dense_tracin', 'bm25_tracin'\] rerank with a GSAE's loss: set gsae"),
         (dict(gsae="no-such-release-or-folder"), "neither a folder nor 'release:sae_id'"),
+        (
+            dict(strategies=["dense", "bm25"], stability_strategies=["dense", "bm25_tracin"]),
+            r"stability_strategies \['bm25_tracin'\] must also be in strategies",
+        ),
     ],
-    ids=["unknown strategy", "TracIn without a GSAE", "mistyped GSAE"],
+    ids=["unknown strategy", "TracIn without a GSAE", "mistyped GSAE", "stability strategy not run"],
 )
 def test_bad_parameters_stop_notebook_01_in_its_setup_cell(change, expected, tmp_path):
     with pytest.raises(papermill.PapermillExecutionError, match=expected):
