@@ -12,12 +12,14 @@ Notable:
   forward-mode pass (torch.func.jvp) over a batch of tokens gives every token's term for one
   checkpoint; a document's score is the mean over its tokens. `tracin_scores_explicit` is the
   per-document-gradient reference the tests compare with. Per token, both do the same matrix
-  products (forward 2, tangent or backward 3); the jvp saves the per-document cost (a graph,
-  gradients the size of the SAE, a dot product): on the shipped GSAE 1.2x on a CPU and 2.7x on
-  an H200 for BBC-length documents, 17x and 96x for 16-token ones (benchmarks/bench_tracin.py).
-  For long documents no exact method gains much more: the tangent needs only the ~68 active
-  latents of a token, but on a CPU gathering them costs more than the dense products they
-  replace (4096 tokens: dense jvp 0.85 s, gathered 5.5 s; a CSR decoder 0.47 s vs dense 0.12 s).
+  products (forward 2, tangent or backward 3), so the jvp wins only where the per-document cost
+  (a graph, gradients the size of the SAE, a dot product) is not amortised: on the shipped GSAE and
+  2 CPU cores it is 4.1x the explicit loop on 16-token documents but 0.8x on BBC ones (~650 tokens),
+  where forward-mode's dual tensors cost more than one backward (benchmarks/bench_tracin.py; an
+  H200 gave 96x and 2.7x). No exact scorer does much better on long documents: a hand-written
+  tangent takes 0.66 s on 4,096 tokens, one backward over them 0.67 s, the jvp 0.84 s; restricting
+  the tangent to a token's ~68 active latents cuts its FLOPs 60x, but on a CPU the gathers cost more
+  than the dense products they replace (5.5 s).
 - The SAE's topk and jumprelu paths use custom autograd Functions with no forward-mode rule, so
   `token_losses` restates the per-token loss in plain ops with the same (straight-through)
   gradient; the tests check it against the SAE's own backward.
