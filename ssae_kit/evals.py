@@ -400,7 +400,7 @@ def compare(
 
 
 def interval_over_seeds(diffs: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, low, high) of per-seed differences: the mean +- two standard errors, the band
+    """(mean, low, high) of per-seed differences: the mean ± two standard errors, the band
     `verdict_over_seeds` reads. Unbounded with one seed: one run says nothing of seed noise."""
     mean = float(np.mean(diffs))
     se = float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else math.inf
