@@ -51,6 +51,7 @@ __all__ = [
     "error_by_rank",
     "evaluate",
     "interval_over_seeds",
+    "paired_over_seeds",
     "ssae_only_latents",
     "tail_coverage",
     "tail_coverage_difference",
@@ -405,6 +406,18 @@ def interval_over_seeds(diffs: Sequence[float]) -> tuple[float, float, float]:
     mean = float(np.mean(diffs))
     se = float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else math.inf
     return mean, mean - 2 * se, mean + 2 * se
+
+
+def paired_over_seeds(a: Sequence[float], b: Sequence[float], name: str) -> dict[str, Any]:
+    """a - b seed by seed (the i-th of each come from the same seed or split), with the mean ± 2 SE
+    band of `interval_over_seeds` and the word it supports: "<name> higher", "<name> lower" or "no
+    clear difference". For a metric where lower is better (CE), "lower" is the gain."""
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"a and b need one value per seed each; got {len(a)} and {len(b)}.")
+    diffs = [float(x - y) for x, y in zip(a, b)]
+    mean, low, high = interval_over_seeds(diffs)
+    word = f"{name} higher" if low > 0 else f"{name} lower" if high < 0 else "no clear difference"
+    return dict(per_seed=diffs, mean=mean, low=low, high=high, verdict=word)
 
 
 def verdict_over_seeds(diffs: Sequence[float]) -> Literal["better", "worse", "no clear difference"]:

@@ -20,6 +20,7 @@ from ssae_kit.evals import (
     evaluate_store,
     health_warnings,
     interval_over_seeds,
+    paired_over_seeds,
     ssae_only_latents,
     tail_coverage,
     tail_coverage_difference,
@@ -309,6 +310,16 @@ def test_verdict_over_seeds_needs_the_mean_two_standard_errors_from_zero(diffs, 
     mean, low, high = interval_over_seeds(diffs)  # the verdict is read off this band
     assert mean == pytest.approx(np.mean(diffs)) and low <= mean <= high
     assert (low > 0) == (expected == "better") and (high < 0) == (expected == "worse")
+
+
+def test_paired_over_seeds_reads_the_band_of_the_per_seed_differences():
+    d = paired_over_seeds([4.0, 4.1, 4.2], [4.2, 4.3, 4.4], "tracin")  # lower by 0.2 on every seed
+    assert d["per_seed"] == pytest.approx([-0.2, -0.2, -0.2]) and d["verdict"] == "tracin lower"
+    assert (d["mean"], d["low"], d["high"]) == pytest.approx(interval_over_seeds(d["per_seed"]))
+    assert paired_over_seeds([0.9, 0.8], [0.7, 0.9], "a")["verdict"] == "no clear difference"
+    assert paired_over_seeds([1.0], [0.5], "a")["verdict"] == "no clear difference"  # one seed
+    with pytest.raises(ValueError, match="one value per seed each; got 2 and 3"):
+        paired_over_seeds([1.0, 2.0], [1.0, 2.0, 3.0], "a")
 
 
 def test_the_band_over_seeds_is_two_standard_errors_wide():

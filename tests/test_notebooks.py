@@ -82,10 +82,10 @@ def _check_01_retrieval(m: dict, params: dict) -> None:
     assert m["stability"]["dense"][0] == at[("dense", main)]["token_precision"]  # split 0 is the main split
     assert "dense_tracin" in params["stability_strategies"]  # the smoke run checks TracIn over splits
     v = m["stability_differences"]["dense_tracin vs dense"]
-    assert v["per_split"] == pytest.approx(
+    assert v["per_seed"] == pytest.approx(
         [x - y for x, y in zip(m["stability"]["dense_tracin"], m["stability"]["dense"])]
     )
-    assert (v["mean"], v["low"], v["high"]) == pytest.approx(interval_over_seeds(v["per_split"]))
+    assert (v["mean"], v["low"], v["high"]) == pytest.approx(interval_over_seeds(v["per_seed"]))
     expect = (
         "dense_tracin higher"
         if v["low"] > 0
