@@ -443,12 +443,12 @@ def ablation_curve(
     trained on one half of A, tested on the other, both ways). B is not touched. A count above
     len(ranked) ablates all of them, once: the curve has one point per distinct number ablated."""
     half = torch.arange(len(data.a_gender)) % 2 == 0
+    kw = dict(lr=cfg.probe_lr, epochs=cfg.probe_epochs, seed=cfg.seed)
     out = []
     for k in sorted({min(k, len(ranked)) for k in counts}):
-        ablations = {data.train.layer: (sae, list(ranked[:k]))} if k else None
-        x = data.inputs(model, ablations)["a"] if k else data.clean["a"]
+        ablations = {data.train.layer: (sae, list(ranked[:k]))}
+        x = probe_inputs(model, data.balanced_a, data.probe_layer, ablations) if k else data.clean["a"]
         acc = group_accuracies(probe, x, data.a_profession, data.a_groups)
-        kw = dict(lr=cfg.probe_lr, epochs=cfg.probe_epochs, seed=cfg.seed)
         gender = np.mean(
             [
                 train_probe(x[fit], data.a_gender[fit], **kw).accuracy(x[~fit], data.a_gender[~fit])
