@@ -18,7 +18,7 @@ export IPYTHONDIR := $(CACHE)/ipython
 export npm_config_cache := $(CACHE)/npm
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test gsae lab workshop clean
+.PHONY: demo test gsae sweep lab workshop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +31,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python notebooks/run_all.py --out runs/demo
 
-# Rebuild the shipped GSAE (data/saes/smollm2-135m-l6) in the background; re-running resumes it.
+# Rebuild the default GSAE (data/saes/smollm2-135m-l6-tech1: tech at 1% of its training tokens) in the
+# background, niced; re-running resumes it.
 gsae: $(STAMP)
 	mkdir -p runs/gsae
-	nohup $(BIN)/python data/saes/build_gsae.py >> runs/gsae/build.log 2>&1 &
-	@echo "Building the GSAE in the background (about an hour on 2 cores). Follow it: tail -f runs/gsae/build.log"
+	nohup nice -n 10 $(BIN)/python data/saes/build_gsae.py >> runs/gsae/build.log 2>&1 &
+	@echo "Building the GSAE in the background (about 40 minutes on 2 idle cores). Follow it: tail -f runs/gsae/build.log"
+
+# Rebuild the rarity sweep (data/sweeps/rarity_sweep.json/.csv: one GSAE per tech share, fine-tuned on
+# dense, none and random) in the background, niced; re-running resumes it. Run one of gsae/sweep at a time.
+sweep: $(STAMP)
+	mkdir -p runs/gsae
+	nohup nice -n 10 $(BIN)/python data/sweeps/build_rarity_sweep.py >> runs/gsae/sweep.log 2>&1 &
+	@echo "Running the rarity sweep in the background (about 20 minutes a share on 2 idle cores). Follow it: tail -f runs/gsae/sweep.log"
 
 # JupyterLab in the kit's environment, serving the repo and opening on notebooks/ (runs/demo/ holds
 # `make demo`'s executed copies); Jupyter prints the URL with its token. Ctrl-C stops it.

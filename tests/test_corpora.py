@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ssae_kit import load_corpus
-from ssae_kit.corpora import Document, content_mask, corpus_checksum, tokenize_contexts
+from ssae_kit.corpora import Document, content_mask, corpus_checksum, subsample_label, tokenize_contexts
 
 
 def test_bbc_news_has_2225_articles_labelled_by_folder():
@@ -189,3 +189,46 @@ def test_corpus_checksum_depends_on_text_and_order():
     a, b = Document("one"), Document("two")
     assert corpus_checksum([a, b]) == corpus_checksum([Document("one", "x"), b])
     assert corpus_checksum([a, b]) != corpus_checksum([b, a])
+
+
+def _labelled(n_per_label: int = 30) -> list[Document]:
+    """Documents of labels x (the subdomain) and y, of varied lengths (word counts 3..12)."""
+    return [
+        Document(" ".join(["w"] * (3 + (7 * i) % 10)), label, f"{label}{i}")
+        for label in ("y", "x")
+        for i in range(n_per_label)
+    ]
+
+
+@pytest.mark.parametrize("share", [0.0, 0.01, 0.05, 0.1, 0.3])
+def test_subsample_label_reaches_the_share_within_one_document_and_keeps_the_rest(share):
+    docs = _labelled()
+    count = lambda text: len(text.split())
+    kept, report = subsample_label(docs, "x", share, count, seed=3)
+    n_y = sum(count(d.text) for d in docs if d.label == "y")
+    n_x = sum(count(d.text) for d in kept if d.label == "x")
+    target = share * n_y / (1 - share)
+    longest = max(count(d.text) for d in docs if d.label == "x")
+    assert abs(n_x - target) <= longest  # within one document of the target
+    assert report.reached == pytest.approx(n_x / (n_x + n_y))
+    assert report.tokens_per_label == {"x": n_x, "y": n_y} if n_x else {"y": n_y}
+    assert [d for d in kept if d.label == "y"] == [d for d in docs if d.label == "y"]  # the rest untouched
+    assert kept == [d for d in docs if d in kept]  # order kept
+    assert report.n_docs_kept == sum(d.label == "x" for d in kept) and report.n_docs_total == 30
+
+
+def test_subsample_label_is_seeded_and_deterministic():
+    docs, count = _labelled(), lambda text: len(text.split())
+    a, b, c = (subsample_label(docs, "x", 0.1, count, seed=s)[0] for s in (0, 0, 1))
+    assert a == b and a != c
+
+
+def test_subsample_label_keeps_everything_at_or_above_the_natural_share_and_refuses_bad_input():
+    docs, count = _labelled(), lambda text: len(text.split())
+    for share in (None, 0.5, 0.9):
+        kept, report = subsample_label(docs, "x", share, count)
+        assert kept == docs and report.reached == pytest.approx(report.natural)
+    with pytest.raises(ValueError, match=r"share=1.0 must lie in \[0, 1\)"):
+        subsample_label(docs, "x", 1.0, count)
+    with pytest.raises(ValueError, match=r"No document has label 'tech' \(labels: \['x', 'y'\]\)"):
+        subsample_label(docs, "tech", 0.1, count)

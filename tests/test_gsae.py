@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,12 +12,24 @@ from pathlib import Path
 
 import pytest
 
-from ssae_kit import load_corpus
+from ssae_kit import SAE, cache_activations, evaluate, load_corpus, train
 from ssae_kit.corpora import SPLITS_DIR, heldout_split
+from ssae_kit.gsae import (
+    Convergence,
+    SweepConfig,
+    check_convergence,
+    gsae_config,
+    load_sweep,
+    mse_drop,
+    prepare,
+    run_share,
+    sweep_table,
+    write_sweep,
+)
 from ssae_kit.sae import SHIPPED_DIR, load_pretrained, resolve_sae, shipped_saes
 
 REPO = Path(__file__).resolve().parents[1]
-GSAE_ID = "smollm2-135m-l6"
+GSAE_ID = "smollm2-135m-l6-tech21"
 
 
 def test_the_shipped_gsae_loads_by_short_id_for_the_embedded_model_and_layer():
@@ -34,6 +47,8 @@ def test_the_shipped_gsae_loads_by_short_id_for_the_embedded_model_and_layer():
 
 def test_unknown_shipped_ids_and_malformed_specs_name_the_fix(tmp_path):
     assert GSAE_ID in shipped_saes()
+    with pytest.raises(ValueError, match=f"'smollm2-135m-l6' was renamed '{GSAE_ID}'"):
+        load_pretrained("ssae-kit", "smollm2-135m-l6")
     with pytest.raises(ValueError, match=f"ships no SAE 'nope'.*{GSAE_ID}"):
         load_pretrained("ssae-kit", "nope")
     with pytest.raises(ValueError, match="neither a folder nor 'release:sae_id'"):
@@ -57,7 +72,7 @@ def _build(tmp: Path) -> Path:
         sys.executable,
         str(REPO / "data" / "saes" / "build_gsae.py"),
         "--max-docs",
-        "6",
+        "10",
         "--d-sae",
         "64",
         "--tokens",
@@ -65,7 +80,7 @@ def _build(tmp: Path) -> Path:
         "--batch-size",
         "512",
         "--eval-contexts",
-        "2",
+        "8",
         "--sparsity-coefficients",
         "1",
         "2",
@@ -76,7 +91,7 @@ def _build(tmp: Path) -> Path:
         str(tmp / "out"),
     ]
     subprocess.run(cmd, check=True, env=env, capture_output=True, cwd=REPO)
-    return tmp / "out" / GSAE_ID
+    return tmp / "out" / "smollm2-135m-l6-tech1"
 
 
 def test_the_recipe_on_a_tiny_budget_rebuilds_the_same_bits_and_writes_a_model_card(tmp_path):
@@ -89,6 +104,95 @@ def test_the_recipe_on_a_tiny_budget_rebuilds_the_same_bits_and_writes_a_model_c
         p["sparsity_coefficient"] for p in card_a["frontier"]
     ] == [1.0, 2.0, 4.0]
     assert card_a["tokens_seen"] == 2048 and "build_gsae.py" in card_a["command"]
-    assert "## Frontier" in (a / "README.md").read_text()
+    share = card_a["subdomain_share"]
+    assert share["label"] == "tech" and share["target"] == 0.01 and share["reached"] <= share["natural"]
+    assert set(card_a["convergence"]) >= {"mse_drop", "finetune_ce", "converged"}
+    readme = (a / "README.md").read_text()
+    assert "## Frontier" in readme and "## Convergence" in readme and "tech rare" in readme
     again = _build(tmp_path / "a")  # resuming a finished build changes nothing
     assert digest(again) == digest(a)
+
+
+def _log(mse_at):
+    """A training log every 1,000 tokens up to 100k, with MSE given as a function of tokens seen."""
+    return [{"tokens": t, "mse": mse_at(t)} for t in range(1000, 100_001, 1000)]
+
+
+def test_mse_drop_compares_the_final_window_with_the_window_ending_at_three_quarters():
+    flat_then_drop = _log(lambda t: 10.0 if t <= 75_000 else 9.0)
+    assert mse_drop(flat_then_drop) == pytest.approx(0.1)  # windows (70k, 75k] and (95k, 100k]
+    assert mse_drop(_log(lambda t: 5.0)) == 0.0
+    assert math.isnan(mse_drop([{"tokens": 100_000, "mse": 1.0}]))  # one logged step: cannot tell
+    with pytest.raises(ValueError, match="empty"):
+        mse_drop([])
+
+
+def test_convergence_passes_only_when_both_tests_pass():
+    flat = dict(estimate=0.01, low=-0.02, high=0.025, n_docs=50)
+    assert Convergence(0.02, flat, 100_000).converged
+    assert not Convergence(0.05, flat, 100_000).converged  # MSE still falling
+    assert not Convergence(0.02, dict(flat, estimate=-0.03), 100_000).converged  # fine-tuning still helps
+    assert not Convergence(0.02, dict(flat, low=-0.04), 100_000).converged  # interval too wide to tell
+    assert not Convergence(math.nan, flat, 100_000).converged
+    assert Convergence(0.02, flat, 100_000).as_dict()["converged"] is True
+
+
+def test_check_convergence_on_a_toy_fine_tunes_on_its_own_data_and_measures_the_ce_change(
+    tiny, docs, tmp_path
+):
+    model, tok = tiny
+    store = cache_activations(model, tok, docs, 1, tmp_path / "acts", ctx_len=16)
+    cfg = gsae_config(4 * 64, 1.0, d_sae=16, batch_size=64)
+    trained = train(store, cfg, out_dir=tmp_path / "gsae")
+    kw = dict(ctx_len=16, max_contexts=12)
+    base = evaluate(trained.sae, model, tok, docs, 1, **kw)
+    conv = check_convergence(
+        trained.sae,
+        trained.log,
+        store,
+        model,
+        tok,
+        base,
+        docs,
+        tmp_path / "ft",
+        1.0,
+        finetune_tokens=1024,
+        eval_kwargs=kw,
+    )
+    tuned = SAE.load(tmp_path / "ft")
+    direct = evaluate(tuned, model, tok, docs, 1, baseline=base.metrics, **kw)
+    assert conv.finetune_ce["estimate"] == pytest.approx(direct.metrics["ce_sae"] - base.metrics["ce_sae"])
+    assert conv.finetune_ce["low"] <= conv.finetune_ce["estimate"] <= conv.finetune_ce["high"]
+    assert conv.finetune_tokens == 1024 and math.isnan(conv.mse_drop) == (len(trained.log) < 4)
+
+
+def test_a_sweep_share_on_a_tiny_model_compares_each_strategy_with_its_gsae_and_dense_with_none(
+    tiny, tmp_path
+):
+    model, tok = tiny
+    cfg = SweepConfig(
+        shares=(0.05,), gsae_tokens=512, d_sae=16, layer=1, budget_tokens=4000, ssae_tokens=512,
+        eval_contexts=200, n_eval_docs=3, batch_size=64, max_docs=60, ctx_len=32,
+    )  # fmt: skip
+    data = prepare(cfg, tmp_path, model, tok)
+    count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
+    result = run_share(data, cfg, 0.05, tmp_path, count)
+    assert result["label_share"]["target"] == 0.05 and result["label_share"]["reached"] < 0.05 + 0.05
+    assert set(result["ssae_vs_gsae"]) == {"dense", "none", "random"}
+    for strategy, texts in result["ssae_vs_gsae"].items():
+        for text, d in texts.items():
+            assert d["low"] <= d["estimate"] <= d["high"]
+            want = result["ssae"][strategy][text]["ce_sae"] - result["gsae"][text]["ce_sae"]
+            assert d["estimate"] == pytest.approx(want)
+    d = result["dense_vs_none"]["in_domain"]
+    assert d["estimate"] == pytest.approx(
+        result["ssae"]["dense"]["in_domain"]["ce_sae"] - result["ssae"]["none"]["in_domain"]["ce_sae"]
+    )
+    assert run_share(data, cfg, 0.05, tmp_path, count) == json.loads(json.dumps(result))  # resumed, not rerun
+    write_sweep(tmp_path / "out", cfg, [result], {"threads": 2})
+    assert load_sweep(tmp_path / "out" / "rarity_sweep.json") == [json.loads(json.dumps(result))]
+    csv_rows = (tmp_path / "out" / "rarity_sweep.csv").read_text().splitlines()
+    assert len(csv_rows) == 2 and "dense_vs_none_in_low" in csv_rows[0]
+    assert "| 5 (0.050 → " in sweep_table([result])
+    with pytest.raises(FileNotFoundError, match="make sweep"):
+        load_sweep(tmp_path / "missing.json")

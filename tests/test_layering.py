@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ssae_kit"
 # bio_templates holds bios' sentence templates, so it sits just before bios.
 # intervals holds the bootstrap every stage's comparisons share, so it comes first.
 # tracin reranks retrieval's candidates with SAEs and short training runs, so it follows train.
+# gsae (the GSAE recipe, its convergence test, the rarity sweep) trains and evaluates, so it follows evals.
 ORDER = (
     "intervals",
     "io",
@@ -30,6 +31,7 @@ ORDER = (
     "train",
     "tracin",
     "evals",
+    "gsae",
     "features",
     "viz",
     "bio_templates",

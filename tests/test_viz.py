@@ -12,7 +12,7 @@ from nbclient import NotebookClient
 from ssae_kit import SAE
 from ssae_kit.features import collect_feature_activations
 from ssae_kit.sae import SAEConfig
-from ssae_kit.viz import feature_browser, plot_curves, plot_embedding_map
+from ssae_kit.viz import feature_browser, plot_curves, plot_embedding_map, plot_rarity_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -144,3 +144,27 @@ def test_match_latents_finds_each_latents_closest_direction():
         a.W_dec.copy_(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
         b.W_dec.copy_(torch.tensor([[0.0, 1.0], [-1.0, 0.0], [3.0, 0.0]]))
     np.testing.assert_allclose(match_latents(a, b), [1.0, 0.5**0.5], rtol=1e-6)
+
+
+def test_the_rarity_sweep_figure_puts_shares_in_order_with_each_comparison_and_its_interval():
+    def row(share, reached, base):
+        r = {"share": share, "reached": reached}
+        for name in ("dense_vs_gsae", "none_vs_gsae", "dense_vs_none"):
+            for tag in ("in", "ood"):
+                r |= {
+                    f"{name}_{tag}": base,
+                    f"{name}_{tag}_low": base - 0.1,
+                    f"{name}_{tag}_high": base + 0.1,
+                }
+        return r
+
+    fig = plot_rarity_sweep([row("natural", 0.206, -0.1), row("0", 0.0, -0.3), row("1", 0.0099, -0.2)])
+    left, right = fig.axes
+    assert [t.get_text() for t in left.get_xticklabels()] == ["0.0%", "1.0%", "20.6%"]  # sorted by share
+    assert [t.get_text() for t in left.get_legend().get_texts()] == [
+        "dense − GSAE",
+        "none − GSAE",
+        "dense − none",
+    ]
+    dense = left.lines[0].get_ydata()
+    assert list(dense) == [-0.3, -0.2, -0.1] and right.get_title() == "held-out text outside it"
