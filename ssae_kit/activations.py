@@ -35,6 +35,7 @@ from .io import (
     atomic_write_bytes,
     atomic_write_json,
     check_writable_dir,
+    folder_lock,
     npy_bytes,
     sha256_bytes,
 )
@@ -107,10 +108,25 @@ def cache_activations(
     if _reusable(out, request, overwrite):
         return ActivationStore(out)
     check_writable_dir(out)  # a complete store is reused read-only; building one needs writing
-    _remove_store_files(out)
+    with folder_lock(out, "activation caching"):
+        return _build_store(model, tokenizer, docs, out, request, batch_size)
 
-    contexts = tokenize_contexts(docs, tokenizer, ctx_len, prepend_bos)
+
+def _build_store(model, tokenizer, docs: list[Document], out: Path, request: dict[str, Any], batch_size: int):
+    """`cache_activations` once its arguments are checked (they are in `request`) and its folder locked."""
+    layer, ctx_len, dtype, max_tokens = (
+        request["layer"],
+        request["ctx_len"],
+        request["dtype"],
+        request["max_tokens"],
+    )
+    exclude_special, prepend_bos = request["exclude_special"], request["prepend_bos"]
+    max_norm_multiple, shard_tokens = request["max_norm_multiple"], request["shard_tokens"]
+    contexts = tokenize_contexts(docs, tokenizer, ctx_len, prepend_bos)  # raises on ctx_len < 2
     keep = content_mask(contexts, tokenizer) if exclude_special else contexts.attention_mask.bool()
+    if not keep.any():  # before the old store is removed: a bad request never destroys saved work
+        raise ValueError("No tokens to cache: the documents are empty after removing special tokens.")
+    _remove_store_files(out)
     batches = iter_residuals(
         model, contexts.input_ids, contexts.attention_mask, keep, layer, batch_size, trim_padding=True
     )

@@ -18,8 +18,10 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -45,6 +47,10 @@ SAE_WEIGHTS_FILE = "sae_weights.safetensors"  # SAELens' name
 CHECKPOINT_FILE = "checkpoint.pt"  # a training run's resumable state, next to its SAE
 LOG_FILE = "train_log.json"  # a training run's per-log-step metrics
 ACTS_DIR = "acts"
+LOCK_FILE = ".lock"
+"""A folder's lock while a run writes into it (`folder_lock`)."""
+LOCK_OWNER_FILE = ".lock.owner"
+"""Which process holds the lock, for the message a second run gets."""
 SAES_DIR = "saes"
 GSAE_NAME = "gsae"
 TERM_PREFIX = "term_t"
@@ -154,11 +160,56 @@ def atomic_write_with(path: str | Path, write: Callable[[IO[bytes]], Any]) -> No
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; others may read what the kit writes
         os.replace(tmp, path)
         _fsync(path.parent)  # makes the rename itself durable
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def folder_lock(folder: str | Path, what: str) -> Iterator[None]:
+    """Hold `folder`'s lock while a run writes into it, so a second run into the same folder fails
+    at once, naming the first (its process id and start time), instead of both exiting 0 with the
+    second's files silently winning. The lock is an OS file lock: a killed run releases it (its
+    files stay behind, harmless, until the next run takes the lock)."""
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / LOCK_FILE), timeout=0)
+    owner = folder / LOCK_OWNER_FILE
+    try:
+        lock.acquire()
+    except Timeout:
+        first = owner.read_text().strip() if owner.exists() else "owner unknown"
+        raise ValueError(
+            f"{folder} is in use by another {what} ({first}): wait for it to finish, or write into another folder."
+        ) from None
+    try:
+        owner.write_text(f"process {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        yield
+    finally:  # leave the folder as the run left it: no lock files once it is done
+        owner.unlink(missing_ok=True)
+        lock.release()
+        (folder / LOCK_FILE).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it; set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temp files a killed `atomic_write_with` left in `folder` (`.<name>.<random>.tmp`);
+    the files they were to replace are untouched. Returns what was removed."""
+    removed = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

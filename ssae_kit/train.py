@@ -31,6 +31,8 @@ from .io import (
     atomic_write_with,
     cache_dir,
     check_writable_dir,
+    folder_lock,
+    remove_stale_temps,
 )
 from .models import resolve_device
 from .sae import SAE, Architecture, SAEConfig, from_sae_lens
@@ -195,8 +197,19 @@ def train(
 
     A NaN/inf loss stops training with an error before the step is taken; `out_dir` then keeps
     its last checkpoint. If the final save into `out_dir` fails, the run is saved in the kit's
-    cache instead and the error says where."""
+    cache instead and the error says where. A second run into the same `out_dir` while this one
+    runs fails at once, naming it (`io.folder_lock`; under torchrun rank 0 holds it)."""
     out = check_writable_dir(out_dir) if out_dir is not None else None
+    if out is None or int(os.environ.get("RANK", "0")) != 0:
+        return _train(store, cfg, init, out, resume)
+    with folder_lock(out, "training run"):
+        return _train(store, cfg, init, out, resume)
+
+
+def _train(
+    store: ActivationStore, cfg: TrainConfig, init: Any, out: Path | None, resume: bool
+) -> TrainResult:
+    """`train` once its output folder is checked and locked."""
     rank, world, device = _distributed_setup(cfg)
     sae = _initial_sae(store, cfg, init).to(device)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
@@ -204,6 +217,8 @@ def train(
     gen = torch.Generator().manual_seed(cfg.seed)
     log: list[dict[str, float]] = []
     trained_on = _store_identity(store)
+    if out is not None and resume:
+        remove_stale_temps(out)  # a checkpoint write killed mid-way
     if out is not None and (out / CHECKPOINT_FILE).exists():
         if not resume:
             raise ValueError(
@@ -504,8 +519,30 @@ def _checkpoint(out: Path, cfg, trained_on, sae, opt, state: TrainState, gen, lo
         dist.barrier()
 
 
+def _read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """The checkpoint's tensors and plain data, read without running code: `weights_only=True`
+    refuses any pickled object other than tensors and Python containers of numbers and strings, so a
+    shared or downloaded run folder cannot execute anything on resume. A truncated, zeroed or
+    foreign file is refused naming it."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError by corruption kind
+        raise ValueError(
+            f"Cannot resume from {path}: it is not a checkpoint the kit can read safely ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}). It may be truncated, or hold code rather than data. Delete it "
+            "to start that run afresh, or train into a new out_dir."
+        ) from err
+    if not isinstance(ckpt, dict) or not {"cfg", "sae", "opt", "state", "gen", "torch_rng", "log"} <= set(
+        ckpt
+    ):
+        raise ValueError(
+            f"Cannot resume from {path}: it is not an ssae-kit training checkpoint. Delete it, or train into a new out_dir."
+        )
+    return ckpt
+
+
 def _load_checkpoint(out: Path, cfg, trained_on, sae, opt, state: TrainState, gen) -> list[dict[str, float]]:
-    ckpt = torch.load(out / CHECKPOINT_FILE, map_location=sae.W_dec.device, weights_only=False)
+    ckpt = _read_checkpoint(out / CHECKPOINT_FILE, sae.W_dec.device)
     for what, fix, old, new in (
         ("the config changed since it was written", "the old config", ckpt["cfg"], asdict(cfg)),
         (

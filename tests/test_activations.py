@@ -260,3 +260,27 @@ def test_subset_store_keeps_exactly_the_rows_of_the_chosen_documents_bit_for_bit
         subset_store(parent, [], tmp_path / "empty")
     with pytest.raises(ValueError, match="None of the 1 document ids has rows"):
         subset_store(parent, [999], tmp_path / "none")
+
+
+@pytest.mark.parametrize("bad", [dict(ctx_len=1), dict(docs=["", ""])])
+def test_overwrite_with_a_bad_request_keeps_the_old_store(tiny, docs, tmp_path, bad):
+    from ssae_kit.corpora import Document
+
+    old = _cache(tiny, docs, tmp_path)
+    fingerprint = old.fingerprint
+    kw = {k: v for k, v in bad.items() if k != "docs"}
+    new_docs = [Document(t) for t in bad["docs"]] if "docs" in bad else docs
+    with pytest.raises(ValueError, match="ctx_len=1 leaves no room|No tokens to cache"):
+        _cache(tiny, new_docs, tmp_path, overwrite=True, **kw)
+    assert ActivationStore(tmp_path).fingerprint == fingerprint  # nothing was deleted
+
+
+def test_a_second_caching_run_into_a_folder_in_use_fails_at_once_naming_the_first(tiny, docs, tmp_path):
+    from ssae_kit.io import folder_lock
+
+    with (
+        folder_lock(tmp_path, "activation caching"),
+        pytest.raises(ValueError, match=rf"in use by another activation caching \(process {os.getpid()}"),
+    ):
+        _cache(tiny, docs, tmp_path)
+    assert _cache(tiny, docs, tmp_path).n_tokens > 0  # free again once the first is done

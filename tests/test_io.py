@@ -4,12 +4,22 @@ run layout names each artefact once for the notebook that writes it and those th
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
 import torch
 
-from ssae_kit.io import RunLayout, atomic_write_dir, atomic_write_with, check_writable_dir, write_metrics
+from ssae_kit.io import (
+    RunLayout,
+    atomic_write_bytes,
+    atomic_write_dir,
+    atomic_write_json,
+    atomic_write_with,
+    check_writable_dir,
+    remove_stale_temps,
+    write_metrics,
+)
 from ssae_kit.sae import SAE, SAEConfig
 
 
@@ -132,3 +142,22 @@ def test_read_metrics_returns_what_write_metrics_wrote_or_names_the_missing_fold
         run.read_metrics()
     assert write_metrics(run.run_dir, {"main_sparsity_coefficient": 1.4}) == run.metrics
     assert run.read_metrics() == {"main_sparsity_coefficient": 1.4}
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_writes_leave_files_with_the_process_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        atomic_write_bytes(tmp_path / "b.bin", b"123")
+    finally:
+        os.umask(old)
+    assert [stat.S_IMODE((tmp_path / n).stat().st_mode) for n in ("a.json", "b.bin")] == [mode, mode]
+
+
+def test_remove_stale_temps_deletes_only_what_a_killed_write_left(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"good")
+    (tmp_path / ".checkpoint.pt.abc123.tmp").write_bytes(b"half")
+    (tmp_path / ".sae.1234abcd.tmp").mkdir()  # a folder write's temp dir is not touched here
+    assert [p.name for p in remove_stale_temps(tmp_path)] == [".checkpoint.pt.abc123.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".sae.1234abcd.tmp", "checkpoint.pt"]

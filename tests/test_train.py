@@ -379,3 +379,64 @@ def test_finetune_config_is_the_notebooks_ssae_recipe_erm_or_term(store):
     assert (tilted.tilt, tilted.lr) == (0.5, 1e-4)
     small = finetune_config(gsae, SimpleNamespace(n_tokens=100), 2.0, 400)
     assert small.batch_size == 100, "a store smaller than a batch is one batch"
+
+
+class _Payload:
+    """Unpickling this runs os.mkdir(target): the attack a shared run folder could carry."""
+
+    def __init__(self, target: str):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.mkdir, (self.target,))
+
+
+def test_resuming_never_runs_code_from_a_checkpoint_and_refuses_it_naming_the_file(store, tmp_path):
+    out, marker = tmp_path / "run", tmp_path / "pwned"
+    out.mkdir()
+    torch.save({"cfg": _Payload(str(marker))}, out / CHECKPOINT_FILE)
+    with pytest.raises(ValueError, match=r"Cannot resume from .*checkpoint.pt.*hold code rather than data"):
+        train(store, small_cfg(), out_dir=out, resume=True)
+    assert not marker.exists(), "unpickling the checkpoint ran code"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zeros", "not_a_checkpoint"])
+def test_a_damaged_checkpoint_is_refused_naming_the_file_and_the_fix(store, tmp_path, damage):
+    cfg = small_cfg(checkpoint_every=10)
+    train(store, cfg, out_dir=tmp_path)
+    path = tmp_path / CHECKPOINT_FILE
+    data = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "zeros":
+        path.write_bytes(bytes(len(data)))
+    else:
+        torch.save({"weights": torch.zeros(3)}, path)
+    with pytest.raises(ValueError, match=rf"Cannot resume from {re.escape(str(path))}.*Delete it"):
+        train(store, cfg, out_dir=tmp_path, resume=True)
+
+
+def test_a_checkpoint_loads_with_weights_only(store, tmp_path):
+    train(store, small_cfg(checkpoint_every=10), out_dir=tmp_path)
+    ckpt = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)  # what resume reads: data only
+    assert ckpt["state"]["tokens"] == small_cfg().total_tokens
+
+
+def test_resume_removes_the_temp_file_a_killed_checkpoint_write_left(store, tmp_path):
+    cfg = small_cfg(checkpoint_every=10)
+    train(store, cfg, out_dir=tmp_path)
+    stale = tmp_path / f".{CHECKPOINT_FILE}.k1ll3d.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    train(store, cfg, out_dir=tmp_path, resume=True)
+    assert not stale.exists()
+
+
+def test_a_second_training_run_into_a_folder_in_use_fails_at_once_naming_the_first(store, tmp_path):
+    from ssae_kit.io import folder_lock
+
+    in_use = rf"{re.escape(str(tmp_path))} is in use by another training run \(process {os.getpid()}"
+    with folder_lock(tmp_path, "training run"), pytest.raises(ValueError, match=in_use):
+        train(store, small_cfg(), out_dir=tmp_path)
+    assert not (tmp_path / SAE_WEIGHTS_FILE).exists()
+    train(store, small_cfg(), out_dir=tmp_path)  # the lock is released with the first run
+    assert not any(p.name.startswith(".lock") for p in tmp_path.iterdir())
