@@ -37,6 +37,7 @@ from .io import (
     check_writable_dir,
     folder_lock,
     npy_bytes,
+    read_json,
     sha256_bytes,
 )
 from .models import check_ctx_len, check_layer, d_model, hook_name, iter_residuals
@@ -340,7 +341,9 @@ class ActivationStore:
             raise ValueError(
                 f"No activation store at {self.path}: {hint}. Run cache_activations() to build it."
             )
-        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        self.manifest: dict[str, Any] = read_json(
+            manifest_path, "delete the store folder and run cache_activations() again."
+        )
         if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
             raise ValueError(
                 f"{manifest_path} is not an ssae-kit activation manifest of version {VERSION}; rebuild it."

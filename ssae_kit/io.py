@@ -80,7 +80,7 @@ class RunLayout:
                 f"No {METRICS_FILE} in {self.run_dir}: run the notebook that writes this folder "
                 "first, or point to the folder it wrote."
             )
-        return json.loads(self.metrics.read_text())
+        return read_json(self.metrics, "re-run the notebook that writes this folder.")
 
     def acts(self, name: str) -> Path:
         """An activation store, named after its data (a selection strategy, `general`, ...)."""
@@ -194,6 +194,27 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[None]:
         owner.unlink(missing_ok=True)
         lock.release()
         (folder / LOCK_FILE).unlink(missing_ok=True)
+
+
+def read_json(path: str | Path, fix: str) -> Any:
+    """The JSON in `path`, or a ValueError naming the file and `fix` when it is not valid JSON (a
+    killed editor, a truncated copy): a raw JSONDecodeError names neither."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): {fix}") from err
+
+
+def read_jsonl(path: str | Path, fix: str) -> list[Any]:
+    """One JSON value per non-blank line of `path`; a bad line is a ValueError naming the file, the line and `fix`."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {n}, is not valid JSON ({err}): {fix}") from err
+    return rows
 
 
 def _umask() -> int:

@@ -63,7 +63,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """`"auto"` is CUDA when present, else CPU; anything else is passed to `torch.device`."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={str(device)!r} but this torch ({torch.__version__}) sees no CUDA GPU: pass device='auto' "
+            "(CPU here) or 'cpu', or install a CUDA build of torch on a machine with a GPU."
+        )
+    return resolved
 
 
 def load_model(

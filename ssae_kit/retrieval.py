@@ -32,7 +32,7 @@ import numpy as np
 
 from .corpora import Document, corpus_checksum
 from .intervals import bootstrap_interval
-from .io import RunLayout, atomic_write_bytes, atomic_write_json, cache_dir, npy_bytes
+from .io import RunLayout, atomic_write_bytes, atomic_write_json, cache_dir, npy_bytes, read_jsonl
 
 __all__ = [
     "STRATEGIES",
@@ -199,7 +199,7 @@ class Selection:
             raise FileNotFoundError(
                 f"No selection at {path}: run notebook 01 (or ssae_kit.retrieval.select) first."
             )
-        header, *rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        header, *rows = read_jsonl(path, "re-run notebook 01 (or select and save the selection again).")
         docs = [Document(r["text"], r["label"], r["source"]) for r in rows]
         return cls(
             header["strategy"],
@@ -489,7 +489,7 @@ class SubdomainSplit:
             if not path.exists():
                 raise FileNotFoundError(f"No {path}: run notebook 01 first (it writes the split).")
             parts[name] = [
-                Document(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()
+                Document(**row) for row in read_jsonl(path, "re-run notebook 01 (it writes the split).")
             ]
         return cls(**parts)
 

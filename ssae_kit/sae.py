@@ -13,7 +13,6 @@ kit computes and fine-tunes in float32, and upcasts bfloat16/float16 weights on 
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from dataclasses import asdict, dataclass, fields
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .io import SAE_CFG_FILE, SAE_WEIGHTS_FILE, atomic_write_dir, atomic_write_json
+from .io import SAE_CFG_FILE, SAE_WEIGHTS_FILE, atomic_write_dir, atomic_write_json, read_json
 from .models import layer_of_hook
 
 __all__ = [
@@ -253,7 +252,9 @@ class SAE(nn.Module):
             raise FileNotFoundError(
                 f"No SAE at {path}: expected {SAE_CFG_FILE} and {SAE_WEIGHTS_FILE} there."
             )
-        raw = json.loads((path / SAE_CFG_FILE).read_text())
+        raw = read_json(
+            path / SAE_CFG_FILE, "restore the SAE folder from where it came, or save the SAE again."
+        )
         cfg = _cfg_from_saelens(raw, path)
         sae = cls(cfg, seed=None)
         stored = _stored_dtype(raw, path)

@@ -45,6 +45,10 @@ __all__ = [
 ]
 
 
+BDecInit = Literal["mean", "zeros", "geometric_median"]
+NormScaleFrom = Literal["store", "centered"]
+
+
 @dataclass
 class TrainConfig:
     """How to train; the SAE shape fields apply only when training from scratch (no `init`)."""
@@ -55,11 +59,11 @@ class TrainConfig:
     """Architecture of a new SAE."""
     k: int = 32
     """Active latents per token of a new topk SAE."""
-    b_dec_init: Literal["mean", "zeros", "geometric_median"] = "mean"
+    b_dec_init: BDecInit = "mean"
     """Pre-encoder bias of a new SAE: the data mean (so a constant offset, e.g. a massive
     dimension, is not the latents' job; SAELens' `b_dec_init_method`), zeros, or the geometric
     median (Weiszfeld; sparsify's init, SAELens' former option; less pulled by outlier tokens)."""
-    norm_scale_from: Literal["store", "centered"] = "centered"
+    norm_scale_from: NormScaleFrom = "centered"
     """Input scale of a new SAE: sqrt(d_model / E||x - mean||^2), which a massive constant dimension
     cannot shrink (see `_centered_norm_scale`), or the store's sqrt(d_model / E||x||^2) (SAELens'
     `expected_average_only_in`; the shipped GSAE's recipe pins it). A fine-tuned SAE keeps its init's."""
@@ -96,6 +100,8 @@ class TrainConfig:
         for name, choices in (
             ("architecture", Architecture),
             ("loss_scale", ScaleRule),
+            ("b_dec_init", BDecInit),
+            ("norm_scale_from", NormScaleFrom),
         ):
             if getattr(self, name) not in get_args(choices):
                 raise ValueError(f"Unknown {name} {getattr(self, name)!r}; use one of {get_args(choices)}.")

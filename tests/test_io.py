@@ -161,3 +161,20 @@ def test_remove_stale_temps_deletes_only_what_a_killed_write_left(tmp_path):
     (tmp_path / ".sae.1234abcd.tmp").mkdir()  # a folder write's temp dir is not touched here
     assert [p.name for p in remove_stale_temps(tmp_path)] == [".checkpoint.pt.abc123.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".sae.1234abcd.tmp", "checkpoint.pt"]
+
+
+def test_corrupt_json_is_refused_naming_the_file_and_the_fix(tmp_path):
+    from ssae_kit import ActivationStore
+    from ssae_kit.io import MANIFEST_FILE, METRICS_FILE, SAE_CFG_FILE
+    from ssae_kit.retrieval import Selection
+
+    for name in (MANIFEST_FILE, METRICS_FILE, SAE_CFG_FILE, "selection.jsonl"):
+        (tmp_path / name).write_text('{"format": "ssae-kit-activ')
+    with pytest.raises(ValueError, match=rf"{MANIFEST_FILE} is not valid JSON .*delete the store folder"):
+        ActivationStore(tmp_path)
+    with pytest.raises(ValueError, match=rf"{METRICS_FILE} is not valid JSON .*re-run the notebook"):
+        RunLayout(tmp_path).read_metrics()
+    with pytest.raises(ValueError, match=rf"{SAE_CFG_FILE} is not valid JSON .*save the SAE again"):
+        SAE.load(tmp_path)
+    with pytest.raises(ValueError, match=r"selection.jsonl, line 1, is not valid JSON .*re-run notebook 01"):
+        Selection.load(tmp_path / "selection.jsonl")

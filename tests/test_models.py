@@ -16,6 +16,7 @@ from ssae_kit.models import (
     hook_name,
     iter_residuals,
     n_layers,
+    resolve_device,
     splice,
     tiny_model,
 )
@@ -224,3 +225,12 @@ def test_forward_from_a_cached_layer_matches_the_full_pass(arch):
     assert forward_from_layer(model, cached, 1, 1, ids, mask) is cached
     with pytest.raises(ValueError, match="stop=0 is before start=1"):
         forward_from_layer(model, cached, 1, 0, ids, mask)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_asking_for_cuda_without_a_gpu_names_the_fix():
+    with pytest.raises(
+        ValueError, match=r"device='cuda' but this torch .* sees no CUDA GPU: pass device='auto'"
+    ):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"

@@ -197,6 +197,14 @@ def test_dead_latents_are_counted_and_resampling_revives_them(store):
             dict(tilt=1.0, loss_scale="max"),
             r"Unknown loss_scale 'max'; use one of \('mean', 'none'\)",
         ),
+        (  # a typo here once silently meant "centered", and so another meaning of the coefficient
+            dict(norm_scale_from="foo"),
+            r"Unknown norm_scale_from 'foo'; use one of \('store', 'centered'\)",
+        ),
+        (
+            dict(b_dec_init="median"),
+            r"Unknown b_dec_init 'median'; use one of \('mean', 'zeros', 'geometric_median'\)",
+        ),
     ],
 )
 def test_bad_training_configs_name_the_fix(kw, match):
