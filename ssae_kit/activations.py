@@ -295,6 +295,9 @@ def _reusable(out: Path, request: dict[str, Any], overwrite: bool) -> bool:
         warnings.warn(f"Rebuilding the activation store in {out}: {err}")
         return False
     if store.manifest.get("request") == request:
+        if not store.all_finite():  # a matching checksum proves the bytes, not that they are numbers
+            warnings.warn(f"Rebuilding the activation store in {out}: it holds NaN/inf activations.")
+            return False
         return True
     if overwrite:
         return False
@@ -400,6 +403,10 @@ class ActivationStore:
         if self.normalize if normalize is None else normalize:
             x *= self.norm_scale
         return x, torch.from_numpy(tokens)
+
+    def all_finite(self) -> bool:
+        """True when every activation in the store is a finite number (reads every shard)."""
+        return all(np.isfinite(self._read(s["file"], s["sha256"])).all() for s in self.manifest["shards"])
 
     def _read(self, name: str, sha: str) -> np.ndarray:
         data = (self.path / name).read_bytes()

@@ -94,9 +94,20 @@ class Embedder:
         key = hashlib.sha256(f"{self.name}|{corpus_checksum(docs)}|{len(docs)}".encode()).hexdigest()[:20]
         path = cache_dir("embeddings") / f"{key}.npy"
         if path.exists():
-            emb = np.load(path)
-            if emb.shape == (len(docs), self.dim):
+            try:
+                emb = np.load(path, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as err:  # truncated or not an .npy
+                warnings.warn(
+                    f"Re-embedding: the cached embeddings {path} are unreadable ({err}).", stacklevel=2
+                )
+                emb = None
+            if emb is not None and emb.shape == (len(docs), self.dim) and np.isfinite(emb).all():
                 return emb
+            if emb is not None:  # the wrong shape, or NaN/inf: ranking by them would be silent nonsense
+                warnings.warn(
+                    f"Re-embedding: the cached embeddings {path} do not fit this corpus or hold NaN/inf.",
+                    stacklevel=2,
+                )
         emb = self.embed([d.text for d in docs], progress)
         atomic_write_bytes(path, npy_bytes(emb))
         return emb

@@ -258,7 +258,10 @@ class SAE(nn.Module):
         cfg = _cfg_from_saelens(raw, path)
         sae = cls(cfg, seed=None)
         stored = _stored_dtype(raw, path)
-        t = {k: v.to(stored).float() for k, v in load_file(str(path / SAE_WEIGHTS_FILE)).items()}
+        t = {
+            k: v.to(stored).float()
+            for k, v in _read_weights(path / SAE_WEIGHTS_FILE, cfg.architecture).items()
+        }
         if cfg.architecture == "topk" and raw.get("rescale_acts_by_decoder_norm", False):
             n = t["W_dec"].norm(dim=1).clamp_min(1e-8)  # (d_sae,)
             t.update(W_enc=t["W_enc"] * n, b_enc=t["b_enc"] * n, W_dec=t["W_dec"] / n[:, None])
@@ -294,6 +297,35 @@ SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "saes"
 
 RENAMED_SAES = {"smollm2-135m-l6": "smollm2-135m-l6-tech21"}
 """Ids the kit shipped under another name before: old id -> current id."""
+
+
+def _read_weights(path: Path, architecture: str) -> dict[str, torch.Tensor]:
+    """The tensors of `path`, refused naming the tensor when one the architecture needs is missing,
+    one it cannot use is there (SAELens refuses a `threshold` on a standard SAE too), or one holds
+    NaN/inf; a file that is not safetensors is refused naming the file."""
+    try:
+        t = load_file(str(path))
+    except Exception as err:  # safetensors raises SafetensorError / OSError on garbage or truncation
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({type(err).__name__}: {err}): restore the SAE folder "
+            "from where it came, or save the SAE again."
+        ) from err
+    need = {"W_enc", "b_enc", "W_dec", "b_dec"} | ({"threshold"} if architecture == "jumprelu" else set())
+    if missing := sorted(need - set(t)):
+        raise ValueError(
+            f"{path} lacks the tensor(s) {missing} that a {architecture} SAE needs; it holds {sorted(t)}."
+        )
+    if "threshold" in t and architecture != "jumprelu":
+        raise ValueError(
+            f"{path} holds a `threshold` tensor, but its cfg.json says architecture {architecture!r}: set "
+            "architecture 'jumprelu' in cfg.json if it is one, or remove the tensor."
+        )
+    for name, tensor in t.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(
+                f"Tensor {name!r} of {path} holds NaN/inf: the SAE is broken; retrain or restore it."
+            )
+    return t
 
 
 def shipped_saes() -> list[str]:

@@ -284,3 +284,23 @@ def test_a_second_caching_run_into_a_folder_in_use_fails_at_once_naming_the_firs
     ):
         _cache(tiny, docs, tmp_path)
     assert _cache(tiny, docs, tmp_path).n_tokens > 0  # free again once the first is done
+
+
+def test_a_store_with_nan_and_a_matching_checksum_is_rebuilt_not_reused(tiny, docs, tmp_path):
+    import numpy as np
+
+    from ssae_kit.io import npy_bytes, sha256_bytes
+
+    store = _cache(tiny, docs, tmp_path, dtype="float32")
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    shard = manifest["shards"][0]
+    acts = np.load(tmp_path / shard["file"])
+    acts[3] = np.nan
+    data = npy_bytes(acts)
+    (tmp_path / shard["file"]).write_bytes(data)
+    shard.update(bytes=len(data), sha256=sha256_bytes(data))  # the attacker's (or bug's) checksum matches
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert not ActivationStore(tmp_path).all_finite()
+    with pytest.warns(UserWarning, match="holds NaN/inf activations"):
+        rebuilt = _cache(tiny, docs, tmp_path, dtype="float32")
+    assert rebuilt.all_finite() and rebuilt.fingerprint == store.fingerprint

@@ -3,11 +3,13 @@ indices check their encoder, and selections and splits survive a save/load."""
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
-from ssae_kit.corpora import Document
-from ssae_kit.io import RunLayout
+from ssae_kit.corpora import Document, corpus_checksum
+from ssae_kit.io import RunLayout, cache_dir, npy_bytes
 from ssae_kit.retrieval import (
     STRATEGIES,
     Embedder,
@@ -282,3 +284,17 @@ def test_budget_holding_the_whole_pool_warns_that_random_equals_none(pool, seeds
     ):
         sel = select(pool, seeds, "random", 10**6, tiny[1])
     assert len(sel.documents) == len(dedupe(pool))
+
+
+@pytest.mark.parametrize("damage", ["nan", "truncated"])
+def test_a_nan_or_truncated_embedding_cache_is_recomputed_not_used(embedder, docs, damage):
+    first = embedder.embed_corpus(docs[:5], progress=False)
+    key = hashlib.sha256(f"{embedder.name}|{corpus_checksum(docs[:5])}|5".encode()).hexdigest()[:20]
+    path = cache_dir("embeddings") / f"{key}.npy"
+    if damage == "nan":
+        path.write_bytes(npy_bytes(np.full_like(first, np.nan)))
+    else:
+        path.write_bytes(path.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="Re-embedding"):
+        again = embedder.embed_corpus(docs[:5], progress=False)
+    np.testing.assert_allclose(again, first, atol=1e-6)

@@ -174,3 +174,32 @@ def test_sparse_topk_forward_matches_the_dense_path_in_value_and_gradient(apply_
     torch.testing.assert_close(out.feature_acts, sae.encode(x))
     for name, p in sae.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], atol=1e-5, rtol=1e-5, msg=f"gradient of {name}")
+
+
+def _saved(tmp_path, architecture="relu", **edit):
+    """A saved SAE folder whose weights file is rewritten with `edit` (name -> tensor, or None to drop it)."""
+    from safetensors.torch import load_file, save_file
+
+    sae = SAE(SAEConfig(d_in=4, d_sae=8, architecture=architecture, k=2))
+    sae.save(tmp_path)
+    weights = load_file(str(tmp_path / "sae_weights.safetensors"))
+    for name, value in edit.items():
+        weights.pop(name) if value is None else weights.__setitem__(name, value)
+    save_file(weights, str(tmp_path / "sae_weights.safetensors"))
+    return tmp_path
+
+
+def test_loading_refuses_nan_weights_and_missing_or_stray_tensors_naming_the_tensor(tmp_path):
+    nan = torch.full((4,), float("nan"))
+    with pytest.raises(ValueError, match=r"Tensor 'b_dec' of .* holds NaN/inf"):
+        SAE.load(_saved(tmp_path / "a", b_dec=nan))
+    with pytest.raises(ValueError, match=r"lacks the tensor\(s\) \['threshold'\] that a jumprelu SAE needs"):
+        SAE.load(_saved(tmp_path / "b", "jumprelu", threshold=None))
+    with pytest.raises(
+        ValueError, match=r"holds a `threshold` tensor, but its cfg.json says architecture 'relu'"
+    ):
+        SAE.load(_saved(tmp_path / "c", threshold=torch.ones(8)))
+    folder = _saved(tmp_path / "d")
+    (folder / "sae_weights.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match=r"is not a readable safetensors file"):
+        SAE.load(folder)
