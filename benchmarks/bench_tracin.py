@@ -1,7 +1,7 @@
 """TracIn scoring speed (forward-mode jvp vs the explicit per-document-gradient loop) and the added
 cost of a TracIn selection over dense retrieval alone.
 
-On the embedded SmolLM2-135M, the shipped GSAE (smollm2-135m-l6-tech21: layer 6, 576 x 4608, relu) and
+On the embedded SmolLM2-135M, the shipped GSAE (smollm2-135m-l6-tech1: layer 6, 576 x 4608, relu) and
 BBC news (the committed split, subdomain `--label`, 5 seeds), it measures in one run:
   (1) `select(..., "dense")` alone at `--budget` tokens (after a warm-up call that loads the
       encoder and the pool's cached embeddings) and `select_tracin(..., "dense")` with its defaults
@@ -94,7 +94,7 @@ def main() -> None:
     logging.getLogger("ssae_kit.tracin").setLevel(logging.INFO)
 
     model, tok = load_model("smollm2-135m", device="cpu")
-    gsae = load_pretrained("ssae-kit", "smollm2-135m-l6-tech21")
+    gsae = load_pretrained("ssae-kit", "smollm2-135m-l6-tech1")
     docs, held = heldout_split(load_corpus("bbc-news"), "bbc-news")
     split = split_subdomain(dedupe(docs), args.label, 5, 50, 50, seed=0, heldout_docs=held)
     embedder = Embedder()

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .corpora import Document, content_mask, corpus_checksum, tokenize_contexts
+from .corpora import Document, check_documents, content_mask, corpus_checksum, tokenize_contexts
 from .io import (
     MANIFEST_FILE,
     atomic_write_bytes,
@@ -40,7 +40,7 @@ from .io import (
     read_json,
     sha256_bytes,
 )
-from .models import check_ctx_len, check_layer, d_model, hook_name, iter_residuals
+from .models import check_ctx_len, check_layer, check_max_norm_multiple, d_model, hook_name, iter_residuals
 
 __all__ = [
     "ActivationStore",
@@ -81,6 +81,8 @@ def cache_activations(
     """
     check_layer(model, layer)
     check_ctx_len(model, ctx_len)
+    check_max_norm_multiple(max_norm_multiple)
+    check_documents(docs)
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; use one of {DTYPES}.")
     for name, value, fix in (
@@ -444,6 +446,8 @@ class ActivationStore:
         Shuffling permutes shard order, then rows inside a buffer of `buffer_shards` shards, so
         memory stays at about `buffer_shards` shards whatever the store's size.
         """
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ValueError(f"batch_size={batch_size!r} must be a positive integer (rows per batch).")
         rng = np.random.default_rng(seed)
         ids = self.shard_ids(rank, world_size)
         if shuffle:

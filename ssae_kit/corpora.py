@@ -302,6 +302,17 @@ def _is_null(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def check_documents(docs: object) -> list[Document]:
+    """`docs` if it is a list of Documents; strings (a common slip) get the one-line fix."""
+    if isinstance(docs, str | bytes) or not all(isinstance(d, Document) for d in docs):
+        bad = docs if isinstance(docs, str | bytes) else next(d for d in docs if not isinstance(d, Document))
+        raise TypeError(
+            f"Expected a list of ssae_kit.corpora.Document, got {type(bad).__name__} {str(bad)[:40]!r}: wrap texts as "
+            "[Document(text) for text in texts], or load them with load_corpus."
+        )
+    return docs
+
+
 def corpus_checksum(docs: list[Document]) -> str:
     """A short hash of the texts, in order: says whether two runs saw the same corpus."""
     h = hashlib.sha256()

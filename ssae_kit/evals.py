@@ -40,17 +40,29 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .activations import ActivationStore
-from .corpora import Document, content_mask, corpus_checksum, tokenize_contexts
-from .intervals import bootstrap_interval
-from .models import check_ctx_len, check_layer, d_model, splice
+from .corpora import Document, check_documents, content_mask, corpus_checksum, tokenize_contexts
+from .intervals import (
+    MIN_DOCS,
+    MIN_SEEDS,
+    Difference,
+    bootstrap_interval,
+    check_confidence,
+    has_interval,
+    seed_band,
+    too_few,
+)
+from .models import check_ctx_len, check_layer, check_max_norm_multiple, d_model, splice
 from .sae import SAE
 
 __all__ = [
+    "claim_reading",
     "compare",
     "decoder_cosine_similarities",
     "error_by_rank",
     "evaluate",
+    "firing_difference",
     "interval_over_seeds",
+    "matched_l0_pair",
     "paired_over_seeds",
     "ssae_only_latents",
     "tail_coverage",
@@ -206,6 +218,12 @@ def evaluate(
     """
     check_layer(model, layer)
     check_ctx_len(model, ctx_len)
+    check_max_norm_multiple(max_norm_multiple)
+    check_documents(docs)
+    if max_contexts is not None and not (isinstance(max_contexts, int) and max_contexts >= 1):
+        raise ValueError(
+            f"max_contexts={max_contexts!r} must be a positive integer (windows evaluated), or None for all."
+        )
     sae.check_reads(model_name=model.name_or_path, layer=layer, d_in=d_model(model))
     text_id = dict(
         eval_docs=corpus_checksum(docs),
@@ -283,9 +301,16 @@ def evaluate(
 
 
 def health_warnings(metrics: dict[str, Any]) -> list[str]:
-    """Plain sentences for the signs of a broken SAE: most latents dead, EV below 0, spliced CE no
-    better than zero-ablating the layer. Empty when none applies."""
+    """Plain sentences for the signs of a broken SAE: NaN metrics, most latents dead, EV below 0,
+    spliced CE no better than zero-ablating the layer. Empty when none applies."""
     out = []
+    nan = sorted(
+        k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v) and k != "ce_loss_recovered"
+    )
+    if nan:
+        out.append(
+            f"{', '.join(nan)} {'is' if len(nan) == 1 else 'are'} NaN: the SAE or the activations hold NaN/inf."
+        )
     if metrics.get("dead_fraction", 0.0) > 0.5:
         out.append(
             f"{100 * metrics['dead_fraction']:.0f}% of latents are dead (never active on "
@@ -323,33 +348,6 @@ def ce_sums(
     # rows of (B*(T-1), V): contiguous, ~3x faster on CPU than cross_entropy over the transposed (B, V, T-1)
     losses = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
     return (losses.view_as(targets) * targets).sum(1).double().cpu()
-
-
-@dataclass(frozen=True)
-class Difference:
-    """`metric` of SAE a minus SAE b on the same text, with a paired bootstrap interval (over
-    documents; over token types for tail coverage, where `n_docs` counts types)."""
-
-    metric: str
-    estimate: float
-    low: float
-    high: float
-    confidence: float
-    n_docs: int
-
-    def verdict(self, a: str, b: str) -> str:
-        """One sentence read off the interval: a difference only when it excludes 0."""
-        better = "lower" if self.metric == "ce" else "higher"
-        what = {"ce": "spliced CE", "ev": "explained variance", "mse": "MSE", "coverage": "tail coverage"}[
-            self.metric
-        ]
-        units = "token types" if self.metric == "coverage" else "documents"
-        span = f"{self.estimate:+.3f} [{self.low:+.3f}, {self.high:+.3f}], {100 * self.confidence:.0f}% CI over {self.n_docs} {units}"
-        if self.low > 0 or self.high < 0:
-            side = "higher" if self.low > 0 else "lower"
-            good = "better" if side == better else "worse"
-            return f"{a} has {side} {what} than {b} ({good}): {span}."
-        return f"No clear difference in {what} between {a} and {b}: {span}."
 
 
 def compare(
@@ -391,39 +389,57 @@ def compare(
             return (x.sum(axis) - y.sum(axis)) / n.sum(axis)
     else:
         raise ValueError(f"Unknown metric {metric!r}: use 'ce', 'ev' or 'mse'.")
-    if used.sum() < 2:
-        raise ValueError("compare needs at least 2 evaluated documents to resample: evaluate more text.")
-    estimate = float(statistic(*data))
+    check_confidence(confidence)
+    if not used.any():
+        raise ValueError("compare found no evaluated document with a target token: evaluate more text.")
+    estimate = float(statistic(*data))  # its interval is NaN below intervals.MIN_DOCS documents
     low, high = bootstrap_interval(
         data, statistic, paired=True, method="BCa", confidence=confidence, n_resamples=n_resamples, seed=seed
     )
     return Difference(metric, estimate, low, high, confidence, int(used.sum()))
 
 
-def interval_over_seeds(diffs: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, low, high) of per-seed differences: the mean ± two standard errors, the band
-    `verdict_over_seeds` reads. Unbounded with one seed: one run says nothing of seed noise."""
-    mean = float(np.mean(diffs))
-    se = float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else math.inf
-    return mean, mean - 2 * se, mean + 2 * se
+def interval_over_seeds(
+    diffs: Sequence[float], confidence: float = 0.95, bounds: tuple[float, float] | None = None
+) -> tuple[float, float, float]:
+    """(mean, low, high) of per-seed values: the mean +- the t quantile times the standard error
+    (`intervals.seed_band`), the band `verdict_over_seeds` reads; NaN bounds below
+    `intervals.MIN_SEEDS` seeds (no interval, no verdict). `bounds` clips it (a proportion's (0, 1))."""
+    mean, low, high = seed_band(diffs, confidence)
+    if bounds is not None and has_interval(low, high):
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return mean, low, high
 
 
 def paired_over_seeds(a: Sequence[float], b: Sequence[float], name: str) -> dict[str, Any]:
-    """a - b seed by seed (the i-th of each come from the same seed or split), with the mean ± 2 SE
-    band of `interval_over_seeds` and the word it supports: "<name> higher", "<name> lower" or "no
-    clear difference". For a metric where lower is better (CE), "lower" is the gain."""
+    """a - b seed by seed (the i-th of each come from the same seed or split), with the band of
+    `interval_over_seeds` and the words it supports: "<name> higher", "<name> lower", "no clear
+    difference", or "too few seeds for an interval (2 < 3)". For CE, "lower" is the gain."""
     if len(a) != len(b) or not len(a):
         raise ValueError(f"a and b need one value per seed each; got {len(a)} and {len(b)}.")
     diffs = [float(x - y) for x, y in zip(a, b)]
     mean, low, high = interval_over_seeds(diffs)
-    word = f"{name} higher" if low > 0 else f"{name} lower" if high < 0 else "no clear difference"
+    word = (
+        too_few(len(diffs), "seeds", MIN_SEEDS)
+        if not has_interval(low, high)
+        else f"{name} higher"
+        if low > 0
+        else f"{name} lower"
+        if high < 0
+        else "no clear difference"
+    )
     return dict(per_seed=diffs, mean=mean, low=low, high=high, verdict=word)
 
 
-def verdict_over_seeds(diffs: Sequence[float]) -> Literal["better", "worse", "no clear difference"]:
-    """Per-seed differences (a minus b) read as a verdict: "better" or "worse" when their mean is
-    more than two standard errors from 0, else "no clear difference" (always, with one seed)."""
+def verdict_over_seeds(
+    diffs: Sequence[float],
+) -> Literal["better", "worse", "no clear difference", "too few seeds"]:
+    """Per-seed differences (a minus b) read as a verdict: "better" or "worse" when the band of
+    `interval_over_seeds` excludes 0, "no clear difference" when it holds 0, "too few seeds" when
+    there is no band (fewer than `intervals.MIN_SEEDS` seeds, or no spread)."""
     _, low, high = interval_over_seeds(diffs)
+    if not has_interval(low, high):
+        return "too few seeds"
     return "better" if low > 0 else "worse" if high < 0 else "no clear difference"
 
 
@@ -442,14 +458,18 @@ def seed_item_bootstrap(
 
     values: (S, N, ...) per seed and item (e.g. 1 when bio n was classified right under seed s);
     strata: (N,) the item's group, e.g. "female nurse" (worst-group accuracy needs each group).
+    NaN bounds when a group has one item or there are fewer than `intervals.MIN_DOCS` items.
     """
     values, strata = np.asarray(values), np.asarray(strata)
     if values.ndim < 2 or values.shape[1] != len(strata) or values.shape[0] < 1:
         raise ValueError(
             f"values has shape {values.shape}: it must be (seeds, items, ...) with {len(strata)} items."
         )
-    rng = np.random.default_rng(seed)
+    check_confidence(confidence)
     groups = [np.flatnonzero(strata == g) for g in np.unique(strata)]
+    if min(len(g) for g in groups) < 2 or len(strata) < MIN_DOCS:  # resampling would only restate them
+        return float(statistic(values, strata)), math.nan, math.nan
+    rng = np.random.default_rng(seed)
     stats_ = []
     for _ in range(n_resamples):
         s = rng.integers(values.shape[0], size=values.shape[0])
@@ -496,7 +516,7 @@ def tail_coverage_difference(
     types = np.unique(a.token_ids)
     has = [np.isin(types, r.feature_top_token[r.feature_top_token >= 0]).astype(float) for r in (a, b)]
     estimate = float(has[0].mean() - has[1].mean())
-    if len(types) < 2 or np.array_equal(has[0], has[1]):
+    if len(types) >= MIN_DOCS and np.array_equal(has[0], has[1]):
         return Difference("coverage", estimate, estimate, estimate, confidence, len(types))
     low, high = bootstrap_interval(
         (has[0], has[1]),
@@ -517,6 +537,65 @@ def ssae_only_latents(best_cosine: np.ndarray, peak_activation: np.ndarray, thre
     """
     new = np.flatnonzero((best_cosine < threshold) & (peak_activation > 0))
     return new[np.argsort(-peak_activation[new], kind="stable")]
+
+
+def claim_reading(claim: str, d: Difference, holds_if: Literal["above", "below"]) -> str:
+    """A pre-registered claim read off its interval: it holds when the whole interval of `d` lies
+    above (or below) zero, and the sentence says what was measured either way."""
+    if not has_interval(d.low, d.high):
+        return f"{claim}: measured {d.estimate:+.3f}, but with {too_few(d.n_docs, 'samples', MIN_DOCS)}, the claim is not tested here."
+    holds = d.low > 0 if holds_if == "above" else d.high < 0
+    span = f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}] ({100 * d.confidence:.0f}% CI, n = {d.n_docs})"
+    return f"{claim}: measured {span}, so the claim {'holds' if holds else 'does not hold'} here."
+
+
+def matched_l0_pair(
+    l0: dict[tuple[str, float], float], a: str, b: str, window: tuple[float, float]
+) -> tuple[float, float] | None:
+    """The sparsity coefficients (one for `a`, one for `b`) whose SAEs both have L0 inside `window`
+    and closest to each other, from `l0` = {(name, coefficient): L0}; None when no pair is inside.
+
+    Comparing two objectives at one coefficient compares them at different sparsities; the paper's
+    TERM-vs-ERM claims hold in a window of L0, so the kit compares them there, at matched L0."""
+    inside = lambda name: [(c, v) for (n, c), v in l0.items() if n == name and window[0] <= v <= window[1]]
+    pairs = [(abs(va - vb), ca, cb) for ca, va in inside(a) for cb, vb in inside(b)]
+    return min(pairs)[1:] if pairs else None
+
+
+def firing_difference(
+    fires_a: np.ndarray,
+    fires_b: np.ndarray,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> Difference:
+    """How many latents fire on text a minus on text b, with a bootstrap interval resampling each
+    text's windows (two independent samples, so unpaired).
+
+    fires_a: (N_a, L) bool, latent l fires somewhere in window n of text a; likewise fires_b. A latent
+    counts once it fires in any window of the sample, so both texts should have the same number of
+    windows of the same length (notebook 04 uses `max_contexts` windows of each).
+    """
+    fires_a, fires_b = np.asarray(fires_a, bool), np.asarray(fires_b, bool)
+    if fires_a.shape[1] != fires_b.shape[1] or min(len(fires_a), len(fires_b)) < 2:
+        raise ValueError(
+            f"firing_difference needs two (windows, latents) arrays over the same latents with 2+ windows each; "
+            f"got {fires_a.shape} and {fires_b.shape}."
+        )
+    count = lambda f: int(f.any(0).sum())
+    estimate = float(count(fires_a) - count(fires_b))
+    n = min(len(fires_a), len(fires_b))
+    if n < MIN_DOCS:
+        return Difference("firing", estimate, math.nan, math.nan, check_confidence(confidence), n)
+    rng = np.random.default_rng(seed)
+    stats_ = [
+        count(fires_a[rng.integers(len(fires_a), size=len(fires_a))])
+        - count(fires_b[rng.integers(len(fires_b), size=len(fires_b))])
+        for _ in range(n_resamples)
+    ]
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(stats_, [tail, 100 - tail])
+    return Difference("firing", estimate, float(low), float(high), confidence, n)
 
 
 def error_by_rank(result: EvalResult, n_buckets: int = 8) -> dict[str, list[float]]:

@@ -399,8 +399,10 @@ def sweep_table(results: Sequence[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|\n"
     )
     lines = [
-        f"| {r['share']} ({r['target']:.3f} → {r['reached']:.4f}) | {'yes' if r['converged'] else 'no'} "
-        f"(MSE −{100 * r['mse_drop']:.1f}%, own fine-tune {r['own_finetune_estimate']:+.3f}) | "
+        f"| {r['share'] if r['share'] == 'natural' else r['share'] + '%'} ({r['target']:.3f} → {r['reached']:.4f}) | "
+        f"{'yes' if r['converged'] else 'no'} (training MSE fell "
+        f"{'n/a' if math.isnan(r['mse_drop']) else format(100 * r['mse_drop'], '.1f') + '%'} over the last quarter; "
+        f"own-data fine-tune {r['own_finetune_estimate']:+.3f}) | "
         + " | ".join(
             ci(r, k)
             for k in (

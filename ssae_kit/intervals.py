@@ -1,12 +1,109 @@
-"""Bootstrap intervals: the one call to `scipy.stats.bootstrap` behind every interval the kit prints."""
+"""Intervals: the one call to `scipy.stats.bootstrap` behind every bootstrap interval the kit prints,
+the t band over seeds, and the one rule for when an interval may be printed at all.
+
+Below `MIN_DOCS` documents (or `MIN_SEEDS` seeds or splits) a resampled interval only restates the
+few values it resamples, so the kit reports the estimate, says there are too few for an interval,
+and gives no verdict: bounds are NaN, and every verdict reads NaN bounds as "too few".
+"""
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+
+__all__ = [
+    "MIN_SEEDS",
+    "span",
+]
+
+MIN_DOCS = 10
+"""Fewest documents (or other resampled items) that get a bootstrap interval."""
+MIN_SEEDS = 3
+"""Fewest seeds (or splits) that get a band over seeds."""
+
+
+@dataclass(frozen=True)
+class Difference:
+    """`metric` of SAE a minus SAE b on the same text, with a paired bootstrap interval (over
+    documents; over token types for tail coverage, where `n_docs` counts types)."""
+
+    metric: str
+    estimate: float
+    low: float
+    high: float
+    confidence: float
+    n_docs: int
+
+    def verdict(self, a: str, b: str) -> str:
+        """One sentence read off the interval: a difference only when it excludes 0."""
+        better = "lower" if self.metric == "ce" else "higher"
+        what = {
+            "ce": "spliced CE",
+            "ev": "explained variance",
+            "mse": "MSE",
+            "coverage": "tail coverage",
+            "firing": "SSAE-only latents firing",
+            "precision": "token precision",
+        }[self.metric]
+        units = {"coverage": "token types", "firing": "windows of each text"}.get(self.metric, "documents")
+        if not has_interval(self.low, self.high):
+            return f"{what} of {a} minus {b}: {self.estimate:+.3f}; {too_few(self.n_docs, units, MIN_DOCS)}, so no verdict."
+        span = f"{self.estimate:+.3f} [{self.low:+.3f}, {self.high:+.3f}], {100 * self.confidence:.0f}% CI over {self.n_docs} {units}"
+        if self.low > 0 or self.high < 0:
+            side = "higher" if self.low > 0 else "lower"
+            if self.metric == "firing":  # a count, neither better nor worse
+                return f"{a} has {side} {what} than {b}: {span}."
+            good = "better" if side == better else "worse"
+            return f"{a} has {side} {what} than {b} ({good}): {span}."
+        return f"No clear difference in {what} between {a} and {b}: {span}."
+
+
+def check_confidence(confidence: float) -> float:
+    """`confidence` if it lies in (0, 1), else a ValueError naming the fix (1.5 once printed "150% CI")."""
+    if not (isinstance(confidence, float | int) and 0 < confidence < 1):
+        raise ValueError(f"confidence={confidence!r} must lie in (0, 1), e.g. 0.95 for a 95% interval.")
+    return float(confidence)
+
+
+def seed_band(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) over seeds: the mean +- the Student t quantile for n - 1 degrees of freedom
+    times the standard error (with 2 seeds a 95% band is +-12.7 SE, not +-2). Bounds are NaN below
+    `MIN_SEEDS` values, or when the values do not vary (a zero SE says nothing of seed noise)."""
+    check_confidence(confidence)
+    x = np.asarray(values, dtype=float)
+    if bad := [i for i, v in enumerate(x) if not math.isfinite(v)]:
+        raise ValueError(f"Seed values {bad} are NaN or inf ({x.tolist()}): fix or drop those runs first.")
+    mean = float(x.mean()) if len(x) else math.nan
+    se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
+    if len(x) < MIN_SEEDS or se <= 1e-12 * max(1.0, abs(mean)):  # identical up to rounding
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf((1 + confidence) / 2, len(x) - 1)) * se
+    return mean, mean - half, mean + half
+
+
+def too_few(n: int, unit: str, floor: int) -> str:
+    """The phrase printed in place of an interval: "too few documents for an interval (4 < 10)"."""
+    return f"too few {unit} for an interval ({n} < {floor})"
+
+
+def span(
+    estimate: float, low: float, high: float, n: int, unit: str, floor: int = MIN_DOCS, fmt: str = ".3f"
+) -> str:
+    """An estimate with its interval, "0.952 [0.912, 0.984]", or with the reason there is none,
+    "0.952 (too few documents for an interval (4 < 10))": what every table in the notebooks prints."""
+    if has_interval(low, high):
+        return f"{estimate:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+    return f"{estimate:{fmt}} ({too_few(n, unit, floor)})"
+
+
+def has_interval(low: float, high: float) -> bool:
+    """Whether (low, high) is an interval the kit may print and read a verdict from."""
+    return math.isfinite(low) and math.isfinite(high)
 
 
 def bootstrap_interval(
@@ -22,8 +119,12 @@ def bootstrap_interval(
 ) -> tuple[float, float]:
     """(low, high) of `statistic(*data)`, resampling rows of each array (together when `paired`).
 
-    A bound BCa cannot compute (every resample gives the same value) falls back to the statistic
-    itself, so a degenerate interval reads as [estimate, estimate] rather than NaN."""
+    (NaN, NaN) below `MIN_DOCS` rows (module docstring). A bound BCa cannot compute (every resample
+    gives the same value) falls back to the statistic itself, so a degenerate interval reads as
+    [estimate, estimate] rather than NaN."""
+    check_confidence(confidence)
+    if min(len(d) for d in data) < MIN_DOCS:
+        return math.nan, math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         ci = stats.bootstrap(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import re
 import shutil
@@ -291,6 +292,21 @@ def check_ctx_len(model: PreTrainedModel, ctx_len: int) -> int:
             f"(max_position_embeddings): pass ctx_len <= {limit}."
         )
     return ctx_len
+
+
+def check_max_norm_multiple(max_norm_multiple: float | None) -> float | None:
+    """The massive-norm rule's multiple if it is a positive finite number (or None: keep every token);
+    checked before any work, since a bad value used to surface after a full forward pass."""
+    if max_norm_multiple is not None and not (
+        isinstance(max_norm_multiple, int | float)
+        and math.isfinite(max_norm_multiple)
+        and max_norm_multiple > 0
+    ):
+        raise ValueError(
+            f"max_norm_multiple={max_norm_multiple!r} must be a positive number (tokens above that multiple of "
+            "their batch's median norm are dropped; 10 is the kit's default), or None to keep every token."
+        )
+    return max_norm_multiple
 
 
 class _StopForward(Exception):

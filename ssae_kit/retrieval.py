@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 
 from .corpora import Document, corpus_checksum
-from .intervals import bootstrap_interval
+from .intervals import MIN_DOCS, Difference, bootstrap_interval
 from .io import RunLayout, atomic_write_bytes, atomic_write_json, cache_dir, npy_bytes, read_jsonl
 
 __all__ = [
@@ -441,8 +441,9 @@ def selection_report(
 def _ratio_interval(
     num: np.ndarray, den: np.ndarray, confidence: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of sum(num) / sum(den), resampling rows (scipy.stats.bootstrap)."""
-    if len(num) < 2 or np.ptp(num / np.maximum(den, 1)) == 0:
+    """Percentile bootstrap interval of sum(num) / sum(den), resampling rows (scipy.stats.bootstrap);
+    NaN below `intervals.MIN_DOCS` rows, [value, value] when every row has the same ratio."""
+    if len(num) >= MIN_DOCS and np.ptp(num / np.maximum(den, 1)) == 0:
         value = float(num.sum() / max(den.sum(), 1))
         return value, value
     return bootstrap_interval(
@@ -456,9 +457,10 @@ def _ratio_interval(
 
 def precision_difference(
     a: Selection, b: Selection, positive_label: str, tokenizer, confidence: float = 0.95, seed: int = 0
-) -> tuple[float, float, float]:
+) -> Difference:
     """Token precision of a minus b with a percentile bootstrap interval, resampling each selection's
-    documents independently (the selections are different documents, so nothing is paired)."""
+    documents independently (the selections are different documents, so nothing is paired); no
+    interval below `intervals.MIN_DOCS` documents in either. `.verdict(a, b)` reads it."""
 
     def parts(sel: Selection) -> tuple[np.ndarray, np.ndarray]:
         n = _token_lengths(sel.documents, tokenizer)
@@ -475,7 +477,7 @@ def precision_difference(
         confidence=confidence,
         seed=seed,
     )
-    return estimate, low, high
+    return Difference("precision", estimate, low, high, confidence, min(len(pa), len(pb)))
 
 
 @dataclass

@@ -205,6 +205,11 @@ def train(
     its last checkpoint. If the final save into `out_dir` fails, the run is saved in the kit's
     cache instead and the error says where. A second run into the same `out_dir` while this one
     runs fails at once, naming it (`io.folder_lock`; under torchrun rank 0 holds it)."""
+    if not isinstance(store, ActivationStore):
+        raise TypeError(
+            f"train() needs an ActivationStore, got {type(store).__name__} {str(store)[:60]!r}: open a cached "
+            "store with ActivationStore(path), or make one with cache_activations(...)."
+        )
     out = check_writable_dir(out_dir) if out_dir is not None else None
     if out is None or int(os.environ.get("RANK", "0")) != 0:
         return _train(store, cfg, init, out, resume)

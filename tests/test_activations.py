@@ -304,3 +304,13 @@ def test_a_store_with_nan_and_a_matching_checksum_is_rebuilt_not_reused(tiny, do
     with pytest.warns(UserWarning, match="holds NaN/inf activations"):
         rebuilt = _cache(tiny, docs, tmp_path, dtype="float32")
     assert rebuilt.all_finite() and rebuilt.fingerprint == store.fingerprint
+
+
+def test_bad_arguments_are_refused_before_any_forward_pass(tiny, docs, tmp_path):
+    with pytest.raises(ValueError, match=r"max_norm_multiple=0 must be a positive number"):
+        _cache(tiny, docs, tmp_path, max_norm_multiple=0)
+    with pytest.raises(TypeError, match=r"got str 'the cat sat'.*\[Document\(text\) for text in texts\]"):
+        _cache(tiny, ["the cat sat", "on the mat"], tmp_path)
+    store = _cache(tiny, docs, tmp_path)
+    with pytest.raises(ValueError, match=r"batch_size=-4 must be a positive integer"):
+        next(store.batches(-4))

@@ -297,14 +297,14 @@ def test_seed_and_bio_bootstrap_intervals_and_the_paired_difference():
 
     from ssae_kit.debias import row_difference, summarize_seeds, worst_group_accuracy
 
-    groups = ["a", "a", "b", "b"]
-    correct = np.array([[1, 1, 0, 1], [1, 1, 1, 1]])  # seed 0: a 100%, b 50%; seed 1: both 100%
+    groups = ["a", "a", "b", "b"] * 3  # 12 bios: above the floor for an interval
+    correct = np.tile([[1, 1, 0, 1], [1, 1, 1, 1]], 3)  # seed 0: a 100%, b 50%; seed 1: both 100%
     assert worst_group_accuracy(correct, np.array(groups)) == 0.75
     rows = [
-        {"X": dict(profession_correct=c, gender_correct=[1, 0, 1, 0], worst_group=wg, profession=0)}
+        {"X": dict(profession_correct=c, gender_correct=[1, 0, 1, 0] * 3, worst_group=wg, profession=0)}
         | {
             "Y": dict(
-                profession_correct=[0, 1, 0, 1], gender_correct=[1, 1, 1, 1], worst_group=0.5, profession=0
+                profession_correct=[0, 1, 0, 1] * 3, gender_correct=[1] * 12, worst_group=0.5, profession=0
             )
         }
         for c, wg in zip(correct.tolist(), (0.5, 1.0))
@@ -316,7 +316,14 @@ def test_seed_and_bio_bootstrap_intervals_and_the_paired_difference():
     diff = row_difference(rows, "X", "Y", groups, n_resamples=300)
     assert diff["estimate"] == pytest.approx(0.25) and diff["n_positive"] == 1 and diff["n_seeds"] == 2
     assert diff["low"] <= diff["estimate"] <= diff["high"]
-    with pytest.raises(ValueError, match="must be \\(seeds, items, ...\\) with 4 items"):
+    few = summarize_seeds(
+        [{n: {k: v[:4] for k, v in r.items() if k.endswith("_correct")} for n, r in rows[0].items()}],
+        groups[:4],
+    )
+    assert (
+        few["X"]["profession"][0] == 0.75 and np.isnan(few["X"]["profession"][1:]).all()
+    )  # 4 bios: no interval
+    with pytest.raises(ValueError, match="must be \\(seeds, items, ...\\) with 12 items"):
         summarize_seeds([{"X": dict(profession_correct=[1, 0], gender_correct=[1, 0])}], groups)
 
 

@@ -9,17 +9,21 @@ import pytest
 import torch
 
 from ssae_kit.evals import (
+    Difference,
     EvalResult,
     _Accumulator,
     _massive,
+    claim_reading,
     compare,
     decoder_cosine_similarities,
     decoder_cosines,
     error_by_rank,
     evaluate,
     evaluate_store,
+    firing_difference,
     health_warnings,
     interval_over_seeds,
+    matched_l0_pair,
     paired_over_seeds,
     ssae_only_latents,
     tail_coverage,
@@ -215,17 +219,27 @@ def test_compare_matches_the_normal_interval_for_paired_per_token_differences():
 
 
 def test_compare_weights_documents_by_their_tokens_and_reads_no_difference_off_an_interval_with_zero():
-    # Per-token CE differences: +1 on a 3-token document, -1 on a 1-token document -> (3 - 1) / 4.
-    d = compare(_fake([3.0, -1.0], [3, 1]), _fake([0.0, 0.0], [3, 1]), "ce", n_resamples=200)
+    # Per-token CE differences: +1 on 3-token documents, -1 on 1-token documents -> (3 - 1) / 4.
+    d = compare(_fake([3.0, -1.0] * 5, [3, 1] * 5), _fake([0.0, 0.0] * 5, [3, 1] * 5), "ce", n_resamples=200)
     assert d.estimate == pytest.approx(0.5) and d.low < 0 < d.high
     assert d.verdict("a", "b").startswith("No clear difference in spliced CE between a and b")
-    same = compare(_fake([1.0, 2.0], [1, 1]), _fake([1.0, 2.0], [1, 1]), "ce")
+    same = compare(_fake([1.0, 2.0] * 5, [1, 1] * 5), _fake([1.0, 2.0] * 5, [1, 1] * 5), "ce")
     assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0)
 
 
+def test_compare_on_too_few_documents_gives_the_estimate_and_no_interval_or_verdict():
+    d = compare(_fake([3.0, -1.0], [3, 1]), _fake([0.0, 0.0], [3, 1]), "ce")
+    assert d.estimate == pytest.approx(0.5) and math.isnan(d.low) and math.isnan(d.high)
+    assert d.verdict("a", "b") == (
+        "spliced CE of a minus b: +0.500; too few documents for an interval (2 < 10), so no verdict."
+    )
+    with pytest.raises(ValueError, match=r"confidence=1.5 must lie in \(0, 1\)"):
+        compare(_fake([1.0] * 12, [1] * 12), _fake([0.0] * 12, [1] * 12), "ce", confidence=1.5)
+
+
 def test_compare_ev_is_the_difference_of_error_sums_over_the_deviation_sum():
-    a = _fake([0, 0], [1, 1], sq_err=[1.0, 1.0], sq_dev=[5.0, 5.0])
-    b = _fake([0, 0], [1, 1], sq_err=[2.0, 2.0], sq_dev=[5.0, 5.0])
+    a = _fake([0] * 10, [1] * 10, sq_err=[1.0, 1.2] * 5, sq_dev=[5.0] * 10)
+    b = _fake([0] * 10, [1] * 10, sq_err=[2.0, 2.2] * 5, sq_dev=[5.0] * 10)
     d = compare(a, b, "ev")
     assert d.estimate == pytest.approx(0.2) and d.verdict("a", "b").startswith(
         "a has higher explained variance"
@@ -269,7 +283,7 @@ def test_evaluating_an_sae_of_another_model_or_past_the_models_positions_is_refu
 
 
 def test_tail_coverage_difference_is_paired_over_token_types():
-    ids = np.array([1, 1, 2, 3, 4, 5, 6, 7])
+    ids = np.array([1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13])
 
     def result(top):
         empty = np.zeros(0)
@@ -277,7 +291,7 @@ def test_tail_coverage_difference_is_paired_over_token_types():
 
     more, fewer = result([1, 2, 3, 4, -1]), result([1, 2, -1, -1, -1])
     d = tail_coverage_difference(more, fewer)
-    assert d.estimate == pytest.approx(2 / 7) and d.n_docs == 7 and d.low <= d.estimate <= d.high
+    assert d.estimate == pytest.approx(2 / 13) and d.n_docs == 13 and d.low <= d.estimate <= d.high
     assert d.verdict("TERM", "ERM").startswith("TERM has higher tail coverage than ERM (better)") == (
         d.low > 0
     )
@@ -298,32 +312,100 @@ def test_ssae_only_latents_are_unmatched_and_alive_strongest_first():
 @pytest.mark.parametrize(
     "diffs, expected",
     [
-        ([0.1, 0.2, 0.3], "better"),  # mean 0.2 > 2 x 0.058
-        ([-0.1, -0.2, -0.3], "worse"),
-        ([0.3, -0.1, 0.1], "no clear difference"),  # mean 0.1 < 2 x 0.115
-        ([0.2, 0.2], "better"),  # no spread: any non-zero mean is clear
-        ([0.5], "no clear difference"),  # one seed: its spread is unknown
+        ([0.1, 0.11, 0.12], "better"),  # mean 0.11, band +-4.30 x 0.0058
+        ([-0.1, -0.11, -0.12], "worse"),
+        ([0.3, -0.1, 0.1], "no clear difference"),
+        ([0.2, 0.2, 0.2], "too few seeds"),  # no spread says nothing of seed noise
+        ([0.2, 0.2], "too few seeds"),  # two seeds: below the floor of 3
+        ([0.5], "too few seeds"),
     ],
 )
-def test_verdict_over_seeds_needs_the_mean_two_standard_errors_from_zero(diffs, expected):
+def test_verdict_over_seeds_reads_the_t_band_and_says_when_there_are_too_few_seeds(diffs, expected):
     assert verdict_over_seeds(diffs) == expected
     mean, low, high = interval_over_seeds(diffs)  # the verdict is read off this band
-    assert mean == pytest.approx(np.mean(diffs)) and low <= mean <= high
-    assert (low > 0) == (expected == "better") and (high < 0) == (expected == "worse")
+    assert mean == pytest.approx(np.mean(diffs))
+    if expected == "too few seeds":
+        assert math.isnan(low) and math.isnan(high)
+    else:
+        assert low <= mean <= high
+        assert (low > 0) == (expected == "better") and (high < 0) == (expected == "worse")
 
 
 def test_paired_over_seeds_reads_the_band_of_the_per_seed_differences():
-    d = paired_over_seeds([4.0, 4.1, 4.2], [4.2, 4.3, 4.4], "tracin")  # lower by 0.2 on every seed
-    assert d["per_seed"] == pytest.approx([-0.2, -0.2, -0.2]) and d["verdict"] == "tracin lower"
+    d = paired_over_seeds(
+        [4.0, 4.1, 4.2, 4.3], [4.2, 4.32, 4.39, 4.5], "tracin"
+    )  # lower by ~0.2 on every seed
+    assert d["per_seed"] == pytest.approx([-0.2, -0.22, -0.19, -0.2]) and d["verdict"] == "tracin lower"
     assert (d["mean"], d["low"], d["high"]) == pytest.approx(interval_over_seeds(d["per_seed"]))
-    assert paired_over_seeds([0.9, 0.8], [0.7, 0.9], "a")["verdict"] == "no clear difference"
-    assert paired_over_seeds([1.0], [0.5], "a")["verdict"] == "no clear difference"  # one seed
+    assert paired_over_seeds([0.9, 0.8, 0.7], [0.7, 0.9, 0.75], "a")["verdict"] == "no clear difference"
+    assert (
+        paired_over_seeds([1.0, 1.1], [0.5, 0.5], "a")["verdict"] == "too few seeds for an interval (2 < 3)"
+    )
+    with pytest.raises(ValueError, match=r"Seed values \[1\] are NaN or inf"):
+        paired_over_seeds([1.0, float("nan"), 1.2], [0.5, 0.5, 0.5], "a")
     with pytest.raises(ValueError, match="one value per seed each; got 2 and 3"):
         paired_over_seeds([1.0, 2.0], [1.0, 2.0, 3.0], "a")
 
 
-def test_the_band_over_seeds_is_two_standard_errors_wide():
+def test_the_band_over_seeds_is_the_t_quantile_times_the_standard_error():
     mean, low, high = interval_over_seeds([0.1, 0.2, 0.3])
-    se = 0.1 / np.sqrt(3)  # sample sd 0.1 over 3 seeds
-    assert (mean, low, high) == pytest.approx((0.2, 0.2 - 2 * se, 0.2 + 2 * se))
-    assert interval_over_seeds([0.5])[1:] == (-math.inf, math.inf)
+    se = 0.1 / np.sqrt(3)  # sample sd 0.1 over 3 seeds; t(0.975, 2 dof) = 4.303
+    assert (mean, low, high) == pytest.approx((0.2, 0.2 - 4.3027 * se, 0.2 + 4.3027 * se), rel=1e-4)
+    assert interval_over_seeds([0.9, 0.99, 0.97], bounds=(0, 1))[2] == 1.0  # a proportion stays in [0, 1]
+    assert all(math.isnan(v) for v in interval_over_seeds([0.5, 0.6])[1:])
+
+
+def test_firing_difference_counts_latents_that_fire_anywhere_in_each_sample():
+    a = np.zeros((4, 5), bool)
+    a[0, 0] = a[1, 1] = a[3, 2] = True  # three latents fire on text a
+    b = np.zeros((4, 5), bool)
+    b[2, 0] = True  # one on text b
+    few = firing_difference(a, b)
+    assert (
+        few.estimate == 2.0
+        and math.isnan(few.low)
+        and "too few windows of each text" in few.verdict("a", "b")
+    )
+    a, b = np.tile(a, (3, 1)), np.tile(b, (3, 1))  # 12 windows each: enough for an interval
+    d = firing_difference(a, b, n_resamples=500)
+    assert d.estimate == 2.0 and d.low <= d.estimate <= d.high and d.n_docs == 12
+    same = firing_difference(a, a, n_resamples=500)
+    assert same.estimate == 0.0 and same.low < 0 < same.high  # resampling moves the counts both ways
+    assert "higher SSAE-only latents firing" in firing_difference(np.ones((12, 5), bool), b).verdict("a", "b")
+    with pytest.raises(ValueError, match="same latents with 2\\+ windows"):
+        firing_difference(a, b[:, :3])
+
+
+def test_claim_reading_says_holds_only_when_the_whole_interval_is_on_the_claimed_side():
+    d = lambda low, high: Difference("firing", (low + high) / 2, low, high, 0.95, 10)
+    assert claim_reading("X", d(0.5, 2.0), "above").endswith("so the claim holds here.")
+    assert "does not hold" in claim_reading("X", d(-0.5, 2.0), "above")
+    assert claim_reading("Y", d(-2.0, -0.1), "below").endswith("holds here.")
+    assert "[+0.500, +2.000] (95% CI, n = 10)" in claim_reading("X", d(0.5, 2.0), "above")
+
+
+def test_matched_l0_pair_picks_the_closest_l0s_inside_the_window():
+    l0 = {
+        ("ERM", 1.5): 60.0,
+        ("ERM", 1.0): 95.0,
+        ("ERM", 0.8): 130.0,
+        ("TERM", 1.5): 70.0,
+        ("TERM", 1.0): 128.0,
+    }
+    assert matched_l0_pair(l0, "ERM", "TERM", (85, 140)) == (0.8, 1.0)  # 130 vs 128
+    assert matched_l0_pair(l0, "ERM", "TERM", (40, 80)) == (1.5, 1.5)
+    assert matched_l0_pair(l0, "ERM", "TERM", (200, 300)) is None
+
+
+def test_health_warnings_name_nan_metrics():
+    warnings = health_warnings({"mse": float("nan"), "explained_variance": float("nan"), "l0": 3.0})
+    assert warnings[0] == "explained_variance, mse are NaN: the SAE or the activations hold NaN/inf."
+    assert health_warnings({"mse": 1.0, "explained_variance": 0.9}) == []
+
+
+def test_evaluate_refuses_bad_windows_and_thresholds_before_any_work(tiny, docs, identity_sae):
+    model, tok = tiny
+    with pytest.raises(ValueError, match=r"max_contexts=0 must be a positive integer"):
+        evaluate(identity_sae(32), model, tok, docs, 1, ctx_len=16, max_contexts=0)
+    with pytest.raises(ValueError, match=r"max_norm_multiple=-1 must be a positive number"):
+        evaluate(identity_sae(32), model, tok, docs, 1, ctx_len=16, max_norm_multiple=-1)

@@ -29,20 +29,45 @@ from ssae_kit.gsae import (
 from ssae_kit.sae import SHIPPED_DIR, load_pretrained, resolve_sae, shipped_saes
 
 REPO = Path(__file__).resolve().parents[1]
-GSAE_ID = "smollm2-135m-l6-tech21"
+GSAE_ID = "smollm2-135m-l6-tech21"  # the natural-share GSAE, shipped for comparison
+DEFAULT_ID = "smollm2-135m-l6-tech1"  # the notebooks' default: tech at 1% of its training tokens
 
 
-def test_the_shipped_gsae_loads_by_short_id_for_the_embedded_model_and_layer():
-    sae = load_pretrained("ssae-kit", GSAE_ID)
+@pytest.mark.parametrize("sae_id", [DEFAULT_ID, GSAE_ID])
+def test_the_shipped_gsaes_load_by_short_id_for_the_embedded_model_and_layer(sae_id):
+    sae = load_pretrained("ssae-kit", sae_id)
     assert (sae.cfg.model_name, sae.cfg.layer, sae.cfg.d_in, sae.cfg.d_sae) == ("smollm2-135m", 6, 576, 4608)
     assert (
         sae.cfg.architecture == "relu" and sae.W_dec.dtype.is_floating_point and sae.W_dec.dtype.itemsize == 4
     )
-    assert resolve_sae(f"ssae-kit:{GSAE_ID}").cfg == sae.cfg
-    card = json.loads((SHIPPED_DIR / GSAE_ID / "card.json").read_text())
-    assert card["layer"] == 6 and card["metrics"]["n_tokens"] >= 20_000 and len(card["frontier"]) == 3
-    assert (SHIPPED_DIR / GSAE_ID / "README.md").read_text().startswith(f"# {GSAE_ID}")
-    assert (SHIPPED_DIR / GSAE_ID / "sae_weights.safetensors").stat().st_size <= 12 * 2**20
+    assert resolve_sae(f"ssae-kit:{sae_id}").cfg == sae.cfg
+    card = json.loads((SHIPPED_DIR / sae_id / "card.json").read_text())
+    assert card["layer"] == 6 and card["metrics"]["n_tokens"] >= 20_000 and card["id"] == sae_id
+    assert (SHIPPED_DIR / sae_id / "README.md").read_text().startswith(f"# {sae_id}")
+    assert (SHIPPED_DIR / sae_id / "sae_weights.safetensors").stat().st_size <= 12 * 2**20
+
+
+def test_the_default_gsae_has_tech_rare_and_its_card_says_how_rare_and_whether_it_converged():
+    card = json.loads((SHIPPED_DIR / DEFAULT_ID / "card.json").read_text())
+    share = card["subdomain_share"]
+    assert share["label"] == "tech" and share["target"] == 0.01 and share["reached"] <= 0.0101
+    assert share["tokens_per_label"]["tech"] / sum(share["tokens_per_label"].values()) == pytest.approx(
+        share["reached"]
+    )
+    conv = card["convergence"]
+    assert conv["converged"] == (conv["mse_drop"] < 0.03 and conv["finetune_flat"]) == card["converged"]
+    assert card["tokens_seen"] > 4_000_000 and card["norm_scale_from"] == "centered"
+    m = card["metrics"]
+    assert card["meets_targets"] == (
+        m["l0"] <= 64
+        and m["explained_variance"] >= 0.9
+        and m["ce_delta"] <= 0.35
+        and m["dead_fraction"] <= 0.03
+    )
+    readme = (SHIPPED_DIR / DEFAULT_ID / "README.md").read_text()
+    assert (
+        f"{100 * share['reached']:.2f}%" in readme and "## Convergence" in readme and "## Rebuild" in readme
+    )
 
 
 def test_unknown_shipped_ids_and_malformed_specs_name_the_fix(tmp_path):
@@ -144,7 +169,7 @@ def test_check_convergence_on_a_toy_fine_tunes_on_its_own_data_and_measures_the_
     store = cache_activations(model, tok, docs, 1, tmp_path / "acts", ctx_len=16)
     cfg = gsae_config(4 * 64, 1.0, d_sae=16, batch_size=64)
     trained = train(store, cfg, out_dir=tmp_path / "gsae")
-    kw = dict(ctx_len=16, max_contexts=12)
+    kw = dict(ctx_len=16, max_contexts=None)  # all 12 documents: enough for an interval
     base = evaluate(trained.sae, model, tok, docs, 1, **kw)
     conv = check_convergence(
         trained.sae,
@@ -172,7 +197,7 @@ def test_a_sweep_share_on_a_tiny_model_compares_each_strategy_with_its_gsae_and_
     model, tok = tiny
     cfg = SweepConfig(
         shares=(0.05,), gsae_tokens=512, d_sae=16, layer=1, budget_tokens=4000, ssae_tokens=512,
-        eval_contexts=200, n_eval_docs=3, batch_size=64, max_docs=60, ctx_len=32,
+        eval_contexts=800, n_eval_docs=10, batch_size=64, max_docs=60, ctx_len=32,
     )  # fmt: skip
     data = prepare(cfg, tmp_path, model, tok)
     count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
@@ -193,6 +218,6 @@ def test_a_sweep_share_on_a_tiny_model_compares_each_strategy_with_its_gsae_and_
     assert load_sweep(tmp_path / "out" / "rarity_sweep.json") == [json.loads(json.dumps(result))]
     csv_rows = (tmp_path / "out" / "rarity_sweep.csv").read_text().splitlines()
     assert len(csv_rows) == 2 and "dense_vs_none_in_low" in csv_rows[0]
-    assert "| 5 (0.050 → " in sweep_table([result])
+    assert "| 5% (0.050 → " in sweep_table([result])
     with pytest.raises(FileNotFoundError, match="make sweep"):
         load_sweep(tmp_path / "missing.json")

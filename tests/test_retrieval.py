@@ -131,8 +131,10 @@ def test_selection_report_gives_token_precision_with_an_interval_then_document_p
     assert rep["doc_precision"] == pytest.approx(2 / 3) and rep["recall"] == pytest.approx(2 / 4)
     n = [len(tiny[1](d.text, add_special_tokens=False).input_ids) for d in sel.documents]
     assert rep["token_precision"] == pytest.approx((n[0] + n[1]) / sum(n))
-    assert rep["token_precision_low"] <= rep["token_precision"] <= rep["token_precision_high"]
-    assert rep["token_precision_high"] - rep["token_precision_low"] > 0  # 3 documents: a wide interval
+    assert np.isnan(rep["token_precision_low"]) and np.isnan(rep["token_precision_high"])  # 3 documents: none
+    sel = Selection("dense", (pool[:2] + pool[4:5]) * 4, [1.0] * 12, 0, 100)  # 12 documents: an interval
+    rep = selection_report(sel, "sport", pool, tiny[1])
+    assert 0 <= rep["token_precision_low"] < rep["token_precision"] < rep["token_precision_high"] <= 1
 
 
 def test_token_precision_differs_from_document_precision_when_lengths_differ(tiny):
@@ -151,10 +153,25 @@ def test_precision_difference_interval_excludes_zero_only_for_a_real_gap(tiny):
         Selection("dense", good, [0.0] * 30, 0, None),
         Selection("random", good[:15] + bad[:15], [0.0] * 30, 0, None),
     )
-    est, low, high = precision_difference(pure, mixed, "sport", tiny[1])
-    assert est == pytest.approx(0.5, abs=0.02) and low > 0
-    est, low, high = precision_difference(mixed, mixed, "sport", tiny[1])
-    assert est == 0 and low < 0 < high
+    d = precision_difference(pure, mixed, "sport", tiny[1])
+    assert d.estimate == pytest.approx(0.5, abs=0.02) and d.low > 0
+    assert d.verdict("dense", "random").startswith("dense has higher token precision than random (better)")
+    d = precision_difference(mixed, mixed, "sport", tiny[1])
+    assert d.estimate == 0 and d.low < 0 < d.high
+    few = precision_difference(Selection("dense", good[:4], [0.0] * 4, 0, None), mixed, "sport", tiny[1])
+    assert np.isnan(few.low) and "too few documents for an interval (4 < 10)" in few.verdict(
+        "dense", "random"
+    )
+
+
+def test_token_precision_gets_no_interval_from_fewer_than_ten_documents(tiny):
+    docs = [Document(f"sport {i}", "sport" if i % 2 else "food", f"d{i}") for i in range(4)]
+    rep = selection_report(Selection("dense", docs, [0.0] * 4, 0, None), "sport", docs, tiny[1])
+    assert (
+        0 < rep["token_precision"] < 1
+        and np.isnan(rep["token_precision_low"])
+        and np.isnan(rep["token_precision_high"])
+    )
 
 
 def test_none_and_random_controls_are_different_experiments(pool, seeds, tiny):

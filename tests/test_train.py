@@ -448,3 +448,8 @@ def test_a_second_training_run_into_a_folder_in_use_fails_at_once_naming_the_fir
     assert not (tmp_path / SAE_WEIGHTS_FILE).exists()
     train(store, small_cfg(), out_dir=tmp_path)  # the lock is released with the first run
     assert not any(p.name.startswith(".lock") for p in tmp_path.iterdir())
+
+
+def test_a_store_passed_as_a_path_names_the_fix(store):
+    with pytest.raises(TypeError, match=r"needs an ActivationStore, got str.*ActivationStore\(path\)"):
+        train(str(store.path), small_cfg())
