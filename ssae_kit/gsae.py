@@ -28,6 +28,15 @@ from .retrieval import Embedder, dedupe, select, split_subdomain
 from .sae import SAE
 from .train import TrainConfig, finetune_config, train
 
+__all__ = [
+    "SweepConfig",
+    "load_sweep",
+    "run_sweep",
+    "sweep_reading",
+    "sweep_rows",
+    "sweep_table",
+]
+
 SWEEP_FILE = "rarity_sweep.json"
 SWEEP_PATH = Path(__file__).resolve().parents[1] / "data" / "sweeps" / SWEEP_FILE
 """The shipped rarity sweep (`data/sweeps/build_rarity_sweep.py`, `make sweep`)."""
@@ -282,6 +291,18 @@ def share_store(
     ), report
 
 
+_RESULT_KEYS = (
+    "gsae_tokens",
+    "sparsity_coefficient",
+    "d_sae",
+    "ssae_tokens",
+    "budget_tokens",
+    "eval_contexts",
+    "seed",
+)
+"""The sweep settings a finished share's result depends on; a resumed sweep must match them."""
+
+
 def run_share(
     data: SweepData, cfg: SweepConfig, share: float | None, work: Path, count_tokens: Callable[[str], int]
 ) -> dict[str, Any]:
@@ -290,7 +311,14 @@ def run_share(
     folder = work / f"share_{share_name(share)}"
     done = folder / "result.json"
     if done.exists():
-        return json.loads(done.read_text())
+        result = json.loads(done.read_text())
+        made_with = {k: result.get("config", {}).get(k) for k in _RESULT_KEYS}
+        if made_with != {k: getattr(cfg, k) for k in _RESULT_KEYS}:
+            raise ValueError(
+                f"{done} was made with other sweep settings ({made_with}): pass another work folder for these "
+                "settings, or delete that share's folder to redo it."
+            )
+        return result
     store, report = share_store(data, cfg, share, work, count_tokens)
     tcfg = gsae_config(
         cfg.gsae_tokens, cfg.sparsity_coefficient, cfg.d_sae, batch_size=cfg.batch_size, seed=cfg.seed
@@ -319,6 +347,7 @@ def run_share(
     result = dict(
         share=share,
         share_name=share_name(share),
+        config={k: getattr(cfg, k) for k in _RESULT_KEYS},
         label_share=asdict(report),
         gsae_tokens=cfg.gsae_tokens,
         gsae={n: _summary(r) for n, r in base.items()},

@@ -33,6 +33,7 @@ __all__ = [
     "plot_leaf_map",
     "plot_norm_histogram",
     "plot_pareto",
+    "plot_rarity_sweep",
     "plot_selection_quality",
     "plot_tree_values",
     "project_2d",

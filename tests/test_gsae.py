@@ -214,6 +214,9 @@ def test_a_sweep_share_on_a_tiny_model_compares_each_strategy_with_its_gsae_and_
         result["ssae"]["dense"]["in_domain"]["ce_sae"] - result["ssae"]["none"]["in_domain"]["ce_sae"]
     )
     assert run_share(data, cfg, 0.05, tmp_path, count) == json.loads(json.dumps(result))  # resumed, not rerun
+    longer = SweepConfig(**{**cfg.__dict__, "gsae_tokens": 1024})
+    with pytest.raises(ValueError, match=r"was made with other sweep settings .*'gsae_tokens': 512"):
+        run_share(data, longer, 0.05, tmp_path, count)  # a finished share is never reused for other settings
     write_sweep(tmp_path / "out", cfg, [result], {"threads": 2})
     assert load_sweep(tmp_path / "out" / "rarity_sweep.json") == [json.loads(json.dumps(result))]
     csv_rows = (tmp_path / "out" / "rarity_sweep.csv").read_text().splitlines()

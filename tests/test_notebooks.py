@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from ssae_kit.evals import interval_over_seeds, verdict_over_seeds
+from ssae_kit.gsae import load_sweep, sweep_reading, sweep_rows
 from ssae_kit.intervals import MIN_SEEDS
 from ssae_kit.io import (
     ACTS_DIR,
@@ -173,6 +174,19 @@ def _check_02_train_ssae(m: dict, params: dict) -> None:
     ] == main
     for name, path in m[SSAE_DIRS_KEY].items():
         assert (Path(path) / SAE_CFG_FILE).exists() and (Path(path) / SAE_WEIGHTS_FILE).exists(), name
+    sweep = m["rarity_sweep"]  # section 8 draws the shipped sweep and reads the pre-registered claims off it
+    assert sweep["source"] == "shipped" and sweep["rows"] == json.loads(json.dumps(sweep_rows(load_sweep())))
+    assert sweep["reading"] == sweep_reading(sweep["rows"]) and (run_dir / "rarity_sweep.png").exists()
+    executed = nbformat.read(run_dir.parent / "02_train_ssae.ipynb", as_version=4)
+    shown = "".join(
+        o.get("data", {}).get("text/markdown", "")
+        for c in executed.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
+    assert all(sentence in shown for sentence in sweep["reading"]), (
+        "the notebook does not show the sweep's reading"
+    )
     assert (run_dir / "pareto_in_domain.png").exists() and m[BEST_STRATEGY_KEY] in strategies
     best = Path(m[BEST_SSAE_KEY])  # notebook 04 shows this one: the best strategy's own SSAE
     assert best.name.startswith(m[BEST_STRATEGY_KEY] + "_sparsity") and str(best) in m[SSAE_DIRS_KEY].values()
