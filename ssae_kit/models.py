@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .io import cache_dir
+from .io import atomic_write_json, cache_dir, read_json
 
 __all__ = [
     "check_layer",
@@ -140,6 +140,7 @@ def embedded_model_dir(name: str) -> Path:
     package, gguf = EMBEDDED_MODELS[name]
     out = cache_dir("models") / name
     if (out / "config.json").exists():
+        _drop_quantization_config(out)  # folders converted before the kit dropped it
         return out
     spec = importlib.util.find_spec(package)  # locate without importing (it imports `llm`)
     if spec is None or not spec.submodule_search_locations:
@@ -157,8 +158,17 @@ def embedded_model_dir(name: str) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    _drop_quantization_config(tmp)
     os.replace(tmp, out)
     return out
+
+
+def _drop_quantization_config(folder: Path) -> None:
+    """Remove the GGUF `quantization_config` save_pretrained copies into config.json: the saved weights
+    are plain fp32, and the stale entry makes transformers call the model quantized."""
+    config = read_json(folder / "config.json", "delete the folder; the kit converts the model again.")
+    if config.pop("quantization_config", None) is not None:
+        atomic_write_json(folder / "config.json", config)
 
 
 def byte_tokenizer() -> PreTrainedTokenizerBase:
@@ -259,6 +269,21 @@ def hook_name(layer: int) -> str:
     return f"blocks.{layer}.hook_resid_post"
 
 
+MODEL_ALIASES = {"gpt2-small": "gpt2", "smollm2-135m-instruct": "smollm2-135m"}
+"""TransformerLens/SAELens short names that name the same weights as another id (lower case)."""
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names name the same model: a Hugging Face id and its short name
+    (`google/gemma-2-2b` and `gemma-2-2b`), case aside, and the aliases in MODEL_ALIASES."""
+
+    def key(name: str) -> str:
+        short = name.strip().lower().rsplit("/", 1)[-1]
+        return MODEL_ALIASES.get(short, short)
+
+    return key(a) == key(b)
+
+
 def layer_of_hook(name: str) -> int:
     """The block whose output a hook reads: N for blocks.N.hook_resid_post, N-1 for blocks.N.hook_resid_pre
     (TransformerLens feeds block N the output of block N-1 unchanged); refuses any other hook."""
@@ -319,7 +344,9 @@ def forward_to_layer(
     layer: int,
     attention_mask: torch.Tensor | None = None,  # (B, T)
 ) -> torch.Tensor:
-    """Residual stream after block `layer`, shape (B, T, d_model); later blocks never run."""
+    """Residual stream after block `layer`, shape (B, T, d_model); later blocks never run.
+    Refuses windows longer than the model's positions (rotary models would run on unseen ones)."""
+    check_ctx_len(model, input_ids.shape[-1])
     block = get_blocks(model)[check_layer(model, layer)]
     captured: list[torch.Tensor] = []
 

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .io import SAE_CFG_FILE, SAE_WEIGHTS_FILE, atomic_write_dir, atomic_write_json, read_json
-from .models import layer_of_hook
+from .models import layer_of_hook, same_model
 
 __all__ = [
     "SAE",
@@ -34,6 +34,10 @@ __all__ = [
 
 Architecture = Literal["relu", "topk", "jumprelu"]
 _TO_SAELENS = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}
+StoredDtype = Literal["float32", "float16", "bfloat16"]
+STORED_DTYPES = ("float32", "float16", "bfloat16")
+SAELENS_TOPK_DEFAULT_K = 100
+"""The k SAELens' TopKSAEConfig uses when cfg.json names none; the kit reads such a file the same way."""
 _FROM_SAELENS = {v: k for k, v in _TO_SAELENS.items()}
 
 
@@ -65,12 +69,22 @@ class SAEConfig:
     """TransformerLens-style hook name, e.g. blocks.6.hook_resid_post; must agree with `layer`."""
     norm_scale: float = 1.0
     """Factor applied to raw activations before encoding (the store's norm_scale)."""
+    context_size: int = 0
+    """Tokens per context of the training activations (SAELens' metadata.context_size); 0: unknown."""
+    prepend_bos: bool = True
+    """Whether each training context began with BOS (SAELens' metadata.prepend_bos)."""
+    exclude_special_tokens: bool = True
+    """Whether BOS/EOS/PAD positions were left out of training (SAELens' metadata.exclude_special_tokens)."""
+    dataset_path: str = ""
+    """What the training activations came from (SAELens' metadata.dataset_path); '': unknown."""
 
     def __post_init__(self) -> None:
         if self.architecture not in _TO_SAELENS:
             raise ValueError(f"Unknown architecture {self.architecture!r}; use one of {sorted(_TO_SAELENS)}.")
         if self.architecture == "topk" and not 0 < self.k <= self.d_sae:
             raise ValueError(f"k={self.k} must be between 1 and d_sae={self.d_sae}; lower k or raise d_sae.")
+        if self.context_size < 0:
+            raise ValueError(f"context_size={self.context_size} must be >= 0 (0: unknown).")
         if not (self.norm_scale > 0 and math.isfinite(self.norm_scale)):
             raise ValueError(f"norm_scale={self.norm_scale} must be a positive finite number.")
         if self.dtype != "float32":
@@ -149,18 +163,21 @@ class SAE(nn.Module):
         return torch.addmm(self.b_dec, f.reshape(-1, f.shape[-1]), self.W_dec).reshape(*f.shape[:-1], -1)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw model activations (..., d_in) -> latents (..., d_sae)."""
-        return self.encode_normalized(x * self.cfg.norm_scale)
+        """Raw model activations (..., d_in), any float dtype -> latents (..., d_sae) in the SAE's dtype."""
+        return self.encode_normalized(x.to(self.W_enc.dtype) * self.cfg.norm_scale)
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         """Latents (..., d_sae) -> reconstruction in raw model units (..., d_in)."""
-        return self.decode_normalized(f) / self.cfg.norm_scale
+        return self.decode_normalized(f.to(self.W_dec.dtype)) / self.cfg.norm_scale
 
     def forward(self, x: torch.Tensor) -> ForwardOutput:
-        """Reconstruct raw activations (B, d_in); loss parts are per token, in normalised units."""
-        x_n = x * self.cfg.norm_scale
+        """Reconstruct raw activations (..., d_in), cast to the SAE's dtype as SAELens does; loss parts
+        are per token (shape ...), in normalised units."""
+        x_n = x.to(self.W_enc.dtype) * self.cfg.norm_scale
         if self.cfg.architecture == "topk":
-            return self._forward_topk(x_n)
+            lead = x_n.shape[:-1]
+            out = self._forward_topk(x_n.reshape(-1, x_n.shape[-1]))
+            return ForwardOutput(*(t.reshape(*lead, *t.shape[1:]) for t in out))
         pre = self._pre(x_n)
         f = self._activate(pre)
         x_hat_n = self.decode_normalized(f)
@@ -202,7 +219,7 @@ class SAE(nn.Module):
             raise ValueError(
                 f"The SAE was trained on layer {self.cfg.layer}, not {layer}: pass layer={self.cfg.layer}."
             )
-        if self.cfg.model_name and model_name and self.cfg.model_name != model_name:
+        if self.cfg.model_name and model_name and not same_model(self.cfg.model_name, model_name):
             raise ValueError(
                 f"The SAE was trained on model {self.cfg.model_name!r}, not {model_name!r}: "
                 "use an SAE of this model, or load the SAE's model."
@@ -220,8 +237,13 @@ class SAE(nn.Module):
             self.W_dec.grad -= parallel * self.W_dec
 
     # --- SAELens on-disk format --------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write `cfg.json` + `sae_weights.safetensors` that SAELens' `SAE.load_from_disk` reads, as one unit."""
+    def save(self, path: str | Path, dtype: StoredDtype = "float32") -> Path:
+        """Write `cfg.json` + `sae_weights.safetensors` that SAELens' `SAE.load_from_disk` reads, as one unit.
+
+        `dtype` is the stored precision (float16 halves the file; `load` reads it back into float32);
+        cfg.json states it, so SAELens loads the weights in the dtype they were written in."""
+        if dtype not in STORED_DTYPES:
+            raise ValueError(f"dtype={dtype!r}: store SAE weights as one of {STORED_DTYPES}.")
         s = self.cfg.norm_scale
         tensors = {
             "W_enc": self.W_enc.detach() * s,
@@ -233,8 +255,9 @@ class SAE(nn.Module):
             tensors["threshold"] = self.log_threshold.detach().exp()
 
         def write(tmp: Path) -> None:
-            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp / SAE_WEIGHTS_FILE))
-            atomic_write_json(tmp / SAE_CFG_FILE, _saelens_cfg(self.cfg))
+            weights = {k: v.to(getattr(torch, dtype)).contiguous().cpu() for k, v in tensors.items()}
+            save_file(weights, str(tmp / SAE_WEIGHTS_FILE))
+            atomic_write_json(tmp / SAE_CFG_FILE, _saelens_cfg(self.cfg, dtype))
 
         return atomic_write_dir(path, write, marker=SAE_CFG_FILE)
 
@@ -430,11 +453,11 @@ class _JumpStep(torch.autograd.Function):
         return None, -(grad * kernel).sum(0), None
 
 
-def _saelens_cfg(cfg: SAEConfig) -> dict[str, Any]:
+def _saelens_cfg(cfg: SAEConfig, dtype: StoredDtype) -> dict[str, Any]:
     out: dict[str, Any] = {
         "d_in": cfg.d_in,
         "d_sae": cfg.d_sae,
-        "dtype": cfg.dtype,
+        "dtype": dtype,
         "device": "cpu",
         "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
         "normalize_activations": "none",
@@ -444,6 +467,10 @@ def _saelens_cfg(cfg: SAEConfig) -> dict[str, Any]:
             "sae_lens_version": "6.0.0",
             "model_name": cfg.model_name,
             "hook_name": cfg.hook_name,
+            "context_size": cfg.context_size or None,
+            "prepend_bos": cfg.prepend_bos,
+            "exclude_special_tokens": cfg.exclude_special_tokens,
+            "dataset_path": cfg.dataset_path or None,
             "ssae_kit": asdict(cfg),  # everything else the kit needs, kept verbatim by SAELens
         },
     }
@@ -491,11 +518,25 @@ def _cfg_from_saelens(raw: dict[str, Any], path: Path) -> SAEConfig:
         dtype="float32",
         apply_b_dec_to_input=raw.get("apply_b_dec_to_input", True),
     )
-    kit.setdefault("model_name", meta.get("model_name") or "")
-    kit.setdefault("hook_name", meta.get("hook_name") or "")
-    kit.setdefault("layer", layer_of_hook(kit["hook_name"]) if kit["hook_name"] else -1)
+    # SAELens' own fields win over the kit's copy in metadata.ssae_kit: an SAE edited and re-saved
+    # by SAELens keeps a stale copy, and its hook_name is what SAELens tooling reads.
+    for key in (
+        "model_name",
+        "hook_name",
+        "context_size",
+        "prepend_bos",
+        "exclude_special_tokens",
+        "dataset_path",
+    ):
+        if meta.get(key) is not None:
+            kit[key] = meta[key]
+    kit.setdefault("model_name", "")
+    kit.setdefault("hook_name", "")
+    if kit["hook_name"]:
+        kit["layer"] = layer_of_hook(kit["hook_name"])
+    kit.setdefault("layer", -1)
     if arch == "topk":
-        kit["k"] = raw.get("k", kit.get("k", 32))
+        kit["k"] = raw.get("k", SAELENS_TOPK_DEFAULT_K)  # cfg.json's k is what SAELens runs, not the copy
     return SAEConfig.from_dict(kit)
 
 

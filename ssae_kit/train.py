@@ -384,6 +384,9 @@ def _initial_sae(store: ActivationStore, cfg: TrainConfig, init: Any) -> SAE:
             layer=store.layer,
             hook_name=store.hook_name,
             norm_scale=norm_scale,
+            context_size=store.manifest["ctx_len"],
+            prepend_bos=store.manifest["prepend_bos"],
+            exclude_special_tokens=store.manifest["exclude_special"],
         )
         sae = SAE(sae_cfg, seed=cfg.seed)
         if cfg.b_dec_init != "zeros":

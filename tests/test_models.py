@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -11,12 +13,14 @@ from ssae_kit.models import (
     byte_tokenizer,
     check_ctx_len,
     check_layer,
+    embedded_model_dir,
     forward_to_layer,
     get_blocks,
     hook_name,
     iter_residuals,
     n_layers,
     resolve_device,
+    same_model,
     splice,
     tiny_model,
 )
@@ -201,10 +205,35 @@ def test_embedded_smollm2_loads_real_weights():
     model, tok = load_model("smollm2-135m", device="cpu")
     assert (n_layers(model), model.config.hidden_size, model.dtype) == (30, 576, torch.float32)
     assert model.name_or_path == "smollm2-135m"
+    config = json.loads((embedded_model_dir("smollm2-135m") / "config.json").read_text())
+    assert "quantization_config" not in config and not getattr(model, "is_quantized", False)
     ids = tok("The Prime Minister said on Tuesday that the government would", return_tensors="pt").input_ids
     with torch.no_grad():
         loss = model(ids, labels=ids).loss
     assert loss < 6.0, f"loss {loss:.2f}: the dequantised weights look wrong"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_forward_to_layer_refuses_windows_past_the_model_positions(arch):
+    """A rotary model would run on positions it never saw; a learned one fails deep inside."""
+    model, _ = tiny_model(arch)
+    limit = model.config.max_position_embeddings
+    with pytest.raises(ValueError, match=f"more than the {limit} positions"):
+        forward_to_layer(model, torch.zeros(1, limit + 1, dtype=torch.long), 0)
+
+
+@pytest.mark.parametrize(
+    "a,b,same",
+    [
+        ("google/gemma-2-2b", "gemma-2-2b", True),
+        ("gpt2-small", "openai-community/gpt2", True),
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2-135m", True),
+        ("gpt2", "EleutherAI/pythia-70m", False),
+        ("google/gemma-2-2b", "google/gemma-2-9b", False),
+    ],
+)
+def test_same_model_knows_hub_ids_and_their_short_names(a, b, same):
+    assert same_model(a, b) is same and same_model(b, a) is same
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "gemma"])

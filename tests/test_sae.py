@@ -203,3 +203,16 @@ def test_loading_refuses_nan_weights_and_missing_or_stray_tensors_naming_the_ten
     (folder / "sae_weights.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match=r"is not a readable safetensors file"):
         SAE.load(folder)
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "jumprelu"])
+def test_forward_takes_batch_seq_inputs_and_casts_their_dtype(arch):
+    """(batch, seq, d_in) in any float dtype, as SAELens accepts: the same as the flat float32 batch."""
+    sae = SAE(SAEConfig(d_in=8, d_sae=32, architecture=arch, k=4), seed=0)
+    x = (torch.randn(2, 5, 8) * 3).bfloat16()
+    flat = sae(x.float().reshape(10, 8))
+    out = sae(x)
+    assert out.sae_out.shape == (2, 5, 8) and out.feature_acts.shape == (2, 5, 32) and out.sq_error.shape == (2, 5)
+    for mine, ref in zip(out, flat, strict=True):
+        torch.testing.assert_close(mine.reshape(ref.shape), ref)
+    torch.testing.assert_close(sae.encode(x), sae.encode(x.float()))

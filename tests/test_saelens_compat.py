@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -216,3 +217,70 @@ def test_load_pretrained_offline_says_it_is_not_cached(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError, match="not in the local Hugging Face cache"):
         load_pretrained("gpt2-small-res-jb", "blocks.0.hook_resid_pre")
+
+
+def test_a_topk_cfg_without_k_reads_as_sae_lens_reads_it(tmp_path):
+    lens = TopKSAE(TopKSAEConfig(d_in=16, d_sae=128, k=6, metadata=SAEMetadata(hook_name=HOOK)))
+    with torch.no_grad():
+        for p in lens.parameters():
+            p.normal_(0, 0.3)
+    lens.save_model(str(tmp_path))
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    del cfg["k"]
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    reference = LensSAE.load_from_disk(str(tmp_path))
+    kit = SAE.load(tmp_path)
+    assert kit.cfg.k == reference.cfg.k == 100
+    _assert_same_function(kit, reference, torch.randn(20, 16))
+
+
+def test_sae_lens_metadata_wins_over_the_kits_copy_after_an_edit_in_sae_lens(tmp_path):
+    """A kit SAE re-saved by SAELens with another hook and model: the kit reads SAELens' fields."""
+    SAE(SAEConfig(d_in=16, d_sae=48, model_name="tiny-llama", layer=1, hook_name=HOOK)).save(tmp_path / "kit")
+    lens = LensSAE.load_from_disk(str(tmp_path / "kit"))
+    lens.cfg.metadata.hook_name = "blocks.2.hook_resid_post"
+    lens.cfg.metadata.model_name = "tiny-gpt2"
+    lens.save_model(str(tmp_path / "edited"))
+    cfg = SAE.load(tmp_path / "edited").cfg
+    assert (cfg.layer, cfg.hook_name, cfg.model_name) == (2, "blocks.2.hook_resid_post", "tiny-gpt2")
+
+
+def test_the_stored_dtype_is_stated_in_cfg_json_and_read_back(tmp_path):
+    kit = SAE(SAEConfig(d_in=16, d_sae=48, norm_scale=0.5), seed=2)
+    kit.save(tmp_path, dtype="float16")
+    assert json.loads((tmp_path / "cfg.json").read_text())["dtype"] == "float16"
+    lens = LensSAE.load_from_disk(str(tmp_path))
+    assert lens.W_enc.dtype == torch.float16
+    back = SAE.load(tmp_path)
+    assert back.W_enc.dtype == torch.float32
+    torch.testing.assert_close(back.W_dec, (kit.W_dec / 0.5).half().float() * 0.5)
+    with pytest.raises(ValueError, match="dtype='int8': store SAE weights as one of"):
+        kit.save(tmp_path / "bad", dtype="int8")
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m-l6-tech1", "smollm2-135m-l6-tech21"])
+def test_sae_lens_activations_store_builds_from_a_shipped_sae(name):
+    """SAELens' ActivationsStore.from_sae needs the context size, BOS and hook from cfg.json."""
+    from datasets import Dataset
+    from sae_lens.training.activations_store import ActivationsStore
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    path = Path(__file__).resolve().parents[1] / "data" / "saes" / name
+    raw = json.loads((path / "cfg.json").read_text())
+    meta = raw["metadata"]
+    assert (meta["context_size"], meta["prepend_bos"], meta["exclude_special_tokens"]) == (128, True, True)
+    assert meta["dataset_path"] and raw["dtype"] == "float16"
+    lens = LensSAE.load_from_disk(str(path))
+    model = HookedTransformer(
+        HookedTransformerConfig(n_layers=7, d_model=576, n_ctx=128, d_head=64, d_vocab=300, act_fn="relu")
+    )
+    tokens = Dataset.from_dict({"input_ids": [list(range(1, 129))] * 4})
+    store = ActivationsStore.from_sae(model, lens, dataset=tokens, streaming=False, store_batch_size_prompts=2)
+    assert store.context_size == 128 and store.hook_name == "blocks.6.hook_resid_post" and store.prepend_bos
+    acts = store.get_activations(store.get_batch_tokens())
+    assert acts.shape[-1] == 576 and torch.isfinite(acts).all()
+
+
+def test_a_trained_sae_states_its_context_and_special_tokens(store):
+    cfg = train(store, TrainConfig(batch_size=64, total_tokens=64, warmup_tokens=0)).sae.cfg
+    assert (cfg.context_size, cfg.prepend_bos, cfg.exclude_special_tokens) == (16, True, True)

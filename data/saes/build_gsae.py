@@ -19,6 +19,7 @@ thread count.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import platform
@@ -28,7 +29,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from ssae_kit import SAE, evaluate, load_model, train
 from ssae_kit.gsae import (
@@ -41,9 +41,10 @@ from ssae_kit.gsae import (
     share_name,
     share_store,
 )
-from ssae_kit.io import SAE_CFG_FILE, SAE_WEIGHTS_FILE, atomic_write_json
+from ssae_kit.io import atomic_write_json
 
 HERE = Path(__file__).resolve().parent
+DATASET = "bbc-news train split (ssae_kit.corpora.load_corpus)"
 log = logging.getLogger("build_gsae")
 
 
@@ -232,12 +233,10 @@ def _pick(points: list[dict], ship: float | None) -> dict:
 
 
 def _to_fp16(run: Path, dest: Path) -> Path:
-    """A copy of the SAE folder with fp16 weights (half the size; the kit loads them in fp32)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy(run / SAE_CFG_FILE, dest / SAE_CFG_FILE)
-    weights = load_file(str(run / SAE_WEIGHTS_FILE))
-    save_file({k: v.to(torch.float16).contiguous() for k, v in weights.items()}, str(dest / SAE_WEIGHTS_FILE))
-    return dest
+    """A copy of the SAE with fp16 weights (half the size; the kit loads them in fp32), naming its data."""
+    sae = SAE.load(run)
+    sae.cfg = dataclasses.replace(sae.cfg, dataset_path=DATASET)
+    return sae.save(dest, dtype="float16")
 
 
 def _ship(src: Path, dest: Path) -> Path:
