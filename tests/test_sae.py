@@ -212,7 +212,11 @@ def test_forward_takes_batch_seq_inputs_and_casts_their_dtype(arch):
     x = (torch.randn(2, 5, 8) * 3).bfloat16()
     flat = sae(x.float().reshape(10, 8))
     out = sae(x)
-    assert out.sae_out.shape == (2, 5, 8) and out.feature_acts.shape == (2, 5, 32) and out.sq_error.shape == (2, 5)
+    assert (
+        out.sae_out.shape == (2, 5, 8)
+        and out.feature_acts.shape == (2, 5, 32)
+        and out.sq_error.shape == (2, 5)
+    )
     for mine, ref in zip(out, flat, strict=True):
         torch.testing.assert_close(mine.reshape(ref.shape), ref)
     torch.testing.assert_close(sae.encode(x), sae.encode(x.float()))

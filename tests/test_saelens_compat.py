@@ -275,7 +275,9 @@ def test_sae_lens_activations_store_builds_from_a_shipped_sae(name):
         HookedTransformerConfig(n_layers=7, d_model=576, n_ctx=128, d_head=64, d_vocab=300, act_fn="relu")
     )
     tokens = Dataset.from_dict({"input_ids": [list(range(1, 129))] * 4})
-    store = ActivationsStore.from_sae(model, lens, dataset=tokens, streaming=False, store_batch_size_prompts=2)
+    store = ActivationsStore.from_sae(
+        model, lens, dataset=tokens, streaming=False, store_batch_size_prompts=2
+    )
     assert store.context_size == 128 and store.hook_name == "blocks.6.hook_resid_post" and store.prepend_bos
     acts = store.get_activations(store.get_batch_tokens())
     assert acts.shape[-1] == 576 and torch.isfinite(acts).all()
