@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from .io import atomic_write_json, cache_dir, read_json
 
 __all__ = [
+    "check_ctx_len",
     "check_layer",
     "d_model",
     "load_model",
@@ -310,6 +311,11 @@ def check_ctx_len(model: PreTrainedModel, ctx_len: int) -> int:
 
     Checked before any work: past the limit a model with learned positions fails deep inside
     with an IndexError, and one with rotary positions runs on positions it never saw."""
+    if isinstance(ctx_len, bool) or not isinstance(ctx_len, int) or ctx_len < 2:
+        raise ValueError(
+            f"ctx_len={ctx_len!r} must be a whole number >= 2: each window predicts its next tokens "
+            "(the kit's default is 128)."
+        )
     limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
     if limit is not None and ctx_len > limit:
         raise ValueError(

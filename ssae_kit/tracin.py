@@ -278,6 +278,7 @@ def select_tracin(
     check_layer(model, layer)
     check_ctx_len(model, ctx_len)
     gsae.check_reads(model_name=model.name_or_path, layer=layer, d_in=d_model(model))
+    TrainConfig(lr=lr, sparsity_coefficient=sparsity_coefficient, device=device)  # the checkpoints' steps
 
     started = time.perf_counter()
     with (

@@ -40,6 +40,7 @@ from .term import ScaleRule, check_tilt, objective, per_token_loss
 
 __all__ = [
     "TrainConfig",
+    "check_finetune",
     "finetune_config",
     "train",
 ]
@@ -190,6 +191,24 @@ def finetune_config(
         seed=seed,
         device=device,
     )
+
+
+def check_finetune(
+    sparsity_coefficients: list[float],
+    total_tokens: int,
+    lr: float = 5e-4,
+    tilts: tuple[float, ...] | list[float] = (0.0,),
+    device: str = "auto",
+) -> None:
+    """Refuse fine-tuning settings that `finetune_config` would refuse only after caching and training
+    other SSAEs: the notebooks call this in their first cells, before any work."""
+    if not sparsity_coefficients:
+        raise ValueError("The list of sparsity coefficients is empty: give at least one, e.g. [1.5].")
+    for coefficient in sparsity_coefficients:
+        for tilt in tilts:
+            TrainConfig(
+                sparsity_coefficient=coefficient, total_tokens=total_tokens, lr=lr, tilt=tilt, device=device
+            )
 
 
 def train(

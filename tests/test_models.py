@@ -182,6 +182,9 @@ def test_iter_residuals_checks_layer_and_ctx_len_when_called_before_any_forward(
 def test_ctx_len_beyond_the_model_positions_is_refused_with_the_limit(arch):
     model, _ = tiny_model(arch)  # 512 positions: learned (gpt2) or rotary (llama)
     assert check_ctx_len(model, 512) == 512
+    for bad in (0, 1, 12.5, True):
+        with pytest.raises(ValueError, match=f"ctx_len={bad!r} must be a whole number >= 2"):
+            check_ctx_len(model, bad)
     with pytest.raises(
         ValueError, match=f"ctx_len=513 is more than the 512 positions of tiny-{arch}.*ctx_len <= 512"
     ):

@@ -426,6 +426,20 @@ def test_bad_parameters_stop_notebook_01_in_its_setup_cell(change, expected, tmp
     assert not (tmp_path / "01").exists(), "the run folder was made before the inputs were checked"
 
 
+def test_notebook_01_checks_the_gsae_before_writing_any_selection(tmp_path):
+    run = tmp_path / "01"
+    with pytest.raises(
+        papermill.PapermillExecutionError, match="d_in=16 but these activations have d_model=576"
+    ):
+        execute(
+            NOTEBOOKS_DIR / "01_retrieval.ipynb",
+            tmp_path / "out.ipynb",
+            {**SMOKE["01_retrieval"], "run_dir": str(run), "gsae": _bad_gsae(tmp_path, 16, 6)},
+        )
+    pattern = RunLayout(run).selection("*")
+    assert not list(run.glob(pattern.name)), "a selection was written before the GSAE was checked"
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -435,6 +449,8 @@ def test_bad_parameters_stop_notebook_01_in_its_setup_cell(change, expected, tmp
         "GSAE of another layer",
         "mistyped GSAE",
         "negative ssae_sparsity_coefficients",
+        "negative lr",
+        "ctx_len 0",
     ],
 )
 def test_bad_parameters_stop_notebook_02_early_naming_the_fix(case, tmp_path, run_notebook):
@@ -452,6 +468,8 @@ def test_bad_parameters_stop_notebook_02_early_naming_the_fix(case, tmp_path, ru
             "GSAE of another layer": dict(gsae=_bad_gsae(tmp_path, 576, 3), layer=6),
             "mistyped GSAE": dict(gsae=str(tmp_path / "no_such_gsae")),
             "negative ssae_sparsity_coefficients": dict(ssae_sparsity_coefficients=[-1.0]),
+            "negative lr": dict(lr=-1.0),
+            "ctx_len 0": dict(ctx_len=0),
         }[case]
     )
     expected = {
@@ -460,7 +478,9 @@ def test_bad_parameters_stop_notebook_02_early_naming_the_fix(case, tmp_path, ru
         "GSAE of another width": "d_in=16.*use an SAE of this model",
         "GSAE of another layer": "trained on layer 3, not 6: pass layer=3",
         "mistyped GSAE": "neither a folder nor 'release:sae_id'",
-        "negative ssae_sparsity_coefficients": "must list non-negative sparsity coefficients",
+        "negative ssae_sparsity_coefficients": "sparsity_coefficient=-1.0 must be a finite number >= 0",
+        "negative lr": "lr=-1.0 must be a positive finite number",
+        "ctx_len 0": "ctx_len=0 must be a whole number >= 2",
     }[case]
     with pytest.raises(papermill.PapermillExecutionError, match=expected):
         execute(NOTEBOOKS_DIR / "02_train_ssae.ipynb", tmp_path / "out.ipynb", params)

@@ -173,6 +173,9 @@ def test_each_selected_document_carries_its_own_tracin_score(pool, seeds, gsae, 
         (dict(gsae_layer=2), r"The SAE was trained on layer 2, not 1: pass layer=2"),
         (dict(gsae_model="gpt2"), r"The SAE was trained on model 'gpt2', not 'tiny-llama'"),
         (dict(gsae_d_in=16), r"The SAE reads d_in=16 but these activations have d_model=32"),
+        (dict(lr=-1.0), r"lr=-1.0 must be a positive finite number"),
+        (dict(sparsity_coefficient=float("nan")), r"sparsity_coefficient=nan must be a finite number"),
+        (dict(ctx_len=0), r"ctx_len=0 must be a whole number >= 2"),
     ],
 )
 def test_bad_inputs_are_refused_before_any_model_pass(pool, seeds, tiny, monkeypatch, change, message):
