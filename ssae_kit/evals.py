@@ -242,6 +242,8 @@ def evaluate(
     acc = _Accumulator(sae, n_docs=len(docs))
     doc_ce = {k: torch.zeros(len(docs), dtype=torch.float64) for k in ("clean", "sae", "zero", "targets")}
     n_outliers = 0
+    resid_sum = torch.zeros(d_model(model), dtype=torch.float64)  # over scored tokens, for mean-ablation
+    n_scored = 0
     for start in tqdm(range(0, len(ctx), batch_size), desc="evaluating", unit="batch"):
         sl = slice(start, start + batch_size)
         ids, mask = ctx.input_ids[sl].to(device), ctx.attention_mask[sl].to(device)
@@ -265,22 +267,39 @@ def evaluate(
         with splice(model, layer, reconstruct):
             doc_ce["sae"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
         if baseline is None:
-            doc_ce["clean"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
+
+            def capture(resid: torch.Tensor, keep=keep) -> torch.Tensor:
+                """The clean pass's residual at the tokens the SAE replaces, summed for the layer's mean."""
+                nonlocal resid_sum, n_scored
+                scored = keep & ~_massive(resid, keep, max_norm_multiple)
+                resid_sum += resid[scored].double().sum(0).cpu()
+                n_scored += int(scored.sum())
+                return resid
+
+            with splice(model, layer, capture):
+                doc_ce["clean"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
             with splice(model, layer, lambda r, keep=keep: replace_content(r, keep, torch.zeros_like(r))):
                 doc_ce["zero"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
     result = acc.result(dense_threshold)
     n_targets = max(float(doc_ce["targets"].sum()), 1.0)
     ce = {k: float(doc_ce[k].sum()) / n_targets for k in ("clean", "sae", "zero")}
-    if baseline is not None:
+    if baseline is None:
+        ce["mean"] = _mean_ablation_ce(
+            model, ctx, keep_all, layer, resid_sum / max(n_scored, 1), max_norm_multiple, batch_size
+        )
+    else:
         ce["clean"], ce["zero"] = baseline["ce_clean"], baseline["ce_zero"]
+        ce["mean"] = baseline.get("ce_mean", math.nan)  # baselines saved before the kit measured it
         doc_ce["clean"][:] = math.nan
-    gap = ce["zero"] - ce["clean"]
+    gap, mean_gap = ce["zero"] - ce["clean"], ce["mean"] - ce["clean"]
     result.metrics.update(
         ce_clean=ce["clean"],
         ce_sae=ce["sae"],
         ce_zero=ce["zero"],
+        ce_mean=ce["mean"],
         ce_delta=ce["sae"] - ce["clean"],
         ce_loss_recovered=(ce["zero"] - ce["sae"]) / gap if gap > 0 else math.nan,
+        ce_loss_recovered_mean=(ce["mean"] - ce["sae"]) / mean_gap if mean_gap > 0 else math.nan,
         perplexity_clean=math.exp(ce["clean"]),
         perplexity_sae=math.exp(ce["sae"]),
         n_outliers=n_outliers,
@@ -300,12 +319,44 @@ def evaluate(
     return result
 
 
+def _mean_ablation_ce(
+    model: PreTrainedModel,
+    ctx,
+    keep_all: torch.Tensor,
+    layer: int,
+    mean: torch.Tensor,
+    max_norm_multiple: float | None,
+    batch_size: int,
+) -> float:
+    """CE per target token with the tokens an SAE would replace replaced by the layer's mean
+    activation over them: what `b_dec` alone could do, the bar a useful SAE must clear."""
+    device = next(model.parameters()).device
+    total, n_targets = 0.0, 0.0
+    for start in range(0, len(ctx), batch_size):
+        sl = slice(start, start + batch_size)
+        ids, mask, keep = (
+            ctx.input_ids[sl].to(device),
+            ctx.attention_mask[sl].to(device),
+            keep_all[sl].to(device),
+        )
+
+        def to_mean(resid: torch.Tensor, keep=keep) -> torch.Tensor:
+            scored = keep & ~_massive(resid, keep, max_norm_multiple)
+            return replace_content(resid, scored, mean.to(resid.device).expand_as(resid))
+
+        with splice(model, layer, to_mean):
+            total += float(ce_sums(model, ids, mask, keep[:, 1:]).sum())
+        n_targets += float(keep[:, 1:].sum())
+    return total / max(n_targets, 1.0)
+
+
 def health_warnings(metrics: dict[str, Any]) -> list[str]:
     """Plain sentences for the signs of a broken SAE: NaN metrics, most latents dead, EV below 0,
-    spliced CE no better than zero-ablating the layer. Empty when none applies."""
+    spliced CE no better than zero-ablating the layer or replacing it by its mean. Empty when none applies."""
     out = []
+    optional = ("ce_loss_recovered", "ce_loss_recovered_mean", "ce_mean")  # NaN when not measured
     nan = sorted(
-        k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v) and k != "ce_loss_recovered"
+        k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v) and k not in optional
     )
     if nan:
         out.append(
@@ -323,6 +374,11 @@ def health_warnings(metrics: dict[str, Any]) -> list[str]:
     if "ce_sae" in metrics and metrics["ce_sae"] >= metrics.get("ce_zero", math.inf):
         out.append(
             f"spliced CE {metrics['ce_sae']:.3f} is no better than zero-ablation ({metrics['ce_zero']:.3f})."
+        )
+    elif "ce_sae" in metrics and metrics["ce_sae"] >= metrics.get("ce_mean", math.inf) > metrics["ce_clean"]:
+        out.append(
+            f"spliced CE {metrics['ce_sae']:.3f} is no better than replacing the layer by its mean "
+            f"({metrics['ce_mean']:.3f}): the SAE does worse than its decoder bias alone could."
         )
     return out
 
@@ -396,7 +452,9 @@ def compare(
     low, high = bootstrap_interval(
         data, statistic, paired=True, method="BCa", confidence=confidence, n_resamples=n_resamples, seed=seed
     )
-    return Difference(metric, estimate, low, high, confidence, int(used.sum()))
+    warned = [r.metrics.get("health_warnings") or [] for r in (a, b)]
+    flagged = "; ".join(dict.fromkeys(w for ws in warned for w in ws)) if all(warned) else ""
+    return Difference(metric, estimate, low, high, confidence, int(used.sum()), flagged)
 
 
 def interval_over_seeds(

@@ -38,6 +38,8 @@ class Difference:
     high: float
     confidence: float
     n_docs: int
+    flagged: str = ""
+    """Why neither SAE is healthy (their health warnings), or '': no verdict ranks two broken SAEs."""
 
     def verdict(self, a: str, b: str) -> str:
         """One sentence read off the interval: a difference only when it excludes 0."""
@@ -54,6 +56,8 @@ class Difference:
         if not has_interval(self.low, self.high):
             return f"{what} of {a} minus {b}: {self.estimate:+.3f}; {too_few(self.n_docs, units, MIN_DOCS)}, so no verdict."
         span = f"{self.estimate:+.3f} [{self.low:+.3f}, {self.high:+.3f}], {100 * self.confidence:.0f}% CI over {self.n_docs} {units}"
+        if self.flagged:
+            return f"{what} of {a} minus {b}: {span}; both SAEs are flagged unhealthy ({self.flagged}), so no verdict."
         if self.low > 0 or self.high < 0:
             side = "higher" if self.low > 0 else "lower"
             if self.metric == "firing":  # a count, neither better nor worse

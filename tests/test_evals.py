@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -128,8 +129,16 @@ def test_a_baseline_from_the_same_text_gives_the_same_metrics_with_one_pass(tiny
     first = evaluate(identity_sae(32), model, tok, docs, 1, ctx_len=16).metrics
     full = evaluate(sae, model, tok, docs, 1, ctx_len=16).metrics
     reused = evaluate(sae, model, tok, docs, 1, ctx_len=16, baseline=first).metrics
-    for key in ("ce_clean", "ce_zero", "ce_sae", "ce_loss_recovered", "mse"):
-        assert reused[key] == pytest.approx(full[key], rel=1e-5, abs=1e-6), key
+    for key in (
+        "ce_clean",
+        "ce_zero",
+        "ce_mean",
+        "ce_sae",
+        "ce_loss_recovered",
+        "ce_loss_recovered_mean",
+        "mse",
+    ):
+        assert reused[key] == pytest.approx(full[key], rel=1e-5, abs=1e-6, nan_ok=True), key
     with pytest.raises(ValueError, match="other documents or windows"):
         evaluate(sae, model, tok, docs[:-1], 1, ctx_len=16, baseline=first)
 
@@ -263,6 +272,50 @@ def test_compare_on_real_evaluations_finds_the_identity_sae_better_than_a_null_o
     ev = compare(perfect, bad, "ev")
     assert ev.estimate == pytest.approx(1.0 - bad.metrics["explained_variance"], abs=1e-6) and ev.low > 0
     assert perfect.doc_stats["n_targets"].sum() > 0 and len(perfect.doc_stats["doc"]) == len(docs)
+
+
+def test_mean_ablation_is_the_layers_mean_at_the_tokens_the_sae_replaces(tiny, docs, identity_sae):
+    """An SAE that outputs the layer's mean scores the mean-ablation CE; a perfect one recovers all of it."""
+    from ssae_kit.corpora import content_mask, tokenize_contexts
+    from ssae_kit.models import forward_to_layer
+
+    model, tok = tiny
+    ctx = tokenize_contexts(docs, tok, 16)
+    keep = content_mask(ctx, tok)
+    with torch.no_grad():
+        mean = forward_to_layer(model, ctx.input_ids, 1, ctx.attention_mask)[keep].double().mean(0).float()
+    at_mean = fixed_sae(torch.zeros(32, 4).tolist(), torch.zeros(4, 32).tolist())
+    with torch.no_grad():
+        at_mean.b_dec.copy_(mean)
+    m = evaluate(at_mean, model, tok, docs, 1, ctx_len=16, max_norm_multiple=None).metrics
+    assert m["ce_sae"] == pytest.approx(m["ce_mean"], abs=1e-4) and m["ce_mean"] != pytest.approx(
+        m["ce_zero"]
+    )
+    gap = m["ce_mean"] - m["ce_clean"]  # a random tiny model can do better at its mean than clean
+    recovered = m["ce_loss_recovered_mean"]
+    assert math.isnan(recovered) if gap <= 0 else recovered == pytest.approx(0.0, abs=1e-3)
+    perfect = evaluate(identity_sae(32), model, tok, docs, 1, ctx_len=16, max_norm_multiple=None).metrics
+    assert perfect["ce_mean"] == pytest.approx(m["ce_mean"])
+
+
+def test_health_warns_when_spliced_ce_is_no_better_than_the_layers_mean():
+    """The 640-wide case of issue 24: better than zero-ablation, worse than the mean: flagged."""
+    words = " ".join(health_warnings(dict(ce_sae=9.54, ce_zero=23.0, ce_mean=8.6, ce_clean=3.0)))
+    assert "no better than replacing the layer by its mean (8.600)" in words
+    assert health_warnings(dict(ce_sae=4.0, ce_zero=23.0, ce_mean=8.6, ce_clean=3.0)) == []
+
+
+def test_no_verdict_between_two_flagged_saes_but_one_against_a_healthy_sae(tiny, docs, identity_sae):
+    model, tok = tiny
+    many = docs * 2  # enough documents for an interval
+    good = evaluate(identity_sae(32), model, tok, many, 1, ctx_len=16)
+    null = fixed_sae(torch.zeros(32, 4).tolist(), torch.zeros(4, 32).tolist())
+    with pytest.warns(UserWarning):
+        bad = evaluate(null, model, tok, many, 1, ctx_len=16, baseline=good.metrics)
+    worse = copy.deepcopy(bad)
+    worse.doc_stats["ce_sae"] = worse.doc_stats["ce_sae"] + worse.doc_stats["n_targets"] * 0.5
+    assert "both SAEs are flagged unhealthy" in compare(bad, worse).verdict("a", "b")
+    assert "flagged" not in compare(good, bad).verdict("a", "b")
 
 
 def test_health_warnings_name_dead_latents_negative_ev_and_ce_worse_than_zero_ablation():
