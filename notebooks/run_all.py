@@ -13,8 +13,8 @@ from pathlib import Path
 
 import nbformat
 import papermill
-import yaml
 from nbformat.sign import NotebookNotary
+from presets import load_preset
 
 HERE = Path(__file__).resolve().parent
 PRESETS = ("smoke", "workshop")
@@ -33,14 +33,16 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    preset = yaml.safe_load((HERE / f"{args.preset}.yaml").read_text()) if args.preset else {}
+    preset = load_preset(args.preset) if args.preset else {}  # refuses a key a notebook does not declare
     notebooks = sorted(HERE.glob("[0-9][0-9]_*.ipynb"))
     if args.only:
+        if unknown := sorted(set(args.only) - {nb.stem for nb in notebooks}):
+            parser.error(f"--only {unknown}: no such notebook; choose from {[nb.stem for nb in notebooks]}")
         notebooks = [nb for nb in notebooks if nb.stem in args.only]
     timings = []
     for nb in notebooks:
         run_dir = out / nb.stem
-        params = {**(preset or {}).get(nb.stem, {}), "run_dir": str(run_dir)}
+        params = {**preset.get(nb.stem, {}), "run_dir": str(run_dir)}
         print(f"== {nb.name} -> {run_dir}", flush=True)
         start = time.perf_counter()
         papermill.execute_notebook(

@@ -14,10 +14,10 @@ import ast
 from pathlib import Path
 
 import nbformat
-import yaml
 from nbconvert import HTMLExporter
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
+from presets import check_keys, load_preset
 
 HERE = Path(__file__).resolve().parent
 SOLUTION_TAG = "solution"
@@ -51,6 +51,7 @@ def stub_source(source: str) -> str:
 def student_copy(path: Path, parameters: dict) -> nbformat.NotebookNode:
     """The student copy of the instructor notebook at `path`: solutions replaced by stubs, `parameters`
     injected (read with papermill's loader, which gives every cell the tags list it expects)."""
+    check_keys(path, parameters)
     out = load_notebook_node(str(path))
     for cell in out.cells:
         if SOLUTION_TAG in cell.metadata.get("tags", []):
@@ -64,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     (out / "solutions").mkdir(parents=True, exist_ok=True)
-    preset = yaml.safe_load((HERE / "workshop.yaml").read_text())
+    preset = load_preset("workshop")  # refuses a key a notebook does not declare
     exporter = HTMLExporter()
     for stem, parameters in preset.items():
         nbformat.write(student_copy(HERE / f"{stem}.ipynb", parameters), out / f"{stem}.ipynb")

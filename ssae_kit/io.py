@@ -36,6 +36,7 @@ __all__ = [
     "SAE_CFG_FILE",
     "SSAE_DIRS_KEY",
     "RunLayout",
+    "check_parameters",
     "write_metrics",
 ]
 
@@ -300,3 +301,41 @@ def write_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
     path = RunLayout(Path(run_dir)).metrics
     atomic_write_json(path, metrics)
     return path
+
+
+INJECTED_HEADER = "# Parameters\n"
+"""How papermill's injected-parameters cell begins."""
+
+
+def assigned_names(source: str) -> set[str]:
+    """Names a cell of plain assignments (a parameters cell) assigns at top level."""
+    import ast
+
+    names = set()
+    for node in ast.parse(source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+def check_parameters() -> None:
+    """Refuse parameters papermill injected that the notebook's parameters cell does not declare:
+    without this a stale or mistyped key (a preset in notebooks/*.yaml, `papermill -p`) is ignored
+    silently and the notebook runs on its default. Reads the kernel's input history: the first cell
+    run is the parameters cell, papermill's injected cell starts with "# Parameters". Outside
+    papermill (nothing injected) it does nothing."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    history = [s for s in (shell.user_ns.get("In", []) if shell is not None else []) if s.strip()]
+    injected = [s for s in history if s.startswith(INJECTED_HEADER)]
+    if not injected or history[0].startswith(INJECTED_HEADER):
+        return
+    declared = assigned_names(history[0])
+    if unknown := sorted(assigned_names(injected[-1]) - declared):
+        raise ValueError(
+            f"Unknown parameter(s) {unknown}: this notebook declares {sorted(declared)}. Rename or drop "
+            "the key where it was passed (a preset in notebooks/*.yaml, or papermill -p)."
+        )

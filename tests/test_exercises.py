@@ -15,6 +15,8 @@ import importlib.util
 import inspect
 import math
 import re
+import shutil
+import sys
 from pathlib import Path
 
 import nbclient
@@ -30,6 +32,9 @@ from ssae_kit.io import RunLayout
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 PRESET = yaml.safe_load((NOTEBOOKS_DIR / "workshop.yaml").read_text())
 SMOKE = yaml.safe_load((NOTEBOOKS_DIR / "smoke.yaml").read_text())
+sys.path.insert(0, str(NOTEBOOKS_DIR))  # workshop.py imports presets.py from its own folder, as when run
+import presets
+
 _spec = importlib.util.spec_from_file_location("workshop_script", NOTEBOOKS_DIR / "workshop.py")
 workshop = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(workshop)
@@ -335,3 +340,44 @@ def test_make_workshop_writes_student_copies_and_solutions_html_into_an_ignored_
         )
     html = (tmp_path / "solutions" / "03_term_vs_erm.html").read_text()
     assert "logsumexp" in html and "write tilted_loss, then run" not in html  # the solutions, revealed
+
+
+def test_a_preset_key_a_notebook_does_not_declare_is_refused_naming_key_notebook_and_parameters(tmp_path):
+    """05's workshop preset once passed n_test_per_group after 05 renamed it: papermill injected it
+    and 05 ran on its default, then crashed pointing at a parameter that no longer existed."""
+    shutil.copy(NOTEBOOKS_DIR / "05_debias_bias_in_bios.ipynb", tmp_path)
+    (tmp_path / "workshop.yaml").write_text(
+        "05_debias_bias_in_bios:\n  n_bios: 300\n  n_test_per_group: 20\n"
+    )
+    with pytest.raises(ValueError, match=r"pass \['n_test_per_group'\] to 05_debias_bias_in_bios.ipynb") as e:
+        presets.load_preset("workshop", tmp_path)
+    assert "n_a_per_group" in str(e.value) and "n_b_per_group" in str(e.value)
+    (tmp_path / "workshop.yaml").write_text("05_debias_bias_in_bios:\n  n_bios: 300\n")
+    assert presets.load_preset("workshop", tmp_path) == {"05_debias_bias_in_bios": {"n_bios": 300}}
+    (tmp_path / "workshop.yaml").write_text("05_debias:\n  n_bios: 300\n")
+    with pytest.raises(ValueError, match="names '05_debias', which is not a notebook"):
+        presets.load_preset("workshop", tmp_path)
+    with pytest.raises(ValueError, match=r"pass \['typo'\] to 01_retrieval.ipynb"):
+        workshop.student_copy(NOTEBOOKS_DIR / "01_retrieval.ipynb", {"typo": 1})
+
+
+@pytest.mark.parametrize("name", ["workshop", "smoke"])
+def test_the_shipped_presets_pass_only_declared_parameters(name):
+    assert presets.load_preset(name, NOTEBOOKS_DIR)
+
+
+def test_a_notebook_run_with_an_undeclared_parameter_stops_in_its_setup_cell(tmp_path):
+    import papermill
+
+    with pytest.raises(
+        papermill.PapermillExecutionError, match=r"Unknown parameter\(s\) \['n_test_per_group'\]"
+    ):
+        papermill.execute_notebook(
+            str(NOTEBOOKS_DIR / "00_quickstart.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            parameters={"run_dir": str(tmp_path / "00"), "n_test_per_group": 20},
+            cwd=str(NOTEBOOKS_DIR),
+            kernel_name="python3",
+            progress_bar=False,
+        )
+    assert not (tmp_path / "00").exists(), "work started before the parameters were checked"
