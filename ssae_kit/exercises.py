@@ -39,6 +39,7 @@ __all__ = [
     "check_spliced_ce_delta",
     "check_term_weights",
     "check_tilted_loss",
+    "hint",
 ]
 
 
@@ -53,6 +54,139 @@ class Case(NamedTuple):
     """The kit's output on `args`."""
     hint: str
     """The likely mistake when this case fails, and its fix."""
+    explain: Callable[[Any, Any], str] | None = None
+    """(got, expected) -> what went wrong in the learner's terms; default: where the numbers differ."""
+
+
+HINTS: dict[str, tuple[str, list[str]]] = {
+    "1.1": (
+        "centroid_scores",
+        [
+            (
+                "Cosine similarity is the dot product of two unit-length vectors: make every row of both "
+                "matrices unit length first."
+            ),
+            "With unit rows, one matrix product gives every (pool, seed) cosine at once: (N, D) @ (D, S) -> (N, S).",
+            "Average those cosines over the seeds (axis 1): one score per pool document.",
+        ],
+    ),
+    "1.2": (
+        "fill_budget",
+        [
+            "Walk the documents from the highest score down (np.argsort of the negated scores).",
+            "Keep a running count of tokens used; take a document only if it still fits in the budget.",
+            (
+                "Do not stop at the first document that does not fit: skip it, a shorter one further down may fit. "
+                "A document that fills the budget exactly fits (<=)."
+            ),
+        ],
+    ),
+    "1.3": (
+        "bm25_scores",
+        [
+            "bm25s.BM25() builds the index: retriever.index(bm25s.tokenize(pool_texts, stopwords='en')).",
+            (
+                "Each seed is one query: bm25s.tokenize(seed_texts, stopwords='en', return_ids=False) gives a "
+                "token list per seed, and retriever.get_scores(tokens) scores the whole pool for it."
+            ),
+            "Average the per-seed score vectors over the seeds: one (N,) vector.",
+        ],
+    ),
+    "2.1": (
+        "sae_forward",
+        [
+            "Two steps: encode x into latents f (B, d_sae), then decode f back into x_hat (B, d_in).",
+            "The encoder first subtracts the decoder bias b_dec from x, then applies W_enc and b_enc, then a ReLU.",
+            "f = ReLU((x - b_dec) W_enc + b_enc) and x_hat = f W_dec + b_dec.",
+        ],
+    ),
+    "2.2": (
+        "spliced_ce_delta",
+        [
+            (
+                "Compute the mean next-token cross-entropy twice on the same input: clean, then inside "
+                "`with splice(model, layer, fn):` where fn is the SAE's round trip."
+            ),
+            (
+                "The logits at position i predict token i + 1: compare logits[:, :-1] with input_ids[:, 1:] "
+                "(flatten batch and time for F.cross_entropy)."
+            ),
+            "fn(resid) = sae.decode(sae.encode(resid)); return spliced minus clean, as a float, under torch.no_grad().",
+        ],
+    ),
+    "3.1": (
+        "tilted_loss",
+        [
+            "Check the two ends on paper: as t -> 0 the tilted loss becomes the mean loss, as t grows the max loss.",
+            (
+                "exp(t l) overflows once t l > ~709. Moving a constant c out of the exponent changes nothing: "
+                "log mean exp(t l) = t c + log mean exp(t (l - c))."
+            ),
+            "Take c = max(l) and torch.logsumexp: max(l) + (logsumexp(t (l - max l)) - log N) / t.",
+        ],
+    ),
+    "3.2": (
+        "term_weights",
+        [
+            "Differentiate (1/t) log mean_i exp(t l_i) with respect to one loss l_i.",
+            "The derivative is exp(t l_i) / sum_j exp(t l_j): a normalised exponential of t l.",
+            "That is a softmax of t * losses, which stays finite at any t.",
+        ],
+    ),
+    "4.1": (
+        "best_decoder_cosine",
+        [
+            "Make every decoder row unit length, in both matrices.",
+            "One product of the unit rows, (n, d_in) @ (d_in, m), gives every cosine (n, m).",
+            "Keep the largest cosine over the GSAE latents (dim 1) for each SSAE latent.",
+        ],
+    ),
+    "4.2": (
+        "dark_matter",
+        [
+            "Two conditions per latent: its best cosine is below the threshold, and it fired (peak > 0).",
+            "np.flatnonzero of the combined boolean mask gives the indices.",
+            "Order those indices by their peak activation, largest first (a stable argsort of minus the peaks).",
+        ],
+    ),
+    "5.1": (
+        "shift_attribution",
+        [
+            "Make the latents a leaf that needs a gradient: f = sae.encode(resid).detach().requires_grad_().",
+            (
+                "Give the metric the reconstruction plus the SAE's error term with the error detached: the metric "
+                "then sees the true residual and the gradient flows through f only."
+            ),
+            (
+                "Attribution = gradient x activation per latent, masked by keep, summed over positions and texts, "
+                "divided by the number of texts."
+            ),
+        ],
+    ),
+    "5.2": (
+        "ablate_keeping_error",
+        [
+            "The error term is what the SAE fails to reconstruct: resid - decode(encode(resid)). Keep it.",
+            "Zero the chosen latents in a copy of the latents (clone first).",
+            "Return decode(the edited latents) + the error term.",
+        ],
+    ),
+}
+"""Progressive hints per exercise id: (the function to write, hints from a nudge to the formula)."""
+
+_hints_given: dict[str, int] = {}
+
+
+def hint(exercise: str) -> None:
+    """Print the next hint for an exercise ("2.1"): the first call a nudge, later calls more, the
+    last the formula (never the code)."""
+    if exercise not in HINTS:
+        raise ValueError(f"No exercise {exercise!r}: the exercises are {', '.join(HINTS)}.")
+    name, hints = HINTS[exercise]
+    i = min(_hints_given.get(exercise, 0), len(hints) - 1)
+    _hints_given[exercise] = i + 1
+    more = "call hint again for the next" if i + 1 < len(hints) else "that was the last hint"
+    print(f"Hint {i + 1}/{len(hints)} for {exercise} ({name}): {hints[i]} ({more})")
 
 
 def _float64(value: Any) -> torch.Tensor:
@@ -104,6 +238,8 @@ def run_cases(
             print(f"✗ {exercise}, case '{case.name}': raised {type(err).__name__}: {err}. Hint: {case.hint}")
             return
         if problem := _mismatch(got, case.expected, rtol, atol):
+            if case.explain is not None:
+                problem = case.explain(got, case.expected)
             print(f"✗ {exercise}, case '{case.name}': {problem}. Hint: {case.hint}")
             return
     print(f"✓ {exercise}: all {len(cases)} cases match the kit's own.")
@@ -178,10 +314,20 @@ def check_fill_budget(fill_budget: Callable[[np.ndarray, np.ndarray, int], list[
         "fill_budget",
         lambda s, n, b: [int(i) for i in fill_budget(s, n, b)],
         [
-            Case(name, (np.array(s), np.array(n), b), _budget_reference(s, n, b), hint)
-            for name, s, n, b, hint in cases
+            Case(name, (np.array(s), np.array(n), b), _budget_reference(s, n, b), why, _explain_budget)
+            for name, s, n, b, why in cases
         ],
     )
+
+
+def _explain_budget(got: list[int], expected: list[int]) -> str:
+    """A fill_budget mismatch in the learner's terms: how many documents, which ones, in what order."""
+    docs = lambda n: f"{n} document{'s' * (n != 1)}"
+    if len(got) != len(expected):
+        return f"you took {docs(len(got))} {got} where {docs(len(expected))} {expected} fit"
+    if sorted(got) == sorted(expected):
+        return f"you took the right documents in the order {got}; best score first is {expected}"
+    return f"you took documents {got}; the greedy fill takes {expected}"
 
 
 _BM25_POOL = [

@@ -59,7 +59,7 @@ EXERCISES = [(stem, *ex) for stem in PRESET for ex in _exercises(stem)]
 def test_notebooks_01_to_05_have_two_to_four_exercises_each_and_every_checker_is_used():
     per_notebook = {stem: len(_exercises(stem)) for stem in PRESET}
     assert all(2 <= n <= 4 for n in per_notebook.values()), per_notebook
-    assert sorted(f"check_{name}" for _, name, *_ in EXERCISES) == sorted(exercises.__all__)
+    assert sorted(f"check_{name}" for _, name, *_ in EXERCISES) + ["hint"] == sorted(exercises.__all__)
 
 
 @pytest.mark.parametrize("stem, name, header, solution, check", EXERCISES, ids=[e[1] for e in EXERCISES])
@@ -381,3 +381,43 @@ def test_a_notebook_run_with_an_undeclared_parameter_stops_in_its_setup_cell(tmp
             progress_bar=False,
         )
     assert not (tmp_path / "00").exists(), "work started before the parameters were checked"
+
+
+def test_hints_are_progressive_per_exercise_and_the_last_repeats(capsys):
+    exercises._hints_given.clear()
+    for _ in range(4):
+        exercises.hint("2.1")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" for ")[0] for line in lines] == ["Hint 1/3", "Hint 2/3", "Hint 3/3", "Hint 3/3"]
+    assert "ReLU" not in lines[0] and "f = ReLU((x - b_dec) W_enc + b_enc)" in lines[2]
+    assert lines[-1].endswith("(that was the last hint)")
+    with pytest.raises(ValueError, match="No exercise '9.9': the exercises are 1.1, 1.2"):
+        exercises.hint("9.9")
+
+
+def test_every_exercise_has_hints_and_its_header_points_to_them():
+    ids = {name: ex for ex, (name, _) in exercises.HINTS.items()}
+    assert sorted(ids) == sorted(name for _, name, *_ in EXERCISES)
+    for _, name, header, _, _ in EXERCISES:
+        assert f'`hint("{ids[name]}")`' in header.source
+
+
+@pytest.mark.parametrize("stem", list(PRESET))
+def test_the_student_copy_names_no_reference_function_and_gives_no_formula(stem):
+    student = workshop.student_copy(NOTEBOOKS_DIR / f"{stem}.ipynb", PRESET[stem]).cells
+    text = "\n".join(c.source for c in student if "exercise" in c.metadata.get("tags", []))
+    for giveaway in (
+        "The kit's own",
+        "ReLU((x",
+        "softmax",
+        "logsumexp",
+        "x - decode(f)",
+        "<details><summary>Why",
+    ):
+        assert giveaway not in text, giveaway
+
+
+def test_a_fill_budget_mistake_is_told_in_the_learners_terms(capsys):
+    exercises.check_fill_budget(_stop_at_first_overflow)
+    out = capsys.readouterr().out
+    assert "you took 1 document [0] where 3 documents [0, 2, 3] fit" in out, out
