@@ -403,9 +403,9 @@ def _initial_sae(store: ActivationStore, cfg: TrainConfig, init: Any) -> SAE:
             layer=store.layer,
             hook_name=store.hook_name,
             norm_scale=norm_scale,
-            context_size=store.manifest["ctx_len"],
-            prepend_bos=store.manifest["prepend_bos"],
-            exclude_special_tokens=store.manifest["exclude_special"],
+            context_size=store.manifest.get("ctx_len", 0),  # synthetic stores have no contexts
+            prepend_bos=store.manifest.get("prepend_bos", True),
+            exclude_special_tokens=store.manifest.get("exclude_special", True),
         )
         sae = SAE(sae_cfg, seed=cfg.seed)
         if cfg.b_dec_init != "zeros":
