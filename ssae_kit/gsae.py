@@ -482,6 +482,25 @@ def run_sweep(cfg: SweepConfig, work: str | Path, model, tokenizer) -> list[dict
     return [run_share(data, cfg, share, work, count) for share in cfg.shares]
 
 
+def _training_or_specialization(rows: Sequence[dict[str, Any]]) -> str:
+    """Where the SSAEs' gain over their GSAE comes from: the share of `dense`'s in-domain gain that
+    `none` (more training on the general pool) also buys, and what `dense` costs out of domain."""
+    shares = [r["none_vs_gsae_in"] / r["dense_vs_gsae_in"] for r in rows if r["dense_vs_gsae_in"] < 0]
+    ood = [r["dense_vs_none_ood"] for r in rows]
+    gain = (
+        f"Fine-tuning on the general pool (`none`) buys {100 * min(shares):.0f}% to {100 * max(shares):.0f}% "
+        "of `dense`'s in-domain gain over the GSAE: "
+        + ("most of it is more training, not the subdomain's data" if min(shares) >= 0.5 else "not most of it")
+        if len(shares) == len(rows)
+        else "At some share `dense` does not beat its GSAE in domain"
+    )
+    cost = all(r["dense_vs_none_ood_low"] > 0 for r in rows)
+    return (
+        f"{gain}. Out of domain, `dense` − `none` is {min(ood):+.3f} to {max(ood):+.3f} nats: "
+        + ("specializing costs general text at every share." if cost else "not a cost at every share.")
+    )
+
+
 def sweep_reading(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Sentences about the pre-registered claims, computed from `sweep_rows`: (1) at every share the
     SSAE (dense) beats `none` in domain, interval below 0; (2) that gain grows as the share falls:
@@ -517,6 +536,7 @@ def sweep_reading(rows: Sequence[dict[str, Any]]) -> list[str]:
             else "not larger at the rare share: the claim does not hold."
         )
     )
+    out.append(_training_or_specialization(rows))
     converged = [r for r in rows if r["converged"]]
     out.append(
         f"{len(converged)} of {len(rows)} sweep GSAEs pass the convergence test"

@@ -23,6 +23,7 @@ from ssae_kit.gsae import (
     mse_drop,
     prepare,
     run_share,
+    sweep_reading,
     sweep_table,
     write_sweep,
 )
@@ -186,7 +187,7 @@ def test_check_convergence_on_a_toy_fine_tunes_on_its_own_data_and_measures_the_
     )
     tuned = SAE.load(tmp_path / "ft")
     direct = evaluate(tuned, model, tok, docs, 1, baseline=base.metrics, **kw)
-    assert conv.finetune_ce["estimate"] == pytest.approx(direct.metrics["ce_sae"] - base.metrics["ce_sae"])
+    assert conv.finetune_ce["estimate"] == pytest.approx(direct.metrics["ce_sae"] - base.metrics["ce_sae"], abs=1e-8)
     assert conv.finetune_ce["low"] <= conv.finetune_ce["estimate"] <= conv.finetune_ce["high"]
     assert conv.finetune_tokens == 1024 and math.isnan(conv.mse_drop) == (len(trained.log) < 4)
 
@@ -224,3 +225,30 @@ def test_a_sweep_share_on_a_tiny_model_compares_each_strategy_with_its_gsae_and_
     assert "| 5% (0.050 → " in sweep_table([result])
     with pytest.raises(FileNotFoundError, match="make sweep"):
         load_sweep(tmp_path / "missing.json")
+
+
+def _sweep_row(reached, dense_none_in, dense_gsae_in, none_gsae_in, dense_none_ood, converged=False):
+    """A sweep_rows row with 0.02-wide intervals around each estimate."""
+    row = dict(reached=reached, converged=converged)
+    for key, value in dict(
+        dense_vs_none_in=dense_none_in, dense_vs_gsae_in=dense_gsae_in, none_vs_gsae_in=none_gsae_in,
+        dense_vs_none_ood=dense_none_ood,
+    ).items():  # fmt: skip
+        row |= {key: value, f"{key}_low": value - 0.02, f"{key}_high": value + 0.02}
+    return row
+
+
+def test_the_sweep_reading_says_the_claims_hold_only_when_the_numbers_show_them():
+    rare_pays = [_sweep_row(0.0, -0.20, -0.30, -0.10, 0.05, True), _sweep_row(0.2, -0.05, -0.30, -0.25, 0.05, True)]
+    claim1, claim2, source, converged = sweep_reading(rare_pays)
+    assert claim1.endswith("It holds at 2 of 2 shares: the claim holds.")
+    assert claim2.endswith("larger at the rare share, with intervals apart: the claim holds.")
+    assert "buys 33% to 83% of `dense`'s in-domain gain" in source and "not most of it" in source
+    assert "+0.050 to +0.050 nats: specializing costs general text at every share." in source
+    assert converged == "2 of 2 sweep GSAEs pass the convergence test."
+    training = [_sweep_row(0.0, 0.01, -0.59, -0.60, 0.27), _sweep_row(0.2, -0.01, -0.52, -0.49, 0.01)]
+    claim1, claim2, source, converged = sweep_reading(training)
+    assert "It holds at 0 of 2 shares: the claim does not hold." in claim1
+    assert claim2.endswith("not larger at the rare share: the claim does not hold.")
+    assert "most of it is more training, not the subdomain's data" in source
+    assert source.endswith("not a cost at every share.") and "more training, not specialization" in converged
