@@ -4,16 +4,20 @@ The notebooks in notebooks/ are the instructor copy: each exercise's reference s
 cell tagged `solution`. The student copy replaces every such cell by a stub made from it (its imports,
 and each function's signature and docstring over a body that raises NotImplementedError) and carries
 the workshop preset (notebooks/workshop.yaml) as papermill's injected parameters. Every other cell is
-the instructor's, unchanged. Used by `make workshop`.
+the instructor's, unchanged. Used by `make workshop`; with `--execute` the solutions handout is the
+solved copies run on the preset, outputs and figures included, each solution cell under a banner.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import re
+import time
 from pathlib import Path
 
 import nbformat
+from nbclient import NotebookClient
 from nbconvert import HTMLExporter
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
@@ -48,30 +52,76 @@ def stub_source(source: str) -> str:
     return "\n\n\n".join(["\n".join(imports)] * bool(imports) + stubs)
 
 
-def student_copy(path: Path, parameters: dict) -> nbformat.NotebookNode:
-    """The student copy of the instructor notebook at `path`: solutions replaced by stubs, `parameters`
-    injected (read with papermill's loader, which gives every cell the tags list it expects)."""
+def student_copy(path: Path, parameters: dict, solved: bool = False) -> nbformat.NotebookNode:
+    """The student copy of the instructor notebook at `path`: solutions replaced by stubs (kept with
+    `solved`, the copy a teacher hands out afterwards), `parameters` injected (read with papermill's
+    loader, which gives every cell the tags list it expects)."""
     check_keys(path, parameters)
     out = load_notebook_node(str(path))
     for cell in out.cells:
-        if SOLUTION_TAG in cell.metadata.get("tags", []):
+        if SOLUTION_TAG in cell.metadata.get("tags", []) and not solved:
             cell.source = stub_source(cell.source)
     return parameterize_notebook(out, parameters, report_mode=False)
+
+
+def mark_solutions(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """`nb` with a banner above each solution cell naming its exercise, for the solutions handout."""
+    cells = []
+    for cell in nb.cells:
+        if SOLUTION_TAG in cell.metadata.get("tags", []):
+            header = cells[-1].source if cells else ""
+            number = re.search(r"Exercise (\d+\.\d+)", header)
+            banner = f"**Solution to exercise {number.group(1)}**" if number else "**Solution**"
+            cells.append(
+                nbformat.v4.new_markdown_cell(
+                    f"{banner} (the kit's reference; yours may differ and still pass the check below)"
+                )
+            )
+        cells.append(cell)
+    nb.cells = cells
+    return nb
+
+
+def execute(nb: nbformat.NotebookNode, timeout: int = 900) -> float:
+    """Run `nb` top to bottom in a fresh kernel, from notebooks/ as papermill does; its wall seconds."""
+    started = time.perf_counter()
+    NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}
+    ).execute()
+    return time.perf_counter() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="workshop", help="folder for the student copies")
+    parser.add_argument(
+        "--execute",
+        action="store_true",
+        help="run the solved copies on the preset, in order, for solutions with outputs and figures "
+        "(minutes; also converts the model and embeds the corpus, so a machine is ready for the session)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     (out / "solutions").mkdir(parents=True, exist_ok=True)
     preset = load_preset("workshop")  # refuses a key a notebook does not declare
     exporter = HTMLExporter()
+    seconds = {}
     for stem, parameters in preset.items():
         nbformat.write(student_copy(HERE / f"{stem}.ipynb", parameters), out / f"{stem}.ipynb")
-        html, _ = exporter.from_notebook_node(nbformat.read(HERE / f"{stem}.ipynb", as_version=4))
+        if args.execute:
+            solved = student_copy(HERE / f"{stem}.ipynb", parameters, solved=True)
+            seconds[stem] = execute(solved)
+        else:
+            solved = nbformat.read(HERE / f"{stem}.ipynb", as_version=4)
+        html, _ = exporter.from_notebook_node(mark_solutions(solved))
         (out / "solutions" / f"{stem}.html").write_text(html)
-        print(f"{out / (stem + '.ipynb')}  (solutions: {out / 'solutions' / (stem + '.html')})")
+        took = f", ran in {seconds[stem]:.0f} s" if stem in seconds else ""
+        print(
+            f"{out / (stem + '.ipynb')}  (solutions: {out / 'solutions' / (stem + '.html')}{took})",
+            flush=True,
+        )
+    if seconds:
+        print(f"All {len(seconds)} notebooks ran in {sum(seconds.values()) / 60:.1f} minutes.")
 
 
 if __name__ == "__main__":

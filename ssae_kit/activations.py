@@ -176,6 +176,37 @@ def _build_store(model, tokenizer, docs: list[Document], out: Path, request: dic
     return ActivationStore(out)
 
 
+def store_from_tensor(
+    x: torch.Tensor, out_dir: str | Path, model_name: str = "synthetic", layer: int = 0
+) -> ActivationStore:
+    """A store holding the rows of `x` (N, d_model) as they are, for activations made without a model
+    (notebook 00's toy, tests): the same shards, checksums and input scale caching writes. Rows are
+    their own documents (token id 0, position 0); an existing store in `out_dir` is replaced."""
+    if x.ndim != 2 or len(x) == 0 or not torch.isfinite(x).all():
+        raise ValueError(
+            f"store_from_tensor needs finite (N >= 1, d_model) activations; got shape {tuple(x.shape)}."
+        )
+    out = Path(out_dir)
+    check_writable_dir(out)
+    _remove_store_files(out)
+    writer = _ShardWriter(out, "float32", 1 << 16, x.shape[1])
+    ids = torch.arange(len(x), dtype=torch.int32)
+    writer.add(x.float(), torch.stack([torch.zeros_like(ids), ids, torch.zeros_like(ids)], 1))
+    manifest = dict(
+        format=FORMAT,
+        version=VERSION,
+        model=model_name,
+        layer=layer,
+        hook_name=hook_name(layer),
+        d_model=x.shape[1],
+        n_tokens=writer.n_tokens,
+        n_outliers_dropped=0,
+        **writer.finish(),
+    )
+    atomic_write_json(out / MANIFEST_FILE, manifest)
+    return ActivationStore(out)
+
+
 def subset_store(store: ActivationStore, doc_ids: Iterable[int], out_dir: str | Path) -> ActivationStore:
     """A new store holding only the rows of `store` whose document id is in `doc_ids`, in order.
 

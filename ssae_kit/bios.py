@@ -376,7 +376,8 @@ def make_splits(
     if short:
         raise ValueError(
             f"Too few bios for make_splits: {'; '.join(short)}. Lower n_train_per_group / "
-            "n_test_per_group, or load more bios (a larger limit_per_group or n)."
+            "n_test_per_group (notebook 05: n_a_per_group + n_b_per_group), or load more bios "
+            "(a larger limit_per_group, n, or notebook 05's n_bios)."
         )
     rng = np.random.default_rng(seed)
     train: list[Bio] = []

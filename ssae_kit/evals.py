@@ -60,6 +60,7 @@ __all__ = [
     "decoder_cosine_similarities",
     "error_by_rank",
     "evaluate",
+    "evaluate_store",
     "firing_difference",
     "interval_over_seeds",
     "matched_l0_pair",

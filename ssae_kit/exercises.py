@@ -24,21 +24,29 @@ from .evals import ce_sums, decoder_cosines, ssae_only_latents
 from .features import Residuals, token_mean
 from .models import byte_tokenizer, splice, tiny_model
 from .sae import SAE, SAEConfig
+from .taxonomy import leaf_paths, taxonomy_matrix
 from .term import tilted_loss
+from .tree_probe import spearman
 from .viz import match_latents
 
 __all__ = [
     "check_ablate_keeping_error",
     "check_best_decoder_cosine",
     "check_bm25_scores",
+    "check_ce_loss_recovered",
     "check_centroid_scores",
     "check_dark_matter",
+    "check_explained_variance",
     "check_fill_budget",
+    "check_massive_tokens",
+    "check_norm_scale",
     "check_sae_forward",
     "check_shift_attribution",
+    "check_spearman_rho",
     "check_spliced_ce_delta",
     "check_term_weights",
     "check_tilted_loss",
+    "check_tree_distances",
     "hint",
 ]
 
@@ -59,6 +67,41 @@ class Case(NamedTuple):
 
 
 HINTS: dict[str, tuple[str, list[str]]] = {
+    "0.1": (
+        "massive_tokens",
+        [
+            (
+                "A token is massive when its norm is far above a typical token's: which statistic of the norms "
+                "is 'typical' and is not moved by the few huge ones?"
+            ),
+            "The median: a handful of attention sinks pull the mean up (and so hide themselves), not the median.",
+            "Flag norm > multiple x median(norms), strictly above.",
+        ],
+    ),
+    "0.2": (
+        "norm_scale",
+        [
+            "Scaling x by s scales every squared norm by s squared.",
+            "You want the mean over tokens of the squared norm (summed over the d_model dimensions) to equal d_model.",
+            "s = sqrt(d_model / mean_tokens ||x||^2).",
+        ],
+    ),
+    "0.3": (
+        "explained_variance",
+        [
+            "Compare the reconstruction's squared error with the squared error of the laziest guess: every token replaced by the mean token.",
+            "Sum both over tokens and dimensions, then take one ratio; the mean is over tokens (one mean vector), not over every number.",
+            "EV = 1 - sum ||x - x_hat||^2 / sum ||x - mean_token(x)||^2.",
+        ],
+    ),
+    "0.4": (
+        "ce_loss_recovered",
+        [
+            "Place the SAE's CE on the line from zero-ablation (the layer wiped out: 0%) to the clean model (100%).",
+            "It is a fraction of the gap between the zero-ablated and the clean CE, measured from the zero-ablated end.",
+            "(ce_zero - ce_sae) / (ce_zero - ce_clean).",
+        ],
+    ),
     "1.1": (
         "centroid_scores",
         [
@@ -171,6 +214,28 @@ HINTS: dict[str, tuple[str, list[str]]] = {
             "Return decode(the edited latents) + the error term.",
         ],
     ),
+    "6.1": (
+        "tree_distances",
+        [
+            "Two leaves' paths from the root agree up to their lowest common ancestor, then split.",
+            (
+                "The number of edges between the leaves is the steps from each leaf up to that ancestor: "
+                "(len(a) - shared) + (len(b) - shared), where shared counts the equal leading names."
+            ),
+            "Fill the (L, L) matrix with those counts, then divide by its largest entry (if it is above 0).",
+        ],
+    ),
+    "6.2": (
+        "spearman_rho",
+        [
+            "Spearman's rho is Pearson's correlation of the ranks instead of the values.",
+            (
+                "Tied values must share a rank, the mean of the ranks they span: argsort of argsort does not do that "
+                "(scipy.stats.rankdata or pandas' rank do)."
+            ),
+            "rho = corrcoef(rank(a), rank(b))[0, 1], as a float.",
+        ],
+    ),
 }
 """Progressive hints per exercise id: (the function to write, hints from a nudge to the formula)."""
 
@@ -247,6 +312,148 @@ def run_cases(
 
 def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+# --- 00 quickstart --------------------------------------------------------------------------------
+
+
+def _explain_mask(got: Any, expected: Any) -> str:
+    """A boolean-mask mismatch in the learner's terms: which tokens were flagged."""
+    flagged = lambda m: np.flatnonzero(np.asarray(m, dtype=bool)).tolist()
+    return f"you flagged tokens {flagged(got)}; the rule flags {flagged(expected)}"
+
+
+def check_massive_tokens(massive_tokens: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
+    """massive_tokens(norms (N,), multiple) -> (N,) bool: the tokens the kit drops as massive-norm outliers."""
+    rule = lambda n, m: n > m * n.median()  # the rule of cache_activations (activations.py)
+    cases = [
+        (
+            "one sink among ordinary tokens",
+            [1.0, 1.2, 0.9, 50.0, 1.1],
+            10.0,
+            "flag the norms far above a typical token's",
+        ),
+        (
+            "two sinks that lift the mean",
+            [1.0, 1.1, 0.9, 1.0, 1.2, 30.0, 40.0],
+            10.0,
+            "compare with the median norm, not the mean: the sinks pull the mean up and hide themselves",
+        ),
+        (
+            "a norm exactly at the threshold",
+            [1.0, 1.0, 10.0, 1.0, 1.0],
+            10.0,
+            "strictly above: a norm equal to multiple x median is kept (>, not >=)",
+        ),
+    ]
+    run_cases(
+        "massive_tokens",
+        lambda n, m: torch.as_tensor(massive_tokens(n, m)).bool(),
+        [
+            Case(
+                name,
+                (torch.tensor(n, dtype=torch.float64), m),
+                rule(torch.tensor(n, dtype=torch.float64), m),
+                why,
+                _explain_mask,
+            )
+            for name, n, m, why in cases
+        ],
+    )
+
+
+def check_norm_scale(norm_scale: Callable[[torch.Tensor], float]) -> None:
+    """norm_scale(x (N, d_model)) -> the factor that makes the mean squared norm of the scaled tokens d_model."""
+    reference = lambda x: float((x.shape[1] / x.pow(2).sum(1).mean()).sqrt())  # the store's norm_scale
+    x, wide = _randn(50, 8, seed=3) * 7.0, _randn(40, 32, seed=4) * 0.05
+    run_cases(
+        "norm_scale",
+        lambda x: float(norm_scale(x)),
+        [
+            Case(
+                "8-dim tokens of norm ~20",
+                (x,),
+                reference(x),
+                "the scaled tokens' mean squared norm must be d_model",
+            ),
+            Case(
+                "32-dim tokens of norm ~0.3",
+                (wide,),
+                reference(wide),
+                "the target is d_model (the width, x.shape[1]), not 1; and the mean is over tokens of the "
+                "squared norm summed over dimensions",
+            ),
+        ],
+        rtol=1e-6,
+    )
+
+
+def check_explained_variance(explained_variance: Callable[[torch.Tensor, torch.Tensor], float]) -> None:
+    """explained_variance(x, x_hat) (N, d) each -> the share of x's variance around its mean token that x_hat explains."""
+    reference = lambda x, x_hat: float(1 - (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+    x = _randn(60, 6, seed=5) + torch.tensor([4.0, 0, 0, 0, 0, 0], dtype=torch.float64)  # a large mean
+    good = x + 0.3 * _randn(60, 6, seed=6)
+    run_cases(
+        "explained_variance",
+        lambda x, x_hat: float(explained_variance(x, x_hat)),
+        [
+            Case(
+                "every token reconstructed as the mean token",
+                (x, x.mean(0).expand_as(x)),
+                0.0,
+                "the baseline is the mean token (variance around the mean), not zero: predicting the mean explains nothing",
+            ),
+            Case(
+                "a close reconstruction",
+                (x, good),
+                reference(x, good),
+                "1 minus a ratio of two sums of squared errors",
+            ),
+            Case(
+                "a reconstruction worse than the mean",
+                (x, -x),
+                reference(x, -x),
+                "one ratio of sums over all tokens and dimensions, not a mean of per-token or per-dimension ratios",
+            ),
+        ],
+        rtol=1e-6,
+    )
+
+
+def check_ce_loss_recovered(ce_loss_recovered: Callable[[float, float, float], float]) -> None:
+    """ce_loss_recovered(ce_clean, ce_sae, ce_zero) -> 1 when splicing the SAE in costs nothing, 0 when it is as bad as zero-ablation."""
+    reference = lambda clean, sae, zero: (zero - sae) / (zero - clean)
+    run_cases(
+        "ce_loss_recovered",
+        lambda *ce: float(ce_loss_recovered(*ce)),
+        [
+            Case(
+                "an SAE as good as the clean model",
+                (3.0, 3.0, 9.0),
+                1.0,
+                "no loss at all recovers 100% of the gap: measure from the zero-ablated end",
+            ),
+            Case(
+                "the shipped GSAE's numbers",
+                (3.874, 4.177, 14.963),
+                reference(3.874, 4.177, 14.963),
+                "a fraction of the gap between zero-ablation and clean",
+            ),
+            Case(
+                "an SAE as bad as zero-ablation",
+                (3.0, 9.0, 9.0),
+                0.0,
+                "CE equal to zero-ablation recovers nothing",
+            ),
+            Case(
+                "an SAE worse than zero-ablation",
+                (3.0, 10.5, 9.0),
+                -0.25,
+                "do not clip: worse than zero-ablation is below 0",
+            ),
+        ],
+        rtol=1e-9,
+    )
 
 
 # --- 01 retrieval ---------------------------------------------------------------------------------
@@ -622,3 +829,57 @@ def check_shift_attribution(attribution: Callable[..., torch.Tensor]) -> None:
     )
     cases = [Case("4 texts with padding, a random SAE", (sae, resid.clone(), keep, metric), expected, hint)]
     run_cases("shift_attribution", attribution, cases, rtol=1e-3, atol=1e-5)
+
+
+# --- 06 taxonomy -----------------------------------------------------------------------------------
+
+
+def check_tree_distances(tree_distances: Callable[[list[list[str]]], np.ndarray]) -> None:
+    """tree_distances(paths) -> (L, L): edges between leaves, given each leaf's root path, divided by the largest."""
+    trees = [
+        ("a balanced tree", {"root": [{"a": ["a1", "a2"]}, {"b": ["b1", "b2"]}]}),
+        ("leaves at different depths", {"root": ["x", {"y": ["y1", {"z": ["z1", "z2"]}]}]}),
+        ("one leaf", {"root": ["only"]}),
+    ]
+    cases = []
+    for name, tree in trees:
+        leaves, A = taxonomy_matrix(tree)
+        paths = [leaf_paths(tree)[leaf] for leaf in leaves]
+        why = {
+            "a balanced tree": "count the edges up from each leaf to their lowest common ancestor, then divide by the largest",
+            "leaves at different depths": "count the steps up from BOTH leaves: a shallow and a deep leaf are "
+            "(len(a) - shared) + (len(b) - shared) edges apart",
+            "one leaf": "a single leaf is at distance 0 from itself: do not divide by a largest entry of 0",
+        }[name]
+        cases.append(Case(name, (paths,), A, why))
+    run_cases("tree_distances", lambda p: np.asarray(tree_distances(p), dtype=float), cases)
+
+
+def check_spearman_rho(spearman_rho: Callable[[np.ndarray, np.ndarray], float]) -> None:
+    """spearman_rho(a (n,), b (n,)) -> Spearman's rank correlation, ties sharing their mean rank."""
+    a = np.array([0.1, 0.5, 0.3, 0.9, 0.7])
+    cases = [
+        (
+            "no ties",
+            (a, np.array([1.0, 4.0, 2.0, 3.0, 5.0])),
+            "correlate the ranks of a and b, not their values",
+        ),
+        (
+            "a monotone but curved relation",
+            (a, a**3),
+            "rho is 1 for any increasing relation: rank before correlating",
+        ),
+        (
+            "tied distances",
+            (np.array([1.0, 1.0, 2.0, 2.0, 3.0, 0.5]), np.array([0.2, 0.1, 0.4, 0.3, 0.6, 0.0])),
+            (
+                "tied values share the mean of the ranks they span (scipy.stats.rankdata or pandas' rank), "
+                "not the order argsort happens to give them"
+            ),
+        ),
+    ]
+    run_cases(
+        "spearman_rho",
+        lambda x, y: float(spearman_rho(x, y)),
+        [Case(name, args, spearman(*args), why) for name, args, why in cases],
+    )

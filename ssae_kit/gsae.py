@@ -490,14 +490,17 @@ def _training_or_specialization(rows: Sequence[dict[str, Any]]) -> str:
     gain = (
         f"Fine-tuning on the general pool (`none`) buys {100 * min(shares):.0f}% to {100 * max(shares):.0f}% "
         "of `dense`'s in-domain gain over the GSAE: "
-        + ("most of it is more training, not the subdomain's data" if min(shares) >= 0.5 else "not most of it")
+        + (
+            "most of it is more training, not the subdomain's data"
+            if min(shares) >= 0.5
+            else "not most of it"
+        )
         if len(shares) == len(rows)
         else "At some share `dense` does not beat its GSAE in domain"
     )
     cost = all(r["dense_vs_none_ood_low"] > 0 for r in rows)
-    return (
-        f"{gain}. Out of domain, `dense` − `none` is {min(ood):+.3f} to {max(ood):+.3f} nats: "
-        + ("specializing costs general text at every share." if cost else "not a cost at every share.")
+    return f"{gain}. Out of domain, `dense` − `none` is {min(ood):+.3f} to {max(ood):+.3f} nats: " + (
+        "specializing costs general text at every share." if cost else "not a cost at every share."
     )
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "plot_curves",
     "plot_domains",
     "plot_embedding_map",
+    "plot_feature_recovery",
     "plot_grouped_bars",
     "plot_histograms",
     "plot_leaf_map",
@@ -79,6 +80,29 @@ def plot_norm_histogram(norms: torch.Tensor | np.ndarray, layer: int, model: str
     ax.set_ylabel("number of tokens")
     ax.set_title(f"{model}: activation norms after block {layer}")
     ax.legend()
+    return fig
+
+
+def plot_feature_recovery(recovery: dict[str, torch.Tensor | np.ndarray], threshold: float = 0.9) -> Figure:
+    """One line per SAE: each true feature's best cosine with a decoder direction, sorted from best
+    to worst (notebook 00's toy), with the threshold counted as "recovered" marked."""
+    fig = NotebookFigure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    for label, values in recovery.items():
+        values = np.sort(np.asarray(values, dtype=np.float64))[::-1]
+        ax.plot(
+            np.arange(1, len(values) + 1),
+            values,
+            marker=".",
+            label=f"{label}: {int((values > threshold).sum())} above {threshold:g}",
+        )
+    ax.axhline(threshold, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("true feature (sorted by how well it is recovered)")
+    ax.set_ylabel("best cosine with a decoder direction")
+    lowest = min(float(np.min(np.asarray(v, dtype=np.float64))) for v in recovery.values())
+    ax.set_ylim(min(lowest, threshold) - 0.05, 1.01)
+    ax.set_title("Which true features did the SAE find?")
+    ax.legend(fontsize=8)
     return fig
 
 

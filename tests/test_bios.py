@@ -348,6 +348,8 @@ def test_too_few_bios_names_each_short_group_and_the_counts(bios):
     both = r"'male professor' has 50 bios, needs 60; 'female nurse' has 50 bios, needs 60"
     with pytest.raises(ValueError, match=both):
         make_splits(bios, n_train_per_group=40, n_test_per_group=10)
+    with pytest.raises(ValueError, match="notebook 05: n_a_per_group \\+ n_b_per_group.*n_bios"):
+        make_splits(bios, n_train_per_group=40, n_test_per_group=10)
     with pytest.raises(ValueError, match="'female professor' has 0 bios"):
         make_splits([b for b in bios if group_of(b) != "female professor"], 5, 5)
 

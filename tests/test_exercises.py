@@ -56,7 +56,7 @@ def _exercises(
 EXERCISES = [(stem, *ex) for stem in PRESET for ex in _exercises(stem)]
 
 
-def test_notebooks_01_to_05_have_two_to_four_exercises_each_and_every_checker_is_used():
+def test_every_notebook_has_two_to_four_exercises_and_every_checker_is_used():
     per_notebook = {stem: len(_exercises(stem)) for stem in PRESET}
     assert all(2 <= n <= 4 for n in per_notebook.values()), per_notebook
     assert sorted(f"check_{name}" for _, name, *_ in EXERCISES) + ["hint"] == sorted(exercises.__all__)
@@ -190,11 +190,26 @@ def _without_error_term(sae, resid, keep, metric):
     return (grad * f.detach() * keep[..., None]).sum((0, 1)) / len(resid)
 
 
+def _ev_around_zero(x, x_hat):
+    return float(1 - (x - x_hat).pow(2).sum() / x.pow(2).sum())
+
+
+def _recovered_from_clean(ce_clean, ce_sae, ce_zero):
+    return (ce_sae - ce_clean) / (ce_zero - ce_clean)
+
+
+def _recovered_clipped(ce_clean, ce_sae, ce_zero):
+    return max(0.0, (ce_zero - ce_sae) / (ce_zero - ce_clean))
+
+
 def _raises(*args):
     raise IndexError("index 9 is out of bounds")
 
 
 WRONG = [
+    ("explained_variance", _ev_around_zero, "the mean token", "the baseline is the mean token"),
+    ("ce_loss_recovered", _recovered_from_clean, "as good as the clean", "from the zero-ablated end"),
+    ("ce_loss_recovered", _recovered_clipped, "worse than zero-ablation", "do not clip"),
     (
         "centroid_scores",
         _unnormalised_centroid,
@@ -311,17 +326,6 @@ def test_student_exercise_cells_skip_the_stubs_and_pass_with_the_solutions_injec
     assert [line.split(":")[0] for line in solved.splitlines()] == [f"✓ {n}" for n in names]
 
 
-def test_the_student_copy_of_notebook_01_runs_end_to_end_with_its_stubs(tmp_path):
-    params = {**SMOKE["01_retrieval"], "run_dir": str(tmp_path / "01_retrieval")}
-    nb = workshop.student_copy(NOTEBOOKS_DIR / "01_retrieval.ipynb", params)
-    nbclient.NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}
-    ).execute()
-    printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-    assert printed.count("not written yet") == len(_exercises("01_retrieval"))
-    assert RunLayout(tmp_path / "01_retrieval").read_metrics()["rows"]
-
-
 def test_make_workshop_writes_student_copies_and_solutions_html_into_an_ignored_folder(tmp_path, monkeypatch):
     repo = NOTEBOOKS_DIR.parent
     make = (repo / "Makefile").read_text()
@@ -340,6 +344,32 @@ def test_make_workshop_writes_student_copies_and_solutions_html_into_an_ignored_
         )
     html = (tmp_path / "solutions" / "03_term_vs_erm.html").read_text()
     assert "logsumexp" in html and "write tilted_loss, then run" not in html  # the solutions, revealed
+    assert "Solution to exercise 3.1" in html and "Solution to exercise 3.2" in html
+
+
+def test_make_workshop_execute_hands_out_the_solved_copies_with_their_outputs(tmp_path, monkeypatch, capsys):
+    ran = []
+
+    def fake_execute(nb):  # stands in for a run on the preset: it records the copy and leaves an output
+        ran.append(nb)
+        cell = next(c for c in nb.cells if "solution" in c.metadata.get("tags", []))
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"ran solved copy {len(ran)}")]
+        return 2.0
+
+    monkeypatch.setattr(workshop, "execute", fake_execute)
+    monkeypatch.setattr("sys.argv", ["workshop.py", "--out", str(tmp_path), "--execute"])
+    workshop.main()
+    assert len(ran) == len(PRESET)
+    for nb in ran:  # solved, with the preset injected
+        assert not any(
+            "NotImplementedError" in c.source for c in nb.cells if "solution" in c.metadata.get("tags", [])
+        )
+        assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    html = (tmp_path / "solutions" / "00_quickstart.html").read_text()
+    assert "ran solved copy 1" in html and "Solution to exercise 0.1" in html
+    assert (
+        f"All {len(PRESET)} notebooks ran in {2.0 * len(PRESET) / 60:.1f} minutes." in capsys.readouterr().out
+    )
 
 
 def test_a_preset_key_a_notebook_does_not_declare_is_refused_naming_key_notebook_and_parameters(tmp_path):
@@ -391,7 +421,7 @@ def test_hints_are_progressive_per_exercise_and_the_last_repeats(capsys):
     assert [line.split(" for ")[0] for line in lines] == ["Hint 1/3", "Hint 2/3", "Hint 3/3", "Hint 3/3"]
     assert "ReLU" not in lines[0] and "f = ReLU((x - b_dec) W_enc + b_enc)" in lines[2]
     assert lines[-1].endswith("(that was the last hint)")
-    with pytest.raises(ValueError, match="No exercise '9.9': the exercises are 1.1, 1.2"):
+    with pytest.raises(ValueError, match="No exercise '9.9': the exercises are 0.1, 0.2, 0.3, 0.4, 1.1"):
         exercises.hint("9.9")
 
 
@@ -421,3 +451,50 @@ def test_a_fill_budget_mistake_is_told_in_the_learners_terms(capsys):
     exercises.check_fill_budget(_stop_at_first_overflow)
     out = capsys.readouterr().out
     assert "you took 1 document [0] where 3 documents [0, 2, 3] fit" in out, out
+
+
+WORKSHOP_ORDER = sorted(PRESET)  # 00 to 06: each reads the runs of the ones before it
+
+
+def test_every_student_copy_runs_to_the_end_on_the_workshop_preset_then_passes_with_the_solutions(tmp_path):
+    """As a workshop runs them: 00-06 in order on notebooks/workshop.yaml, each student copy to its
+    last cell with every exercise unfilled (each check cell says "not written yet", nothing later
+    crashes); then, in the same kernel, the reference solutions and their checks run and all pass.
+    A second full run with the solutions in would add nothing the kernel does not already show: no
+    cell outside an exercise uses an exercise's function
+    (test_exercise_functions_are_not_used_by_the_rest_of_the_notebook)."""
+    assert WORKSHOP_ORDER == [p.stem for p in sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))]
+    for stem in WORKSHOP_ORDER:
+        params = {**PRESET[stem], "run_dir": str(tmp_path / stem)}
+        nb = workshop.student_copy(NOTEBOOKS_DIR / f"{stem}.ipynb", params)
+        n_cells = len(nb.cells)
+        for _, _, solution, check in _exercises(stem):
+            nb.cells += [nbformat.v4.new_code_cell(solution.source), check]
+        workshop.execute(nb)
+        printed = lambda cells: [
+            "".join(o.get("text", "") for o in c.get("outputs", [])).strip()
+            for c in cells
+            if "exercise" in c.metadata.get("tags", [])
+            and "solution" not in c.metadata["tags"]
+            and "check_" in c.source
+        ]
+        names = [name for s, name, *_ in EXERCISES if s == stem]
+        unfilled, solved = printed(nb.cells[:n_cells]), printed(nb.cells[n_cells:])
+        assert [line[: len(f"… {n}: not written yet")] for line, n in zip(unfilled, names, strict=True)] == [
+            f"… {n}: not written yet" for n in names
+        ], stem
+        assert [line[: len(f"✓ {n}: all")] for line, n in zip(solved, names, strict=True)] == [
+            f"✓ {n}: all" for n in names
+        ], stem
+        assert RunLayout(tmp_path / stem).metrics.exists(), f"{stem} did not reach its last cell"
+
+
+def test_the_solutions_handout_marks_each_solution_under_its_exercise_number():
+    nb = nbformat.read(NOTEBOOKS_DIR / "00_quickstart.ipynb", as_version=4)
+    n_solutions = sum("solution" in c.metadata.get("tags", []) for c in nb.cells)
+    marked = workshop.mark_solutions(nb).cells
+    banners = [c.source.split("**")[1] for c in marked if c.source.startswith("**Solution")]
+    assert banners == [f"Solution to exercise 0.{i}" for i in range(1, n_solutions + 1)]
+    for i, cell in enumerate(marked):
+        if "solution" in cell.metadata.get("tags", []):
+            assert marked[i - 1].source.startswith("**Solution to exercise")

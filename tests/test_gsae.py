@@ -187,7 +187,9 @@ def test_check_convergence_on_a_toy_fine_tunes_on_its_own_data_and_measures_the_
     )
     tuned = SAE.load(tmp_path / "ft")
     direct = evaluate(tuned, model, tok, docs, 1, baseline=base.metrics, **kw)
-    assert conv.finetune_ce["estimate"] == pytest.approx(direct.metrics["ce_sae"] - base.metrics["ce_sae"], abs=1e-8)
+    assert conv.finetune_ce["estimate"] == pytest.approx(
+        direct.metrics["ce_sae"] - base.metrics["ce_sae"], abs=1e-8
+    )
     assert conv.finetune_ce["low"] <= conv.finetune_ce["estimate"] <= conv.finetune_ce["high"]
     assert conv.finetune_tokens == 1024 and math.isnan(conv.mse_drop) == (len(trained.log) < 4)
 
@@ -239,7 +241,10 @@ def _sweep_row(reached, dense_none_in, dense_gsae_in, none_gsae_in, dense_none_o
 
 
 def test_the_sweep_reading_says_the_claims_hold_only_when_the_numbers_show_them():
-    rare_pays = [_sweep_row(0.0, -0.20, -0.30, -0.10, 0.05, True), _sweep_row(0.2, -0.05, -0.30, -0.25, 0.05, True)]
+    rare_pays = [
+        _sweep_row(0.0, -0.20, -0.30, -0.10, 0.05, True),
+        _sweep_row(0.2, -0.05, -0.30, -0.25, 0.05, True),
+    ]
     claim1, claim2, source, converged = sweep_reading(rare_pays)
     assert claim1.endswith("It holds at 2 of 2 shares: the claim holds.")
     assert claim2.endswith("larger at the rare share, with intervals apart: the claim holds.")

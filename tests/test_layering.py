@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ssae_kit"
 # bio_templates holds bios' sentence templates, so it sits just before bios.
 # intervals holds the bootstrap every stage's comparisons share, so it comes first.
 # tracin reranks retrieval's candidates with SAEs and short training runs, so it follows train.
+# toy (notebook 00's superposition primer) writes a store and scores an SAE's decoder; it sits with evals.
 # gsae (the GSAE recipe, its convergence test, the rarity sweep) trains and evaluates, so it follows evals.
 ORDER = (
     "intervals",
@@ -31,6 +32,7 @@ ORDER = (
     "train",
     "tracin",
     "evals",
+    "toy",
     "gsae",
     "features",
     "viz",

@@ -75,6 +75,17 @@ def _check_00_quickstart(m: dict, params: dict) -> None:
     assert m["n_tokens"] == params["max_tokens"]
     assert 0 < m["norm_mean"] <= m["norm_max"] < 12 * m["norm_mean"]  # sinks > 10x median dropped
     assert m["n_outliers_dropped"] >= 0
+    toy = m["toy"]  # the primer
+    assert toy["n_features"] == 32 and toy["d"] == 8 and 1.9 < toy["true_l0"] < 2.1
+    assert sorted(toy["saes"]) == sorted(
+        str(c) for c in params.get("toy_sparsity_coefficients", [3.0, 0.3, 1.0])
+    )
+    assert all(0 <= t["recovered"] <= 32 and t["l0"] > 0 for t in toy["saes"].values())
+    g = m["gsae_metrics"]  # the shipped GSAE spliced into the embedded model
+    assert g["ce_clean"] < g["ce_sae"] < g["ce_mean"] < g["ce_zero"] and 0.8 < g["ce_loss_recovered"] < 1
+    assert g["ce_loss_recovered"] == pytest.approx(
+        (g["ce_zero"] - g["ce_sae"]) / (g["ce_zero"] - g["ce_clean"])
+    )
     # norm_scale = sqrt(d / E||x||^2) <= sqrt(d) / E||x|| (Jensen), equal only if every norm were the same
     assert 0.5 * 576**0.5 / m["norm_mean"] < m["norm_scale"] <= 576**0.5 / m["norm_mean"] * (1 + 1e-6)
 
