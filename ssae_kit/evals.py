@@ -65,6 +65,8 @@ __all__ = [
     "interval_over_seeds",
     "matched_l0_pair",
     "paired_over_seeds",
+    "rare_max_error_reading",
+    "shift_reading",
     "ssae_only_latents",
     "tail_coverage",
     "tail_coverage_difference",
@@ -193,7 +195,7 @@ def evaluate_store(
     device = sae.W_dec.device
     for x, tokens in store.batches(batch_size, shuffle=False, with_tokens=True, normalize=False):
         acc.add(x.to(device), tokens[:, 0])
-    return acc.result(dense_threshold)
+    return _with_health(acc.result(dense_threshold), sae, store.layer)
 
 
 @torch.no_grad()
@@ -221,6 +223,8 @@ def evaluate(
     check_ctx_len(model, ctx_len)
     check_max_norm_multiple(max_norm_multiple)
     check_documents(docs)
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer (windows per forward pass).")
     if max_contexts is not None and not (isinstance(max_contexts, int) and max_contexts >= 1):
         raise ValueError(
             f"max_contexts={max_contexts!r} must be a positive integer (windows evaluated), or None for all."
@@ -312,10 +316,15 @@ def evaluate(
         ce_sae=doc_ce["sae"].numpy(),
         ce_clean=doc_ce["clean"].numpy(),
     )
+    return _with_health(result, sae, layer)
+
+
+def _with_health(result: EvalResult, sae: SAE, layer: int) -> EvalResult:
+    """`result` with its health warnings recorded in its metrics and raised as warnings."""
     result.metrics["health_warnings"] = health_warnings(result.metrics)
     for message in result.metrics["health_warnings"]:
         warnings.warn(
-            f"Unhealthy SAE ({sae.cfg.model_name or 'model?'}, layer {layer}): {message}", stacklevel=2
+            f"Unhealthy SAE ({sae.cfg.model_name or 'model?'}, layer {layer}): {message}", stacklevel=3
         )
     return result
 
@@ -671,6 +680,44 @@ def error_by_rank(result: EvalResult, n_buckets: int = 8) -> dict[str, list[floa
         mean.append(float(errs.mean()) if len(errs) else math.nan)
         mx.append(float(errs.max()) if len(errs) else math.nan)
     return dict(rank_edges=edges.tolist(), mean_error=mean, max_error=mx)
+
+
+def shift_reading(
+    values: dict[str, np.ndarray], a: str, b: str, what: str, expect: Literal["higher", "lower"]
+) -> str:
+    """One sentence comparing two SAEs' distributions of `what` (median and 99th percentile), and
+    whether `a`'s median sits on the `expect` side of `b`'s, as the paper expects; computed, never
+    assumed. Medians within 1% of each other count as no shift."""
+    x, y = (np.asarray(values[k], dtype=np.float64) for k in (a, b))
+    if not (len(x) and len(y)):
+        return f"{what}: no values to compare for {a} and {b}."
+    (mx, px), (my, py) = ((float(np.median(v)), float(np.percentile(v, 99))) for v in (x, y))
+    side = "no shift" if abs(mx - my) <= 0.01 * max(abs(my), 1e-12) else ("higher" if mx > my else "lower")
+    verdict = (
+        "as the paper expects"
+        if side == expect
+        else "no clear shift"
+        if side == "no shift"
+        else "not as the paper expects"
+    )
+    return (
+        f"{what}: median {mx:.3g} for {a} vs {my:.3g} for {b}, 99th percentile {px:.3g} vs {py:.3g}; "
+        f"{a}'s median is {side if side != 'no shift' else 'about the same'} ({verdict})."
+    )
+
+
+def rare_max_error_reading(by_rank: dict[str, dict[str, list[float]]], a: str, b: str) -> str:
+    """Whether `a` lowers the worst-token error over the rarer half of the frequency-rank buckets
+    (`error_by_rank`) against `b`: what TERM is meant to do."""
+    half = lambda r: [v for v in r["max_error"][len(r["max_error"]) // 2 :] if math.isfinite(v)]
+    ea, eb = half(by_rank[a]), half(by_rank[b])
+    if not (ea and eb):
+        return "Too few token ranks to compare the worst-token error at the rare end."
+    ma, mb = float(np.mean(ea)), float(np.mean(eb))
+    return (
+        f"Over the rarer half of token ranks, the worst-token error averages {ma:.3g} for {a} and {mb:.3g} "
+        f"for {b}: {a} " + ("flattens the max curve here." if ma < mb else "does not flatten it here.")
+    )
 
 
 def decoder_cosines(W_a: torch.Tensor, W_b: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from typing import Literal
 
 import numpy as np
 
-from .corpora import Document, corpus_checksum
+from .corpora import Document, check_documents, corpus_checksum
 from .intervals import MIN_DOCS, Difference, bootstrap_interval
 from .io import RunLayout, atomic_write_bytes, atomic_write_json, cache_dir, npy_bytes, read_jsonl
 
@@ -252,6 +252,11 @@ def select(
         raise ValueError(f"Unknown strategy {strategy!r}; use one of {STRATEGIES}.")
     if not seeds:
         raise ValueError("The seed set is empty: give at least one example document of the subdomain.")
+    if blank := [i for i, d in enumerate(check_documents(seeds)) if not d.text.strip()]:
+        raise ValueError(
+            f"Seed(s) {blank} have no text: dense retrieval would rank the pool by the embedding of an "
+            "empty string. Drop them or give their text."
+        )
     if combine not in ("max", "mean"):
         raise ValueError(f"combine={combine!r} must be 'max' or 'mean'.")
     if strategy == "seed_only":

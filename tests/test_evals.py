@@ -460,5 +460,56 @@ def test_evaluate_refuses_bad_windows_and_thresholds_before_any_work(tiny, docs,
     model, tok = tiny
     with pytest.raises(ValueError, match=r"max_contexts=0 must be a positive integer"):
         evaluate(identity_sae(32), model, tok, docs, 1, ctx_len=16, max_contexts=0)
+    for bad in (0, -1):  # -1 once evaluated nothing and blamed the documents
+        with pytest.raises(ValueError, match=rf"batch_size={bad} must be a positive integer \(windows per"):
+            evaluate(identity_sae(32), model, tok, docs, 1, ctx_len=16, batch_size=bad)
     with pytest.raises(ValueError, match=r"max_norm_multiple=-1 must be a positive number"):
         evaluate(identity_sae(32), model, tok, docs, 1, ctx_len=16, max_norm_multiple=-1)
+
+
+def test_evaluate_store_flags_an_sae_with_nan_weights_as_evaluate_does(tiny, docs, tmp_path):
+    from ssae_kit import cache_activations
+
+    model, tok = tiny
+    store = cache_activations(model, tok, docs, 1, tmp_path, ctx_len=16)
+    sae = SAE(SAEConfig(d_in=32, d_sae=8), seed=0)
+    with torch.no_grad():
+        sae.W_enc.fill_(float("nan"))
+    with pytest.warns(UserWarning, match=r"Unhealthy SAE .*explained_variance.* are NaN"):
+        metrics = evaluate_store(sae, store).metrics
+    assert any("are NaN" in w for w in metrics["health_warnings"])
+    healthy = SAE(SAEConfig(d_in=32, d_sae=8, norm_scale=store.norm_scale), seed=0)
+    assert not any("NaN" in w for w in evaluate_store(healthy, store).metrics["health_warnings"])
+
+
+def test_shift_reading_says_whether_the_shift_is_the_expected_one_computed_not_assumed():
+    from ssae_kit.evals import shift_reading
+
+    values = {
+        "TERM": np.array([1.0, 2.0, 3.0]),
+        "ERM": np.array([2.0, 3.0, 4.0]),
+        "same": np.array([2.0, 3.0, 4.0]),
+    }
+    lower = shift_reading(values, "TERM", "ERM", "entropy", expect="lower")
+    assert lower.startswith("entropy: median 2 for TERM vs 3 for ERM") and lower.endswith(
+        "is lower (as the paper expects)."
+    )
+    assert shift_reading(values, "TERM", "ERM", "peak", expect="higher").endswith(
+        "(not as the paper expects)."
+    )
+    assert shift_reading(values, "same", "ERM", "x", expect="lower").endswith(
+        "about the same (no clear shift)."
+    )
+
+
+def test_rare_max_error_reading_compares_the_worst_error_over_the_rarer_half_of_ranks():
+    from ssae_kit.evals import rare_max_error_reading
+
+    by_rank = {
+        "TERM": dict(max_error=[9.0, 9.0, 2.0, 3.0]),  # worse on frequent tokens, better on rare ones
+        "ERM": dict(max_error=[1.0, 1.0, 4.0, math.nan]),
+    }
+    assert rare_max_error_reading(by_rank, "TERM", "ERM").endswith(
+        "averages 2.5 for TERM and 4 for ERM: TERM flattens the max curve here."
+    )
+    assert rare_max_error_reading(by_rank, "ERM", "TERM").endswith("ERM does not flatten it here.")

@@ -245,6 +245,10 @@ def test_index_from_another_encoder_or_pool_is_refused(tmp_path, embedder, pool)
 def test_bad_selection_requests_name_the_fix(pool, seeds, tiny, tmp_path):
     with pytest.raises(ValueError, match="seed set is empty"):
         select(pool, [], "dense", 100, tiny[1])
+    with pytest.raises(ValueError, match=r"Seed\(s\) \[1\] have no text: .*embedding of an empty string"):
+        select(pool, [seeds[0], Document("  \n", "tech", "blank")], "dense", 100, tiny[1])
+    with pytest.raises(TypeError, match="wrap texts as"):
+        select(pool, ["a seed as a string"], "dense", 100, tiny[1])
     with pytest.raises(ValueError, match="smaller than every candidate.*raise the budget"):
         select(pool, seeds, "bm25", 3, tiny[1])
     with pytest.raises(

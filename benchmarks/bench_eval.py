@@ -1,0 +1,127 @@
+"""Where `evals.evaluate`'s time goes, against a bare Hugging Face forward and the machine's matmul peak.
+
+Prints, measured in one run on the same held-out windows and batch size:
+- tokens/s of `evaluate` for one SAE with the baseline reused (one spliced forward per batch) and of a
+  bare forward with labels; their ratio (1.0 would be evaluation at the model's speed);
+- the bare forward's GFLOP/s (2 x the parameters each token passes through, LM head included) against
+  the fp32 matmul peak measured here (a 2048^3 product);
+- the cost split of the bare forward: the prefix up to the hooked layer, the later blocks, and the LM
+  head with the loss; and the SAE's own encode/decode on those tokens.
+Run: `.venv/bin/python benchmarks/bench_eval.py [--windows 48] [--layer 6] [--threads 2]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from ssae_kit import evaluate, load_corpus, load_model
+from ssae_kit.corpora import heldout_split, tokenize_contexts
+from ssae_kit.models import forward_to_layer
+from ssae_kit.sae import load_pretrained
+
+
+def seconds(fn, repeats: int = 1) -> float:
+    """Best wall time of `repeats` calls after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_peak_gflops(n: int = 2048) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / seconds(lambda: a @ b, repeats=5) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--windows", type=int, default=48, help="held-out windows of ctx_len tokens")
+    parser.add_argument("--layer", type=int, default=6)
+    parser.add_argument("--ctx-len", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8, help="evaluate's default")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model, tok = load_model("smollm2-135m", device="cpu")
+    sae = load_pretrained("ssae-kit", "smollm2-135m-l6-tech1")
+    _, heldout = heldout_split(load_corpus("bbc-news"))
+    docs = heldout[:40]
+    ctx = tokenize_contexts(docs, tok, args.ctx_len, max_contexts=args.windows)
+    n_tokens = int(ctx.attention_mask.sum())
+    batches = [slice(i, i + args.batch_size) for i in range(0, len(ctx.input_ids), args.batch_size)]
+    kw = dict(ctx_len=args.ctx_len, max_contexts=args.windows, batch_size=args.batch_size)
+
+    base = evaluate(sae, model, tok, docs, args.layer, **kw).metrics
+    t_eval = seconds(lambda: evaluate(sae, model, tok, docs, args.layer, baseline=base, **kw))
+
+    @torch.inference_mode()
+    def bare():
+        for sl in batches:
+            ids, mask = ctx.input_ids[sl], ctx.attention_mask[sl]
+            model(
+                input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100), use_cache=False
+            )
+
+    @torch.inference_mode()
+    def prefix():
+        return [
+            forward_to_layer(model, ctx.input_ids[sl], args.layer, ctx.attention_mask[sl]) for sl in batches
+        ]
+
+    @torch.inference_mode()
+    def final_hidden():
+        return [
+            model.model(input_ids=ctx.input_ids[sl], attention_mask=ctx.attention_mask[sl], use_cache=False)[
+                0
+            ]
+            for sl in batches
+        ]
+
+    t_bare, t_prefix = seconds(bare), seconds(prefix)
+    resid, hidden = prefix(), final_hidden()
+
+    @torch.inference_mode()
+    def head_and_loss():
+        for h, sl in zip(hidden, batches):
+            logits = model.lm_head(h)
+            torch.nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1), ctx.input_ids[sl][:, 1:].flatten()
+            )
+
+    @torch.inference_mode()
+    def sae_pass():
+        for r in resid:
+            sae(r)
+
+    t_head, t_sae = seconds(head_and_loss), seconds(sae_pass)
+    t_later = t_bare - t_prefix - t_head
+    n_embed = model.get_input_embeddings().weight.numel()
+    per_token = 2 * (sum(p.numel() for p in model.parameters()) - n_embed + model.lm_head.weight.numel())
+    gflops = per_token * n_tokens / t_bare / 1e9
+    peak = matmul_peak_gflops()
+
+    print(
+        f"{n_tokens:,} tokens in {len(ctx.input_ids)} windows of {args.ctx_len}, batch {args.batch_size}, {args.threads} threads"
+    )
+    print(f"evaluate (one SAE, baseline reused): {n_tokens / t_eval:8.0f} tokens/s")
+    print(f"bare forward with labels:            {n_tokens / t_bare:8.0f} tokens/s")
+    print(
+        f"ratio evaluate / bare forward:       {t_bare / t_eval:8.2f}  (1.0: evaluation at the model's speed)"
+    )
+    print(
+        f"bare forward: {gflops:.0f} GFLOP/s; fp32 matmul peak here {peak:.0f} GFLOP/s; ratio {gflops / peak:.2f}"
+    )
+    print("cost split of the bare forward:")
+    for name, t in (("prefix to the layer", t_prefix), ("later blocks", t_later), ("LM head + loss", t_head)):
+        print(f"  {name:<22} {t:6.2f} s  {t / t_bare:5.1%}")
+    print(f"  {'SAE encode + decode':<22} {t_sae:6.2f} s  {t_sae / t_bare:5.1%} (of a bare forward)")
+
+
+if __name__ == "__main__":
+    main()
