@@ -1,8 +1,9 @@
 """Where `evals.evaluate`'s time goes, against a bare Hugging Face forward and the machine's matmul peak.
 
 Prints, measured in one run on the same held-out windows and batch size:
-- tokens/s of `evaluate` for one SAE with the baseline reused (one spliced forward per batch) and of a
-  bare forward with labels; their ratio (1.0 would be evaluation at the model's speed);
+- tokens/s of `evaluate` for one SAE with the baseline reused (one spliced forward per batch), with the
+  model's forward in fp32 and in bf16 (autocast; `precision="auto"` picks it where bf16 is native), and
+  of a bare fp32 forward with labels; their ratios (1.0: evaluation at the model's speed);
 - the bare forward's GFLOP/s (2 x the parameters each token passes through, LM head included) against
   the fp32 matmul peak measured here (a 2048^3 product);
 - the cost split of the bare forward: the prefix up to the hooked layer, the later blocks, and the LM
@@ -57,8 +58,11 @@ def main() -> None:
     batches = [slice(i, i + args.batch_size) for i in range(0, len(ctx.input_ids), args.batch_size)]
     kw = dict(ctx_len=args.ctx_len, max_contexts=args.windows, batch_size=args.batch_size)
 
-    base = evaluate(sae, model, tok, docs, args.layer, **kw).metrics
-    t_eval = seconds(lambda: evaluate(sae, model, tok, docs, args.layer, baseline=base, **kw))
+    t_eval = {}
+    for precision in ("fp32", "bf16"):  # "auto" is bf16 where the hardware runs it natively
+        kw["precision"] = precision
+        base = evaluate(sae, model, tok, docs, args.layer, **kw).metrics
+        t_eval[precision] = seconds(lambda: evaluate(sae, model, tok, docs, args.layer, baseline=base, **kw))  # noqa: B023
 
     @torch.inference_mode()
     def bare():
@@ -109,11 +113,13 @@ def main() -> None:
     print(
         f"{n_tokens:,} tokens in {len(ctx.input_ids)} windows of {args.ctx_len}, batch {args.batch_size}, {args.threads} threads"
     )
-    print(f"evaluate (one SAE, baseline reused): {n_tokens / t_eval:8.0f} tokens/s")
-    print(f"bare forward with labels:            {n_tokens / t_bare:8.0f} tokens/s")
+    for precision, t in t_eval.items():
+        print(f"evaluate {precision} (one SAE, baseline reused): {n_tokens / t:8.0f} tokens/s")
+    print(f"bare fp32 forward with labels:           {n_tokens / t_bare:8.0f} tokens/s")
     print(
-        f"ratio evaluate / bare forward:       {t_bare / t_eval:8.2f}  (1.0: evaluation at the model's speed)"
+        f"ratio evaluate fp32 / bare forward:      {t_bare / t_eval['fp32']:8.2f}  (1.0: at the model's speed)"
     )
+    print(f"ratio evaluate bf16 / evaluate fp32:     {t_eval['fp32'] / t_eval['bf16']:8.2f}  (target >= 2)")
     print(
         f"bare forward: {gflops:.0f} GFLOP/s; fp32 matmul peak here {peak:.0f} GFLOP/s; ratio {gflops / peak:.2f}"
     )

@@ -23,6 +23,8 @@ from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 from presets import check_keys, load_preset
 
+from ssae_kit.exercises import HINTS
+
 HERE = Path(__file__).resolve().parent
 SOLUTION_TAG = "solution"
 
@@ -72,9 +74,14 @@ def mark_solutions(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
             header = cells[-1].source if cells else ""
             number = re.search(r"Exercise (\d+\.\d+)", header)
             banner = f"**Solution to exercise {number.group(1)}**" if number else "**Solution**"
+            key = (
+                f" The key line: {HINTS[number.group(1)][1][-1]}"
+                if number and number.group(1) in HINTS
+                else ""
+            )
             cells.append(
                 nbformat.v4.new_markdown_cell(
-                    f"{banner} (the kit's reference; yours may differ and still pass the check below)"
+                    f"{banner} (the kit's reference; yours may differ and still pass the check below).{key}"
                 )
             )
         cells.append(cell)

@@ -51,7 +51,16 @@ from .intervals import (
     seed_band,
     too_few,
 )
-from .models import check_ctx_len, check_layer, check_max_norm_multiple, d_model, splice
+from .models import (
+    check_ctx_len,
+    check_layer,
+    check_max_norm_multiple,
+    d_model,
+    full_precision,
+    model_precision,
+    resolve_precision,
+    splice,
+)
 from .sae import SAE
 
 __all__ = [
@@ -211,13 +220,17 @@ def evaluate(
     dense_threshold: float = 0.1,
     baseline: dict[str, Any] | None = None,
     max_norm_multiple: float | None = 10.0,
+    precision: str = "auto",
 ) -> EvalResult:
     """All metrics on `docs`: the SAE's reconstruction at `layer` and its effect on the model's loss.
 
     `baseline`: the metrics of an earlier `evaluate` on the same documents and windows; its clean
     and zero-ablation CE are reused, so each further SAE costs one full forward instead of three.
     `max_norm_multiple`: the massive-norm rule of `cache_activations` (module docstring); None
-    scores every content token.
+    scores every content token. `precision`: the model's forward in "bf16" (autocast; the SAE, the
+    statistics and the loss stay fp32) or "fp32"; "auto" is bf16 where the hardware runs it natively
+    (2.4x faster here, absolute CE within 0.003 nats and SAE-vs-SAE differences within 0.0001 of
+    fp32: docs and `tests/test_evals.py`), else fp32.
     """
     check_layer(model, layer)
     check_ctx_len(model, ctx_len)
@@ -235,12 +248,45 @@ def evaluate(
         ctx_len=ctx_len,
         max_contexts=max_contexts,
         max_norm_multiple=max_norm_multiple,
+        precision=resolve_precision(model, precision),
     )
     if baseline is not None and any(baseline.get(k) != v for k, v in text_id.items()):
         raise ValueError(
-            "The baseline was computed on other documents or windows: evaluate it on the same "
-            "docs, ctx_len, max_contexts and max_norm_multiple, or pass baseline=None."
+            "The baseline was computed on other documents, windows or precision: evaluate it on the same "
+            "docs, ctx_len, max_contexts, max_norm_multiple and precision, or pass baseline=None."
         )
+    with model_precision(model, text_id["precision"]):
+        return _evaluate(
+            sae,
+            model,
+            tokenizer,
+            docs,
+            layer,
+            ctx_len,
+            batch_size,
+            max_contexts,
+            dense_threshold,
+            baseline,
+            max_norm_multiple,
+            text_id,
+        )
+
+
+def _evaluate(
+    sae,
+    model,
+    tokenizer,
+    docs,
+    layer,
+    ctx_len,
+    batch_size,
+    max_contexts,
+    dense_threshold,
+    baseline,
+    max_norm_multiple,
+    text_id,
+) -> EvalResult:
+    """`evaluate` after its checks, inside the model's precision."""
     ctx = tokenize_contexts(docs, tokenizer, ctx_len, max_contexts=max_contexts)
     keep_all = content_mask(ctx, tokenizer)
     device = next(model.parameters()).device
@@ -260,9 +306,10 @@ def evaluate(
             nonlocal n_outliers
             scored = keep & ~_massive(resid, keep, max_norm_multiple)
             n_outliers += int((keep & ~scored).sum())
-            x_hat = acc.add(
-                resid[scored].to(sae.W_dec.dtype), ids[scored], doc[:, None].expand_as(ids)[scored.cpu()]
-            )
+            with full_precision(resid.device):  # the SAE in its own dtype, even inside a bf16 forward
+                x_hat = acc.add(
+                    resid[scored].to(sae.W_dec.dtype), ids[scored], doc[:, None].expand_as(ids)[scored.cpu()]
+                )
             out = resid.clone()
             out[scored] = x_hat.to(resid.dtype)
             return out
@@ -434,8 +481,11 @@ def compare(
         a.metrics["eval_docs"] != b.metrics["eval_docs"]
         or a.metrics["ctx_len"] != b.metrics["ctx_len"]
         or a.metrics["max_contexts"] != b.metrics["max_contexts"]
+        or a.metrics.get("precision") != b.metrics.get("precision")
     ):
-        raise ValueError("compare needs both SAEs evaluated on the same docs, ctx_len and max_contexts.")
+        raise ValueError(
+            "compare needs both SAEs evaluated on the same docs, ctx_len, max_contexts and precision."
+        )
     sa, sb = a.doc_stats, b.doc_stats
     used = sa["n_targets"] > 0
     if metric == "ce":

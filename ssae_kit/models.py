@@ -270,6 +270,51 @@ def hook_name(layer: int) -> str:
     return f"blocks.{layer}.hook_resid_post"
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+"""Precision of a model's forward in evaluation: "auto" is bf16 where bf16 matmuls are native, else fp32."""
+
+
+def bf16_native(device: torch.device | str) -> bool:
+    """Whether bf16 matrix products run natively here: a CUDA GPU that supports them, or (on Linux)
+    a CPU with avx512_bf16 or AMX. Elsewhere bf16 is emulated and no faster than fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def resolve_precision(model: PreTrainedModel, precision: str) -> str:
+    """ "fp32" or "bf16" for `precision` on this model's device; a ValueError naming the choices."""
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"precision={precision!r}; use one of {PRECISIONS} ('auto': bf16 where native, else fp32)."
+        )
+    if precision != "auto":
+        return precision
+    return "bf16" if bf16_native(next(model.parameters()).device) else "fp32"
+
+
+@contextmanager
+def model_precision(model: PreTrainedModel, precision: str) -> Iterator[None]:
+    """The model's matrix products in bf16 inside the block when `precision` is "bf16" (torch
+    autocast: weights stay fp32, the residual stream adds in fp32); unchanged for "fp32". Code
+    that must stay fp32 inside (an SAE, a loss) runs under `full_precision()`."""
+    device = next(model.parameters()).device.type
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        yield
+
+
+def full_precision(device: torch.device | str) -> torch.autocast:
+    """A block where autocast is off: an SAE spliced into a bf16 forward still computes in fp32."""
+    return torch.autocast(torch.device(device).type, enabled=False)
+
+
 MODEL_ALIASES = {"gpt2-small": "gpt2", "smollm2-135m-instruct": "smollm2-135m"}
 """TransformerLens/SAELens short names that name the same weights as another id (lower case)."""
 

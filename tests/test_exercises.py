@@ -498,3 +498,5 @@ def test_the_solutions_handout_marks_each_solution_under_its_exercise_number():
     for i, cell in enumerate(marked):
         if "solution" in cell.metadata.get("tags", []):
             assert marked[i - 1].source.startswith("**Solution to exercise")
+    key_line = next(c.source for c in marked if c.source.startswith("**Solution to exercise 0.4**"))
+    assert key_line.endswith(f"The key line: {exercises.HINTS['0.4'][1][-1]}")
