@@ -657,14 +657,16 @@ def ssae_only_latents(best_cosine: np.ndarray, peak_activation: np.ndarray, thre
     return new[np.argsort(-peak_activation[new], kind="stable")]
 
 
-def claim_reading(claim: str, d: Difference, holds_if: Literal["above", "below"]) -> str:
+def claim_reading(claim: str, d: Difference, holds_if: Literal["above", "below"], discuss: str = "") -> str:
     """A pre-registered claim read off its interval: it holds when the whole interval of `d` lies
-    above (or below) zero, and the sentence says what was measured either way."""
+    above (or below) zero, and the sentence says what was measured either way. `discuss`: a
+    question for the reader, added only when the claim was tested and did not hold."""
     if not has_interval(d.low, d.high):
         return f"{claim}: measured {d.estimate:+.3f}, but with {too_few(d.n_docs, 'samples', MIN_DOCS)}, the claim is not tested here."
     holds = d.low > 0 if holds_if == "above" else d.high < 0
     span = f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}] ({100 * d.confidence:.0f}% CI, n = {d.n_docs})"
-    return f"{claim}: measured {span}, so the claim {'holds' if holds else 'does not hold'} here."
+    reading = f"{claim}: measured {span}, so the claim {'holds' if holds else 'does not hold'} here."
+    return reading + (f" For discussion: {discuss}" if discuss and not holds else "")
 
 
 def matched_l0_pair(

@@ -41,6 +41,7 @@ __all__ = [
     "SubdomainSplit",
     "dedupe",
     "precision_difference",
+    "same_title_count",
     "select",
     "selection_report",
     "split_subdomain",
@@ -364,6 +365,13 @@ def dedupe_indices(docs: list[Document]) -> list[int]:
             seen.add(key)
             out.append(i)
     return out
+
+
+def same_title_count(docs: list[Document]) -> int:
+    """How many documents repeat an earlier document's first line (its title, case and spacing aside):
+    near-duplicates that exact `dedupe` keeps (BBC news has stories re-filed with a word changed)."""
+    titles = [re.sub(r"\s+", " ", d.text.strip().split("\n", 1)[0].lower()) for d in docs]
+    return len(titles) - len(set(titles))
 
 
 def dedupe(docs: list[Document]) -> list[Document]:

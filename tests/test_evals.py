@@ -439,6 +439,13 @@ def test_claim_reading_says_holds_only_when_the_whole_interval_is_on_the_claimed
     assert "does not hold" in claim_reading("X", d(-0.5, 2.0), "above")
     assert claim_reading("Y", d(-2.0, -0.1), "below").endswith("holds here.")
     assert "[+0.500, +2.000] (95% CI, n = 10)" in claim_reading("X", d(0.5, 2.0), "above")
+    why = "why not here?"
+    assert claim_reading("X", d(-0.5, 2.0), "above", discuss=why).endswith(
+        "does not hold here. For discussion: why not here?"
+    )
+    assert why not in claim_reading("X", d(0.5, 2.0), "above", discuss=why)  # held: nothing to discuss
+    untested = Difference("firing", 0.3, math.nan, math.nan, 0.95, 4)
+    assert why not in claim_reading("X", untested, "above", discuss=why)  # not tested: no prompt either
 
 
 def test_matched_l0_pair_picks_the_closest_l0s_inside_the_window():

@@ -319,3 +319,15 @@ def test_a_nan_or_truncated_embedding_cache_is_recomputed_not_used(embedder, doc
     with pytest.warns(UserWarning, match="Re-embedding"):
         again = embedder.embed_corpus(docs[:5], progress=False)
     np.testing.assert_allclose(again, first, atol=1e-6)
+
+
+def test_same_title_count_finds_near_duplicates_that_exact_dedupe_keeps():
+    from ssae_kit.retrieval import dedupe, same_title_count
+
+    docs = [
+        Document("Mobile multimedia slow\n\nMobiles are slow to catch on.", "tech", "a"),
+        Document("Mobile  multimedia SLOW\n\nMobiles are slow to catch on globally.", "tech", "b"),
+        Document("Another story\n\nText.", "sport", "c"),
+    ]
+    assert len(dedupe(docs)) == 3 and same_title_count(docs) == 1
+    assert same_title_count(docs[1:]) == 0
