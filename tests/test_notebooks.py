@@ -259,7 +259,7 @@ def _check_04_visualise(m: dict, params: dict) -> None:
         if claim["holds"]:
             assert claim["sentence"].endswith("the claim holds here.")
         else:  # what was measured, then a question for the class
-            assert "does not hold here. For discussion: why might TERM" in claim["sentence"]
+            assert "does not hold here. For discussion: why might SSAE-only latents" in claim["sentence"]
     executed = nbformat.read(run_dir.parent / "04_visualise.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert claim["sentence"] in printed, "the notebook does not show the claim's reading"
