@@ -255,115 +255,86 @@ def evaluate(
             "The baseline was computed on other documents, windows or precision: evaluate it on the same "
             "docs, ctx_len, max_contexts, max_norm_multiple and precision, or pass baseline=None."
         )
-    with model_precision(model, text_id["precision"]):
-        return _evaluate(
-            sae,
-            model,
-            tokenizer,
-            docs,
-            layer,
-            ctx_len,
-            batch_size,
-            max_contexts,
-            dense_threshold,
-            baseline,
-            max_norm_multiple,
-            text_id,
-        )
+    with model_precision(model, text_id["precision"]):  # the SAE and the loss stay fp32 inside
+        ctx = tokenize_contexts(docs, tokenizer, ctx_len, max_contexts=max_contexts)
+        keep_all = content_mask(ctx, tokenizer)
+        device = next(model.parameters()).device
+        acc = _Accumulator(sae, n_docs=len(docs))
+        doc_ce = {k: torch.zeros(len(docs), dtype=torch.float64) for k in ("clean", "sae", "zero", "targets")}
+        n_outliers = 0
+        resid_sum = torch.zeros(d_model(model), dtype=torch.float64)  # over scored tokens, for mean-ablation
+        n_scored = 0
+        for start in tqdm(range(0, len(ctx), batch_size), desc="evaluating", unit="batch"):
+            sl = slice(start, start + batch_size)
+            ids, mask = ctx.input_ids[sl].to(device), ctx.attention_mask[sl].to(device)
+            keep = keep_all[sl].to(device)
+            doc = ctx.doc_ids[sl]
 
-
-def _evaluate(
-    sae,
-    model,
-    tokenizer,
-    docs,
-    layer,
-    ctx_len,
-    batch_size,
-    max_contexts,
-    dense_threshold,
-    baseline,
-    max_norm_multiple,
-    text_id,
-) -> EvalResult:
-    """`evaluate` after its checks, inside the model's precision."""
-    ctx = tokenize_contexts(docs, tokenizer, ctx_len, max_contexts=max_contexts)
-    keep_all = content_mask(ctx, tokenizer)
-    device = next(model.parameters()).device
-    acc = _Accumulator(sae, n_docs=len(docs))
-    doc_ce = {k: torch.zeros(len(docs), dtype=torch.float64) for k in ("clean", "sae", "zero", "targets")}
-    n_outliers = 0
-    resid_sum = torch.zeros(d_model(model), dtype=torch.float64)  # over scored tokens, for mean-ablation
-    n_scored = 0
-    for start in tqdm(range(0, len(ctx), batch_size), desc="evaluating", unit="batch"):
-        sl = slice(start, start + batch_size)
-        ids, mask = ctx.input_ids[sl].to(device), ctx.attention_mask[sl].to(device)
-        keep = keep_all[sl].to(device)
-        doc = ctx.doc_ids[sl]
-
-        def reconstruct(resid: torch.Tensor, keep=keep, ids=ids, doc=doc) -> torch.Tensor:
-            """The spliced forward's own residual (B, T, D) feeds the statistics: no second prefix pass."""
-            nonlocal n_outliers
-            scored = keep & ~_massive(resid, keep, max_norm_multiple)
-            n_outliers += int((keep & ~scored).sum())
-            with full_precision(resid.device):  # the SAE in its own dtype, even inside a bf16 forward
-                x_hat = acc.add(
-                    resid[scored].to(sae.W_dec.dtype), ids[scored], doc[:, None].expand_as(ids)[scored.cpu()]
-                )
-            out = resid.clone()
-            out[scored] = x_hat.to(resid.dtype)
-            return out
-
-        targets = keep[:, 1:]
-        doc_ce["targets"].index_add_(0, doc, targets.sum(1).double().cpu())
-        with splice(model, layer, reconstruct):
-            doc_ce["sae"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
-        if baseline is None:
-
-            def capture(resid: torch.Tensor, keep=keep) -> torch.Tensor:
-                """The clean pass's residual at the tokens the SAE replaces, summed for the layer's mean."""
-                nonlocal resid_sum, n_scored
+            def reconstruct(resid: torch.Tensor, keep=keep, ids=ids, doc=doc) -> torch.Tensor:
+                """The spliced forward's own residual (B, T, D) feeds the statistics: no second prefix pass."""
+                nonlocal n_outliers
                 scored = keep & ~_massive(resid, keep, max_norm_multiple)
-                resid_sum += resid[scored].double().sum(0).cpu()
-                n_scored += int(scored.sum())
-                return resid
+                n_outliers += int((keep & ~scored).sum())
+                with full_precision(resid.device):  # the SAE in its own dtype, even inside a bf16 forward
+                    x_hat = acc.add(
+                        resid[scored].to(sae.W_dec.dtype),
+                        ids[scored],
+                        doc[:, None].expand_as(ids)[scored.cpu()],
+                    )
+                out = resid.clone()
+                out[scored] = x_hat.to(resid.dtype)
+                return out
 
-            with splice(model, layer, capture):
-                doc_ce["clean"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
-            with splice(model, layer, lambda r, keep=keep: replace_content(r, keep, torch.zeros_like(r))):
-                doc_ce["zero"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
-    result = acc.result(dense_threshold)
-    n_targets = max(float(doc_ce["targets"].sum()), 1.0)
-    ce = {k: float(doc_ce[k].sum()) / n_targets for k in ("clean", "sae", "zero")}
-    if baseline is None:
-        ce["mean"] = _mean_ablation_ce(
-            model, ctx, keep_all, layer, resid_sum / max(n_scored, 1), max_norm_multiple, batch_size
+            targets = keep[:, 1:]
+            doc_ce["targets"].index_add_(0, doc, targets.sum(1).double().cpu())
+            with splice(model, layer, reconstruct):
+                doc_ce["sae"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
+            if baseline is None:
+
+                def capture(resid: torch.Tensor, keep=keep) -> torch.Tensor:
+                    """The clean pass's residual at the tokens the SAE replaces, summed for the layer's mean."""
+                    nonlocal resid_sum, n_scored
+                    scored = keep & ~_massive(resid, keep, max_norm_multiple)
+                    resid_sum += resid[scored].double().sum(0).cpu()
+                    n_scored += int(scored.sum())
+                    return resid
+
+                with splice(model, layer, capture):
+                    doc_ce["clean"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
+                with splice(model, layer, lambda r, keep=keep: replace_content(r, keep, torch.zeros_like(r))):
+                    doc_ce["zero"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
+        result = acc.result(dense_threshold)
+        n_targets = max(float(doc_ce["targets"].sum()), 1.0)
+        ce = {k: float(doc_ce[k].sum()) / n_targets for k in ("clean", "sae", "zero")}
+        if baseline is None:
+            ce["mean"] = _mean_ablation_ce(
+                model, ctx, keep_all, layer, resid_sum / max(n_scored, 1), max_norm_multiple, batch_size
+            )
+        else:
+            ce["clean"], ce["zero"] = baseline["ce_clean"], baseline["ce_zero"]
+            ce["mean"] = baseline.get("ce_mean", math.nan)  # baselines saved before the kit measured it
+            doc_ce["clean"][:] = math.nan
+        gap, mean_gap = ce["zero"] - ce["clean"], ce["mean"] - ce["clean"]
+        result.metrics.update(
+            ce_clean=ce["clean"],
+            ce_sae=ce["sae"],
+            ce_zero=ce["zero"],
+            ce_mean=ce["mean"],
+            ce_delta=ce["sae"] - ce["clean"],
+            ce_loss_recovered=(ce["zero"] - ce["sae"]) / gap if gap > 0 else math.nan,
+            ce_loss_recovered_mean=(ce["mean"] - ce["sae"]) / mean_gap if mean_gap > 0 else math.nan,
+            perplexity_clean=math.exp(ce["clean"]),
+            perplexity_sae=math.exp(ce["sae"]),
+            n_outliers=n_outliers,
+            **text_id,
         )
-    else:
-        ce["clean"], ce["zero"] = baseline["ce_clean"], baseline["ce_zero"]
-        ce["mean"] = baseline.get("ce_mean", math.nan)  # baselines saved before the kit measured it
-        doc_ce["clean"][:] = math.nan
-    gap, mean_gap = ce["zero"] - ce["clean"], ce["mean"] - ce["clean"]
-    result.metrics.update(
-        ce_clean=ce["clean"],
-        ce_sae=ce["sae"],
-        ce_zero=ce["zero"],
-        ce_mean=ce["mean"],
-        ce_delta=ce["sae"] - ce["clean"],
-        ce_loss_recovered=(ce["zero"] - ce["sae"]) / gap if gap > 0 else math.nan,
-        ce_loss_recovered_mean=(ce["mean"] - ce["sae"]) / mean_gap if mean_gap > 0 else math.nan,
-        perplexity_clean=math.exp(ce["clean"]),
-        perplexity_sae=math.exp(ce["sae"]),
-        n_outliers=n_outliers,
-        **text_id,
-    )
-    result.doc_stats.update(
-        doc=np.arange(len(docs)),
-        n_targets=doc_ce["targets"].numpy(),
-        ce_sae=doc_ce["sae"].numpy(),
-        ce_clean=doc_ce["clean"].numpy(),
-    )
-    return _with_health(result, sae, layer)
+        result.doc_stats.update(
+            doc=np.arange(len(docs)),
+            n_targets=doc_ce["targets"].numpy(),
+            ce_sae=doc_ce["sae"].numpy(),
+            ce_clean=doc_ce["clean"].numpy(),
+        )
+        return _with_health(result, sae, layer)
 
 
 def _with_health(result: EvalResult, sae: SAE, layer: int) -> EvalResult:

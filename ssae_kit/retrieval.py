@@ -45,6 +45,7 @@ __all__ = [
     "select",
     "selection_report",
     "split_subdomain",
+    "title_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -367,11 +368,15 @@ def dedupe_indices(docs: list[Document]) -> list[int]:
     return out
 
 
+def title_key(doc: Document) -> str:
+    """A document's first line (its title), case and spacing aside: equal keys mark near-duplicates."""
+    return re.sub(r"\s+", " ", doc.text.strip().split("\n", 1)[0].lower())
+
+
 def same_title_count(docs: list[Document]) -> int:
-    """How many documents repeat an earlier document's first line (its title, case and spacing aside):
-    near-duplicates that exact `dedupe` keeps (BBC news has stories re-filed with a word changed)."""
-    titles = [re.sub(r"\s+", " ", d.text.strip().split("\n", 1)[0].lower()) for d in docs]
-    return len(titles) - len(set(titles))
+    """How many documents repeat an earlier document's title (`title_key`): near-duplicates that
+    exact `dedupe` keeps (BBC news has stories re-filed with a word changed)."""
+    return len(docs) - len({title_key(d) for d in docs})
 
 
 def dedupe(docs: list[Document]) -> list[Document]:
