@@ -14,6 +14,15 @@ Cases:
                   decoder) as in its Trainer: fvu loss, backward, gradient projection, Adam, renormalise
                   (skipped if sparsify is not importable; `pip install --no-deps eai-sparsify natsort schedulefree`)
 
+`--real` adds the case that matters for the shipped GSAE: real layer-6 activations of the embedded model
+(the held-out BBC documents, cached once under the kit's cache) through the shipped GSAE's weights
+(4,608 latents, ~1% firing), batch 2048 as its recipe trains:
+  real-relu        the kit's step (sparse where the batch's active share is <= SPARSE_RELU_MAX_DENSITY)
+  real-relu-dense  the same step forced dense
+  real-ref-relu    the plain-PyTorch dense step above on the same weights and normalised activations
+and prints real-relu / real-ref-relu (target >= 2). `--density` instead times sparse vs dense at
+synthetic active shares, which is how SPARSE_RELU_MAX_DENSITY was chosen.
+
 Printed ratios (targets): kit ReLU / fastest ReLU peer package (saelens-relu) >= 1.3, and for
 information kit ReLU / the plain reference (ref-relu, not a peer: no constraint bookkeeping); kit TopK /
 sparsify TopK >= 1.0; TERM step time / ERM step time <= 1.05 for ReLU and for TopK.
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import os
 import time
@@ -38,6 +48,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+import ssae_kit.sae as sae_module
 from ssae_kit.sae import SAE, SAEConfig
 from ssae_kit.train import TrainConfig, TrainState, _train_step
 
@@ -63,19 +74,28 @@ def kit_case(arch: str, term: bool, batch: int) -> Step:
     return lambda x: _train_step(sae, sae, opt, x, cfg, state, world=1)
 
 
-def ref_relu_case(batch: int) -> Step:
-    """Plain PyTorch: relu((x - b_dec) W_enc + b_enc) W_dec + b_dec, MSE + L1, Adam, unit-norm rows."""
-    g = torch.Generator().manual_seed(0)
-    W_dec = torch.randn(D_SAE, D_IN, generator=g)
-    W_dec /= W_dec.norm(dim=1, keepdim=True)
-    W_enc, W_dec = W_dec.T.clone().requires_grad_(), W_dec.requires_grad_()
-    b_enc, b_dec = torch.zeros(D_SAE, requires_grad=True), torch.zeros(D_IN, requires_grad=True)
+def ref_relu_case(batch: int, init: SAE | None = None, sparsity: float = SPARSITY) -> Step:
+    """Plain PyTorch: relu((x - b_dec) W_enc + b_enc) W_dec + b_dec, MSE + L1, Adam, unit-norm rows;
+    from `init`'s weights on normalised activations if given."""
+    if init is None:
+        g = torch.Generator().manual_seed(0)
+        W_dec = torch.randn(D_SAE, D_IN, generator=g)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        W_enc, b_enc, b_dec = W_dec.T.clone(), torch.zeros(D_SAE), torch.zeros(D_IN)
+        scale = 1.0
+    else:
+        W_enc, W_dec, b_enc, b_dec = (
+            t.detach().clone() for t in (init.W_enc, init.W_dec, init.b_enc, init.b_dec)
+        )
+        scale = init.cfg.norm_scale
+    W_enc, W_dec, b_enc, b_dec = (t.requires_grad_() for t in (W_enc, W_dec, b_enc, b_dec))
     opt = torch.optim.Adam([W_enc, b_enc, W_dec, b_dec], lr=1e-3)
 
     def step(x: torch.Tensor) -> float:
+        x = x * scale
         f = F.relu((x - b_dec) @ W_enc + b_enc)
         x_hat = f @ W_dec + b_dec
-        loss = (x_hat - x).pow(2).sum(-1).mean() + SPARSITY * f.sum(-1).mean()  # f >= 0 so |f| = f
+        loss = (x_hat - x).pow(2).sum(-1).mean() + sparsity * f.sum(-1).mean()  # f >= 0 so |f| = f
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -84,6 +104,51 @@ def ref_relu_case(batch: int) -> Step:
         return float(loss.detach())
 
     return step
+
+
+def real_relu_case(init: SAE, batch: int, limit: float | None = None) -> Step:
+    """The kit's training step from the shipped GSAE's weights, at its recipe's sparsity coefficient;
+    `limit` replaces SPARSE_RELU_MAX_DENSITY during the step (-1: always dense, 1: always sparse)."""
+    cfg = TrainConfig(
+        d_sae=init.cfg.d_sae, batch_size=batch, total_tokens=10**15, sparsity_coefficient=1.5, warmup_tokens=0
+    )
+    sae = copy.deepcopy(init)
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
+    state = TrainState(tokens_since_fired=torch.zeros(init.cfg.d_sae))
+
+    def step(x: torch.Tensor) -> object:
+        default = sae_module.SPARSE_RELU_MAX_DENSITY
+        sae_module.SPARSE_RELU_MAX_DENSITY = default if limit is None else limit
+        try:
+            return _train_step(sae, sae, opt, x, cfg, state, world=1)
+        finally:
+            sae_module.SPARSE_RELU_MAX_DENSITY = default
+
+    return step
+
+
+def real_pool(batch: int, n: int) -> tuple[list[torch.Tensor], SAE]:
+    """`n` batches of real layer-6 activations (held-out BBC, cached once) and the shipped GSAE."""
+    from ssae_kit import load_corpus, load_model
+    from ssae_kit.activations import cache_activations
+    from ssae_kit.corpora import heldout_split
+    from ssae_kit.io import cache_dir
+    from ssae_kit.sae import load_pretrained
+
+    gsae = load_pretrained("ssae-kit", "smollm2-135m-l6-tech1")
+    model, tok = load_model("smollm2-135m", device="cpu")
+    _, held = heldout_split(load_corpus("bbc-news"))
+    store = cache_activations(
+        model,
+        tok,
+        held,
+        layer=6,
+        out_dir=cache_dir("bench_train_store"),
+        max_tokens=batch * n,
+        dtype="float32",
+    )
+    pool = list(store.batches(batch, seed=0, drop_last=True, normalize=False))[:n]
+    return pool, gsae
 
 
 def saelens_case(batch: int) -> Step:
@@ -168,6 +233,31 @@ def build(name: str, batch: int) -> Step:
     raise ValueError(f"Unknown case {name!r}; pick from {ALL_CASES}.")
 
 
+def time_cases(steps: dict[str, Step], pool: list[torch.Tensor], args) -> dict[str, float]:
+    """Best tokens/s of each case over interleaved rounds, after warm-up steps."""
+    for name, step in steps.items():
+        if hasattr(step, "version"):
+            print(f"{name}: {step.version}")
+        for i in range(args.warmup):
+            step(pool[i % len(pool)])
+    best: dict[str, float] = {name: 0.0 for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for i in range(args.steps):
+                step(pool[i % len(pool)])
+            batch = len(pool[0])
+            best[name] = max(best[name], batch * args.steps / (time.perf_counter() - start))
+    return best
+
+
+def report(best: dict[str, float], batch: int) -> None:
+    print(f"\n{'case':<17}{'tokens/s':>10}{'ms/step':>10}")
+    for name, tps in best.items():
+        print(f"{name:<17}{tps:>10.0f}{1000 * batch / tps:>10.1f}")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="timed steps per case per round")
@@ -177,6 +267,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cases", default=",".join(ALL_CASES), help=f"comma-separated subset of {ALL_CASES}")
     parser.add_argument("--profile", default="", help="profile a few steps of this case instead of timing")
+    parser.add_argument("--real", action="store_true", help="the shipped GSAE on real layer-6 activations")
+    parser.add_argument("--density", action="store_true", help="sparse vs dense ReLU step by active share")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for var in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
@@ -198,29 +290,51 @@ def main() -> None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
         return
 
+    if args.density:
+        pool, gsae = real_pool(2048, 8)
+        print(f"{'b_enc shift':>12}{'active share':>14}{'sparse / dense tokens/s':>25}")
+        for shift in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5):
+            shifted = copy.deepcopy(gsae)
+            with torch.no_grad():
+                shifted.b_enc += shift
+                active = float((shifted.encode(torch.cat(pool)) > 0).float().mean())
+            steps = {
+                "sparse": real_relu_case(shifted, 2048, 1.0),
+                "dense": real_relu_case(shifted, 2048, -1.0),
+            }
+            best = time_cases(steps, pool, args)
+            print(f"{shift:>12.2f}{active:>14.4f}{best['sparse'] / best['dense']:>25.2f}")
+        return
+
+    if args.real:
+        pool, gsae = real_pool(2048, 8)
+        steps = {
+            "real-relu": real_relu_case(gsae, 2048),
+            "real-relu-dense": real_relu_case(gsae, 2048, limit=-1.0),
+            "real-ref-relu": ref_relu_case(2048, init=gsae, sparsity=1.5),
+        }
+        with torch.no_grad():
+            active = float((gsae.encode(torch.cat(pool)) > 0).float().mean())
+        print(
+            f"real layer-6 activations: {len(pool)} x 2048 tokens, d_sae {gsae.cfg.d_sae}, active share {active:.4f}"
+        )
+        best = time_cases(steps, pool, args)
+        report(best, 2048)
+        for num, den, target in [
+            ("real-relu", "real-ref-relu", ">= 2"),
+            ("real-relu", "real-relu-dense", "none: the sparse path alone"),
+        ]:
+            print(f"{num} / {den} = {best[num] / best[den]:.2f}  (target {target})")
+        return
+
     steps: dict[str, Step] = {}
     for name in [c.strip() for c in args.cases.split(",") if c.strip()]:
         try:
             steps[name] = build(name, args.batch_size)
         except ImportError as err:
             print(f"skip {name}: {err} (not installed)")
-    for name, step in steps.items():
-        if hasattr(step, "version"):
-            print(f"{name}: {step.version}")
-        for i in range(args.warmup):
-            step(pool[i % len(pool)])
-    best: dict[str, float] = {name: 0.0 for name in steps}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            for i in range(args.steps):
-                step(pool[i % len(pool)])
-            best[name] = max(best[name], args.batch_size * args.steps / (time.perf_counter() - start))
-
-    print(f"\n{'case':<15}{'tokens/s':>10}{'ms/step':>10}")
-    for name, tps in best.items():
-        print(f"{name:<15}{tps:>10.0f}{1000 * args.batch_size / tps:>10.1f}")
-    print()
+    best = time_cases(steps, pool, args)
+    report(best, args.batch_size)
 
     def ratio(label: str, num: str, dens: list[str], target: str) -> None:
         dens = [d for d in dens if d in best]

@@ -39,6 +39,9 @@ STORED_DTYPES = ("float32", "float16", "bfloat16")
 SAELENS_TOPK_DEFAULT_K = 100
 """The k SAELens' TopKSAEConfig uses when cfg.json names none; the kit reads such a file the same way."""
 _FROM_SAELENS = {v: k for k, v in _TO_SAELENS.items()}
+SPARSE_RELU_MAX_DENSITY = 0.05
+"""A ReLU forward that trains the weights goes sparse when at most this share of the batch's
+(token, latent) pairs fire; past it the dense path is faster (benchmarks/bench_train.py --density)."""
 
 
 @dataclass
@@ -179,6 +182,8 @@ class SAE(nn.Module):
             out = self._forward_topk(x_n.reshape(-1, x_n.shape[-1]))
             return ForwardOutput(*(t.reshape(*lead, *t.shape[1:]) for t in out))
         pre = self._pre(x_n)
+        if self.cfg.architecture == "relu" and self._sparse_relu_pays(x_n, pre):
+            return self._forward_relu_sparse(x_n, pre.detach())
         f = self._activate(pre)
         x_hat_n = self.decode_normalized(f)
         sq_error = (x_hat_n - x_n).pow(2).sum(-1)
@@ -189,6 +194,27 @@ class SAE(nn.Module):
         else:
             sparsity = torch.zeros_like(sq_error)
         return ForwardOutput(x_hat_n / self.cfg.norm_scale, f, sq_error, sparsity)
+
+    def _sparse_relu_pays(self, x_n: torch.Tensor, pre: torch.Tensor) -> bool:
+        """Whether a ReLU forward takes the sparse path: a batch of tokens whose weights get gradient
+        (not the input's: attribution differentiates the latents) and whose active share is low."""
+        if pre.dim() != 2 or x_n.requires_grad or not (torch.is_grad_enabled() and self.W_enc.requires_grad):
+            return False
+        return (pre > 0).sum().item() <= SPARSE_RELU_MAX_DENSITY * pre.numel()
+
+    def _forward_relu_sparse(self, x_n: torch.Tensor, pre: torch.Tensor) -> ForwardOutput:
+        """ReLU forward over the firing (token, latent) pairs only, as `_forward_topk` over its k: the
+        decoder is an embedding_bag and the encoder's backward a sparse product. Same function and
+        gradients as the dense path; feature_acts is built for reporting and carries no gradient."""
+        rows, cols = (pre > 0).nonzero(as_tuple=True)  # row-major, so each token's latents are contiguous
+        values = _SparseEncode.apply(x_n, self.W_enc, self.b_enc, self._input_bias(), pre, rows, cols)
+        offsets = torch.searchsorted(rows, torch.arange(len(x_n), device=rows.device))
+        x_hat_n = (
+            F.embedding_bag(cols, self.W_dec, offsets, per_sample_weights=values, mode="sum") + self.b_dec
+        )
+        sq_error = (x_hat_n - x_n).pow(2).sum(-1)
+        sparsity = torch.zeros(len(x_n), dtype=values.dtype, device=values.device).index_add(0, rows, values)
+        return ForwardOutput(x_hat_n / self.cfg.norm_scale, F.relu(pre), sq_error, sparsity)
 
     def _forward_topk(self, x_n: torch.Tensor) -> ForwardOutput:
         """TopK forward that exploits sparsity, as sparsify does: only B*k latents are non-zero,
@@ -421,16 +447,37 @@ class _TopKEncode(torch.autograd.Function):
     def backward(ctx, grad_values, _grad_indices):
         x, W_enc, b_dec, indices = ctx.saved_tensors
         B, k = indices.shape
-        d_sae = W_enc.shape[1]
         rows = torch.arange(B, device=x.device).repeat_interleave(k)
-        G_T = torch.sparse_coo_tensor(
-            torch.stack([indices.flatten(), rows]), grad_values.flatten(), (d_sae, B), check_invariants=False
-        )  # (d_sae, B), B*k non-zeros
-        grad_b_enc = torch.zeros(d_sae, dtype=grad_values.dtype, device=x.device)
-        grad_b_enc.index_add_(0, indices.flatten(), grad_values.flatten())
-        # dpre/dW_enc is (x - b_dec): G^T x minus the b_dec part, an outer product
-        grad_W_enc = (torch.sparse.mm(G_T, x) - grad_b_enc[:, None] * b_dec[None, :]).T.contiguous()
-        return None, grad_W_enc, grad_b_enc, -(W_enc @ grad_b_enc), None
+        grads = _sparse_encoder_grads(x, W_enc, b_dec, rows, indices.flatten(), grad_values.flatten())
+        return (None, *grads, None)
+
+
+class _SparseEncode(torch.autograd.Function):
+    """The pre-activations at given (row, col) pairs, (nnz,), with the sparse backward of `_TopKEncode`:
+    the ReLU path passes the firing pairs of a pre-activation it computed without gradient."""
+
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, b_in, pre, rows, cols):
+        ctx.save_for_backward(x, W_enc, b_in, rows, cols)
+        return pre[rows, cols]
+
+    @staticmethod
+    def backward(ctx, grad_values):
+        x, W_enc, b_in, rows, cols = ctx.saved_tensors
+        return (None, *_sparse_encoder_grads(x, W_enc, b_in, rows, cols, grad_values), None, None, None)
+
+
+def _sparse_encoder_grads(x, W_enc, b_in, rows, cols, grad) -> tuple[torch.Tensor, ...]:
+    """Gradients of W_enc, b_enc and b_in for pre = (x - b_in) W_enc + b_enc given dL/dpre at the
+    (rows, cols) pairs only: dL/dW_enc = x^T G with G sparse costs nnz*d_in, not B*d_sae*d_in."""
+    d_sae = W_enc.shape[1]
+    G_T = torch.sparse_coo_tensor(
+        torch.stack([cols, rows]), grad, (d_sae, len(x)), check_invariants=False
+    )  # (d_sae, B)
+    grad_b_enc = torch.zeros(d_sae, dtype=grad.dtype, device=x.device).index_add_(0, cols, grad)
+    # dpre/dW_enc is (x - b_in): G^T x minus the b_in part, an outer product
+    grad_W_enc = (torch.sparse.mm(G_T, x) - grad_b_enc[:, None] * b_in[None, :]).T.contiguous()
+    return grad_W_enc, grad_b_enc, -(W_enc @ grad_b_enc)
 
 
 class _JumpStep(torch.autograd.Function):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -453,3 +454,44 @@ def test_a_second_training_run_into_a_folder_in_use_fails_at_once_naming_the_fir
 def test_a_store_passed_as_a_path_names_the_fix(store):
     with pytest.raises(TypeError, match=r"needs an ActivationStore, got str.*ActivationStore\(path\)"):
         train(str(store.path), small_cfg())
+
+
+@pytest.mark.parametrize("tilt", [0.0, 1.0])
+def test_sparse_relu_step_equals_the_dense_step_on_real_activations_through_the_shipped_gsae(tmp_path, tilt):
+    """The shipped GSAE fires ~1% of its latents on real layer-6 activations, so training takes the
+    sparse path; its loss and every gradient must match the dense path's (ERM and TERM)."""
+    import ssae_kit.sae as sae_module
+    from ssae_kit import load_corpus, load_model
+    from ssae_kit.corpora import heldout_split
+    from ssae_kit.sae import load_pretrained
+    from ssae_kit.train import objective, per_token_loss
+
+    model, tok = load_model("smollm2-135m", device="cpu")
+    held = heldout_split(load_corpus("bbc-news"))[1][:8]
+    store = cache_activations(model, tok, held, layer=6, out_dir=tmp_path, max_tokens=1024, dtype="float32")
+    x = next(store.batches(1024, seed=0, normalize=False))
+    gsae = load_pretrained("ssae-kit", "smollm2-135m-l6-tech1")
+
+    def loss_and_grads(limit: float):
+        sae = copy.deepcopy(gsae)
+        original = sae_module.SPARSE_RELU_MAX_DENSITY
+        sae_module.SPARSE_RELU_MAX_DENSITY = limit
+        try:
+            out = sae(x)
+        finally:
+            sae_module.SPARSE_RELU_MAX_DENSITY = original
+        loss = objective(per_token_loss(out.sq_error, out.sparsity, 1.5), tilt, "mean")
+        loss.backward()
+        return out, loss, {n: p.grad for n, p in sae.named_parameters()}
+
+    dense, dense_loss, dense_grads = loss_and_grads(-1.0)
+    sparse, sparse_loss, sparse_grads = loss_and_grads(sae_module.SPARSE_RELU_MAX_DENSITY)
+    assert 0 < (dense.feature_acts > 0).float().mean() < sae_module.SPARSE_RELU_MAX_DENSITY
+    # the dense path's latents carry gradient, the sparse path's are built for reporting only
+    assert dense.feature_acts.requires_grad and not sparse.feature_acts.requires_grad
+    assert sparse_loss.item() == pytest.approx(dense_loss.item(), rel=1e-5)
+    torch.testing.assert_close(sparse.feature_acts, dense.feature_acts.detach())
+    torch.testing.assert_close(sparse.sae_out.detach(), dense.sae_out.detach(), rtol=1e-5, atol=1e-5)
+    for name, grad in dense_grads.items():
+        scale = grad.abs().max().item()
+        torch.testing.assert_close(sparse_grads[name], grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
