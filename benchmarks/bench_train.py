@@ -293,7 +293,7 @@ def main() -> None:
     if args.density:
         pool, gsae = real_pool(2048, 8)
         print(f"{'b_enc shift':>12}{'active share':>14}{'sparse / dense tokens/s':>25}")
-        for shift in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5):
+        for shift in (0.0, 0.5, 0.6, 0.7, 0.8, 1.0):
             shifted = copy.deepcopy(gsae)
             with torch.no_grad():
                 shifted.b_enc += shift
