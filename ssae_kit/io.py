@@ -126,6 +126,11 @@ class RunLayout:
         """One part of notebook 01's subdomain split: pool, seeds, heldout or ood."""
         return self.run_dir / f"split_{part}.jsonl"
 
+    @property
+    def split_counts(self) -> Path:
+        """What notebook 01's split left out (near-duplicates), beside its parts."""
+        return self.run_dir / "split_counts.json"
+
 
 def cache_dir(*parts: str) -> Path:
     """The kit's cache folder (env `SSAE_KIT_CACHE`, else ~/.cache/ssae_kit), created on use."""

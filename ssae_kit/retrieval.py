@@ -32,7 +32,7 @@ import numpy as np
 
 from .corpora import Document, check_documents, corpus_checksum
 from .intervals import MIN_DOCS, Difference, bootstrap_interval
-from .io import RunLayout, atomic_write_bytes, atomic_write_json, cache_dir, npy_bytes, read_jsonl
+from .io import RunLayout, atomic_write_bytes, atomic_write_json, cache_dir, npy_bytes, read_json, read_jsonl
 
 __all__ = [
     "STRATEGIES",
@@ -41,11 +41,9 @@ __all__ = [
     "SubdomainSplit",
     "dedupe",
     "precision_difference",
-    "same_title_count",
     "select",
     "selection_report",
     "split_subdomain",
-    "title_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -368,15 +366,16 @@ def dedupe_indices(docs: list[Document]) -> list[int]:
     return out
 
 
+NEAR_DUPLICATE_JACCARD = 0.4
+"""Two documents with the same `title_key` are near-duplicates when their word sets overlap at least
+this much (Jaccard). BBC news re-files stories with a word changed or a paragraph added: its 29
+same-title pairs overlap 0.49-1.0, while unrelated BBC stories overlap ~0.1-0.2, so a shared generic
+first line ("Abstract") alone removes nothing."""
+
+
 def title_key(doc: Document) -> str:
-    """A document's first line (its title), case and spacing aside: equal keys mark near-duplicates."""
+    """A document's first line (its title), case and spacing aside: equal keys flag near-duplicate candidates."""
     return re.sub(r"\s+", " ", doc.text.strip().split("\n", 1)[0].lower())
-
-
-def same_title_count(docs: list[Document]) -> int:
-    """How many documents repeat an earlier document's title (`title_key`): near-duplicates that
-    exact `dedupe` keeps (BBC news has stories re-filed with a word changed)."""
-    return len(docs) - len({title_key(d) for d in docs})
 
 
 def dedupe(docs: list[Document]) -> list[Document]:
@@ -506,11 +505,15 @@ class SubdomainSplit:
     seeds: list[Document]
     heldout: list[Document]  # in-domain, never in the pool: for evaluating SSAEs
     ood: list[Document]  # out-of-domain, never in the pool
+    near_duplicates: int = 0
+    """Documents left out of the pool because their title (`title_key`) repeats an earlier pool
+    document's, a seed's or a held-out one's: BBC re-files stories with a word changed."""
 
     def save(self, run_dir: str | Path) -> None:
         for name in ("pool", "seeds", "heldout", "ood"):
             rows = [json.dumps(asdict(d)) for d in getattr(self, name)]
             atomic_write_bytes(RunLayout(Path(run_dir)).split(name), ("\n".join(rows) + "\n").encode())
+        atomic_write_json(RunLayout(Path(run_dir)).split_counts, {"near_duplicates": self.near_duplicates})
 
     @classmethod
     def load(cls, run_dir: str | Path) -> SubdomainSplit:
@@ -522,7 +525,13 @@ class SubdomainSplit:
             parts[name] = [
                 Document(**row) for row in read_jsonl(path, "re-run notebook 01 (it writes the split).")
             ]
-        return cls(**parts)
+        counts = RunLayout(
+            Path(run_dir)
+        ).split_counts  # absent in runs from before near-duplicates were dropped
+        return cls(
+            **parts,
+            **(read_json(counts, "re-run notebook 01 (it writes the split).") if counts.exists() else {}),
+        )
 
 
 def split_subdomain(
@@ -535,7 +544,8 @@ def split_subdomain(
     heldout_docs: list[Document] | None = None,
 ) -> SubdomainSplit:
     """Deterministic split: seeds and held-out in-domain docs of `label`, held-out out-of-domain docs,
-    the rest the pool (which keeps the remaining `label` docs for retrieval to find).
+    the rest the pool (which keeps the remaining `label` docs for retrieval to find), less near-duplicates
+    (`NEAR_DUPLICATE_JACCARD`) of each other, of the seeds and of the held-out documents.
 
     With `heldout_docs` (e.g. the committed held-out split of `corpora.heldout_split`, never
     trained on by the shipped GSAE), the held-out sets are its first `n_heldout` documents of
@@ -571,5 +581,29 @@ def split_subdomain(
                 f"{len(overlap)} held-out documents are also in `docs`: pass the train part of the split."
             )
     taken = {d.source for d in seeds + heldout + ood}
-    pool = [d for d in docs if d.source not in taken]
-    return SubdomainSplit(pool, seeds, heldout, ood)
+    seen: dict[str, list[set[str]]] = {}  # title -> word sets of the documents kept under it
+    for d in seeds + heldout + ood:
+        seen.setdefault(title_key(d), []).append(_words(d))
+    pool = []
+    for d in docs:
+        if d.source in taken:
+            continue
+        words, kept = _words(d), seen.setdefault(title_key(d), [])
+        if not any(_overlapping(words, w) for w in kept):
+            kept.append(words)
+            pool.append(d)
+    near_duplicates = len(docs) - len(pool) - len(taken & {d.source for d in docs})
+    return SubdomainSplit(pool, seeds, heldout, ood, near_duplicates)
+
+
+def is_near_duplicate(a: Document, b: Document) -> bool:
+    """Same `title_key` and word sets overlapping >= NEAR_DUPLICATE_JACCARD: the same story re-filed."""
+    return title_key(a) == title_key(b) and _overlapping(_words(a), _words(b))
+
+
+def _words(doc: Document) -> set[str]:
+    return set(re.findall(r"\w+", doc.text.lower()))
+
+
+def _overlapping(a: set[str], b: set[str]) -> bool:
+    return len(a & b) >= NEAR_DUPLICATE_JACCARD * len(a | b)

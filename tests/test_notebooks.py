@@ -8,6 +8,7 @@ notebook writes, so a notebook that runs but computes nonsense still fails.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -31,6 +32,7 @@ from ssae_kit.io import (
     SSAE_DIRS_KEY,
     RunLayout,
 )
+from ssae_kit.retrieval import SubdomainSplit, is_near_duplicate, title_key
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
@@ -95,6 +97,13 @@ def _check_01_retrieval(m: dict, params: dict) -> None:
     for strategy in ("dense", "bm25", "dense_tracin", "bm25_tracin", "random", "none", "seed_only"):
         assert run.selection(strategy).exists(), strategy
     assert all(run.split(part).exists() for part in ("pool", "seeds", "heldout", "ood"))
+    split = SubdomainSplit.load(run.run_dir)
+    assert split.near_duplicates == m["near_duplicates"] and m["pool_size"] == len(split.pool)
+    by_title: dict[str, list] = {}
+    for d in split.pool + split.seeds + split.heldout + split.ood:
+        by_title.setdefault(title_key(d), []).append(d)
+    for same in by_title.values():
+        assert not any(is_near_duplicate(a, b) for a, b in itertools.combinations(same, 2))
     at = {(r["strategy"], r["budget"]): r for r in m["rows"]}
     budgets, main = params["budgets"], params["main_budget"]
     for s in ("dense_tracin", "bm25_tracin"):  # TracIn runs at the main budget only, with an interval

@@ -321,13 +321,24 @@ def test_a_nan_or_truncated_embedding_cache_is_recomputed_not_used(embedder, doc
     np.testing.assert_allclose(again, first, atol=1e-6)
 
 
-def test_same_title_count_finds_near_duplicates_that_exact_dedupe_keeps():
-    from ssae_kit.retrieval import dedupe, same_title_count
-
+def test_the_pool_leaves_out_near_duplicates_of_its_documents_and_of_held_out_ones(tmp_path):
+    story = "Mobiles are slow to catch on in Europe says a report from analysts today"
     docs = [
-        Document("Mobile multimedia slow\n\nMobiles are slow to catch on.", "tech", "a"),
-        Document("Mobile  multimedia SLOW\n\nMobiles are slow to catch on globally.", "tech", "b"),
-        Document("Another story\n\nText.", "sport", "c"),
+        Document(f"Mobile multimedia slow\n\n{story}.", "sport", "a"),
+        Document(f"Mobile  multimedia SLOW\n\n{story} and in Asia.", "sport", "b"),  # words added: dropped
+        Document("Mobile multimedia slow\n\nA different story under the same headline.", "sport", "c"),
+        Document(f"Held-out twin\n\n{story}, held out.", "sport", "d"),  # near-duplicate of a held-out doc
+        *[
+            Document(f"Story {i}\n\nText number {i}.", "tech" if i % 2 else "sport", f"s{i}")
+            for i in range(12)
+        ],
     ]
-    assert len(dedupe(docs)) == 3 and same_title_count(docs) == 1
-    assert same_title_count(docs[1:]) == 0
+    heldout = [Document(f"Held-out twin\n\n{story}, held out here.", "sport", "h"), docs[10], docs[11]]
+    rest = [d for d in docs if d.source not in {"s6", "s7"}]
+    split = split_subdomain(rest, "tech", n_seeds=2, n_heldout=1, n_ood=1, seed=0, heldout_docs=heldout)
+    sources = {d.source for d in split.pool}
+    assert "b" not in sources and "d" not in sources and {"a", "c"} <= sources
+    assert split.near_duplicates == 2
+    assert len(dedupe(rest)) == len(rest)  # exact de-duplication keeps them all
+    split.save(tmp_path)
+    assert SubdomainSplit.load(tmp_path).near_duplicates == 2
