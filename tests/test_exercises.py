@@ -28,6 +28,7 @@ import yaml
 
 from ssae_kit import exercises
 from ssae_kit.io import RunLayout
+from ssae_kit.sae import SAE, SAEConfig
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 PRESET = yaml.safe_load((NOTEBOOKS_DIR / "workshop.yaml").read_text())
@@ -291,14 +292,60 @@ def test_a_solution_cell_with_other_statements_is_refused_naming_the_fix():
 
 
 @pytest.mark.parametrize("stem", list(PRESET))
-def test_exercise_functions_are_not_used_by_the_rest_of_the_notebook(stem):
-    """So a student copy runs past exercises left as stubs."""
+def test_exercise_functions_are_used_later_only_through_yours(stem):
+    """So a student copy runs past exercises left as stubs: `yours` falls back to the kit's function."""
     cells = nbformat.read(NOTEBOOKS_DIR / f"{stem}.ipynb", as_version=4).cells
     names = {name for s, name, *_ in EXERCISES if s == stem}
     for cell in cells:
         if cell.cell_type == "code" and "exercise" not in cell.metadata.get("tags", []):
-            used = {n.id for n in ast.walk(ast.parse(cell.source)) if isinstance(n, ast.Name)}
+            tree = ast.parse(cell.source)
+            through_yours = {
+                id(arg)
+                for call in ast.walk(tree)
+                if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "yours"
+                for arg in call.args
+            }
+            used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in through_yours}
             assert not used & names, cell.source
+
+
+def test_yours_returns_the_learners_function_when_it_passes_else_the_kits_saying_which(capsys):
+    def stub(*args):
+        raise NotImplementedError
+
+    def wrong(scores, lengths, budget):  # stops at the first document that does not fit
+        taken, used = [], 0
+        for i in np.argsort(-scores, kind="stable"):
+            if used + lengths[i] > budget:
+                break
+            taken.append(int(i))
+            used += lengths[i]
+        return taken
+
+    def right(scores, lengths, budget):
+        taken, used = [], 0
+        for i in np.argsort(-scores, kind="stable"):
+            if used + lengths[i] <= budget:
+                taken.append(int(i))
+                used += lengths[i]
+        return taken
+
+    scores, lengths = np.array([0.9, 0.8, 0.7]), np.array([40, 80, 30])
+    for fn, expected_line in [(stub, "not written yet"), (wrong, "not written yet or does not pass")]:
+        kit = exercises.yours("1.2", fn)
+        assert kit is not fn and kit(scores, lengths, 100) == [0, 2]
+        assert expected_line in capsys.readouterr().out
+    assert exercises.yours("1.2", right) is right
+    assert capsys.readouterr().out == "Using your fill_budget (1.2).\n"
+    x = torch.randn(4, 8)
+    sae = SAE(SAEConfig(d_in=8, d_sae=16), seed=1)
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1), sae.b_dec.normal_()
+    x_hat, f = exercises.yours("2.1", stub)(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
+    torch.testing.assert_close(f, sae.encode_normalized(x).detach())
+    torch.testing.assert_close(x_hat, sae.decode_normalized(f))
+    with pytest.raises(ValueError, match="used later are 1.1, 1.2, 2.1"):
+        exercises.yours("3.1", stub)
 
 
 def _run_exercise_cells(inject: bool) -> str:

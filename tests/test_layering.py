@@ -1,4 +1,5 @@
-"""Data flows one way through the kit: no module imports one listed after it in `ORDER` (docs/DESIGN.md).
+"""Data flows one way through the kit: no module imports one listed after it in `ORDER` (what each
+module does: README's "The package" table).
 
 The imports are read with `ast` (module level and inside functions), so a late import cannot hide a
 backwards arrow. `__init__` re-exports for the notebooks and is the one exception.
@@ -73,7 +74,7 @@ def _modules() -> list[str]:
 def test_every_module_has_a_place_in_the_order():
     missing = [m for m in _modules() if m not in ORDER]
     assert not missing, (
-        f"Modules {missing} are not in ORDER: add each where its data comes from (and to DESIGN.md)."
+        f"Modules {missing} are not in ORDER: add each where its data comes from (and to README's 'The package' table)."
     )
 
 
