@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .intervals import seed_band
 from .taxonomy import Tree, flat_matrix, leaf_paths, parse_taxonomy, subtrees, taxonomy_matrix
 from .tsda import taxonomist_loss
 from .viz import principal_components
@@ -204,13 +205,14 @@ def probe_taxonomy(
     return rows
 
 
-def summarise(rows: list[dict]) -> dict[str, dict[str, tuple[float, float] | None]]:
-    """{target: {metric: (mean, sd) over seeds and controls, or None where rho is undefined}}."""
+def summarise(rows: list[dict]) -> dict[str, dict[str, tuple[float, float, float] | None]]:
+    """{target: {metric: (mean, low, high) over seeds, or None where rho is undefined}}: the mean and
+    its 95% seed band (`intervals.seed_band`, NaN bounds below `MIN_SEEDS` seeds), as everywhere else."""
     out: dict[str, dict] = {}
     for target in dict.fromkeys(r["target"] for r in rows):
         cells = {}
         for metric in ("rho", "stress", "rho_true"):
             values = [r[metric] for r in rows if r["target"] == target and r[metric] is not None]
-            cells[metric] = (float(np.mean(values)), float(np.std(values))) if values else None
+            cells[metric] = seed_band(values) if values else None
         out[target] = cells
     return out
