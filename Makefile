@@ -36,7 +36,7 @@ demo: $(STAMP)
 gsae: $(STAMP)
 	mkdir -p runs/gsae
 	nohup nice -n 10 $(BIN)/python data/saes/build_gsae.py >> runs/gsae/build.log 2>&1 &
-	@echo "Building the GSAE in the background (about 40 minutes on 2 idle cores). Follow it: tail -f runs/gsae/build.log"
+	@echo "Building the GSAE in the background (about 35 minutes on 2 idle cores). Follow it: tail -f runs/gsae/build.log"
 
 # Rebuild the rarity sweep (data/sweeps/rarity_sweep.json/.csv: one GSAE per tech share, fine-tuned on
 # dense, none and random) in the background, niced; re-running resumes it. Run one of gsae/sweep at a time.

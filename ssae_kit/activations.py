@@ -459,6 +459,10 @@ class ActivationStore:
             )
         return list(range(rank, self.n_shards, world_size))
 
+    def capped_batch(self, cap: int = 512) -> int:
+        """`cap` tokens, or the whole store when it holds fewer: the batch of fine-tuning and TracIn."""
+        return min(cap, self.n_tokens)
+
     def batches(
         self,
         batch_size: int,

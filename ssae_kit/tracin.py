@@ -196,7 +196,7 @@ def build_checkpoints(
     the seeds in the order of seed `seed + c`."""
     current = copy.deepcopy(gsae).to(resolve_device(device))
     checkpoints = [(current, lr)]
-    batch = min(512, seed_store.n_tokens)
+    batch = seed_store.capped_batch()
     for c in range(1, n_checkpoints):
         cfg = TrainConfig(
             sparsity_coefficient=sparsity_coefficient,

@@ -186,7 +186,7 @@ def finetune_config(
         total_tokens=total_tokens,
         lr=lr,
         warmup_tokens=0,
-        batch_size=min(512, store.n_tokens),
+        batch_size=store.capped_batch(),
         tilt=tilt,
         seed=seed,
         device=device,

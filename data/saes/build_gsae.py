@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sparsity-coefficients", type=float, nargs="+", default=[1.5], help="coefficients of the frontier"
     )
     p.add_argument("--ship", type=float, default=None, help="coefficient to ship; default: see _pick")
-    p.add_argument("--tokens", type=int, default=6_000_000, help="training tokens per SAE")
+    p.add_argument("--tokens", type=int, default=12_000_000, help="training tokens per SAE")
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--max-docs", type=int, default=None, help="train documents to cache (tiny test budget)")
     p.add_argument("--norm-scale-from", choices=("centered", "store"), default="centered")
