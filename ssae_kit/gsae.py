@@ -521,7 +521,13 @@ def sweep_reading(rows: Sequence[dict[str, Any]]) -> list[str]:
         "Claim 1 (dense beats none in domain at every share): "
         + "; ".join(f"{100 * r['reached']:.1f}% tech: {span(r)}" for r in rows)
         + f" nats. It holds at {len(wins)} of {len(rows)} shares: the claim "
-        + ("holds." if len(wins) == len(rows) else "does not hold.")
+        + (
+            "holds."
+            if len(wins) == len(rows)
+            else "does not hold. For discussion: `dense` fine-tunes on nearly all-tech text and `none` on "
+            "general text with tech at its natural share; where both move the GSAE about equally in domain, "
+            "is the GSAE's gap on tech a gap in features, or in training, and what would tell them apart?"
+        )
     )
     if len(rows) < 2:
         return out + ["Claim 2 needs at least two shares."]
@@ -536,7 +542,9 @@ def sweep_reading(rows: Sequence[dict[str, Any]]) -> list[str]:
             if grows and apart
             else "larger at the rare share, but the intervals overlap: not shown at this precision."
             if grows
-            else "not larger at the rare share: the claim does not hold."
+            else "not larger at the rare share: the claim does not hold. For discussion: a GSAE that never "
+            "saw tech still reconstructs tech text with features of other topics; which tech tokens would "
+            "need a feature of their own, and how many of them does the held-out text hold?"
         )
     )
     out.append(_training_or_specialization(rows))

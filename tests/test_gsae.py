@@ -246,14 +246,14 @@ def test_the_sweep_reading_says_the_claims_hold_only_when_the_numbers_show_them(
         _sweep_row(0.2, -0.05, -0.30, -0.25, 0.05, True),
     ]
     claim1, claim2, source, converged = sweep_reading(rare_pays)
-    assert claim1.endswith("It holds at 2 of 2 shares: the claim holds.")
+    assert claim1.endswith("It holds at 2 of 2 shares: the claim holds.")  # no discussion when it holds
     assert claim2.endswith("larger at the rare share, with intervals apart: the claim holds.")
     assert "buys 33% to 83% of `dense`'s in-domain gain" in source and "not most of it" in source
     assert "+0.050 to +0.050 nats: specializing costs general text at every share." in source
     assert converged == "2 of 2 sweep GSAEs pass the convergence test."
     training = [_sweep_row(0.0, 0.01, -0.59, -0.60, 0.27), _sweep_row(0.2, -0.01, -0.52, -0.49, 0.01)]
     claim1, claim2, source, converged = sweep_reading(training)
-    assert "It holds at 0 of 2 shares: the claim does not hold." in claim1
-    assert claim2.endswith("not larger at the rare share: the claim does not hold.")
+    assert "It holds at 0 of 2 shares: the claim does not hold. For discussion:" in claim1
+    assert "not larger at the rare share: the claim does not hold. For discussion:" in claim2
     assert "most of it is more training, not the subdomain's data" in source
     assert source.endswith("not a cost at every share.") and "more training, not specialization" in converged
