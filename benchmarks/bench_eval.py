@@ -9,6 +9,8 @@ Prints, measured in one run on the same held-out windows and batch size:
 - the cost split of the bare forward: the prefix up to the hooked layer, the later blocks, and the LM
   head with the loss; and the SAE's own encode/decode on those tokens.
 Run: `.venv/bin/python benchmarks/bench_eval.py [--windows 48] [--layer 6] [--threads 2]`.
+`--batch-sizes 4 8 16 32` instead times `evaluate` (precision "auto") at each batch size on the same
+windows and prints tokens/s and the ratio to the default batch (8): how `evaluate`'s default was chosen.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def main() -> None:
     parser.add_argument("--ctx-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8, help="evaluate's default")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[], help="time evaluate at each")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = load_model("smollm2-135m", device="cpu")
@@ -55,6 +58,20 @@ def main() -> None:
     docs = heldout[:40]
     ctx = tokenize_contexts(docs, tok, args.ctx_len, max_contexts=args.windows)
     n_tokens = int(ctx.attention_mask.sum())
+    if args.batch_sizes:
+        by_batch = {}
+        for b in args.batch_sizes:
+            kw = dict(ctx_len=args.ctx_len, max_contexts=args.windows, batch_size=b)
+            base = evaluate(sae, model, tok, docs, args.layer, **kw).metrics
+            by_batch[b] = n_tokens / seconds(
+                lambda: evaluate(sae, model, tok, docs, args.layer, baseline=base, **kw)
+            )  # noqa: B023
+        ref = by_batch.get(8, next(iter(by_batch.values())))
+        for b, tps in by_batch.items():
+            print(
+                f"batch {b:>3}: {tps:7.0f} tokens/s  ({tps / ref:.2f}x batch {8 if 8 in by_batch else args.batch_sizes[0]})"
+            )
+        return
     batches = [slice(i, i + args.batch_size) for i in range(0, len(ctx.input_ids), args.batch_size)]
     kw = dict(ctx_len=args.ctx_len, max_contexts=args.windows, batch_size=args.batch_size)
 

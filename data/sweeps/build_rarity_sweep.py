@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--shares", nargs="+", default=["0.01", "0", "natural", "0.05"], help="'natural' or [0, 1)"
     )
-    p.add_argument("--gsae-tokens", type=int, default=2_000_000)
+    p.add_argument("--gsae-tokens", type=int, default=SweepConfig.gsae_tokens)
     p.add_argument("--sparsity-coefficient", type=float, default=1.5)
     p.add_argument("--threads", type=int, default=2, help="torch threads: fixed, since sums depend on it")
     p.add_argument("--work", default="runs/gsae", help="stores and runs (shared with build_gsae.py)")
