@@ -63,9 +63,8 @@ def main() -> None:
         for b in args.batch_sizes:
             kw = dict(ctx_len=args.ctx_len, max_contexts=args.windows, batch_size=b)
             base = evaluate(sae, model, tok, docs, args.layer, **kw).metrics
-            by_batch[b] = n_tokens / seconds(
-                lambda: evaluate(sae, model, tok, docs, args.layer, baseline=base, **kw)
-            )  # noqa: B023
+            run = lambda kw=kw, base=base: evaluate(sae, model, tok, docs, args.layer, baseline=base, **kw)
+            by_batch[b] = n_tokens / seconds(run)
         ref = by_batch.get(8, next(iter(by_batch.values())))
         for b, tps in by_batch.items():
             print(
