@@ -18,7 +18,9 @@ from scipy import stats
 
 __all__ = [
     "MIN_SEEDS",
+    "has_interval",
     "span",
+    "too_few",
 ]
 
 MIN_DOCS = 10
