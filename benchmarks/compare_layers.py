@@ -22,7 +22,7 @@ from ssae_kit import load_corpus, load_model
 from ssae_kit.bios import synthetic_bios
 from ssae_kit.corpora import Document, content_mask, tokenize_contexts
 from ssae_kit.evals import ce_sums, replace_content
-from ssae_kit.models import forward_to_layer, splice
+from ssae_kit.models import forward_to_layer, massive_norm_mask, splice
 
 LAYERS = (3, 6, 9, 12, 15)
 
@@ -69,8 +69,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 r = forward_to_layer(model, ids, layer, mask)
                 secs += time.perf_counter() - t0
-                norms = r.norm(dim=-1)
-                n_massive += int((k & (norms > 10 * norms[k].median())).sum())
+                n_massive += int(massive_norm_mask(r, k, 10.0).sum())
                 n_keep += int(k.sum())
                 ce["clean"] += float(ce_sums(model, ids, mask, k[:, 1:]).sum())
                 with splice(model, layer, lambda x, k=k: replace_content(x, k, torch.zeros_like(x))):

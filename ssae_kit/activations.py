@@ -40,7 +40,15 @@ from .io import (
     read_json,
     sha256_bytes,
 )
-from .models import check_ctx_len, check_layer, check_max_norm_multiple, d_model, hook_name, iter_residuals
+from .models import (
+    check_ctx_len,
+    check_layer,
+    check_max_norm_multiple,
+    d_model,
+    hook_name,
+    iter_residuals,
+    massive_norm_mask,
+)
 
 __all__ = [
     "ActivationStore",
@@ -138,11 +146,9 @@ def _build_store(model, tokenizer, docs: list[Document], out: Path, request: dic
     bar = tqdm(total=max_tokens or int(keep.sum()), desc=f"caching layer {layer}", unit="tok")
     with torch.inference_mode():
         for b, (rows, kept, resid) in enumerate(batches):  # resid (B, T, D), kept (B, T)
-            if max_norm_multiple is not None and kept.any():
-                norms = resid.norm(dim=-1)  # (B, T)
-                outlier = kept & (norms > max_norm_multiple * norms[kept].median())
-                n_outliers += int(outlier.sum())
-                kept &= ~outlier
+            outlier = massive_norm_mask(resid, kept, max_norm_multiple)
+            n_outliers += int(outlier.sum())
+            kept &= ~outlier
             acts = resid[kept].float().cpu()  # (n, D) float32
             tokens = _token_info(contexts, rows, resid.shape[1], kept.cpu(), prepend_bos)  # (n, 3)
             if max_tokens is not None:

@@ -37,11 +37,17 @@ LONG_DOCUMENT_CHARS = 10_000  # a .txt paragraph this long, over several lines, 
 
 @dataclass(frozen=True)
 class Document:
-    """One text with an optional label (e.g. a topic) and where it came from."""
+    """One text with an optional label (e.g. a topic) and an id saying where it came from."""
 
     text: str
     label: str | None = None
-    source: str = ""
+    doc_id: str = ""
+    """E.g. "bbc-news/tech/001.txt" or "notes.txt#3": unique within a corpus."""
+
+    @classmethod
+    def from_row(cls, row: dict) -> Document:
+        """A document saved as a JSON row (runs saved before the id was named `doc_id` call it `source`)."""
+        return cls(row["text"], row.get("label"), row.get("doc_id", row.get("source", "")))
 
 
 def load_corpus(
@@ -92,7 +98,7 @@ def load_corpus(
 
 
 def heldout_split(docs: list[Document], name: str = "bbc-news") -> tuple[list[Document], list[Document]]:
-    """(train, heldout) by the committed list `data/splits/<name>.json` of held-out document sources.
+    """(train, heldout) by the committed list `data/splits/<name>.json` of held-out document ids.
 
     Every evaluation in the kit reads `heldout` (in the committed, topic-mixed order) and no SAE
     trains on it, so numbers from different notebooks and sessions score the same text. `train`
@@ -106,14 +112,14 @@ def heldout_split(docs: list[Document], name: str = "bbc-news") -> tuple[list[Do
             "the repository, whose data/ folder holds it)."
         )
     order = json.loads(path.read_text())["heldout"]
-    by_source = {d.source: d for d in docs}
-    missing = [s for s in order if s not in by_source]
+    by_id = {d.doc_id: d for d in docs}
+    missing = [s for s in order if s not in by_id]
     if missing:
         raise ValueError(
             f"{len(missing)} held-out documents of {path.name} are not in the corpus (e.g. {missing[0]!r}): "
             f"pass the full {name!r} corpus, not a subset."
         )
-    heldout = [by_source[s] for s in order]
+    heldout = [by_id[s] for s in order]
     seen = {d.text for d in heldout}
     train = []
     for d in docs:
@@ -222,7 +228,7 @@ def _txt(path: Path, split: TxtSplit) -> list[Document]:
     longest = max(docs, key=lambda d: len(d.text), default=None)
     if split == "paragraph" and longest and len(longest.text) > LONG_DOCUMENT_CHARS and "\n" in longest.text:
         warnings.warn(
-            f"{longest.source} is one document of {len(longest.text):,} characters over "
+            f"{longest.doc_id} is one document of {len(longest.text):,} characters over "
             f"{longest.text.count(chr(10)) + 1} lines, as split='paragraph' cuts only at blank lines. "
             "If the file holds one item per line, pass split='line'.",
             stacklevel=3,

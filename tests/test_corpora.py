@@ -22,7 +22,7 @@ def test_bbc_news_has_2225_articles_labelled_by_folder():
         "sport": 511,
         "tech": 401,
     }
-    assert docs[0].source == "bbc-news/business/001.txt"
+    assert docs[0].doc_id == "bbc-news/business/001.txt"
     assert docs[0].text.startswith("Ad sales boost Time Warner profit")
 
 
@@ -31,7 +31,7 @@ def test_txt_file_is_one_document_per_blank_line_block(tmp_path):
     path.write_text("first doc\nstill first\n\nsecond doc\n\n\n\nthird doc\n")
     docs = load_corpus(str(path))
     assert [d.text for d in docs] == ["first doc\nstill first", "second doc", "third doc"]
-    assert docs[1].source == "notes.txt#1" and docs[1].label is None
+    assert docs[1].doc_id == "notes.txt#1" and docs[1].label is None
 
 
 def test_txt_split_line_gives_one_document_per_line_and_blank_means_whitespace_only(tmp_path):

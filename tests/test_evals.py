@@ -13,7 +13,6 @@ from ssae_kit.evals import (
     Difference,
     EvalResult,
     _Accumulator,
-    _massive,
     claim_reading,
     compare,
     decoder_cosine_similarities,
@@ -31,6 +30,7 @@ from ssae_kit.evals import (
     tail_coverage_difference,
     verdict_over_seeds,
 )
+from ssae_kit.models import massive_norm_mask
 from ssae_kit.sae import SAE, SAEConfig
 
 
@@ -189,8 +189,8 @@ def test_massive_flags_only_content_tokens_far_above_the_median():
     resid[0, 2] *= 100
     keep = torch.tensor([[False, True, True, True]])
     resid[0, 0] *= 1000  # a special token: never flagged
-    assert _massive(resid, keep, 10.0).tolist() == [[False, False, True, False]]
-    assert not _massive(resid, keep, None).any()
+    assert massive_norm_mask(resid, keep, 10.0).tolist() == [[False, False, True, False]]
+    assert not massive_norm_mask(resid, keep, None).any()
 
 
 def _fake(ce_sae, n_targets, sq_err=None, sq_dev=None, docs="d") -> EvalResult:

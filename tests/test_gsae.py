@@ -85,7 +85,7 @@ def test_the_committed_heldout_split_is_disjoint_from_training_text():
     docs = load_corpus("bbc-news")
     train, heldout = heldout_split(docs)
     committed = json.loads((SPLITS_DIR / "bbc-news.json").read_text())["heldout"]
-    assert [d.source for d in heldout] == committed and len(heldout) == 318
+    assert [d.doc_id for d in heldout] == committed and len(heldout) == 318
     assert not {d.text for d in train} & {d.text for d in heldout}  # duplicates of held-out text left out too
     assert len({d.label for d in heldout[:20]}) >= 4  # topic-mixed order: a prefix spans the topics
     with pytest.raises(ValueError, match="not in the corpus.*full 'bbc-news' corpus"):

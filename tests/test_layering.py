@@ -1,5 +1,6 @@
-"""Data flows one way through the kit: no module imports one listed after it in `ORDER` (what each
-module does: README's "The package" table).
+"""Data flows one way through the kit: no module imports one listed after it in docs/DESIGN.md's
+module table, which is the one place the order is written down (with what each module does and why
+it sits where it does).
 
 The imports are read with `ast` (module level and inside functions), so a late import cannot hide a
 backwards arrow. `__init__` re-exports for the notebooks and is the one exception.
@@ -8,43 +9,22 @@ backwards arrow. `__init__` re-exports for the notebooks and is the one exceptio
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "ssae_kit"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "ssae_kit"
+DESIGN = ROOT / "docs" / "DESIGN.md"
 
-# The pipeline's stages in data-flow order: the single place the order is written down. A name with
-# no file yet (a module still to come) keeps its place; every file in the package must have one.
-# bio_templates holds bios' sentence templates, so it sits just before bios.
-# intervals holds the bootstrap every stage's comparisons share, so it comes first.
-# tracin reranks retrieval's candidates with SAEs and short training runs, so it follows train.
-# toy (notebook 00's superposition primer) writes a store and scores an SAE's decoder; it sits with evals.
-# gsae (the GSAE recipe, its convergence test, the rarity sweep) trains and evaluates, so it follows evals.
-ORDER = (
-    "intervals",
-    "io",
-    "models",
-    "corpora",
-    "retrieval",
-    "activations",
-    "sae",
-    "term",
-    "train",
-    "tracin",
-    "evals",
-    "toy",
-    "gsae",
-    "features",
-    "viz",
-    "bio_templates",
-    "bios",
-    "debias",
-    "taxonomy",
-    "tsda",
-    "tree_probe",
-    "exercises",
-)
+
+def design_order(text: str) -> tuple[str, ...]:
+    """The modules of DESIGN.md's table (rows that start with `ssae_kit.<name>`), in data-flow order."""
+    return tuple(re.findall(r"^\| `ssae_kit\.(\w+)` \|", text, flags=re.MULTILINE))
+
+
+ORDER = design_order(DESIGN.read_text())
 
 
 def kit_imports(source: str) -> set[str]:
@@ -74,7 +54,7 @@ def _modules() -> list[str]:
 def test_every_module_has_a_place_in_the_order():
     missing = [m for m in _modules() if m not in ORDER]
     assert not missing, (
-        f"Modules {missing} are not in ORDER: add each where its data comes from (and to README's 'The package' table)."
+        f"Modules {missing} have no row in docs/DESIGN.md's module table: add each where its data comes from."
     )
 
 
@@ -95,3 +75,10 @@ def test_the_check_sees_every_import_form():
     assert later_imports("taxonomy", source) == ["tsda", "tree_probe", "exercises"]
     assert later_imports("viz", source) == ["debias", "tsda", "tree_probe", "exercises"]
     assert later_imports("exercises", source) == []
+
+
+def test_the_design_table_is_read_in_order_and_names_each_module_once():
+    assert design_order("| `ssae_kit.io` | x |\n| `ssae_kit.models` | y |\n| not a row |\n") == ("io", "models")
+    assert len(ORDER) == len(set(ORDER)) and ORDER[0] == "intervals" and ORDER[-1] == "exercises"
+    stale = [m for m in ORDER if not (PACKAGE / f"{m}.py").exists()]
+    assert not stale, f"docs/DESIGN.md lists {stale}, which have no file in ssae_kit/: remove their rows."

@@ -110,7 +110,7 @@ def test_every_strategy_fills_the_same_budget_without_exceeding_it(pool, seeds, 
 def test_none_takes_the_deduplicated_pool_and_seed_only_the_seeds(pool, seeds, tiny):
     everything = select(pool, seeds, "none", None, tiny[1]).documents
     assert (
-        sorted(d.source for d in everything) == sorted(d.source for d in dedupe(pool))
+        sorted(d.doc_id for d in everything) == sorted(d.doc_id for d in dedupe(pool))
         and len(everything) == 9
     )
     assert everything != dedupe(pool)  # shuffled: a later token cap must not take the first topic only
@@ -189,9 +189,12 @@ def test_selection_and_split_round_trip_through_jsonl(pool, seeds, tiny, tmp_pat
     split.save(tmp_path)
     again = SubdomainSplit.load(tmp_path)
     assert again == split == split_subdomain(docs, "b", n_seeds=2, n_heldout=5, n_ood=7, seed=3)
-    parts = [{d.source for d in getattr(split, k)} for k in ("pool", "seeds", "heldout", "ood")]
+    parts = [{d.doc_id for d in getattr(split, k)} for k in ("pool", "seeds", "heldout", "ood")]
     assert sum(map(len, parts)) == 60 and len(set().union(*parts)) == 60  # disjoint, complete
     assert all(d.label == "b" for d in split.seeds + split.heldout) and all(d.label == "a" for d in split.ood)
+    pool_file = RunLayout(tmp_path).split("pool")  # a run saved before ids were called doc_id still loads
+    pool_file.write_text(pool_file.read_text().replace('"doc_id"', '"source"'))
+    assert '"source"' in pool_file.read_text() and SubdomainSplit.load(tmp_path).pool == split.pool
 
 
 def test_a_committed_heldout_split_supplies_the_test_text_and_seeds_come_from_the_rest():
@@ -202,7 +205,7 @@ def test_a_committed_heldout_split_supplies_the_test_text_and_seeds_come_from_th
         split.heldout == [d for d in heldout if d.label == "b"][:4]
         and split.ood == [d for d in heldout if d.label == "a"][:5]
     )
-    assert {d.source for d in split.seeds + split.pool} <= {d.source for d in rest} and len(split.pool) == 38
+    assert {d.doc_id for d in split.seeds + split.pool} <= {d.doc_id for d in rest} and len(split.pool) == 38
     assert split_subdomain(rest, "b", 2, 4, 5, seed=2, heldout_docs=heldout).heldout == split.heldout
     with pytest.raises(ValueError, match="also in `docs`"):
         split_subdomain(docs, "b", 2, 4, 5, heldout_docs=heldout)
@@ -334,9 +337,9 @@ def test_the_pool_leaves_out_near_duplicates_of_its_documents_and_of_held_out_on
         ],
     ]
     heldout = [Document(f"Held-out twin\n\n{story}, held out here.", "sport", "h"), docs[10], docs[11]]
-    rest = [d for d in docs if d.source not in {"s6", "s7"}]
+    rest = [d for d in docs if d.doc_id not in {"s6", "s7"}]
     split = split_subdomain(rest, "tech", n_seeds=2, n_heldout=1, n_ood=1, seed=0, heldout_docs=heldout)
-    sources = {d.source for d in split.pool}
+    sources = {d.doc_id for d in split.pool}
     assert "b" not in sources and "d" not in sources and {"a", "c"} <= sources
     assert split.near_duplicates == 2
     assert len(dedupe(rest)) == len(rest)  # exact de-duplication keeps them all

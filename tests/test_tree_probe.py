@@ -12,7 +12,7 @@ from ssae_kit.tree_probe import (
     shuffled_matrix,
     spearman,
     stress,
-    summarise,
+    summarize,
     taxonomist_map,
 )
 
@@ -52,7 +52,7 @@ def _tree_features(noise: float, seed: int = 0, per_leaf: int = 10) -> tuple[np.
 
 def test_the_probe_finds_a_planted_tree_and_the_shuffled_control_does_not():
     x, names = _tree_features(noise=0.1)
-    s = summarise(probe_taxonomy(x, names, PROFESSION_TAXONOMY, seeds=[0, 1]))
+    s = summarize(probe_taxonomy(x, names, PROFESSION_TAXONOMY, seeds=[0, 1]))
     assert s["taxonomy"]["rho"][0] > 0.45 and s["taxonomy"]["rho"][0] > s["shuffled"]["rho"][0] + 0.3
     assert s["flat"]["rho"] is None and 0 <= s["flat"]["stress"][0] <= 1
     assert set(s) == {"taxonomy", "flat", "shuffled", "subtree:health", "subtree:arts_and_media"}
@@ -61,7 +61,7 @@ def test_the_probe_finds_a_planted_tree_and_the_shuffled_control_does_not():
 def test_the_probe_finds_no_tree_in_noise():
     _, names = _tree_features(noise=0.1)
     noise = np.random.default_rng(1).standard_normal((len(names), 60))
-    s = summarise(probe_taxonomy(noise, names, PROFESSION_TAXONOMY, seeds=[0, 1]))
+    s = summarize(probe_taxonomy(noise, names, PROFESSION_TAXONOMY, seeds=[0, 1]))
     assert abs(s["taxonomy"]["rho"][0]) < 0.25
 
 

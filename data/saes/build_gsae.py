@@ -42,6 +42,7 @@ from ssae_kit.gsae import (
     share_store,
 )
 from ssae_kit.io import atomic_write_json
+from ssae_kit.models import EMBEDDED_DESCRIPTIONS, hook_name
 
 HERE = Path(__file__).resolve().parent
 DATASET = "bbc-news train split (ssae_kit.corpora.load_corpus)"
@@ -134,8 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     card = dict(
         id=sae_id,
         model=args.model,
+        model_description=EMBEDDED_DESCRIPTIONS.get(args.model, args.model),
         layer=args.layer,
-        hook_name=f"blocks.{args.layer}.hook_resid_post",
+        hook_name=hook_name(args.layer),
         d_sae=args.d_sae,
         sparsity_coefficient=ship["sparsity_coefficient"],
         norm_scale_from=args.norm_scale_from,
