@@ -6,10 +6,10 @@ timed steps; cases are interleaved over `--rounds` rounds and the best round cou
 (tokens/s = batch * steps / seconds), which damps noise from other work on the machine.
 
 Cases:
-  relu, relu-term, topk, topk-term  the kit's real `ssae_kit.train._train_step` (what `train()` runs per step)
+  relu, relu-term, topk, topk-term  the kit's real `ssae_kit.train.train_step` (what `train()` runs per step)
   ref-relu        a dozen-line plain-PyTorch ReLU-L1 step (Adam, decoder rows renormalised), no kit code
   saelens-relu    SAELens' StandardTrainingSAE: training_forward_pass + backward + grad clip + Adam,
-                  as in its SAETrainer._train_step (skipped if sae_lens is not importable)
+                  as in its SAETrainer.train_step (skipped if sae_lens is not importable)
   sparsify-topk   EleutherAI sparsify's SparseCoder (k=32, fused sparse encoder backward, embedding_bag
                   decoder) as in its Trainer: fvu loss, backward, gradient projection, Adam, renormalise
                   (skipped if sparsify is not importable; `pip install --no-deps eai-sparsify natsort schedulefree`)
@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 import ssae_kit.sae as sae_module
 from ssae_kit.sae import SAE, SAEConfig
-from ssae_kit.train import TrainConfig, TrainState, _train_step
+from ssae_kit.train import TrainConfig, TrainState, train_step
 
 D_IN, D_SAE, K, SPARSITY = 512, 4096, 32, 1.0
 ALL_CASES = ["relu", "relu-term", "topk", "topk-term", "ref-relu", "saelens-relu", "sparsify-topk"]
@@ -71,7 +71,7 @@ def kit_case(arch: str, term: bool, batch: int) -> Step:
     sae = SAE(SAEConfig(d_in=D_IN, d_sae=D_SAE, architecture=arch, k=K), seed=0)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
     state = TrainState(tokens_since_fired=torch.zeros(D_SAE))
-    return lambda x: _train_step(sae, sae, opt, x, cfg, state, world=1)
+    return lambda x: train_step(sae, sae, opt, x, cfg, state, world=1)
 
 
 def ref_relu_case(batch: int, init: SAE | None = None, sparsity: float = SPARSITY) -> Step:
@@ -120,7 +120,7 @@ def real_relu_case(init: SAE, batch: int, limit: float | None = None) -> Step:
         default = sae_module.SPARSE_RELU_MAX_DENSITY
         sae_module.SPARSE_RELU_MAX_DENSITY = default if limit is None else limit
         try:
-            return _train_step(sae, sae, opt, x, cfg, state, world=1)
+            return train_step(sae, sae, opt, x, cfg, state, world=1)
         finally:
             sae_module.SPARSE_RELU_MAX_DENSITY = default
 
@@ -163,7 +163,7 @@ def saelens_case(batch: int) -> Step:
     since_fired = torch.zeros(D_SAE)
     n = [0]
 
-    def step(x: torch.Tensor) -> float:  # SAETrainer._train_step without autocast, LR/coefficient schedulers
+    def step(x: torch.Tensor) -> float:  # SAETrainer.train_step without autocast, LR/coefficient schedulers
         out = sae.training_forward_pass(
             TrainStepInput(
                 sae_in=x,

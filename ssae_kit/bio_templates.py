@@ -1,7 +1,7 @@
 """Template sentences for `ssae_kit.bios.synthetic_bios`: intros and details for each of LabHC's 28
 professions, written like the web bios of Bias in Bios, so probes can run offline on every profession.
 
-One sentence per template, filled by `bios._fields`: {he} {He} {his} {His} {him} follow the bio's
+One sentence per template, filled by `bios.template_fields`: {he} {He} {his} {His} {him} follow the bio's
 gender, {name} is the full name with an optional title, {short} the title and surname or the first
 name; no template writes a gendered word itself. Professor and nurse came first: their tuples keep
 their order, as the bios drawn from them depend on it.

@@ -176,7 +176,7 @@ def synthetic_bios(
 def _bio(fake: Faker, rng: np.random.Generator, profession: str, gender: Gender, cued: bool = True) -> Bio:
     """One bio: an intro sentence, then 1-4 sentences of detail, personal ones last; without a
     profession cue (`cued=False`) a neutral intro and 1-3 personal sentences."""
-    fields = _fields(fake, rng, profession, gender)
+    fields = template_fields(fake, rng, profession, gender)
     details = DETAILS[profession] if cued else ()
     pool = details + PERSONAL
     picked = rng.choice(len(pool), size=int(rng.integers(1, min(5, len(pool) + 1))), replace=False)
@@ -186,7 +186,7 @@ def _bio(fake: Faker, rng: np.random.Generator, profession: str, gender: Gender,
     return Bio(text, profession, gender, name=f"{fields['first']} {fields['last']}")
 
 
-def _fields(fake: Faker, rng: np.random.Generator, profession: str, gender: Gender) -> dict[str, str]:
+def template_fields(fake: Faker, rng: np.random.Generator, profession: str, gender: Gender) -> dict[str, str]:
     """Everything a template can name, drawn once per person so the sentences agree."""
     first = fake.first_name_male() if gender == "male" else fake.first_name_female()
     last = fake.last_name()

@@ -104,7 +104,7 @@ class EvalResult:
     baseline was reused). Empty for `evaluate_store`."""
 
 
-class _Accumulator:
+class MetricAccumulator:
     """Streams batches of raw activations through the SAE and keeps only the statistics."""
 
     def __init__(self, sae: SAE, n_docs: int = 0):
@@ -201,7 +201,7 @@ def evaluate_store(
 ) -> EvalResult:
     """Reconstruction, sparsity and tail metrics on a cached store (no model needed, no CE)."""
     sae.check_reads(model_name=store.model_name, layer=store.layer, d_in=store.d_model)
-    acc = _Accumulator(sae)
+    acc = MetricAccumulator(sae)
     device = sae.W_dec.device
     for x, tokens in store.batches(batch_size, shuffle=False, with_tokens=True, normalize=False):
         acc.add(x.to(device), tokens[:, 0])
@@ -260,7 +260,7 @@ def evaluate(
         ctx = tokenize_contexts(docs, tokenizer, ctx_len, max_contexts=max_contexts)
         keep_all = content_mask(ctx, tokenizer)
         device = next(model.parameters()).device
-        acc = _Accumulator(sae, n_docs=len(docs))
+        acc = MetricAccumulator(sae, n_docs=len(docs))
         doc_ce = {k: torch.zeros(len(docs), dtype=torch.float64) for k in ("clean", "sae", "zero", "targets")}
         n_outliers = 0
         resid_sum = torch.zeros(d_model(model), dtype=torch.float64)  # over scored tokens, for mean-ablation

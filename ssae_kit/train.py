@@ -241,7 +241,7 @@ def _train(
 ) -> TrainResult:
     """`train` once its output folder is checked and locked."""
     rank, world, device = _distributed_setup(cfg)
-    sae = _initial_sae(store, cfg, init).to(device)
+    sae = initial_sae(store, cfg, init).to(device)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
     state = TrainState(tokens_since_fired=torch.zeros(sae.cfg.d_sae, device=device))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -270,7 +270,7 @@ def _train(
         logging_step = (
             state.step + 1
         ) % cfg.log_every == 0 or state.tokens + cfg.batch_size >= cfg.total_tokens
-        metrics = _train_step(model, sae, opt, x, cfg, state, world, with_metrics=logging_step)
+        metrics = train_step(model, sae, opt, x, cfg, state, world, with_metrics=logging_step)
         if (
             cfg.resample_dead
             and state.tokens // cfg.dead_window_tokens
@@ -282,7 +282,7 @@ def _train(
             log.append(metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.3g}", l0=f"{metrics['l0']:.1f}")
         if out is not None and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-            _checkpoint(out, cfg, trained_on, sae, opt, state, gen, log, rank)
+            save_checkpoint(out, cfg, trained_on, sae, opt, state, gen, log, rank)
     bar.close()
     finished_before = state.step == first_step and (out is not None and (out / SAE_CFG_FILE).exists())
     if out is not None and not finished_before:  # a resumed, already finished run is returned as it is
@@ -300,13 +300,13 @@ def _train(
 
 def _save_run(out: Path, cfg, trained_on, sae: SAE, opt, state: TrainState, gen, log, rank: int) -> None:
     """The final checkpoint, the SAE (SAELens format) and the metrics log."""
-    _checkpoint(out, cfg, trained_on, sae, opt, state, gen, log, rank)
+    save_checkpoint(out, cfg, trained_on, sae, opt, state, gen, log, rank)
     if rank == 0:
         sae.save(out)
         atomic_write_json(out / LOG_FILE, log)
 
 
-def _train_step(
+def train_step(
     model,
     sae: SAE,
     opt,
@@ -391,7 +391,9 @@ def _batches(store: ActivationStore, cfg: TrainConfig, state: TrainState, rank: 
         state.batch_in_epoch = 0
 
 
-def _initial_sae(store: ActivationStore, cfg: TrainConfig, init: Any) -> SAE:
+def initial_sae(store: ActivationStore, cfg: TrainConfig, init: Any) -> SAE:
+    """The SAE a run starts from: a copy of `init` (fine-tuning, checked against the store), or a new
+    one with the input scale `cfg.norm_scale_from` asks for and b_dec as `cfg.b_dec_init` says."""
     if init is None:
         norm_scale = store.norm_scale if cfg.norm_scale_from == "store" else _centered_norm_scale(store)
         sae_cfg = SAEConfig(
@@ -409,7 +411,7 @@ def _initial_sae(store: ActivationStore, cfg: TrainConfig, init: Any) -> SAE:
         )
         sae = SAE(sae_cfg, seed=cfg.seed)
         if cfg.b_dec_init != "zeros":
-            b_dec = _store_mean(store) if cfg.b_dec_init == "mean" else geometric_median(_store_sample(store))
+            b_dec = store_mean(store) if cfg.b_dec_init == "mean" else geometric_median(store_sample(store))
             with torch.no_grad():
                 sae.b_dec.copy_(b_dec * norm_scale)
         return sae
@@ -418,7 +420,7 @@ def _initial_sae(store: ActivationStore, cfg: TrainConfig, init: Any) -> SAE:
     return sae
 
 
-def _store_mean(store: ActivationStore, max_tokens: int = 100_000) -> torch.Tensor:
+def store_mean(store: ActivationStore, max_tokens: int = 100_000) -> torch.Tensor:
     """Mean raw activation over the store's first shards (up to `max_tokens`), deterministic."""
     total, n = torch.zeros(store.d_model, dtype=torch.float64), 0
     for i in range(store.n_shards):
@@ -443,8 +445,8 @@ def _check_finite(store: ActivationStore, shard: int, x: torch.Tensor) -> torch.
     return x
 
 
-def _store_sample(store: ActivationStore, max_tokens: int = 100_000) -> torch.Tensor:
-    """(n, d_model) raw activations of the store's first shards (the tokens `_store_mean` averages)."""
+def store_sample(store: ActivationStore, max_tokens: int = 100_000) -> torch.Tensor:
+    """(n, d_model) raw activations of the store's first shards (the tokens `store_mean` averages)."""
     parts, n = [], 0
     for i in range(store.n_shards):
         x, _ = store.read_shard(i, normalize=False)
@@ -456,12 +458,12 @@ def _store_sample(store: ActivationStore, max_tokens: int = 100_000) -> torch.Te
 
 
 def _centered_norm_scale(store: ActivationStore) -> float:
-    """sqrt(d_model / E||x - mean||^2) over the tokens `_store_mean` averages.
+    """sqrt(d_model / E||x - mean||^2) over the tokens `store_mean` averages.
 
     The store's scale sqrt(d_model / E||x||^2) counts a constant offset: where a near-constant
     dimension carries 90% of E||x||^2, everything else is shrunk ~3x, so the L1 coefficient bites
     ~3x harder than on a model without one. b_dec removes the offset; this scale ignores it too."""
-    x = _store_sample(store).double()
+    x = store_sample(store).double()
     return math.sqrt(store.d_model / float((x - x.mean(0)).pow(2).sum(1).mean()))
 
 
@@ -528,7 +530,7 @@ def _store_identity(store: ActivationStore) -> dict[str, Any]:
     )
 
 
-def _checkpoint(out: Path, cfg, trained_on, sae, opt, state: TrainState, gen, log, rank: int) -> None:
+def save_checkpoint(out: Path, cfg, trained_on, sae, opt, state: TrainState, gen, log, rank: int) -> None:
     """Everything a resume needs, written atomically (and fsynced) by rank 0; never NaN weights."""
     if rank == 0:
         if not all(torch.isfinite(p).all() for p in sae.parameters()):

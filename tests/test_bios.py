@@ -22,12 +22,12 @@ from ssae_kit.bios import (
     LABHC_PROFESSIONS,
     PROFESSION_CODES,
     Bio,
-    _fields,
     delete_gender_tokens,
     group_of,
     load_bias_in_bios,
     make_splits,
     synthetic_bios,
+    template_fields,
 )
 
 MALE_WORDS = re.compile(r"\b(?:he|him|his|himself|Mr)\b", re.IGNORECASE)
@@ -155,7 +155,7 @@ PROFESSION_CUES = {
 def _template_fields(profession: str, gender: str, seed: int = 0) -> dict[str, str]:
     fake = Faker("en_US")
     fake.seed_instance(seed)
-    return _fields(fake, np.random.default_rng(seed), profession, gender)
+    return template_fields(fake, np.random.default_rng(seed), profession, gender)
 
 
 def test_templates_cover_every_labhc_profession():
@@ -171,7 +171,7 @@ def test_every_template_formats_as_one_sentence_for_both_genders(profession):
         fields = _template_fields(profession, gender)
         wrong = FEMALE_WORDS if gender == "male" else MALE_WORDS
         for template in templates:
-            text = template.format(**fields)  # a KeyError names a placeholder _fields does not fill
+            text = template.format(**fields)  # a KeyError names a placeholder template_fields does not fill
             assert len(_sentences(text)) == 1 and text.endswith("."), text
             assert "{" not in text and not wrong.search(text), text
 

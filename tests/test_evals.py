@@ -12,7 +12,7 @@ import torch
 from ssae_kit.evals import (
     Difference,
     EvalResult,
-    _Accumulator,
+    MetricAccumulator,
     claim_reading,
     compare,
     decoder_cosine_similarities,
@@ -46,7 +46,7 @@ def fixed_sae(W_enc, W_dec, b_dec=None, b_enc=None) -> SAE:
 
 
 def run(sae, x, ids):
-    acc = _Accumulator(sae)
+    acc = MetricAccumulator(sae)
     acc.add(torch.tensor(x), torch.tensor(ids))
     return acc.result(dense_threshold=0.5)
 

@@ -78,7 +78,10 @@ def test_the_check_sees_every_import_form():
 
 
 def test_the_design_table_is_read_in_order_and_names_each_module_once():
-    assert design_order("| `ssae_kit.io` | x |\n| `ssae_kit.models` | y |\n| not a row |\n") == ("io", "models")
+    assert design_order("| `ssae_kit.io` | x |\n| `ssae_kit.models` | y |\n| not a row |\n") == (
+        "io",
+        "models",
+    )
     assert len(ORDER) == len(set(ORDER)) and ORDER[0] == "intervals" and ORDER[-1] == "exercises"
     stale = [m for m in ORDER if not (PACKAGE / f"{m}.py").exists()]
     assert not stale, f"docs/DESIGN.md lists {stale}, which have no file in ssae_kit/: remove their rows."

@@ -19,17 +19,16 @@ import torch
 from scipy.optimize import minimize
 
 from ssae_kit import ActivationStore, TrainConfig, train
-from ssae_kit.activations import FORMAT, VERSION, _ShardWriter
+from ssae_kit.activations import store_from_tensor
 from ssae_kit.evals import evaluate_store, health_warnings
-from ssae_kit.io import MANIFEST_FILE, atomic_write_json
-from ssae_kit.train import _initial_sae, _store_mean, _store_sample, geometric_median
+from ssae_kit.train import geometric_median, initial_sae, store_mean, store_sample
 
 D_MODEL = 32
 
 
 def massive_store(out: Path, share: float, n_tokens: int = 20_000, seed: int = 0) -> ActivationStore:
-    """Sparse-feature activations plus coordinate 0 holding `share` of E||x||^2, written by the
-    store's own shard writer (so the files, checksums and norm_scale are those caching makes)."""
+    """Sparse-feature activations plus coordinate 0 holding `share` of E||x||^2, in a store with the
+    files, checksums and norm_scale caching makes."""
     g = torch.Generator().manual_seed(seed)
     n_feat = 2 * D_MODEL
     dictionary = torch.randn(n_feat, D_MODEL, generator=g)
@@ -39,23 +38,7 @@ def massive_store(out: Path, share: float, n_tokens: int = 20_000, seed: int = 0
     rel_std = 0.1
     mean = math.sqrt(share / (1 - share) * float(x.pow(2).sum(1).mean()) / (1 + rel_std**2))
     x[:, 0] += mean * (1 + rel_std * torch.randn(n_tokens, generator=g))
-    writer = _ShardWriter(out, "float32", 4096, D_MODEL)
-    tokens = torch.stack([torch.arange(n_tokens) % 256, torch.zeros(n_tokens), torch.arange(n_tokens)], 1)
-    writer.add(x, tokens.to(torch.int32))
-    atomic_write_json(
-        out / MANIFEST_FILE,
-        dict(
-            format=FORMAT,
-            version=VERSION,
-            model="synthetic",
-            layer=0,
-            hook_name="blocks.0.hook_resid_post",
-            d_model=D_MODEL,
-            n_tokens=n_tokens,
-            **writer.finish(),
-        ),
-    )
-    return ActivationStore(out)
+    return store_from_tensor(x, out)
 
 
 def tiny_cfg(**kw) -> TrainConfig:
@@ -91,7 +74,7 @@ def share_997(tmp_path_factory) -> ActivationStore:
 
 def test_synthetic_store_has_one_dimension_with_the_asked_share_of_the_norm(share_90, share_997):
     for store, share, ratio in ((share_90, 0.9, 17), (share_997, 0.997, 100)):
-        x = _store_sample(store)
+        x = store_sample(store)
         msq = x.pow(2).mean(0)  # (d_model,) E x_i^2
         assert float(msq[0] / msq.sum()) == pytest.approx(share, abs=0.005)
         assert float((msq[0] / msq[1:].mean()).sqrt()) == pytest.approx(ratio, rel=0.1)
@@ -128,14 +111,14 @@ def test_at_100x_the_default_trains_a_live_sae_where_the_store_scale_does_not(sh
 
 
 def test_store_scale_keeps_the_store_scale_and_the_mean_bit_for_bit(share_90):
-    sae = _initial_sae(share_90, TrainConfig(d_sae=64, norm_scale_from="store"), None)
+    sae = initial_sae(share_90, TrainConfig(d_sae=64, norm_scale_from="store"), None)
     assert sae.cfg.norm_scale == share_90.norm_scale
-    assert torch.equal(sae.b_dec, _store_mean(share_90) * share_90.norm_scale)
+    assert torch.equal(sae.b_dec, store_mean(share_90) * share_90.norm_scale)
 
 
 def test_centered_scale_gives_the_centered_inputs_mean_squared_norm_d_model(share_90):
-    sae = _initial_sae(share_90, TrainConfig(d_sae=64), None)
-    x = _store_sample(share_90).double() * sae.cfg.norm_scale
+    sae = initial_sae(share_90, TrainConfig(d_sae=64), None)
+    x = store_sample(share_90).double() * sae.cfg.norm_scale
     assert float((x - x.mean(0)).pow(2).sum(1).mean()) == pytest.approx(D_MODEL, rel=1e-6)
     torch.testing.assert_close(sae.b_dec.double(), x.mean(0), rtol=1e-5, atol=1e-5)
 
@@ -159,7 +142,7 @@ def test_geometric_median_matches_a_numerical_minimiser_and_ignores_outliers():
 
 def test_geometric_median_b_dec_init_is_deterministic(share_90):
     cfg = TrainConfig(d_sae=64, b_dec_init="geometric_median")
-    a, b = (_initial_sae(share_90, cfg, None) for _ in range(2))
+    a, b = (initial_sae(share_90, cfg, None) for _ in range(2))
     assert torch.equal(a.b_dec, b.b_dec)
-    torch.testing.assert_close(a.b_dec, geometric_median(_store_sample(share_90)) * a.cfg.norm_scale)
-    assert not torch.allclose(a.b_dec, _store_mean(share_90) * a.cfg.norm_scale, atol=1e-3)
+    torch.testing.assert_close(a.b_dec, geometric_median(store_sample(share_90)) * a.cfg.norm_scale)
+    assert not torch.allclose(a.b_dec, store_mean(share_90) * a.cfg.norm_scale, atol=1e-3)

@@ -22,7 +22,15 @@ from ssae_kit import ActivationStore, cache_activations
 from ssae_kit.activations import store_from_tensor
 from ssae_kit.io import CHECKPOINT_FILE, LOG_FILE, SAE_CFG_FILE, SAE_WEIGHTS_FILE, npy_bytes, sha256_bytes
 from ssae_kit.sae import SAE, SAEConfig
-from ssae_kit.train import TrainConfig, TrainState, _checkpoint, _train_step, finetune_config, get_lr, train
+from ssae_kit.train import (
+    TrainConfig,
+    TrainState,
+    finetune_config,
+    get_lr,
+    save_checkpoint,
+    train,
+    train_step,
+)
 
 SCRIPT = Path(__file__).with_name("train_script.py")
 
@@ -53,7 +61,7 @@ def test_train_step__reduces_loss_when_called_repeatedly_on_same_acts(store):
     state = TrainState(tokens_since_fired=torch.zeros(64))
     x = next(store.batches(64, normalize=False))
     cfg = small_cfg(warmup_tokens=0)
-    losses = [_train_step(sae, sae, opt, x, cfg, state, 1, with_metrics=True)["loss"] for _ in range(30)]
+    losses = [train_step(sae, sae, opt, x, cfg, state, 1, with_metrics=True)["loss"] for _ in range(30)]
     assert losses[-1] < 0.5 * losses[0]
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))
 
@@ -309,7 +317,7 @@ def test_a_checkpoint_is_never_written_with_nan_weights(tmp_path):
         sae.W_enc[0, 0] = float("nan")
     state = TrainState(step=7, tokens_since_fired=torch.zeros(8))
     with pytest.raises(ValueError, match="weights hold NaN/inf at step 7.*keeps its last good checkpoint"):
-        _checkpoint(
+        save_checkpoint(
             tmp_path,
             small_cfg(),
             {},
@@ -337,7 +345,7 @@ def test_resuming_on_another_store_is_refused(store, tiny, docs, tmp_path):
 def test_unwritable_out_dir_fails_before_training(store, tmp_path, monkeypatch):
     (tmp_path / "file.txt").write_text("not a folder")
     module = sys.modules[train.__module__]  # `ssae_kit.train` is also the name of the function
-    monkeypatch.setattr(module, "_train_step", lambda *a, **k: pytest.fail("trained before checking out_dir"))
+    monkeypatch.setattr(module, "train_step", lambda *a, **k: pytest.fail("trained before checking out_dir"))
     with pytest.raises(ValueError, match="Cannot write to the output folder .*file.txt/run"):
         train(store, small_cfg(), out_dir=tmp_path / "file.txt" / "run")
 
