@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from ssae_kit.io import (
+    SAE_CFG_FILE,
+    SAE_WEIGHTS_FILE,
     RunLayout,
     atomic_write_bytes,
     atomic_write_dir,
@@ -86,7 +88,7 @@ def test_sae_save_that_fails_while_writing_leaves_the_previous_sae_loadable(tmp_
     with pytest.raises(OSError, match="No space left"):
         SAE(SAEConfig(d_in=4, d_sae=16), seed=2).save(tmp_path)
     assert torch.equal(SAE.load(tmp_path).W_dec, old.W_dec)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([SAE_CFG_FILE, SAE_WEIGHTS_FILE])
 
 
 def test_atomic_write_with_keeps_the_old_file_when_the_writer_fails(tmp_path):

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from ssae_kit.io import SAE_CFG_FILE, SAE_WEIGHTS_FILE
 from ssae_kit.sae import SAE, SAEConfig
 
 
@@ -103,7 +104,7 @@ def test_save_load_round_trip_keeps_the_function_and_provenance(arch, tmp_path):
     assert loaded.cfg == cfg
     x = torch.randn(5, 8)
     torch.testing.assert_close(loaded(x).sae_out, sae(x).sae_out, atol=1e-5, rtol=1e-5)
-    on_disk = json.loads((tmp_path / "cfg.json").read_text())
+    on_disk = json.loads((tmp_path / SAE_CFG_FILE).read_text())
     assert on_disk["metadata"]["hook_name"] == "blocks.4.hook_resid_post"
     assert on_disk["normalize_activations"] == "none"  # the scale is folded into the weights
 
@@ -118,8 +119,8 @@ def test_bad_configs_and_files_name_the_fix(tmp_path):
     with pytest.raises(ValueError, match="layer=3 but hook_name='blocks.4.hook_resid_post' reads layer 4"):
         SAEConfig(d_in=4, d_sae=8, layer=3, hook_name="blocks.4.hook_resid_post")
     SAE(SAEConfig(d_in=4, d_sae=8)).save(tmp_path)
-    cfg = json.loads((tmp_path / "cfg.json").read_text())
-    (tmp_path / "cfg.json").write_text(json.dumps({**cfg, "architecture": "gated"}))
+    cfg = json.loads((tmp_path / SAE_CFG_FILE).read_text())
+    (tmp_path / SAE_CFG_FILE).write_text(json.dumps({**cfg, "architecture": "gated"}))
     with pytest.raises(ValueError, match="architecture 'gated'.*'jumprelu', 'standard', 'topk'"):
         SAE.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="No SAE at"):
@@ -187,10 +188,10 @@ def _saved(tmp_path, architecture="relu", **edit):
 
     sae = SAE(SAEConfig(d_in=4, d_sae=8, architecture=architecture, k=2))
     sae.save(tmp_path)
-    weights = load_file(str(tmp_path / "sae_weights.safetensors"))
+    weights = load_file(str(tmp_path / SAE_WEIGHTS_FILE))
     for name, value in edit.items():
         weights.pop(name) if value is None else weights.__setitem__(name, value)
-    save_file(weights, str(tmp_path / "sae_weights.safetensors"))
+    save_file(weights, str(tmp_path / SAE_WEIGHTS_FILE))
     return tmp_path
 
 
@@ -205,7 +206,7 @@ def test_loading_refuses_nan_weights_and_missing_or_stray_tensors_naming_the_ten
     ):
         SAE.load(_saved(tmp_path / "c", threshold=torch.ones(8)))
     folder = _saved(tmp_path / "d")
-    (folder / "sae_weights.safetensors").write_bytes(b"\x00" * 64)
+    (folder / SAE_WEIGHTS_FILE).write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match=r"is not a readable safetensors file"):
         SAE.load(folder)
 

@@ -20,7 +20,15 @@ from safetensors.torch import load_file
 
 from ssae_kit import ActivationStore, cache_activations
 from ssae_kit.activations import store_from_tensor
-from ssae_kit.io import CHECKPOINT_FILE, LOG_FILE, SAE_CFG_FILE, SAE_WEIGHTS_FILE, npy_bytes, sha256_bytes
+from ssae_kit.io import (
+    CHECKPOINT_FILE,
+    LOG_FILE,
+    MANIFEST_FILE,
+    SAE_CFG_FILE,
+    SAE_WEIGHTS_FILE,
+    npy_bytes,
+    sha256_bytes,
+)
 from ssae_kit.sae import SAE, SAEConfig
 from ssae_kit.train import (
     TrainConfig,
@@ -114,13 +122,11 @@ def test_killed_run_resumed_ends_bit_identical_to_an_unkilled_run(store, tmp_pat
         time.sleep(0.01)
     proc.kill()
     proc.wait()
-    assert ckpt.exists() and not (tmp_path / "killed" / "sae_weights.safetensors").exists(), (
-        "not killed mid-run"
-    )
+    assert ckpt.exists() and not (tmp_path / "killed" / SAE_WEIGHTS_FILE).exists(), "not killed mid-run"
     with pytest.raises(ValueError, match="resume=True"):
         train(store, cfg, out_dir=tmp_path / "killed")
     _run(store, tmp_path / "killed", cfg, resume=True)
-    whole, resumed = (load_file(str(tmp_path / d / "sae_weights.safetensors")) for d in ("whole", "killed"))
+    whole, resumed = (load_file(str(tmp_path / d / SAE_WEIGHTS_FILE)) for d in ("whole", "killed"))
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     logs = [json.loads((tmp_path / d / LOG_FILE).read_text()) for d in ("whole", "killed")]
     assert logs[0] == logs[1]
@@ -263,14 +269,14 @@ def test_torchrun_two_ranks_match_single_process_training(store, tmp_path):
 def _poisoned_copy(store: ActivationStore, dest: Path, value: float) -> ActivationStore:
     """A copy of `store` with one activation row set to `value`, checksums updated (a damaged store)."""
     shutil.copytree(store.path, dest)
-    manifest = json.loads((dest / "manifest.json").read_text())
+    manifest = json.loads((dest / MANIFEST_FILE).read_text())
     shard = manifest["shards"][1]
     acts = np.load(dest / shard["file"])
     acts[7] = value
     data = npy_bytes(acts)
     (dest / shard["file"]).write_bytes(data)
     shard.update(bytes=len(data), sha256=sha256_bytes(data))
-    (dest / "manifest.json").write_text(json.dumps(manifest))
+    (dest / MANIFEST_FILE).write_text(json.dumps(manifest))
     return ActivationStore(dest)
 
 
