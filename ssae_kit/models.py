@@ -265,6 +265,13 @@ def n_layers(model: nn.Module) -> int:
     return len(get_blocks(model))
 
 
+def resolve_layer(layer: int, model: nn.Module, sae_layer: int = -1) -> int:
+    """The block a notebook hooks: `layer` if >= 0, else the SAE's layer if it records one (>= 0),
+    else the middle block. A layer past the last block is refused by name."""
+    chosen = layer if layer >= 0 else sae_layer if sae_layer >= 0 else n_layers(model) // 2
+    return check_layer(model, chosen)
+
+
 def d_model(model: PreTrainedModel) -> int:
     return int(model.get_input_embeddings().embedding_dim)
 

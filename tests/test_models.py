@@ -20,6 +20,7 @@ from ssae_kit.models import (
     iter_residuals,
     n_layers,
     resolve_device,
+    resolve_layer,
     same_model,
     splice,
     tiny_model,
@@ -89,6 +90,13 @@ def test_layer_out_of_range_names_the_valid_range(tiny):
         forward_to_layer(model, _batch(tok).input_ids, 3)
     with pytest.raises(ValueError, match="out of range"):
         check_layer(model, -1)
+
+
+def test_resolve_layer_takes_the_asked_layer_then_the_saes_then_the_middle_block(tiny):
+    model, _ = tiny  # 3 blocks
+    assert [resolve_layer(2, model, 0), resolve_layer(-1, model, 0), resolve_layer(-1, model)] == [2, 0, 1]
+    with pytest.raises(ValueError, match=r"Layer 3 is out of range: this model has blocks 0\.\.2"):
+        resolve_layer(-1, model, sae_layer=3)  # an SAE of a deeper model
 
 
 def test_get_blocks_of_unknown_module_says_where_it_looked():
