@@ -233,6 +233,51 @@ def evaluate(
     (2.4x faster here, absolute CE within 0.003 nats and SAE-vs-SAE differences within 0.0001 of
     fp32: docs and `tests/test_evals.py`), else fp32.
     """
+    text_id = _check_evaluation(
+        sae, model, docs, layer, ctx_len, batch_size, max_contexts, max_norm_multiple, precision, baseline
+    )
+    with model_precision(model, text_id["precision"]):  # the SAE and the loss stay fp32 inside
+        ctx = tokenize_contexts(docs, tokenizer, ctx_len, max_contexts=max_contexts)
+        keep_all = content_mask(ctx, tokenizer)
+        device = next(model.parameters()).device
+        run = _SplicedRun(
+            MetricAccumulator(sae, n_docs=len(docs)), max_norm_multiple, len(docs), d_model(model)
+        )
+        for start in tqdm(range(0, len(ctx), batch_size), desc="evaluating", unit="batch"):
+            sl = slice(start, start + batch_size)
+            ids, mask = ctx.input_ids[sl].to(device), ctx.attention_mask[sl].to(device)
+            run.batch(
+                model, layer, ids, mask, keep_all[sl].to(device), ctx.doc_ids[sl], clean=baseline is None
+            )
+        result = run.acc.result(dense_threshold)
+        mean_ce = math.nan  # a baseline brings its own
+        if baseline is None:
+            mean = run.resid_sum / max(run.n_scored, 1)
+            mean_ce = _mean_ablation_ce(model, ctx, keep_all, layer, mean, max_norm_multiple, batch_size)
+        result.metrics.update(run.ce_metrics(baseline, mean_ce), **text_id)
+        result.doc_stats.update(
+            doc=np.arange(len(docs)),
+            n_targets=run.doc_ce["targets"].numpy(),
+            ce_sae=run.doc_ce["sae"].numpy(),
+            ce_clean=run.doc_ce["clean"].numpy(),
+        )
+        return _with_health(result, sae, layer)
+
+
+def _check_evaluation(
+    sae: SAE,
+    model: PreTrainedModel,
+    docs: list[Document],
+    layer: int,
+    ctx_len: int,
+    batch_size: int,
+    max_contexts: int | None,
+    max_norm_multiple: float | None,
+    precision: str,
+    baseline: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """`evaluate`'s arguments checked before any work; returns what identifies the evaluated text
+    (recorded in the metrics, and what a reused baseline must match)."""
     check_layer(model, layer)
     check_ctx_len(model, ctx_len)
     check_max_norm_multiple(max_norm_multiple)
@@ -256,67 +301,84 @@ def evaluate(
             "The baseline was computed on other documents, windows or precision: evaluate it on the same "
             "docs, ctx_len, max_contexts, max_norm_multiple and precision, or pass baseline=None."
         )
-    with model_precision(model, text_id["precision"]):  # the SAE and the loss stay fp32 inside
-        ctx = tokenize_contexts(docs, tokenizer, ctx_len, max_contexts=max_contexts)
-        keep_all = content_mask(ctx, tokenizer)
-        device = next(model.parameters()).device
-        acc = MetricAccumulator(sae, n_docs=len(docs))
-        doc_ce = {k: torch.zeros(len(docs), dtype=torch.float64) for k in ("clean", "sae", "zero", "targets")}
-        n_outliers = 0
-        resid_sum = torch.zeros(d_model(model), dtype=torch.float64)  # over scored tokens, for mean-ablation
-        n_scored = 0
-        for start in tqdm(range(0, len(ctx), batch_size), desc="evaluating", unit="batch"):
-            sl = slice(start, start + batch_size)
-            ids, mask = ctx.input_ids[sl].to(device), ctx.attention_mask[sl].to(device)
-            keep = keep_all[sl].to(device)
-            doc = ctx.doc_ids[sl]
+    return text_id
 
-            def reconstruct(resid: torch.Tensor, keep=keep, ids=ids, doc=doc) -> torch.Tensor:
-                """The spliced forward's own residual (B, T, D) feeds the statistics: no second prefix pass."""
-                nonlocal n_outliers
-                scored = keep & ~massive_norm_mask(resid, keep, max_norm_multiple)
-                n_outliers += int((keep & ~scored).sum())
-                with full_precision(resid.device):  # the SAE in its own dtype, even inside a bf16 forward
-                    x_hat = acc.add(
-                        resid[scored].to(sae.W_dec.dtype),
-                        ids[scored],
-                        doc[:, None].expand_as(ids)[scored.cpu()],
-                    )
-                out = resid.clone()
-                out[scored] = x_hat.to(resid.dtype)
-                return out
 
-            targets = keep[:, 1:]
-            doc_ce["targets"].index_add_(0, doc, targets.sum(1).double().cpu())
-            with splice(model, layer, reconstruct):
-                doc_ce["sae"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
-            if baseline is None:
+@dataclass
+class _SplicedRun:
+    """What one `evaluate` adds up over its batches: the SAE's statistics (`acc`), CE summed per
+    document for the spliced, clean and zero-ablated passes, and the clean residual's sum over the
+    tokens the SAE replaces (for the mean-ablation bar)."""
 
-                def capture(resid: torch.Tensor, keep=keep) -> torch.Tensor:
-                    """The clean pass's residual at the tokens the SAE replaces, summed for the layer's mean."""
-                    nonlocal resid_sum, n_scored
-                    scored = keep & ~massive_norm_mask(resid, keep, max_norm_multiple)
-                    resid_sum += resid[scored].double().sum(0).cpu()
-                    n_scored += int(scored.sum())
-                    return resid
+    acc: MetricAccumulator
+    max_norm_multiple: float | None
+    n_docs: int
+    d_model: int
+    n_outliers: int = 0
+    n_scored: int = 0
+    doc_ce: dict[str, torch.Tensor] = field(init=False)
+    resid_sum: torch.Tensor = field(init=False)
 
-                with splice(model, layer, capture):
-                    doc_ce["clean"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
-                with splice(model, layer, lambda r, keep=keep: replace_content(r, keep, torch.zeros_like(r))):
-                    doc_ce["zero"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
-        result = acc.result(dense_threshold)
-        n_targets = max(float(doc_ce["targets"].sum()), 1.0)
-        ce = {k: float(doc_ce[k].sum()) / n_targets for k in ("clean", "sae", "zero")}
-        if baseline is None:
-            ce["mean"] = _mean_ablation_ce(
-                model, ctx, keep_all, layer, resid_sum / max(n_scored, 1), max_norm_multiple, batch_size
-            )
-        else:
+    def __post_init__(self) -> None:
+        self.doc_ce = {
+            k: torch.zeros(self.n_docs, dtype=torch.float64) for k in ("clean", "sae", "zero", "targets")
+        }
+        self.resid_sum = torch.zeros(self.d_model, dtype=torch.float64)
+
+    def batch(self, model, layer: int, ids, mask, keep, doc, clean: bool) -> None:
+        """One batch of windows: the spliced forward, and the clean and zero-ablated ones if `clean`
+        (no baseline to reuse). ids, mask, keep: (B, T); doc: (B,) document index of each window."""
+        targets = keep[:, 1:]
+        self.doc_ce["targets"].index_add_(0, doc, targets.sum(1).double().cpu())
+        with splice(model, layer, self._reconstruct(ids, keep, doc)):
+            self.doc_ce["sae"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
+        if clean:
+            with splice(model, layer, self._capture(keep)):
+                self.doc_ce["clean"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
+            with splice(model, layer, lambda r: replace_content(r, keep, torch.zeros_like(r))):
+                self.doc_ce["zero"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
+
+    def _reconstruct(self, ids, keep, doc) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The splice: the spliced forward's own residual (B, T, D) feeds the statistics, and its scored
+        tokens are replaced by the SAE's reconstruction (no second prefix pass)."""
+        sae = self.acc.sae
+
+        def fn(resid: torch.Tensor) -> torch.Tensor:
+            scored = keep & ~massive_norm_mask(resid, keep, self.max_norm_multiple)
+            self.n_outliers += int((keep & ~scored).sum())
+            with full_precision(resid.device):  # the SAE in its own dtype, even inside a bf16 forward
+                x_hat = self.acc.add(
+                    resid[scored].to(sae.W_dec.dtype), ids[scored], doc[:, None].expand_as(ids)[scored.cpu()]
+                )
+            out = resid.clone()
+            out[scored] = x_hat.to(resid.dtype)
+            return out
+
+        return fn
+
+    def _capture(self, keep) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The clean pass's residual at the tokens the SAE replaces, summed for the layer's mean."""
+
+        def fn(resid: torch.Tensor) -> torch.Tensor:
+            scored = keep & ~massive_norm_mask(resid, keep, self.max_norm_multiple)
+            self.resid_sum += resid[scored].double().sum(0).cpu()
+            self.n_scored += int(scored.sum())
+            return resid
+
+        return fn
+
+    def ce_metrics(self, baseline: dict[str, Any] | None, mean_ce: float) -> dict[str, Any]:
+        """CE per target token of each pass (clean and zero from `baseline` when given, whose
+        per-document clean CE is then unknown: NaN), the loss recovered and perplexities."""
+        n_targets = max(float(self.doc_ce["targets"].sum()), 1.0)
+        ce = {k: float(self.doc_ce[k].sum()) / n_targets for k in ("clean", "sae", "zero")}
+        ce["mean"] = mean_ce
+        if baseline is not None:
             ce["clean"], ce["zero"] = baseline["ce_clean"], baseline["ce_zero"]
             ce["mean"] = baseline.get("ce_mean", math.nan)  # baselines saved before the kit measured it
-            doc_ce["clean"][:] = math.nan
+            self.doc_ce["clean"][:] = math.nan
         gap, mean_gap = ce["zero"] - ce["clean"], ce["mean"] - ce["clean"]
-        result.metrics.update(
+        return dict(
             ce_clean=ce["clean"],
             ce_sae=ce["sae"],
             ce_zero=ce["zero"],
@@ -326,16 +388,8 @@ def evaluate(
             ce_loss_recovered_mean=(ce["mean"] - ce["sae"]) / mean_gap if mean_gap > 0 else math.nan,
             perplexity_clean=math.exp(ce["clean"]),
             perplexity_sae=math.exp(ce["sae"]),
-            n_outliers=n_outliers,
-            **text_id,
+            n_outliers=self.n_outliers,
         )
-        result.doc_stats.update(
-            doc=np.arange(len(docs)),
-            n_targets=doc_ce["targets"].numpy(),
-            ce_sae=doc_ce["sae"].numpy(),
-            ce_clean=doc_ce["clean"].numpy(),
-        )
-        return _with_health(result, sae, layer)
 
 
 def _with_health(result: EvalResult, sae: SAE, layer: int) -> EvalResult:
