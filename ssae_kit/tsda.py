@@ -185,52 +185,73 @@ def train_da(
     points; every label for the oracle). `A` replaces data.A as the taxonomy E and T see (TSDA-flat)."""
     if cfg.method not in METHODS:
         raise ValueError(f"Unknown method {cfg.method!r}: choose from {METHODS}.")
-    n_dom = len(data.leaves)
     check_domain_data(data)
     labelled = data.is_source[data.domain] if labelled is None else np.asarray(labelled, bool)
     if not labelled.any():
         raise ValueError(
             "No labelled point: give the source domains some points (or pass a non-empty `labelled`)."
         )
-    A = check_taxonomy_matrix(data.A if A is None else A, n_dom)
+    A = check_taxonomy_matrix(data.A if A is None else A, len(data.leaves))
     if cfg.method == "oracle":
         labelled = np.ones(len(data.y), bool)
-    d_in = data.x.shape[1] + (n_dom if _reads_taxonomy(cfg) else 0)
-    h = cfg.hidden
-    m = DAModel(cfg, A, E=_mlp([d_in, h, h, h], cfg.seed * 10), F=_mlp([h, h, 2], cfg.seed * 10 + 1))
-    adversarial = cfg.method in ("dann", "tsda")
-    if adversarial:
-        m.D = _mlp([h, h, n_dom], cfg.seed * 10 + 2)
-    if cfg.method == "tsda":
-        m.T = _mlp([h, h, 2], cfg.seed * 10 + 3)
-    opt = lambda *nets: torch.optim.Adam(
+    model = _networks(cfg, A, data.x.shape[1])
+    adam = lambda *nets: torch.optim.Adam(
         [p for n in nets for p in n.parameters()], lr=cfg.lr, betas=(0.5, 0.999)
     )
-    opt_ef = opt(m.E, m.F)
-    opt_d = opt(m.D) if m.D is not None else None
-    opt_t = opt(m.T) if m.T is not None else None
-    x_all, y_all = m.inputs(data.x, data.domain), torch.from_numpy(data.y).long()
-    dom_all, A_t = torch.from_numpy(data.domain).long(), torch.from_numpy(A).float()
-    lab_idx, rng = np.flatnonzero(labelled), np.random.default_rng(cfg.seed)
+    opt_ef = adam(model.E, model.F)
+    opt_d = adam(model.D) if model.D is not None else None
+    opt_t = adam(model.T) if model.T is not None else None
+    x_all, y_all = model.inputs(data.x, data.domain), torch.from_numpy(data.y).long()
+    domain_all, A_t = torch.from_numpy(data.domain).long(), torch.from_numpy(A).float()
+    labelled_rows, rng = np.flatnonzero(labelled), np.random.default_rng(cfg.seed)
     for _ in range(cfg.steps):
-        lab = torch.from_numpy(rng.choice(lab_idx, cfg.batch_size))
-        anyb = torch.from_numpy(rng.integers(0, len(data.y), cfg.batch_size))
-        loss = nnf.cross_entropy(m.F(m.E(x_all[lab])), y_all[lab])
-        if adversarial:  # D and T step on detached encodings first, then E and F play against them
-            e, u = m.E(x_all[anyb]), dom_all[anyb]
-            opt_d.zero_grad()
-            nnf.cross_entropy(m.D(e.detach()), u).backward()
-            opt_d.step()
-            loss = loss - cfg.lambda_d * nnf.cross_entropy(m.D(e), u)
-            if m.T is not None:
-                opt_t.zero_grad()
-                taxonomist_loss(m.T(e.detach()), u, A_t).backward()
-                opt_t.step()
-                loss = loss + cfg.lambda_t * taxonomist_loss(m.T(e), u, A_t)
+        lab_batch = torch.from_numpy(rng.choice(labelled_rows, cfg.batch_size))
+        any_batch = torch.from_numpy(rng.integers(0, len(data.y), cfg.batch_size))
+        loss = nnf.cross_entropy(model.F(model.E(x_all[lab_batch])), y_all[lab_batch])
+        if opt_d is not None:  # D and T step on detached encodings first, then E and F play against them
+            encoded, domain = model.E(x_all[any_batch]), domain_all[any_batch]
+            fool, keep_taxonomy = _adversaries_step(model, opt_d, opt_t, encoded, domain, A_t)
+            loss = loss - cfg.lambda_d * fool
+            if keep_taxonomy is not None:
+                loss = loss + cfg.lambda_t * keep_taxonomy
         opt_ef.zero_grad()
         loss.backward()
         opt_ef.step()
-    return m
+    return model
+
+
+def _networks(cfg: DAConfig, A: np.ndarray, d_x: int) -> DAModel:
+    """E and F for every method; D (domain discriminator) for DANN and TSDA; T (taxonomist) for TSDA.
+    Each network's init depends on the seed and its role only."""
+    n_dom, width = len(A), cfg.hidden
+    d_in = d_x + (n_dom if _reads_taxonomy(cfg) else 0)
+    model = DAModel(
+        cfg,
+        A,
+        E=_mlp([d_in, width, width, width], cfg.seed * 10),
+        F=_mlp([width, width, 2], cfg.seed * 10 + 1),
+    )
+    if cfg.method in ("dann", "tsda"):
+        model.D = _mlp([width, width, n_dom], cfg.seed * 10 + 2)
+    if cfg.method == "tsda":
+        model.T = _mlp([width, width, 2], cfg.seed * 10 + 3)
+    return model
+
+
+def _adversaries_step(
+    model: DAModel, opt_d, opt_t, encoded: torch.Tensor, domain: torch.Tensor, A_t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One step of D (and T, for TSDA) on the detached encodings; returns their losses on the live
+    encodings, which E and F then play against: D's to maximise, T's (None without T) to minimise."""
+    opt_d.zero_grad()
+    nnf.cross_entropy(model.D(encoded.detach()), domain).backward()
+    opt_d.step()
+    if model.T is None:
+        return nnf.cross_entropy(model.D(encoded), domain), None
+    opt_t.zero_grad()
+    taxonomist_loss(model.T(encoded.detach()), domain, A_t).backward()
+    opt_t.step()
+    return nnf.cross_entropy(model.D(encoded), domain), taxonomist_loss(model.T(encoded), domain, A_t)
 
 
 def accuracy_by_domain(model: DAModel, data: DomainData) -> np.ndarray:
