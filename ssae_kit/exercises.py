@@ -21,11 +21,12 @@ import torch
 
 from . import retrieval
 from .corpora import Document
-from .debias import Probe, ablation_edit, shift_attribution
 from .evals import ce_sums, decoder_cosines, ssae_only_latents
 from .features import Residuals, token_mean
 from .models import byte_tokenizer, splice, tiny_model
+from .probe import Probe, ablation_edit
 from .sae import SAE, SAEConfig
+from .shift import shift_attribution
 from .taxonomy import leaf_paths, taxonomy_matrix
 from .term import tilted_loss
 from .tree_probe import spearman

@@ -32,6 +32,7 @@ __all__ = [
     "d_model",
     "load_model",
     "n_layers",
+    "resolve_layer",
     "splice",
 ]
 

@@ -1,4 +1,4 @@
-"""ssae_kit.debias: ablation keeps the error term, the probe, attribution, the spurious rule, the case study."""
+"""ssae_kit.probe, shift and debias: ablation keeps the error term, the probe, attribution, the spurious rule, the case study."""
 
 from __future__ import annotations
 
@@ -7,16 +7,10 @@ from contextlib import ExitStack
 import pytest
 import torch
 
-from ssae_kit.debias import (
-    Probe,
-    ablation_edit,
-    group_accuracies,
-    shift_attribution,
-    spurious_latents,
-    train_probe,
-)
 from ssae_kit.features import mean_pool, residuals, token_mean
+from ssae_kit.probe import Probe, ablation_edit, group_accuracies, train_probe
 from ssae_kit.sae import SAE, SAEConfig
+from ssae_kit.shift import shift_attribution, spurious_latents
 
 TEXTS = [
     "she is a nurse at the ward",
@@ -112,7 +106,8 @@ def test_spurious_rule_picks_latents_that_separate_gender_more_than_profession()
 
 def test_debias_data_splits_the_balanced_set_per_group_and_labels_it(tiny):
     from ssae_kit.bios import make_splits, synthetic_bios
-    from ssae_kit.debias import DebiasConfig, build_debias_data, report_row
+    from ssae_kit.debias import build_debias_data
+    from ssae_kit.shift import DebiasConfig, report_row
 
     model, tok = tiny
     splits = make_splits(synthetic_bios(120, seed=1), n_train_per_group=10, n_test_per_group=6, seed=1)
@@ -130,7 +125,8 @@ def test_shift_case_study_gives_every_row_and_an_sae_with_nothing_spurious_chang
     tiny, identity_sae
 ):
     from ssae_kit.bios import delete_gender_tokens, make_splits, synthetic_bios
-    from ssae_kit.debias import DebiasConfig, build_debias_data, report_row, shift_case_study
+    from ssae_kit.debias import build_debias_data, shift_case_study
+    from ssae_kit.shift import DebiasConfig, report_row
 
     model, tok = tiny
     splits = make_splits(synthetic_bios(120, seed=1), n_train_per_group=10, n_test_per_group=6, seed=1)
@@ -159,8 +155,8 @@ def test_shift_case_study_gives_every_row_and_an_sae_with_nothing_spurious_chang
 
 
 def test_an_edit_reaches_a_later_probe_only_through_the_blocks_after_it(tiny):
-    from ssae_kit.debias import probe_inputs
     from ssae_kit.models import get_blocks
+    from ssae_kit.probe import probe_inputs
 
     model, tok = tiny
     sae = SAE(SAEConfig(d_in=32, d_sae=64, layer=1), seed=5)
@@ -185,7 +181,7 @@ def test_an_edit_reaches_a_later_probe_only_through_the_blocks_after_it(tiny):
 
 
 def test_edits_at_two_layers_compose_like_two_splices(tiny):
-    from ssae_kit.debias import probe_inputs
+    from ssae_kit.probe import probe_inputs
 
     model, tok = tiny
     sae1, sae2 = (SAE(SAEConfig(d_in=32, d_sae=64, layer=layer), seed=layer) for layer in (1, 2))
@@ -198,7 +194,7 @@ def test_edits_at_two_layers_compose_like_two_splices(tiny):
 
 
 def test_ablating_the_latent_along_the_probe_weight_removes_the_probe_signal(tiny):
-    from ssae_kit.debias import probe_inputs
+    from ssae_kit.probe import probe_inputs
 
     model, tok = tiny
     r = residuals(model, tok, TEXTS, 1, ctx_len=32)
@@ -216,7 +212,7 @@ def test_ablating_the_latent_along_the_probe_weight_removes_the_probe_signal(tin
 
 
 def test_attribution_of_an_upstream_latent_is_the_first_order_effect_of_ablating_it(tiny):
-    from ssae_kit.debias import attribution_check
+    from ssae_kit.shift import attribution_check
 
     model, tok = tiny
     sae = SAE(SAEConfig(d_in=32, d_sae=64, layer=1), seed=3)
@@ -246,7 +242,7 @@ def test_attribution_of_an_upstream_latent_is_the_first_order_effect_of_ablating
 
 
 def test_integrated_gradients_sum_to_the_effect_of_ablating_every_latent(tiny):
-    from ssae_kit.debias import probe_inputs
+    from ssae_kit.probe import probe_inputs
 
     model, tok = tiny
     sae = SAE(SAEConfig(d_in=32, d_sae=64, layer=1), seed=3)
@@ -269,7 +265,8 @@ def test_integrated_gradients_sum_to_the_effect_of_ablating_every_latent(tiny):
 
 def test_ablation_curve_reads_set_a_only_and_the_best_count_breaks_ties_by_gender_readout(tiny, identity_sae):
     from ssae_kit.bios import make_splits, synthetic_bios
-    from ssae_kit.debias import DebiasConfig, ablation_curve, best_count, build_debias_data
+    from ssae_kit.debias import build_debias_data
+    from ssae_kit.shift import DebiasConfig, ablation_curve, best_count
 
     model, tok = tiny
     splits = make_splits(synthetic_bios(120, seed=1), n_train_per_group=10, n_test_per_group=6, seed=1)
@@ -328,7 +325,7 @@ def test_seed_and_bio_bootstrap_intervals_and_the_paired_difference():
 
 
 def test_debias_config_refuses_settings_that_pick_or_train_nothing():
-    from ssae_kit.debias import DebiasConfig
+    from ssae_kit.shift import DebiasConfig
 
     for bad in (dict(top_n=0), dict(attribution_bios=0), dict(probe_epochs=0)):
         with pytest.raises(ValueError, match="each must be >= 1"):

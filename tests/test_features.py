@@ -8,7 +8,6 @@ import torch
 from test_debias import TEXTS  # the same gendered snippets
 
 from ssae_kit.corpora import Document
-from ssae_kit.debias import ablation_edit
 from ssae_kit.features import (
     collect_feature_activations,
     latent_means,
@@ -17,6 +16,7 @@ from ssae_kit.features import (
     residuals,
 )
 from ssae_kit.models import forward_to_layer
+from ssae_kit.probe import ablation_edit
 from ssae_kit.sae import SAE, SAEConfig
 
 
