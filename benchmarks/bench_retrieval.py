@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ssae_kit import load_corpus
-from ssae_kit.retrieval import Embedder, build_index
+from ssae_kit.embeddings import Embedder, build_index
 
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128)
 

@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .bios import Bio, BiosSplits, group_of
-from .evals import seed_item_bootstrap
+from .claims import seed_item_bootstrap
 from .features import residuals
 from .probe import probe_inputs, train_probe
 from .sae import SAE

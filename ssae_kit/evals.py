@@ -1,4 +1,5 @@
-"""Evaluate an SAE: fidelity, sparsity, spliced-in downstream loss, and tail-concept metrics.
+"""Evaluate an SAE: fidelity, sparsity, spliced-in downstream loss, and the per-token and per-latent
+records the tail metrics (`latents`) and comparisons (`claims`) read.
 
 Definitions (PAPER §3; one code path for training logs and evals):
 - MSE: per token, the sum over d_in of (x - x_hat)^2 in normalised units, then the mean over
@@ -10,15 +11,13 @@ Definitions (PAPER §3; one code path for training logs and evals):
 - CE loss recovered: (CE_zero - CE_sae) / (CE_zero - CE_clean); CE_zero zero-ablates the layer's
   output. Special tokens (BOS/EOS/PAD) keep their clean value in spliced passes and are never
   prediction targets.
-- A token type "has a feature" when it is the top token of some latent: the token on which that
-  latent reaches its largest activation in the evaluation data.
 - Token-activation entropy: entropy of p_j = f_j / sum_j f_j over the latents active on a token.
 - Massive-norm tokens (one rule with `cache_activations`): a content token whose residual norm
   exceeds `max_norm_multiple` x its batch's median is never trained on, so `evaluate` leaves it
   clean in the spliced pass and out of every reconstruction average (as SAEBench does);
   `n_outliers` counts them. It still counts as a CE target.
-- Differences between two SAEs (`compare`) carry a 95% bootstrap interval over documents,
-  paired (both SAEs scored on the same documents), from `scipy.stats.bootstrap`.
+- Differences between two SAEs: `claims.compare` (a paired 95% bootstrap interval over documents);
+  tail coverage and the other per-latent views: `latents`.
 - Health: `health_warnings` flags dead fraction > 50%, EV < 0, and spliced CE at or above
   zero-ablation CE; `evaluate` warns and records them under `health_warnings`.
 Everything streams batch by batch: only per-token scalars, per-document sums and per-latent
@@ -29,9 +28,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,16 +40,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .activations import ActivationStore
 from .corpora import Document, check_documents, content_mask, corpus_checksum, tokenize_contexts
-from .intervals import (
-    MIN_DOCS,
-    MIN_SEEDS,
-    Difference,
-    bootstrap_interval,
-    check_confidence,
-    has_interval,
-    seed_band,
-    too_few,
-)
 from .models import (
     check_ctx_len,
     check_layer,
@@ -65,22 +54,8 @@ from .models import (
 from .sae import SAE
 
 __all__ = [
-    "claim_reading",
-    "compare",
-    "decoder_cosine_similarities",
-    "error_by_rank",
     "evaluate",
     "evaluate_store",
-    "firing_difference",
-    "interval_over_seeds",
-    "matched_l0_pair",
-    "paired_over_seeds",
-    "rare_max_error_reading",
-    "shift_reading",
-    "ssae_only_latents",
-    "tail_coverage",
-    "tail_coverage_difference",
-    "verdict_over_seeds",
 ]
 
 
@@ -479,330 +454,3 @@ def ce_sums(
     # rows of (B*(T-1), V): contiguous, ~3x faster on CPU than cross_entropy over the transposed (B, V, T-1)
     losses = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
     return (losses.view_as(targets) * targets).sum(1).double().cpu()
-
-
-def compare(
-    a: EvalResult,
-    b: EvalResult,
-    metric: Literal["ce", "ev", "mse"] = "ce",
-    confidence: float = 0.95,
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> Difference:
-    """a minus b for spliced CE (nats per target token), EV or MSE, with a `confidence` bootstrap
-    interval (BCa, `scipy.stats.bootstrap`) resampling documents, paired: the same resampled
-    documents for both SAEs. Both must come from `evaluate` on the same docs and windows."""
-    for r in (a, b):
-        if not r.doc_stats or "ce_sae" not in r.doc_stats:
-            raise ValueError("compare needs per-document results of evaluate() (evaluate_store keeps none).")
-    if (
-        a.metrics["eval_docs"] != b.metrics["eval_docs"]
-        or a.metrics["ctx_len"] != b.metrics["ctx_len"]
-        or a.metrics["max_contexts"] != b.metrics["max_contexts"]
-        or a.metrics.get("precision") != b.metrics.get("precision")
-    ):
-        raise ValueError(
-            "compare needs both SAEs evaluated on the same docs, ctx_len, max_contexts and precision."
-        )
-    sa, sb = a.doc_stats, b.doc_stats
-    used = sa["n_targets"] > 0
-    if metric == "ce":
-        data = (sa["ce_sae"][used], sb["ce_sae"][used], sa["n_targets"][used])
-
-        def statistic(x, y, n, axis=-1):
-            return (x.sum(axis) - y.sum(axis)) / n.sum(axis)
-    elif metric == "ev":  # EV_a - EV_b = (err_b - err_a) / dev
-        data = (sa["sq_err"][used], sb["sq_err"][used], sa["sq_dev"][used])
-
-        def statistic(x, y, dev, axis=-1):
-            return (y.sum(axis) - x.sum(axis)) / dev.sum(axis)
-    elif metric == "mse":
-        data = (sa["sq_err"][used], sb["sq_err"][used], sa["n_tokens"][used])
-
-        def statistic(x, y, n, axis=-1):
-            return (x.sum(axis) - y.sum(axis)) / n.sum(axis)
-    else:
-        raise ValueError(f"Unknown metric {metric!r}: use 'ce', 'ev' or 'mse'.")
-    check_confidence(confidence)
-    if not used.any():
-        raise ValueError("compare found no evaluated document with a target token: evaluate more text.")
-    estimate = float(statistic(*data))  # its interval is NaN below intervals.MIN_DOCS documents
-    low, high = bootstrap_interval(
-        data, statistic, paired=True, method="BCa", confidence=confidence, n_resamples=n_resamples, seed=seed
-    )
-    warned = [r.metrics.get("health_warnings") or [] for r in (a, b)]
-    flagged = "; ".join(dict.fromkeys(w for ws in warned for w in ws)) if all(warned) else ""
-    return Difference(metric, estimate, low, high, confidence, int(used.sum()), flagged)
-
-
-def interval_over_seeds(
-    diffs: Sequence[float], confidence: float = 0.95, bounds: tuple[float, float] | None = None
-) -> tuple[float, float, float]:
-    """(mean, low, high) of per-seed values: the mean +- the t quantile times the standard error
-    (`intervals.seed_band`), the band `verdict_over_seeds` reads; NaN bounds below
-    `intervals.MIN_SEEDS` seeds (no interval, no verdict). `bounds` clips it (a proportion's (0, 1))."""
-    mean, low, high = seed_band(diffs, confidence)
-    if bounds is not None and has_interval(low, high):
-        low, high = max(low, bounds[0]), min(high, bounds[1])
-    return mean, low, high
-
-
-def paired_over_seeds(a: Sequence[float], b: Sequence[float], name: str) -> dict[str, Any]:
-    """a - b seed by seed (the i-th of each come from the same seed or split), with the band of
-    `interval_over_seeds` and the words it supports: "<name> higher", "<name> lower", "no clear
-    difference", or "too few seeds for an interval (2 < 3)". For CE, "lower" is the gain."""
-    if len(a) != len(b) or not len(a):
-        raise ValueError(f"a and b need one value per seed each; got {len(a)} and {len(b)}.")
-    diffs = [float(x - y) for x, y in zip(a, b)]
-    mean, low, high = interval_over_seeds(diffs)
-    word = (
-        too_few(len(diffs), "seeds", MIN_SEEDS)
-        if not has_interval(low, high)
-        else f"{name} higher"
-        if low > 0
-        else f"{name} lower"
-        if high < 0
-        else "no clear difference"
-    )
-    return dict(per_seed=diffs, mean=mean, low=low, high=high, verdict=word)
-
-
-def verdict_over_seeds(
-    diffs: Sequence[float],
-) -> Literal["better", "worse", "no clear difference", "too few seeds"]:
-    """Per-seed differences (a minus b) read as a verdict: "better" or "worse" when the band of
-    `interval_over_seeds` excludes 0, "no clear difference" when it holds 0, "too few seeds" when
-    there is no band (fewer than `intervals.MIN_SEEDS` seeds, or no spread)."""
-    _, low, high = interval_over_seeds(diffs)
-    if not has_interval(low, high):
-        return "too few seeds"
-    return "better" if low > 0 else "worse" if high < 0 else "no clear difference"
-
-
-def seed_item_bootstrap(
-    values: np.ndarray,
-    statistic: Callable[[np.ndarray, np.ndarray], float],
-    strata: Sequence[str],
-    confidence: float = 0.95,
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """(estimate, low, high) of `statistic(values, strata)` with a percentile bootstrap over seeds
-    and items at once: each resample draws seeds with replacement, and items with replacement
-    within each stratum (so every group keeps its size), the same items for every seed (they were
-    scored on the same items).
-
-    values: (S, N, ...) per seed and item (e.g. 1 when bio n was classified right under seed s);
-    strata: (N,) the item's group, e.g. "female nurse" (worst-group accuracy needs each group).
-    NaN bounds when a group has one item or there are fewer than `intervals.MIN_DOCS` items.
-    """
-    values, strata = np.asarray(values), np.asarray(strata)
-    if values.ndim < 2 or values.shape[1] != len(strata) or values.shape[0] < 1:
-        raise ValueError(
-            f"values has shape {values.shape}: it must be (seeds, items, ...) with {len(strata)} items."
-        )
-    check_confidence(confidence)
-    groups = [np.flatnonzero(strata == g) for g in np.unique(strata)]
-    if min(len(g) for g in groups) < 2 or len(strata) < MIN_DOCS:  # resampling would only restate them
-        return float(statistic(values, strata)), math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    stats_ = []
-    for _ in range(n_resamples):
-        s = rng.integers(values.shape[0], size=values.shape[0])
-        items = np.concatenate([rng.choice(g, size=len(g)) for g in groups])
-        stats_.append(statistic(values[s][:, items], strata[items]))
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(stats_, [tail, 100 - tail])
-    return float(statistic(values, strata)), float(low), float(high)
-
-
-def tail_coverage(result: EvalResult, n_bins: int = 8) -> dict[str, Any]:
-    """Fraction of token types that have a feature, by frequency bin (log-spaced), and cumulatively.
-
-    Token frequency is counted on the evaluation tokens. The cumulative curve gives, for types
-    up to each frequency, the fraction that have a feature: rare types first.
-    """
-    types, freq = np.unique(result.token_ids, return_counts=True)
-    top = set(result.feature_top_token[result.feature_top_token >= 0].tolist())
-    has = np.array([t in top for t in types])
-    edges = np.unique(np.logspace(0, np.log10(freq.max() + 1), n_bins + 1).round())
-    which = np.clip(np.digitize(freq, edges) - 1, 0, len(edges) - 2)
-    per_bin = [
-        float(has[which == b].mean()) if (which == b).any() else math.nan for b in range(len(edges) - 1)
-    ]
-    order = np.argsort(freq, kind="stable")
-    cumulative = np.cumsum(has[order]) / np.arange(1, len(order) + 1)
-    return dict(
-        bin_edges=edges.tolist(),
-        coverage=per_bin,
-        n_types=[int((which == b).sum()) for b in range(len(edges) - 1)],
-        freq_sorted=freq[order].tolist(),
-        cumulative=cumulative.tolist(),
-        overall=float(has.mean()),
-    )
-
-
-def tail_coverage_difference(
-    a: EvalResult, b: EvalResult, confidence: float = 0.95, seed: int = 0
-) -> Difference:
-    """Overall tail coverage of a minus b (fraction of token types that have a feature), with a
-    paired bootstrap interval over token types (percentile; both SAEs read the same tokens)."""
-    if not np.array_equal(a.token_ids, b.token_ids):
-        raise ValueError("tail_coverage_difference needs both SAEs evaluated on the same tokens.")
-    types = np.unique(a.token_ids)
-    has = [np.isin(types, r.feature_top_token[r.feature_top_token >= 0]).astype(float) for r in (a, b)]
-    estimate = float(has[0].mean() - has[1].mean())
-    if len(types) >= MIN_DOCS and np.array_equal(has[0], has[1]):
-        return Difference("coverage", estimate, estimate, estimate, confidence, len(types))
-    low, high = bootstrap_interval(
-        (has[0], has[1]),
-        lambda x, y, axis=-1: x.mean(axis) - y.mean(axis),
-        paired=True,
-        confidence=confidence,
-        seed=seed,
-    )
-    return Difference("coverage", estimate, low, high, confidence, len(types))
-
-
-def ssae_only_latents(best_cosine: np.ndarray, peak_activation: np.ndarray, threshold: float) -> np.ndarray:
-    """An SSAE's "dark matter": latents whose decoder direction matches no GSAE direction (best cosine
-    below `threshold`) and that fire on the sample (peak activation > 0), strongest first.
-
-    best_cosine: (d_sae,) each SSAE latent's largest decoder cosine with any GSAE latent.
-    peak_activation: (d_sae,) each SSAE latent's largest activation on the sample.
-    """
-    new = np.flatnonzero((best_cosine < threshold) & (peak_activation > 0))
-    return new[np.argsort(-peak_activation[new], kind="stable")]
-
-
-def claim_reading(claim: str, d: Difference, holds_if: Literal["above", "below"], discuss: str = "") -> str:
-    """A pre-registered claim read off its interval: it holds when the whole interval of `d` lies
-    above (or below) zero, and the sentence says what was measured either way. `discuss`: a
-    question for the reader, added only when the claim was tested and did not hold."""
-    if not has_interval(d.low, d.high):
-        return f"{claim}: measured {d.estimate:+.3f}, but with {too_few(d.n_docs, 'samples', MIN_DOCS)}, the claim is not tested here."
-    holds = d.low > 0 if holds_if == "above" else d.high < 0
-    span = f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}] ({100 * d.confidence:.0f}% CI, n = {d.n_docs})"
-    reading = f"{claim}: measured {span}, so the claim {'holds' if holds else 'does not hold'} here."
-    return reading + (f" For discussion: {discuss}" if discuss and not holds else "")
-
-
-def matched_l0_pair(
-    l0: dict[tuple[str, float], float], a: str, b: str, window: tuple[float, float]
-) -> tuple[float, float] | None:
-    """The sparsity coefficients (one for `a`, one for `b`) whose SAEs both have L0 inside `window`
-    and closest to each other, from `l0` = {(name, coefficient): L0}; None when no pair is inside.
-
-    Comparing two objectives at one coefficient compares them at different sparsities; the paper's
-    TERM-vs-ERM claims hold in a window of L0, so the kit compares them there, at matched L0."""
-    inside = lambda name: [(c, v) for (n, c), v in l0.items() if n == name and window[0] <= v <= window[1]]
-    pairs = [(abs(va - vb), ca, cb) for ca, va in inside(a) for cb, vb in inside(b)]
-    return min(pairs)[1:] if pairs else None
-
-
-def firing_difference(
-    fires_a: np.ndarray,
-    fires_b: np.ndarray,
-    confidence: float = 0.95,
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> Difference:
-    """How many latents fire on text a minus on text b, with a bootstrap interval resampling each
-    text's windows (two independent samples, so unpaired).
-
-    fires_a: (N_a, L) bool, latent l fires somewhere in window n of text a; likewise fires_b. A latent
-    counts once it fires in any window of the sample, so both texts should have the same number of
-    windows of the same length (notebook 04 uses `max_contexts` windows of each).
-    """
-    fires_a, fires_b = np.asarray(fires_a, bool), np.asarray(fires_b, bool)
-    if fires_a.shape[1] != fires_b.shape[1] or min(len(fires_a), len(fires_b)) < 2:
-        raise ValueError(
-            f"firing_difference needs two (windows, latents) arrays over the same latents with 2+ windows each; "
-            f"got {fires_a.shape} and {fires_b.shape}."
-        )
-    count = lambda f: int(f.any(0).sum())
-    estimate = float(count(fires_a) - count(fires_b))
-    n = min(len(fires_a), len(fires_b))
-    if n < MIN_DOCS:
-        return Difference("firing", estimate, math.nan, math.nan, check_confidence(confidence), n)
-    rng = np.random.default_rng(seed)
-    stats_ = [
-        count(fires_a[rng.integers(len(fires_a), size=len(fires_a))])
-        - count(fires_b[rng.integers(len(fires_b), size=len(fires_b))])
-        for _ in range(n_resamples)
-    ]
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(stats_, [tail, 100 - tail])
-    return Difference("firing", estimate, float(low), float(high), confidence, n)
-
-
-def error_by_rank(result: EvalResult, n_buckets: int = 8) -> dict[str, list[float]]:
-    """Mean and max per-token error for token types bucketed by frequency rank (log-spaced)."""
-    types, inverse, freq = np.unique(result.token_ids, return_inverse=True, return_counts=True)
-    rank = np.empty(len(types), dtype=np.int64)
-    rank[np.argsort(-freq, kind="stable")] = np.arange(1, len(types) + 1)
-    token_rank = rank[inverse]
-    edges = np.unique(np.logspace(0, np.log10(len(types) + 1), n_buckets + 1).round())
-    which = np.clip(np.digitize(token_rank, edges) - 1, 0, len(edges) - 2)
-    mean, mx = [], []
-    for b in range(len(edges) - 1):
-        errs = result.token_mse[which == b]
-        mean.append(float(errs.mean()) if len(errs) else math.nan)
-        mx.append(float(errs.max()) if len(errs) else math.nan)
-    return dict(rank_edges=edges.tolist(), mean_error=mean, max_error=mx)
-
-
-def shift_reading(
-    values: dict[str, np.ndarray], a: str, b: str, what: str, expect: Literal["higher", "lower"]
-) -> str:
-    """One sentence comparing two SAEs' distributions of `what` (median and 99th percentile), and
-    whether `a`'s median sits on the `expect` side of `b`'s, as the paper expects; computed, never
-    assumed. Medians within 1% of each other count as no shift."""
-    x, y = (np.asarray(values[k], dtype=np.float64) for k in (a, b))
-    if not (len(x) and len(y)):
-        return f"{what}: no values to compare for {a} and {b}."
-    (mx, px), (my, py) = ((float(np.median(v)), float(np.percentile(v, 99))) for v in (x, y))
-    side = "no shift" if abs(mx - my) <= 0.01 * max(abs(my), 1e-12) else ("higher" if mx > my else "lower")
-    verdict = (
-        "as the paper expects"
-        if side == expect
-        else "no clear shift"
-        if side == "no shift"
-        else "not as the paper expects"
-    )
-    return (
-        f"{what}: median {mx:.3g} for {a} vs {my:.3g} for {b}, 99th percentile {px:.3g} vs {py:.3g}; "
-        f"{a}'s median is {side if side != 'no shift' else 'about the same'} ({verdict})."
-    )
-
-
-def rare_max_error_reading(by_rank: dict[str, dict[str, list[float]]], a: str, b: str) -> str:
-    """Whether `a` lowers the worst-token error over the rarer half of the frequency-rank buckets
-    (`error_by_rank`) against `b`: what TERM is meant to do."""
-    half = lambda r: [v for v in r["max_error"][len(r["max_error"]) // 2 :] if math.isfinite(v)]
-    ea, eb = half(by_rank[a]), half(by_rank[b])
-    if not (ea and eb):
-        return "Too few token ranks to compare the worst-token error at the rare end."
-    ma, mb = float(np.mean(ea)), float(np.mean(eb))
-    return (
-        f"Over the rarer half of token ranks, the worst-token error averages {ma:.3g} for {a} and {mb:.3g} "
-        f"for {b}: {a} " + ("flattens the max curve here." if ma < mb else "does not flatten it here.")
-    )
-
-
-def decoder_cosines(W_a: torch.Tensor, W_b: torch.Tensor) -> torch.Tensor:
-    """(n_a, n_b) cosine similarities between the rows (latent directions) of two decoders, float32 on the CPU."""
-    a, b = (W.detach().float().cpu() for W in (W_a, W_b))
-    a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return a @ b.T
-
-
-def decoder_cosine_similarities(sae: SAE, max_latents: int = 4096, seed: int = 0) -> np.ndarray:
-    """Pairwise cosine similarities of decoder directions (upper triangle), on at most `max_latents`."""
-    W = sae.W_dec.detach().float().cpu()
-    if len(W) > max_latents:
-        W = W[torch.randperm(len(W), generator=torch.Generator().manual_seed(seed))[:max_latents]]
-    sims = decoder_cosines(W, W)
-    i, j = torch.triu_indices(len(W), len(W), offset=1)
-    return sims[i, j].numpy()

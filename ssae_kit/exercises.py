@@ -21,8 +21,9 @@ import torch
 
 from . import retrieval
 from .corpora import Document
-from .evals import ce_sums, decoder_cosines, ssae_only_latents
+from .evals import ce_sums
 from .features import Residuals, token_mean
+from .latents import decoder_cosines, match_latents, ssae_only_latents
 from .models import byte_tokenizer, splice, tiny_model
 from .probe import Probe, ablation_edit
 from .sae import SAE, SAEConfig
@@ -30,7 +31,6 @@ from .shift import shift_attribution
 from .taxonomy import leaf_paths, taxonomy_matrix
 from .term import tilted_loss
 from .tree_probe import spearman
-from .viz import match_latents
 
 __all__ = [
     "check_ablate_keeping_error",

@@ -1,5 +1,6 @@
 """Per-text features on top of the residual iterator: residuals kept in memory, mean pooling
-(with SAE edits), per-text latent means, and latent activations for dashboards.
+(with SAE edits), per-text latent means, latent activations for dashboards and what is read off
+them (top contexts, the latents a token fires), and the principal-component maps figures draw.
 
 Debiasing (`debias`), dashboards (`viz`) and the tree probe read texts through these, so every
 one of them runs the model the same way (`models.iter_residuals`) and gets its checks. A text's
@@ -12,7 +13,9 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from sklearn.decomposition import PCA
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .corpora import Document, content_mask, tokenize_contexts
@@ -23,7 +26,9 @@ __all__ = [
     "collect_feature_activations",
     "latent_means",
     "mean_pool",
+    "project_2d",
     "residuals",
+    "top_contexts",
 ]
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
@@ -162,3 +167,34 @@ def collect_feature_activations(
         for b in iter_residuals(model, ctx.input_ids, ctx.attention_mask, keep, layer, batch_size)
     ]
     return FeatureActivations(ctx.input_ids, keep, torch.cat(chunks))
+
+
+def principal_components(x: np.ndarray, k: int = 2, fit: np.ndarray | None = None) -> np.ndarray:
+    """Every row of `x` on the top-`k` principal components of the rows in `fit` (default: all), shape (n, k).
+
+    scikit-learn's PCA with the exact SVD (its randomised solver would tie the axes to a seed); an axis's
+    sign is sklearn's convention and carries no meaning. `k` is capped at the fitted rows' rank bound."""
+    x = np.asarray(x, dtype=np.float64)
+    rows = x if fit is None else x[fit]
+    return PCA(min(k, *rows.shape), svd_solver="full").fit(rows).transform(x)
+
+
+def project_2d(x: np.ndarray) -> np.ndarray:
+    """First two principal components of the rows of `x` (centred), shape (n, 2): the 2-d maps of notebooks 01 and 04."""
+    return principal_components(x, 2)
+
+
+def top_contexts(fa: FeatureActivations, latent: int, n: int = 8) -> list[tuple[int, int, float]]:
+    """(context, position, activation) of the `n` largest activations of `latent`, one per context."""
+    per_ctx = fa.acts[:, :, latent].float()  # (N, T)
+    best, where = per_ctx.max(1)
+    order = torch.argsort(best, descending=True)[:n]
+    return [(int(c), int(where[c]), float(best[c])) for c in order if best[c] > 0]
+
+
+def latents_for_token(fa: FeatureActivations, token_id: int, n: int = 5) -> list[int]:
+    """Latents with the largest mean activation on occurrences of `token_id`."""
+    where = (fa.input_ids == token_id) & fa.keep
+    if not where.any():
+        return []
+    return fa.acts[where].float().mean(0).topk(n).indices.tolist()

@@ -21,11 +21,15 @@ from typing import Any
 import numpy as np
 
 from .activations import ActivationStore, cache_activations, subset_store
+from .claims import compare
 from .corpora import Document, LabelShare, heldout_split, load_corpus, subsample_label
-from .evals import Difference, EvalResult, compare, evaluate
+from .embeddings import Embedder
+from .evals import EvalResult, evaluate
+from .intervals import Difference
 from .io import atomic_write_bytes, atomic_write_json
-from .retrieval import Embedder, dedupe, select, split_subdomain
+from .retrieval import select
 from .sae import SAE
+from .splits import dedupe, split_subdomain
 from .train import TrainConfig, finetune_config, train
 
 __all__ = [

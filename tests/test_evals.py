@@ -9,26 +9,24 @@ import numpy as np
 import pytest
 import torch
 
-from ssae_kit.evals import (
-    Difference,
-    EvalResult,
-    MetricAccumulator,
+from ssae_kit.claims import (
     claim_reading,
     compare,
-    decoder_cosine_similarities,
-    decoder_cosines,
-    error_by_rank,
-    evaluate,
-    evaluate_store,
-    firing_difference,
-    health_warnings,
     interval_over_seeds,
     matched_l0_pair,
     paired_over_seeds,
+    verdict_over_seeds,
+)
+from ssae_kit.evals import EvalResult, MetricAccumulator, evaluate, evaluate_store, health_warnings
+from ssae_kit.intervals import Difference
+from ssae_kit.latents import (
+    decoder_cosine_similarities,
+    decoder_cosines,
+    error_by_rank,
+    firing_difference,
     ssae_only_latents,
     tail_coverage,
     tail_coverage_difference,
-    verdict_over_seeds,
 )
 from ssae_kit.models import massive_norm_mask
 from ssae_kit.sae import SAE, SAEConfig
@@ -494,7 +492,7 @@ def test_evaluate_store_flags_an_sae_with_nan_weights_as_evaluate_does(tiny, doc
 
 
 def test_shift_reading_says_whether_the_shift_is_the_expected_one_computed_not_assumed():
-    from ssae_kit.evals import shift_reading
+    from ssae_kit.claims import shift_reading
 
     values = {
         "TERM": np.array([1.0, 2.0, 3.0]),
@@ -514,7 +512,7 @@ def test_shift_reading_says_whether_the_shift_is_the_expected_one_computed_not_a
 
 
 def test_rare_max_error_reading_compares_the_worst_error_over_the_rarer_half_of_ranks():
-    from ssae_kit.evals import rare_max_error_reading
+    from ssae_kit.claims import rare_max_error_reading
 
     by_rank = {
         "TERM": dict(max_error=[9.0, 9.0, 2.0, 3.0]),  # worse on frequent tokens, better on rare ones

@@ -9,22 +9,10 @@ import numpy as np
 import pytest
 
 from ssae_kit.corpora import Document, corpus_checksum
+from ssae_kit.embeddings import Embedder, build_index, index_recall, load_index, save_index
 from ssae_kit.io import RunLayout, cache_dir, npy_bytes
-from ssae_kit.retrieval import (
-    STRATEGIES,
-    Embedder,
-    Selection,
-    SubdomainSplit,
-    build_index,
-    dedupe,
-    index_recall,
-    load_index,
-    precision_difference,
-    save_index,
-    select,
-    selection_report,
-    split_subdomain,
-)
+from ssae_kit.retrieval import STRATEGIES, Selection, precision_difference, select, selection_report
+from ssae_kit.splits import SubdomainSplit, dedupe, split_subdomain
 
 SPORT = [
     "The striker scored twice as the home team won the football match.",

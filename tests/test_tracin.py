@@ -9,8 +9,9 @@ from test_retrieval import FOOD, SPORT  # the same two-topic pool
 
 from ssae_kit import tracin
 from ssae_kit.corpora import Document
+from ssae_kit.embeddings import Embedder
 from ssae_kit.models import hook_name
-from ssae_kit.retrieval import STRATEGIES, Embedder, select
+from ssae_kit.retrieval import STRATEGIES, select
 from ssae_kit.sae import SAE, SAEConfig
 from ssae_kit.term import per_token_loss
 from ssae_kit.tracin import (

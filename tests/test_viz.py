@@ -103,7 +103,8 @@ def test_a_tree_figure_takes_the_tree_as_leaf_paths():
 import numpy as np
 import torch
 
-from ssae_kit.viz import match_latents, principal_components, project_2d
+from ssae_kit.features import principal_components, project_2d
+from ssae_kit.latents import match_latents
 
 
 def test_an_embedding_map_rings_each_selection_in_its_own_layer():
