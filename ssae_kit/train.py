@@ -156,6 +156,22 @@ class TrainResult:
     """One dict of metrics per `log_every` steps (step, tokens, lr, loss, mse, l0, dead_frac)."""
 
 
+@dataclass
+class TrainRun:
+    """What a training run carries from step to step and a checkpoint saves: its config, the store
+    it trains on (`trained_on`: the store's identity), the SAE, the optimiser, the counters, the
+    resampling generator, the metrics log, and this process's rank (only rank 0 writes)."""
+
+    cfg: TrainConfig
+    trained_on: dict[str, Any]
+    sae: SAE
+    opt: torch.optim.Optimizer
+    state: TrainState
+    gen: torch.Generator
+    log: list[dict[str, float]] = field(default_factory=list)
+    rank: int = 0
+
+
 def get_lr(tokens: int, cfg: TrainConfig) -> float:
     """Warm-up, constant, then linear decay to 0 over the last `decay_frac` of the budget."""
     warm = min(1.0, (tokens + 1) / cfg.warmup_tokens) if cfg.warmup_tokens else 1.0
@@ -239,14 +255,18 @@ def train(
 def _train(
     store: ActivationStore, cfg: TrainConfig, init: Any, out: Path | None, resume: bool
 ) -> TrainResult:
-    """`train` once its output folder is checked and locked."""
+    """`train` once its output folder is checked and locked: start or resume, step, save."""
     rank, world, device = _distributed_setup(cfg)
     sae = initial_sae(store, cfg, init).to(device)
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
-    state = TrainState(tokens_since_fired=torch.zeros(sae.cfg.d_sae, device=device))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    log: list[dict[str, float]] = []
-    trained_on = _store_identity(store)
+    run = TrainRun(
+        cfg,
+        _store_identity(store),
+        sae,
+        torch.optim.Adam(sae.parameters(), lr=cfg.lr),
+        TrainState(tokens_since_fired=torch.zeros(sae.cfg.d_sae, device=device)),
+        torch.Generator().manual_seed(cfg.seed),
+        rank=rank,
+    )
     if out is not None and resume:
         remove_stale_temps(out)  # a checkpoint write killed mid-way
     if out is not None and (out / CHECKPOINT_FILE).exists():
@@ -254,15 +274,26 @@ def _train(
             raise ValueError(
                 f"{out} already holds a training run: pass resume=True to continue it, or a new out_dir."
             )
-        log = _load_checkpoint(out, cfg, trained_on, sae, opt, state, gen)
-    first_step = state.step
-    model = torch.nn.parallel.DistributedDataParallel(sae) if world > 1 else sae
-    batches = _batches(store, cfg, state, rank, world)
+        run.log = _load_checkpoint(out, run)
+    first_step = run.state.step
+    _steps(run, store, out, world, device)
+    finished_before = run.state.step == first_step and (out is not None and (out / SAE_CFG_FILE).exists())
+    if out is not None and not finished_before:  # a resumed, already finished run is returned as it is
+        _save_finished(out, run)
+    return TrainResult(run.sae, run.log)
+
+
+def _steps(run: TrainRun, store: ActivationStore, out: Path | None, world: int, device: torch.device) -> None:
+    """Train until the budget is spent: a step per batch, dead-latent resampling at each window's
+    end, a log line every `log_every` steps, a checkpoint every `checkpoint_every`."""
+    cfg, state = run.cfg, run.state
+    model = torch.nn.parallel.DistributedDataParallel(run.sae) if world > 1 else run.sae
+    batches = _batches(store, cfg, state, run.rank, world)
     bar = tqdm(
         total=cfg.total_tokens,
         initial=state.tokens,
         unit="tok",
-        disable=rank != 0,
+        disable=run.rank != 0,
         desc=f"term t={cfg.tilt:g}" if cfg.tilt else "erm",
     )
     while state.tokens < cfg.total_tokens:
@@ -270,40 +301,42 @@ def _train(
         logging_step = (
             state.step + 1
         ) % cfg.log_every == 0 or state.tokens + cfg.batch_size >= cfg.total_tokens
-        metrics = train_step(model, sae, opt, x, cfg, state, world, with_metrics=logging_step)
+        metrics = train_step(model, run.sae, run.opt, x, cfg, state, world, with_metrics=logging_step)
         if (
             cfg.resample_dead
             and state.tokens // cfg.dead_window_tokens
             > (state.tokens - cfg.batch_size) // cfg.dead_window_tokens
         ):
-            _resample_dead(sae, opt, x, cfg, state, gen)
+            _resample_dead(run.sae, run.opt, x, cfg, state, run.gen)
         bar.update(cfg.batch_size)
         if metrics:
-            log.append(metrics)
+            run.log.append(metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.3g}", l0=f"{metrics['l0']:.1f}")
         if out is not None and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-            save_checkpoint(out, cfg, trained_on, sae, opt, state, gen, log, rank)
+            save_checkpoint(out, run)
     bar.close()
-    finished_before = state.step == first_step and (out is not None and (out / SAE_CFG_FILE).exists())
-    if out is not None and not finished_before:  # a resumed, already finished run is returned as it is
-        try:
-            _save_run(out, cfg, trained_on, sae, opt, state, gen, log, rank)
-        except OSError as err:
-            rescue = cache_dir("rescued_runs") / f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-            _save_run(rescue, cfg, trained_on, sae, opt, state, gen, log, rank)
-            raise ValueError(
-                f"Could not save the finished run in {out} ({err}); it is saved in {rescue} instead: "
-                f"move that folder to {out}, or SAE.load it from there."
-            ) from err
-    return TrainResult(sae, log)
 
 
-def _save_run(out: Path, cfg, trained_on, sae: SAE, opt, state: TrainState, gen, log, rank: int) -> None:
+def _save_finished(out: Path, run: TrainRun) -> None:
+    """The finished run into `out`; if that fails (disk full, folder gone), into the kit's cache,
+    and the error says where it went."""
+    try:
+        _save_run(out, run)
+    except OSError as err:
+        rescue = cache_dir("rescued_runs") / f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        _save_run(rescue, run)
+        raise ValueError(
+            f"Could not save the finished run in {out} ({err}); it is saved in {rescue} instead: "
+            f"move that folder to {out}, or SAE.load it from there."
+        ) from err
+
+
+def _save_run(out: Path, run: TrainRun) -> None:
     """The final checkpoint, the SAE (SAELens format) and the metrics log."""
-    save_checkpoint(out, cfg, trained_on, sae, opt, state, gen, log, rank)
-    if rank == 0:
-        sae.save(out)
-        atomic_write_json(out / LOG_FILE, log)
+    save_checkpoint(out, run)
+    if run.rank == 0:
+        run.sae.save(out)
+        atomic_write_json(out / LOG_FILE, run.log)
 
 
 def train_step(
@@ -530,9 +563,10 @@ def _store_identity(store: ActivationStore) -> dict[str, Any]:
     )
 
 
-def save_checkpoint(out: Path, cfg, trained_on, sae, opt, state: TrainState, gen, log, rank: int) -> None:
+def save_checkpoint(out: Path, run: TrainRun) -> None:
     """Everything a resume needs, written atomically (and fsynced) by rank 0; never NaN weights."""
-    if rank == 0:
+    cfg, sae, state = run.cfg, run.sae, run.state
+    if run.rank == 0:
         if not all(torch.isfinite(p).all() for p in sae.parameters()):
             raise ValueError(
                 f"The SAE's weights hold NaN/inf at step {state.step}; {out} keeps its last good "
@@ -540,14 +574,14 @@ def save_checkpoint(out: Path, cfg, trained_on, sae, opt, state: TrainState, gen
             )
         payload = dict(
             cfg=asdict(cfg),
-            store=trained_on,
+            store=run.trained_on,
             sae_cfg=asdict(sae.cfg),
             sae=sae.state_dict(),
-            opt=opt.state_dict(),
+            opt=run.opt.state_dict(),
             state=asdict(state),
-            gen=gen.get_state(),
+            gen=run.gen.get_state(),
             torch_rng=torch.get_rng_state(),
-            log=log,
+            log=run.log,
         )
         atomic_write_with(out / CHECKPOINT_FILE, lambda f: torch.save(payload, f))
     if dist.is_available() and dist.is_initialized():
@@ -576,8 +610,11 @@ def _read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     return ckpt
 
 
-def _load_checkpoint(out: Path, cfg, trained_on, sae, opt, state: TrainState, gen) -> list[dict[str, float]]:
-    ckpt = _read_checkpoint(out / CHECKPOINT_FILE, sae.W_dec.device)
+def _load_checkpoint(out: Path, run: TrainRun) -> list[dict[str, float]]:
+    """Restore `run` from `out`'s checkpoint (refused, naming the change, if the config or the store
+    differ) and return its log."""
+    cfg, trained_on = run.cfg, run.trained_on
+    ckpt = _read_checkpoint(out / CHECKPOINT_FILE, run.sae.W_dec.device)
     for what, fix, old, new in (
         ("the config changed since it was written", "the old config", ckpt["cfg"], asdict(cfg)),
         (
@@ -593,11 +630,11 @@ def _load_checkpoint(out: Path, cfg, trained_on, sae, opt, state: TrainState, ge
                 f"Cannot resume {out}: {what} (old, new): {changed}. "
                 f"Resume with {fix}, or train into a new out_dir."
             )
-    sae.load_state_dict(ckpt["sae"])
-    opt.load_state_dict(ckpt["opt"])
+    run.sae.load_state_dict(ckpt["sae"])
+    run.opt.load_state_dict(ckpt["opt"])
     for k, v in ckpt["state"].items():
-        setattr(state, k, v)
-    gen.set_state(ckpt["gen"])
+        setattr(run.state, k, v)
+    run.gen.set_state(ckpt["gen"])
     torch.set_rng_state(ckpt["torch_rng"])
     return ckpt["log"]
 

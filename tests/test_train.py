@@ -32,6 +32,7 @@ from ssae_kit.io import (
 from ssae_kit.sae import SAE, SAEConfig
 from ssae_kit.train import (
     TrainConfig,
+    TrainRun,
     TrainState,
     finetune_config,
     get_lr,
@@ -325,14 +326,7 @@ def test_a_checkpoint_is_never_written_with_nan_weights(tmp_path):
     with pytest.raises(ValueError, match="weights hold NaN/inf at step 7.*keeps its last good checkpoint"):
         save_checkpoint(
             tmp_path,
-            small_cfg(),
-            {},
-            sae,
-            torch.optim.Adam(sae.parameters()),
-            state,
-            torch.Generator(),
-            [],
-            0,
+            TrainRun(small_cfg(), {}, sae, torch.optim.Adam(sae.parameters()), state, torch.Generator()),
         )
     assert not os.listdir(tmp_path)
 
