@@ -14,20 +14,17 @@ import pytest
 
 from ssae_kit import SAE, cache_activations, evaluate, load_corpus, train
 from ssae_kit.corpora import SPLITS_DIR, heldout_split
-from ssae_kit.gsae import (
-    Convergence,
+from ssae_kit.gsae import Convergence, check_convergence, gsae_config, mse_drop
+from ssae_kit.sae import SHIPPED_DIR, load_pretrained, resolve_sae, shipped_saes
+from ssae_kit.sweep import (
     SweepConfig,
-    check_convergence,
-    gsae_config,
     load_sweep,
-    mse_drop,
     prepare,
     run_share,
     sweep_reading,
     sweep_table,
     write_sweep,
 )
-from ssae_kit.sae import SHIPPED_DIR, load_pretrained, resolve_sae, shipped_saes
 
 REPO = Path(__file__).resolve().parents[1]
 GSAE_ID = "smollm2-135m-l6-tech21"  # the natural-share GSAE, shipped for comparison

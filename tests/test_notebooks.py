@@ -19,7 +19,6 @@ import pytest
 import yaml
 
 from ssae_kit.claims import interval_over_seeds, verdict_over_seeds
-from ssae_kit.gsae import load_sweep, sweep_reading, sweep_rows
 from ssae_kit.intervals import MIN_SEEDS
 from ssae_kit.io import (
     ACTS_DIR,
@@ -33,6 +32,7 @@ from ssae_kit.io import (
     RunLayout,
 )
 from ssae_kit.splits import SubdomainSplit, is_near_duplicate, title_key
+from ssae_kit.sweep import load_sweep, sweep_reading, sweep_rows
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))

@@ -31,18 +31,10 @@ from pathlib import Path
 import torch
 
 from ssae_kit import SAE, evaluate, load_model, train
-from ssae_kit.gsae import (
-    TARGETS,
-    SweepConfig,
-    check_convergence,
-    gsae_config,
-    meets_targets,
-    prepare,
-    share_name,
-    share_store,
-)
+from ssae_kit.gsae import TARGETS, check_convergence, gsae_config, meets_targets, share_name
 from ssae_kit.io import atomic_write_json
 from ssae_kit.models import EMBEDDED_DESCRIPTIONS, hook_name
+from ssae_kit.sweep import SweepConfig, prepare, share_store
 
 HERE = Path(__file__).resolve().parent
 DATASET = "bbc-news train split (ssae_kit.corpora.load_corpus)"

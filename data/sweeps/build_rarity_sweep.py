@@ -21,7 +21,15 @@ from pathlib import Path
 import torch
 
 from ssae_kit import load_model
-from ssae_kit.gsae import SweepConfig, prepare, run_share, sweep_reading, sweep_rows, sweep_table, write_sweep
+from ssae_kit.sweep import (
+    SweepConfig,
+    prepare,
+    run_share,
+    sweep_reading,
+    sweep_rows,
+    sweep_table,
+    write_sweep,
+)
 from ssae_kit.viz import plot_rarity_sweep
 
 HERE = Path(__file__).resolve().parent
@@ -86,12 +94,12 @@ first SAE predicts better.
 {sweep_table(results)}
 ![the sweep](rarity_sweep.png)
 
-What the sweep says about the claims pre-registered in notebook 02 (computed by `ssae_kit.gsae.sweep_reading`):
+What the sweep says about the claims pre-registered in notebook 02 (computed by `ssae_kit.sweep.sweep_reading`):
 {readings}
 
 Files: `rarity_sweep.json` (config, environment, every number per share: share reached and tokens per
 label, the GSAE's metrics and convergence test, each SSAE's metrics and comparisons), `rarity_sweep.csv`
-(one row per share, `ssae_kit.gsae.sweep_rows`), `rarity_sweep.png`. Notebook 02 (section 8) draws them.
+(one row per share, `ssae_kit.sweep.sweep_rows`), `rarity_sweep.png`. Notebook 02 (section 8) draws them.
 
 Rebuild: `make sweep` (= `python data/sweeps/build_rarity_sweep.py`; in the background, niced, log
 in `runs/gsae/sweep.log`; resumable: every GSAE, fine-tune and finished share is kept in
