@@ -141,7 +141,7 @@ def summarize_seeds(
     per_seed: Sequence[dict[str, dict]], groups: Sequence[str], n_resamples: int = 2000
 ) -> dict[str, dict[str, tuple[float, float, float]]]:
     """Row -> metric -> (mean over seeds, 95% low, high), the interval bootstrapped over B's bios
-    (within group) and seeds at once (`evals.seed_item_bootstrap`)."""
+    (within group) and seeds at once (`claims.seed_item_bootstrap`)."""
     columns = dict(profession="profession_correct", gender="gender_correct", worst_group="profession_correct")
     out: dict[str, dict[str, tuple[float, float, float]]] = {}
     for name in per_seed[0]:

@@ -239,7 +239,7 @@ def plot_grouped_bars(
 
 
 def plot_rarity_sweep(rows: list[dict]) -> Figure:
-    """The rarity sweep (`gsae.sweep_rows`): spliced CE differences against the subdomain's share of
+    """The rarity sweep (`sweep.sweep_rows`): spliced CE differences against the subdomain's share of
     the GSAE's training tokens, in domain and out of domain, each with its 95% interval."""
     rows = sorted(rows, key=lambda r: r["reached"])
     x = np.arange(len(rows))
