@@ -27,7 +27,6 @@ from .intervals import Difference
 from .sae import SAE
 from .train import TrainConfig, finetune_config, train
 
-
 TARGETS = dict(max_l0=64, min_ev=0.90, max_ce_delta=0.35, max_dead=0.03)
 """Quality a shipped GSAE aims for on held-out text (dead: never active on the evaluated tokens)."""
 
