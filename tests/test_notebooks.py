@@ -134,7 +134,7 @@ def _check_01_retrieval(m: dict, params: dict) -> None:
     for name, v in m["verdicts"].items():  # each verdict is read off its interval
         a, b = name.split(" vs ")
         assert v["sentence"].startswith(_doc_word(v, a, b, "token precision")), name
-    heldout = [json.loads(line)["source"] for line in run.split("heldout").read_text().splitlines() if line]
+    heldout = [json.loads(line)["doc_id"] for line in run.split("heldout").read_text().splitlines() if line]
     committed = json.loads((NOTEBOOKS_DIR.parent / "data" / "splits" / "bbc-news.json").read_text())[
         "heldout"
     ]
