@@ -99,9 +99,8 @@ def taxonomist_loss(points: torch.Tensor, domain: torch.Tensor, A: torch.Tensor)
 
 Method = Literal["source_only", "dann", "tsda", "oracle"]
 METHODS: tuple[Method, ...] = get_args(Method)
-"""What `DAConfig.method` accepts; `compare_methods` reports under its table's row labels (`ROWS`)."""
-ROWS = ("source-only", "DANN", "TSDA", "TSDA-flat", "oracle")
-"""`compare_methods`' result keys: the paper's table rows (TSDA-flat is method "tsda" with a flat A)."""
+"""What `DAConfig.method` accepts; `compare_methods` reports under the paper's table rows instead
+("source-only", "DANN", "TSDA", "TSDA-flat": method "tsda" with a flat A, "oracle")."""
 
 
 @dataclass(frozen=True)
