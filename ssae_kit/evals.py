@@ -215,9 +215,7 @@ def evaluate(
         ctx = tokenize_contexts(docs, tokenizer, ctx_len, max_contexts=max_contexts)
         keep_all = content_mask(ctx, tokenizer)
         device = next(model.parameters()).device
-        run = _SplicedRun(
-            MetricAccumulator(sae, n_docs=len(docs)), max_norm_multiple, len(docs), d_model(model)
-        )
+        run = _SplicedRun(MetricAccumulator(sae, n_docs=len(docs)), max_norm_multiple)
         for start in tqdm(range(0, len(ctx), batch_size), desc="evaluating", unit="batch"):
             sl = slice(start, start + batch_size)
             ids, mask = ctx.input_ids[sl].to(device), ctx.attention_mask[sl].to(device)
@@ -287,18 +285,17 @@ class _SplicedRun:
 
     acc: MetricAccumulator
     max_norm_multiple: float | None
-    n_docs: int
-    d_model: int
     n_outliers: int = 0
     n_scored: int = 0
     doc_ce: dict[str, torch.Tensor] = field(init=False)
     resid_sum: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
+        n_docs, d_in = self.acc.n_docs, self.acc.sae.cfg.d_in  # d_in is the model's width (check_reads)
         self.doc_ce = {
-            k: torch.zeros(self.n_docs, dtype=torch.float64) for k in ("clean", "sae", "zero", "targets")
+            k: torch.zeros(n_docs, dtype=torch.float64) for k in ("clean", "sae", "zero", "targets")
         }
-        self.resid_sum = torch.zeros(self.d_model, dtype=torch.float64)
+        self.resid_sum = torch.zeros(d_in, dtype=torch.float64)
 
     def batch(self, model, layer: int, ids, mask, keep, doc, clean: bool) -> None:
         """One batch of windows: the spliced forward, and the clean and zero-ablated ones if `clean`
