@@ -24,7 +24,6 @@ from faker import Faker
 from .bio_templates import DETAILS, INTROS, NEUTRAL_INTROS, PERSONAL
 
 __all__ = [
-    "LABHC_PROFESSIONS",
     "delete_gender_tokens",
     "load_bias_in_bios",
     "make_splits",

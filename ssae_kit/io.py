@@ -36,7 +36,6 @@ __all__ = [
     "SAE_CFG_FILE",
     "SSAE_DIRS_KEY",
     "RunLayout",
-    "check_parameters",
     "write_metrics",
 ]
 

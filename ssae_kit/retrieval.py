@@ -34,7 +34,6 @@ from .io import atomic_write_bytes, read_jsonl
 from .splits import dedupe, dedupe_indices
 
 __all__ = [
-    "STRATEGIES",
     "Selection",
     "precision_difference",
     "select",

@@ -23,7 +23,6 @@ from .probe import Ablations, Probe, group_accuracies, length_batches, probe_inp
 from .sae import SAE
 
 __all__ = [
-    "DebiasConfig",
     "ablation_curve",
     "attribution_check",
     "best_count",

@@ -12,10 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "PROFESSION_TAXONOMY",
     "binary_tree",
     "leaf_paths",
-    "parse_taxonomy",
     "subtrees",
 ]
 
