@@ -36,6 +36,7 @@ __all__ = [
     "SAE_CFG_FILE",
     "SSAE_DIRS_KEY",
     "RunLayout",
+    "paper_table",
     "write_metrics",
 ]
 
@@ -298,6 +299,19 @@ def npy_bytes(arr: np.ndarray) -> bytes:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+PAPER_DIR = Path(__file__).resolve().parents[1] / "data" / "paper"
+
+
+def paper_table(name: str) -> dict[str, Any]:
+    """A paper's reference numbers (`data/paper/<name>.json`, sources in its README), which notebooks
+    print beside their own: data, so no notebook hard-codes a published table."""
+    path = PAPER_DIR / f"{name}.json"
+    if not path.exists():
+        known = sorted(p.stem for p in PAPER_DIR.glob("*.json"))
+        raise FileNotFoundError(f"No paper table {name!r} in {PAPER_DIR}: choose from {known}.")
+    return json.loads(path.read_text())
 
 
 def write_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> Path:

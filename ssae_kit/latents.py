@@ -21,11 +21,19 @@ __all__ = [
     "decoder_cosine_similarities",
     "error_by_rank",
     "firing_difference",
+    "geometric_centres",
     "match_latents",
     "ssae_only_latents",
     "tail_coverage",
     "tail_coverage_difference",
 ]
+
+
+def geometric_centres(edges: list[float]) -> np.ndarray:
+    """Where to draw each log-spaced bin (tail_coverage's bin_edges, error_by_rank's rank_edges): the
+    geometric mean of its two edges."""
+    e = np.asarray(edges, dtype=float)
+    return np.sqrt(e[:-1] * e[1:])
 
 
 def tail_coverage(result: EvalResult, n_bins: int = 8) -> dict[str, Any]:

@@ -8,45 +8,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from sae_cases import fixed_sae, run
 
 from ssae_kit.claims import (
-    claim_reading,
     compare,
-    interval_over_seeds,
-    matched_l0_pair,
-    paired_over_seeds,
-    verdict_over_seeds,
 )
-from ssae_kit.evals import EvalResult, MetricAccumulator, evaluate, evaluate_store, health_warnings
-from ssae_kit.intervals import Difference
-from ssae_kit.latents import (
-    decoder_cosine_similarities,
-    decoder_cosines,
-    error_by_rank,
-    firing_difference,
-    ssae_only_latents,
-    tail_coverage,
-    tail_coverage_difference,
-)
+from ssae_kit.evals import evaluate, evaluate_store, health_warnings
 from ssae_kit.models import massive_norm_mask
 from ssae_kit.sae import SAE, SAEConfig
-
-
-def fixed_sae(W_enc, W_dec, b_dec=None, b_enc=None) -> SAE:
-    W_enc, W_dec = torch.tensor(W_enc), torch.tensor(W_dec)
-    sae = SAE(SAEConfig(d_in=W_enc.shape[0], d_sae=W_enc.shape[1]))
-    with torch.no_grad():
-        sae.W_enc.copy_(W_enc)
-        sae.W_dec.copy_(W_dec)
-        sae.b_dec.copy_(torch.tensor(b_dec) if b_dec is not None else torch.zeros(W_enc.shape[0]))
-        sae.b_enc.copy_(torch.tensor(b_enc) if b_enc is not None else torch.zeros(W_enc.shape[1]))
-    return sae
-
-
-def run(sae, x, ids):
-    acc = MetricAccumulator(sae)
-    acc.add(torch.tensor(x), torch.tensor(ids))
-    return acc.result(dense_threshold=0.5)
 
 
 def test_mse_and_explained_variance_use_sums_over_dims_and_variance_about_the_mean():
@@ -69,39 +38,6 @@ def test_l0_density_dead_dense_entropy_and_max_activation():
     assert r.metrics["dense_fraction"] == pytest.approx(1 / 3)  # only latent 0 fires on > 50% of tokens
     assert r.token_entropy.tolist() == pytest.approx([math.log(2), 0.0, 0.0, 0.0])
     assert r.token_max_act.tolist() == [1.0, 2.0, 0.0, 3.0]
-
-
-def test_a_token_type_has_a_feature_when_it_is_some_latents_top_token():
-    sae = fixed_sae([[1.0, 0.0, -1.0], [0.0, 1.0, -1.0]], torch.eye(3, 2).tolist())
-    r = run(sae, [[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.5, 0.0]], [5, 7, 5, 9])
-    assert r.feature_top_token.tolist() == [5, 7, -1]  # latent 0 peaks on the second "5"; latent 2 is dead
-    cov = tail_coverage(r)
-    assert cov["overall"] == pytest.approx(2 / 3)  # types 5 and 7 have a feature, 9 does not
-    assert cov["cumulative"][-1] == pytest.approx(2 / 3)
-    assert sum(cov["n_types"]) == 3
-
-
-def test_error_by_rank_buckets_tokens_by_frequency_rank():
-    sae = fixed_sae([[1.0], [0.0]], [[0.0, 0.0]], b_enc=[-100.0])  # reconstructs 0: error = ||x||^2
-    r = run(sae, [[1.0, 0.0]] * 3 + [[2.0, 0.0], [3.0, 0.0]], [4, 4, 4, 8, 9])
-    out = error_by_rank(r, n_buckets=2)
-    assert out["mean_error"][0] == pytest.approx(1.0)  # rank 1: the frequent token
-    assert max(v for v in out["max_error"] if not math.isnan(v)) == pytest.approx(9.0)
-
-
-def test_decoder_cosine_similarities_of_orthogonal_and_parallel_rows():
-    sae = fixed_sae(torch.zeros(2, 3).tolist(), [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
-    assert sorted(decoder_cosine_similarities(sae).tolist()) == [0.0, 0.0, 1.0]
-
-
-def test_decoder_cosines_between_two_decoders_on_a_hand_case():
-    W_a = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])  # a dead all-zero row gets cosine 0, not NaN
-    W_b = torch.tensor([[2.0, 0.0], [0.0, -3.0]])
-    r = 0.5**0.5
-    expected = torch.tensor([[1.0, 0.0], [r, -r], [0.0, 0.0]])
-    assert torch.allclose(decoder_cosines(W_a, W_b), expected), (
-        "rows must be scaled to unit length before the product"
-    )
 
 
 def test_spliced_ce_equals_clean_for_a_perfect_sae_and_zero_ablation_for_a_null_one(tiny, docs, identity_sae):
@@ -191,91 +127,6 @@ def test_massive_flags_only_content_tokens_far_above_the_median():
     assert not massive_norm_mask(resid, keep, None).any()
 
 
-def _fake(ce_sae, n_targets, sq_err=None, sq_dev=None, docs="d") -> EvalResult:
-    n = len(ce_sae)
-    stats = dict(
-        ce_sae=np.asarray(ce_sae, float),
-        n_targets=np.asarray(n_targets, float),
-        sq_err=np.asarray(sq_err if sq_err is not None else np.ones(n), float),
-        sq_dev=np.asarray(sq_dev if sq_dev is not None else np.ones(n), float),
-        n_tokens=np.ones(n),
-    )
-    empty = np.zeros(0)
-    return EvalResult(
-        dict(eval_docs=docs, ctx_len=16, max_contexts=None),
-        empty,
-        empty,
-        empty,
-        empty,
-        empty,
-        empty,
-        empty,
-        empty,
-        stats,
-    )
-
-
-def test_compare_matches_the_normal_interval_for_paired_per_token_differences():
-    # One target per document: the statistic is the mean paired difference, whose 95% interval is
-    # about mean +- 1.96 sd / sqrt(n) for n = 400 normal differences.
-    rng = np.random.default_rng(0)
-    b = rng.normal(4.0, 1.0, 400)
-    diff = rng.normal(-0.1, 0.5, 400)
-    d = compare(_fake(b + diff, np.ones(400)), _fake(b, np.ones(400)), "ce")
-    half = 1.96 * diff.std(ddof=1) / np.sqrt(400)
-    assert d.estimate == pytest.approx(diff.mean())
-    assert d.low == pytest.approx(diff.mean() - half, abs=0.15 * half)
-    assert d.high == pytest.approx(diff.mean() + half, abs=0.15 * half)
-    assert d.verdict("SSAE", "GSAE").startswith("SSAE has lower spliced CE than GSAE (better)")
-
-
-def test_compare_weights_documents_by_their_tokens_and_reads_no_difference_off_an_interval_with_zero():
-    # Per-token CE differences: +1 on 3-token documents, -1 on 1-token documents -> (3 - 1) / 4.
-    d = compare(_fake([3.0, -1.0] * 5, [3, 1] * 5), _fake([0.0, 0.0] * 5, [3, 1] * 5), "ce", n_resamples=200)
-    assert d.estimate == pytest.approx(0.5) and d.low < 0 < d.high
-    assert d.verdict("a", "b").startswith("No clear difference in spliced CE between a and b")
-    same = compare(_fake([1.0, 2.0] * 5, [1, 1] * 5), _fake([1.0, 2.0] * 5, [1, 1] * 5), "ce")
-    assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0)
-
-
-def test_compare_on_too_few_documents_gives_the_estimate_and_no_interval_or_verdict():
-    d = compare(_fake([3.0, -1.0], [3, 1]), _fake([0.0, 0.0], [3, 1]), "ce")
-    assert d.estimate == pytest.approx(0.5) and math.isnan(d.low) and math.isnan(d.high)
-    assert d.verdict("a", "b") == (
-        "spliced CE of a minus b: +0.500; too few documents for an interval (2 < 10), so no verdict."
-    )
-    with pytest.raises(ValueError, match=r"confidence=1.5 must lie in \(0, 1\)"):
-        compare(_fake([1.0] * 12, [1] * 12), _fake([0.0] * 12, [1] * 12), "ce", confidence=1.5)
-
-
-def test_compare_ev_is_the_difference_of_error_sums_over_the_deviation_sum():
-    a = _fake([0] * 10, [1] * 10, sq_err=[1.0, 1.2] * 5, sq_dev=[5.0] * 10)
-    b = _fake([0] * 10, [1] * 10, sq_err=[2.0, 2.2] * 5, sq_dev=[5.0] * 10)
-    d = compare(a, b, "ev")
-    assert d.estimate == pytest.approx(0.2) and d.verdict("a", "b").startswith(
-        "a has higher explained variance"
-    )
-
-
-def test_compare_refuses_results_on_other_documents():
-    with pytest.raises(ValueError, match="same docs"):
-        compare(_fake([1.0, 2.0], [1, 1], docs="x"), _fake([1.0, 2.0], [1, 1], docs="y"))
-
-
-def test_compare_on_real_evaluations_finds_the_identity_sae_better_than_a_null_one(tiny, docs, identity_sae):
-    model, tok = tiny
-    perfect = evaluate(identity_sae(32), model, tok, docs, 1, ctx_len=16)
-    null = fixed_sae(torch.zeros(32, 4).tolist(), torch.zeros(4, 32).tolist())
-    with pytest.warns(UserWarning):
-        bad = evaluate(null, model, tok, docs, 1, ctx_len=16, baseline=perfect.metrics)
-    d = compare(perfect, bad, "ce")
-    assert d.estimate == pytest.approx(perfect.metrics["ce_sae"] - bad.metrics["ce_sae"], abs=1e-6)
-    assert d.low <= d.estimate <= d.high  # a random tiny model barely reads layer 1: CE moves little
-    ev = compare(perfect, bad, "ev")
-    assert ev.estimate == pytest.approx(1.0 - bad.metrics["explained_variance"], abs=1e-6) and ev.low > 0
-    assert perfect.doc_stats["n_targets"].sum() > 0 and len(perfect.doc_stats["doc"]) == len(docs)
-
-
 def test_mean_ablation_is_the_layers_mean_at_the_tokens_the_sae_replaces(tiny, docs, identity_sae):
     """An SAE that outputs the layer's mean scores the mean-ablation CE; a perfect one recovers all of it."""
     from ssae_kit.corpora import content_mask, tokenize_contexts
@@ -337,128 +188,6 @@ def test_evaluating_an_sae_of_another_model_or_past_the_models_positions_is_refu
         evaluate(SAE(SAEConfig(d_in=32, d_sae=8, model_name="gpt2")), model, tok, docs, 1)
 
 
-def test_tail_coverage_difference_is_paired_over_token_types():
-    ids = np.array([1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13])
-
-    def result(top):
-        empty = np.zeros(0)
-        return EvalResult({}, ids, empty, empty, empty, empty, empty, empty, np.array(top), {})
-
-    more, fewer = result([1, 2, 3, 4, -1]), result([1, 2, -1, -1, -1])
-    d = tail_coverage_difference(more, fewer)
-    assert d.estimate == pytest.approx(2 / 13) and d.n_docs == 13 and d.low <= d.estimate <= d.high
-    assert d.verdict("TERM", "ERM").startswith("TERM has higher tail coverage than ERM (better)") == (
-        d.low > 0
-    )
-    same = tail_coverage_difference(more, more)
-    assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0)
-    with pytest.raises(ValueError, match="same tokens"):
-        tail_coverage_difference(more, EvalResult({}, ids[:-1], *[np.zeros(0)] * 6, np.array([1]), {}))
-
-
-def test_ssae_only_latents_are_unmatched_and_alive_strongest_first():
-    best_cosine = np.array([0.9, 0.2, 0.5, 0.1, 0.3, 0.6])
-    peak = np.array([1.0, 0.5, 0.0, 2.0, 0.5, 3.0], dtype=np.float32)
-    # 0: matched; 2: never fires; 5: cosine at the threshold counts as matched; 1 and 4 tie: index order
-    assert ssae_only_latents(best_cosine, peak, 0.6).tolist() == [3, 1, 4]
-    assert ssae_only_latents(best_cosine, peak, 0.05).tolist() == []
-
-
-@pytest.mark.parametrize(
-    "diffs, expected",
-    [
-        ([0.1, 0.11, 0.12], "better"),  # mean 0.11, band +-4.30 x 0.0058
-        ([-0.1, -0.11, -0.12], "worse"),
-        ([0.3, -0.1, 0.1], "no clear difference"),
-        ([0.2, 0.2, 0.2], "too few seeds"),  # no spread says nothing of seed noise
-        ([0.2, 0.2], "too few seeds"),  # two seeds: below the floor of 3
-        ([0.5], "too few seeds"),
-    ],
-)
-def test_verdict_over_seeds_reads_the_t_band_and_says_when_there_are_too_few_seeds(diffs, expected):
-    assert verdict_over_seeds(diffs) == expected
-    mean, low, high = interval_over_seeds(diffs)  # the verdict is read off this band
-    assert mean == pytest.approx(np.mean(diffs))
-    if expected == "too few seeds":
-        assert math.isnan(low) and math.isnan(high)
-    else:
-        assert low <= mean <= high
-        assert (low > 0) == (expected == "better") and (high < 0) == (expected == "worse")
-
-
-def test_paired_over_seeds_reads_the_band_of_the_per_seed_differences():
-    d = paired_over_seeds(
-        [4.0, 4.1, 4.2, 4.3], [4.2, 4.32, 4.39, 4.5], "tracin"
-    )  # lower by ~0.2 on every seed
-    assert d["per_seed"] == pytest.approx([-0.2, -0.22, -0.19, -0.2]) and d["verdict"] == "tracin lower"
-    assert (d["mean"], d["low"], d["high"]) == pytest.approx(interval_over_seeds(d["per_seed"]))
-    assert paired_over_seeds([0.9, 0.8, 0.7], [0.7, 0.9, 0.75], "a")["verdict"] == "no clear difference"
-    assert (
-        paired_over_seeds([1.0, 1.1], [0.5, 0.5], "a")["verdict"] == "too few seeds for an interval (2 < 3)"
-    )
-    with pytest.raises(ValueError, match=r"Seed values \[1\] are NaN or inf"):
-        paired_over_seeds([1.0, float("nan"), 1.2], [0.5, 0.5, 0.5], "a")
-    with pytest.raises(ValueError, match="one value per seed each; got 2 and 3"):
-        paired_over_seeds([1.0, 2.0], [1.0, 2.0, 3.0], "a")
-
-
-def test_the_band_over_seeds_is_the_t_quantile_times_the_standard_error():
-    mean, low, high = interval_over_seeds([0.1, 0.2, 0.3])
-    se = 0.1 / np.sqrt(3)  # sample sd 0.1 over 3 seeds; t(0.975, 2 dof) = 4.303
-    assert (mean, low, high) == pytest.approx((0.2, 0.2 - 4.3027 * se, 0.2 + 4.3027 * se), rel=1e-4)
-    assert interval_over_seeds([0.9, 0.99, 0.97], bounds=(0, 1))[2] == 1.0  # a proportion stays in [0, 1]
-    assert all(math.isnan(v) for v in interval_over_seeds([0.5, 0.6])[1:])
-
-
-def test_firing_difference_counts_latents_that_fire_anywhere_in_each_sample():
-    a = np.zeros((4, 5), bool)
-    a[0, 0] = a[1, 1] = a[3, 2] = True  # three latents fire on text a
-    b = np.zeros((4, 5), bool)
-    b[2, 0] = True  # one on text b
-    few = firing_difference(a, b)
-    assert (
-        few.estimate == 2.0
-        and math.isnan(few.low)
-        and "too few windows of each text" in few.verdict("a", "b")
-    )
-    a, b = np.tile(a, (3, 1)), np.tile(b, (3, 1))  # 12 windows each: enough for an interval
-    d = firing_difference(a, b, n_resamples=500)
-    assert d.estimate == 2.0 and d.low <= d.estimate <= d.high and d.n_docs == 12
-    same = firing_difference(a, a, n_resamples=500)
-    assert same.estimate == 0.0 and same.low < 0 < same.high  # resampling moves the counts both ways
-    assert "higher SSAE-only latents firing" in firing_difference(np.ones((12, 5), bool), b).verdict("a", "b")
-    with pytest.raises(ValueError, match="same latents with 2\\+ windows"):
-        firing_difference(a, b[:, :3])
-
-
-def test_claim_reading_says_holds_only_when_the_whole_interval_is_on_the_claimed_side():
-    d = lambda low, high: Difference("firing", (low + high) / 2, low, high, 0.95, 10)
-    assert claim_reading("X", d(0.5, 2.0), "above").endswith("so the claim holds here.")
-    assert "does not hold" in claim_reading("X", d(-0.5, 2.0), "above")
-    assert claim_reading("Y", d(-2.0, -0.1), "below").endswith("holds here.")
-    assert "[+0.500, +2.000] (95% CI, n = 10)" in claim_reading("X", d(0.5, 2.0), "above")
-    why = "why not here?"
-    assert claim_reading("X", d(-0.5, 2.0), "above", discuss=why).endswith(
-        "does not hold here. For discussion: why not here?"
-    )
-    assert why not in claim_reading("X", d(0.5, 2.0), "above", discuss=why)  # held: nothing to discuss
-    untested = Difference("firing", 0.3, math.nan, math.nan, 0.95, 4)
-    assert why not in claim_reading("X", untested, "above", discuss=why)  # not tested: no prompt either
-
-
-def test_matched_l0_pair_picks_the_closest_l0s_inside_the_window():
-    l0 = {
-        ("ERM", 1.5): 60.0,
-        ("ERM", 1.0): 95.0,
-        ("ERM", 0.8): 130.0,
-        ("TERM", 1.5): 70.0,
-        ("TERM", 1.0): 128.0,
-    }
-    assert matched_l0_pair(l0, "ERM", "TERM", (85, 140)) == (0.8, 1.0)  # 130 vs 128
-    assert matched_l0_pair(l0, "ERM", "TERM", (40, 80)) == (1.5, 1.5)
-    assert matched_l0_pair(l0, "ERM", "TERM", (200, 300)) is None
-
-
 def test_health_warnings_name_nan_metrics():
     warnings = health_warnings({"mse": float("nan"), "explained_variance": float("nan"), "l0": 3.0})
     assert warnings[0] == "explained_variance, mse are NaN: the SAE or the activations hold NaN/inf."
@@ -489,39 +218,6 @@ def test_evaluate_store_flags_an_sae_with_nan_weights_as_evaluate_does(tiny, doc
     assert any("are NaN" in w for w in metrics["health_warnings"])
     healthy = SAE(SAEConfig(d_in=32, d_sae=8, norm_scale=store.norm_scale), seed=0)
     assert not any("NaN" in w for w in evaluate_store(healthy, store).metrics["health_warnings"])
-
-
-def test_shift_reading_says_whether_the_shift_is_the_expected_one_computed_not_assumed():
-    from ssae_kit.claims import shift_reading
-
-    values = {
-        "TERM": np.array([1.0, 2.0, 3.0]),
-        "ERM": np.array([2.0, 3.0, 4.0]),
-        "same": np.array([2.0, 3.0, 4.0]),
-    }
-    lower = shift_reading(values, "TERM", "ERM", "entropy", expect="lower")
-    assert lower.startswith("entropy: median 2 for TERM vs 3 for ERM") and lower.endswith(
-        "is lower (as the paper expects)."
-    )
-    assert shift_reading(values, "TERM", "ERM", "peak", expect="higher").endswith(
-        "(not as the paper expects)."
-    )
-    assert shift_reading(values, "same", "ERM", "x", expect="lower").endswith(
-        "about the same (no clear shift)."
-    )
-
-
-def test_rare_max_error_reading_compares_the_worst_error_over_the_rarer_half_of_ranks():
-    from ssae_kit.claims import rare_max_error_reading
-
-    by_rank = {
-        "TERM": dict(max_error=[9.0, 9.0, 2.0, 3.0]),  # worse on frequent tokens, better on rare ones
-        "ERM": dict(max_error=[1.0, 1.0, 4.0, math.nan]),
-    }
-    assert rare_max_error_reading(by_rank, "TERM", "ERM").endswith(
-        "averages 2.5 for TERM and 4 for ERM: TERM flattens the max curve here."
-    )
-    assert rare_max_error_reading(by_rank, "ERM", "TERM").endswith("ERM does not flatten it here.")
 
 
 @pytest.mark.skipif(

@@ -19,6 +19,7 @@ from ssae_kit.io import (
     atomic_write_json,
     atomic_write_with,
     check_writable_dir,
+    paper_table,
     remove_stale_temps,
     write_metrics,
 )
@@ -180,3 +181,12 @@ def test_corrupt_json_is_refused_naming_the_file_and_the_fix(tmp_path):
         SAE.load(tmp_path)
     with pytest.raises(ValueError, match=r"selection.jsonl, line 1, is not valid JSON .*re-run notebook 01"):
         Selection.load(tmp_path / "selection.jsonl")
+
+
+def test_paper_tables_are_data_and_an_unknown_one_names_the_choices():
+    shift = paper_table("shift_pythia70m")
+    assert {"Original", "GSAE SHIFT", "SSAE SHIFT", "Oracle"} <= set(shift)
+    assert all(len(row) == 3 and all(0 <= v <= 100 for v in row) for row in shift.values())
+    assert set(paper_table("tsda_dt14")) == {"source-only", "DANN", "TSDA"}
+    with pytest.raises(FileNotFoundError, match="tsda_dt14"):
+        paper_table("tsda_dt40")
