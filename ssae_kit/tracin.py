@@ -36,9 +36,10 @@ import logging
 import math
 import time
 import warnings
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ from .splits import dedupe_indices
 from .term import per_token_loss
 from .train import TrainConfig, train
 
-__all__ = ["TRACIN_STRATEGIES", "select_tracin"]
+__all__ = ["Reranker", "select_strategy"]
 
 logger = logging.getLogger(__name__)
 
@@ -331,6 +332,64 @@ def select_tracin(
     )
     selection = fill_budget(candidates, scores, budget_tokens, tokenizer, f"{base}_tracin")
     return warn_if_whole_pool(selection, len(dedupe_indices(pool)))
+
+
+@dataclass(frozen=True)
+class Reranker:
+    """What a TracIn strategy needs beyond retrieval: the LM and the GSAE whose loss it differentiates
+    (at the GSAE's layer), and the reranking settings `select_tracin` documents."""
+
+    model: Any
+    gsae: SAE
+    rerank_factor: float = 3.0
+    n_checkpoints: int = 3
+    sparsity_coefficient: float = 1.0
+    device: str = "auto"
+
+
+def select_strategy(
+    pool: list[Document],
+    seeds: list[Document],
+    strategy: str,
+    budget_tokens: int,
+    tokenizer,
+    embedder: Embedder | None = None,
+    combine: Literal["max", "mean"] = "mean",
+    pool_embeddings: np.ndarray | None = None,
+    reranker: Reranker | None = None,
+) -> Selection:
+    """Any strategy of the kit by name: retrieval's `select`, or a TracIn rerank of dense or BM25
+    (`dense_tracin`, `bm25_tracin`), which needs `reranker`. Notebook 01 compares them through this."""
+    if strategy not in TRACIN_STRATEGIES:
+        return select(
+            pool,
+            seeds,
+            strategy,
+            budget_tokens,
+            tokenizer,  # type: ignore[arg-type]  # select names a bad one
+            embedder=embedder,
+            combine=combine,
+            pool_embeddings=pool_embeddings,
+        )
+    if reranker is None:
+        raise ValueError(f"{strategy} reranks with a GSAE's loss: pass reranker=Reranker(model, gsae).")
+    return select_tracin(
+        pool,
+        seeds,
+        strategy.removesuffix("_tracin"),
+        budget_tokens,
+        tokenizer,  # type: ignore[arg-type]
+        reranker.model,
+        reranker.gsae.cfg.layer,
+        reranker.gsae,
+        rerank_factor=reranker.rerank_factor,
+        n_checkpoints=reranker.n_checkpoints,
+        sparsity_coefficient=reranker.sparsity_coefficient,
+        device=reranker.device,
+        embedder=embedder,
+        combine=combine,
+        pool_embeddings=pool_embeddings,
+    )
 
 
 def _cached_store(

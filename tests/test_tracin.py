@@ -16,9 +16,11 @@ from ssae_kit.sae import SAE, SAEConfig
 from ssae_kit.term import per_token_loss
 from ssae_kit.tracin import (
     TRACIN_STRATEGIES,
+    Reranker,
     build_checkpoints,
     read_store,
     seed_gradient,
+    select_strategy,
     select_tracin,
     token_losses,
     tracin_scores,
@@ -207,3 +209,34 @@ def test_bad_inputs_are_refused_before_any_model_pass(pool, seeds, tiny, monkeyp
     )
     with pytest.raises(ValueError, match=message):
         select_tracin(**{**args, **change})
+
+
+def test_select_strategy_dispatches_by_name_and_a_tracin_name_needs_a_reranker(
+    pool, seeds, gsae, tiny, embedder, tmp_path, monkeypatch
+):
+    model, tok = tiny
+    dense = select_strategy(pool, seeds, "dense", 150, tok, embedder=embedder)
+    assert dense.documents == select(pool, seeds, "dense", 150, tok, embedder=embedder).documents
+    with pytest.raises(ValueError, match="reranker=Reranker"):
+        select_strategy(pool, seeds, "bm25_tracin", 150, tok, embedder=embedder)
+    monkeypatch.setenv("SSAE_KIT_CACHE", str(tmp_path))
+    reranker = Reranker(
+        model, gsae, rerank_factor=2.0, n_checkpoints=2, sparsity_coefficient=0.5, device="cpu"
+    )
+    sel = select_strategy(pool, seeds, "bm25_tracin", 150, tok, embedder=embedder, reranker=reranker)
+    direct = select_tracin(
+        pool,
+        seeds,
+        "bm25",
+        150,
+        tok,
+        model,
+        LAYER,
+        gsae,
+        rerank_factor=2.0,
+        n_checkpoints=2,
+        sparsity_coefficient=0.5,
+        device="cpu",
+        embedder=embedder,
+    )
+    assert sel.strategy == "bm25_tracin" and (sel.documents, sel.scores) == (direct.documents, direct.scores)
