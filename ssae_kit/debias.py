@@ -8,24 +8,72 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .activations import ActivationStore
 from .bios import Bio, BiosSplits, group_of
 from .claims import seed_item_bootstrap
 from .features import residuals
+from .io import RunLayout
 from .probe import probe_inputs, train_probe
 from .sae import SAE
 from .shift import DebiasConfig, DebiasData, find_spurious, report_row
+from .train import TrainConfig, finetune_config, train
 
 __all__ = [
     "build_debias_data",
+    "fine_tune_each",
+    "fit_gsae",
     "row_difference",
     "shift_case_study",
     "summarize_seeds",
 ]
+
+
+def fit_gsae(
+    store: ActivationStore,
+    d_sae: int,
+    sparsity_coefficient: float,
+    epochs: int,
+    out_dir: Path,
+    device: str = "auto",
+) -> SAE:
+    """A GSAE trained here on general text (`epochs` passes over `store`): the case study's when no
+    GSAE is given, and its compressed variant. Resumes a run left in `out_dir`."""
+    cfg = TrainConfig(
+        d_sae=d_sae,
+        sparsity_coefficient=sparsity_coefficient,
+        total_tokens=epochs * store.n_tokens,
+        lr=1e-3,
+        warmup_tokens=5_000,
+        batch_size=store.capped_batch(),
+        device=device,
+    )
+    return train(store, cfg, out_dir=out_dir, resume=True).sae
+
+
+def fine_tune_each(
+    gsaes: Mapping[str, SAE],
+    store: ActivationStore,
+    sparsity_coefficient: float,
+    total_tokens: int,
+    seed: int,
+    layout: RunLayout,
+    device: str = "auto",
+) -> dict[str, SAE]:
+    """The case study's SAEs for one seed: each GSAE ("GSAE", "1/8 GSAE"), and its SSAE fine-tuned
+    with this seed on `store` ("SSAE", "1/8 SSAE"). The full GSAE's SSAE is saved at
+    `layout.bios_ssae(seed)`, where notebook 06 reads the first seed's."""
+    out = dict(gsaes)
+    for name, gsae in gsaes.items():
+        cfg = finetune_config(gsae, store, sparsity_coefficient, total_tokens, seed=seed, device=device)
+        out_dir = layout.bios_ssae(seed) if name == "GSAE" else layout.sae(f"ssae_compressed_seed{seed}")
+        out[name.replace("GSAE", "SSAE")] = train(store, cfg, init=gsae, out_dir=out_dir, resume=True).sae
+    return out
 
 
 def build_debias_data(

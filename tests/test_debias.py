@@ -7,10 +7,14 @@ from contextlib import ExitStack
 import pytest
 import torch
 
+from ssae_kit import cache_activations, train
+from ssae_kit.debias import fine_tune_each, fit_gsae
 from ssae_kit.features import mean_pool, residuals, token_mean
+from ssae_kit.io import RunLayout
 from ssae_kit.probe import Probe, ablation_edit, group_accuracies, train_probe
 from ssae_kit.sae import SAE, SAEConfig
 from ssae_kit.shift import shift_attribution, spurious_latents
+from ssae_kit.train import finetune_config
 
 TEXTS = [
     "she is a nurse at the ward",
@@ -330,3 +334,29 @@ def test_debias_config_refuses_settings_that_pick_or_train_nothing():
     for bad in (dict(top_n=0), dict(attribution_bios=0), dict(probe_epochs=0)):
         with pytest.raises(ValueError, match="each must be >= 1"):
             DebiasConfig(**bad)
+
+
+@pytest.fixture(scope="module")
+def general(tiny, docs, tmp_path_factory):
+    model, tok = tiny
+    return cache_activations(model, tok, docs * 2, 1, tmp_path_factory.mktemp("general"), ctx_len=16)
+
+
+def test_fit_gsae_trains_epochs_passes_at_the_width_asked_and_resumes_from_its_folder(general, tmp_path):
+    gsae = fit_gsae(general, 32, 0.5, epochs=2, out_dir=tmp_path / "gsae", device="cpu")
+    assert (gsae.cfg.d_sae, gsae.cfg.d_in) == (32, general.d_model)
+    again = fit_gsae(general, 32, 0.5, epochs=2, out_dir=tmp_path / "gsae", device="cpu")
+    assert torch.equal(gsae.W_dec, again.W_dec), "a finished run in out_dir is returned, not retrained"
+
+
+def test_fine_tune_each_pairs_every_gsae_with_its_ssae_saved_where_notebook_06_reads_it(general, tmp_path):
+    gsaes = {"GSAE": fit_gsae(general, 32, 0.5, 1, tmp_path / "g", device="cpu")}
+    gsaes["1/2 GSAE"] = fit_gsae(general, 16, 0.5, 1, tmp_path / "g2", device="cpu")
+    layout = RunLayout(tmp_path / "run")
+    saes = fine_tune_each(gsaes, general, 0.5, 1024, seed=3, layout=layout, device="cpu")
+    assert list(saes) == ["GSAE", "1/2 GSAE", "SSAE", "1/2 SSAE"]
+    assert saes["GSAE"] is gsaes["GSAE"] and not torch.equal(saes["SSAE"].W_dec, gsaes["GSAE"].W_dec)
+    torch.testing.assert_close(SAE.load(layout.bios_ssae(3)).W_dec, saes["SSAE"].W_dec)  # saved there
+    cfg = finetune_config(gsaes["1/2 GSAE"], general, 0.5, 1024, seed=3, device="cpu")
+    direct = train(general, cfg, init=gsaes["1/2 GSAE"], out_dir=tmp_path / "direct").sae
+    assert torch.equal(direct.W_dec, saes["1/2 SSAE"].W_dec), "the same fine-tune as train(finetune_config)"
