@@ -22,7 +22,7 @@ from .io import RunLayout
 from .probe import probe_inputs, train_probe
 from .sae import SAE
 from .shift import DebiasConfig, DebiasData, find_spurious, report_row
-from .train import TrainConfig, finetune_config, train
+from .train import TrainConfig, fine_tune, train
 
 __all__ = [
     "build_debias_data",
@@ -70,9 +70,10 @@ def fine_tune_each(
     `layout.bios_ssae(seed)`, where notebook 06 reads the first seed's."""
     out = dict(gsaes)
     for name, gsae in gsaes.items():
-        cfg = finetune_config(gsae, store, sparsity_coefficient, total_tokens, seed=seed, device=device)
         out_dir = layout.bios_ssae(seed) if name == "GSAE" else layout.sae(f"ssae_compressed_seed{seed}")
-        out[name.replace("GSAE", "SSAE")] = train(store, cfg, init=gsae, out_dir=out_dir, resume=True).sae
+        out[name.replace("GSAE", "SSAE")] = fine_tune(
+            gsae, store, sparsity_coefficient, total_tokens, out_dir, seed=seed, device=device
+        )
     return out
 
 

@@ -25,7 +25,7 @@ from .corpora import Document
 from .evals import EvalResult, evaluate
 from .intervals import Difference
 from .sae import SAE
-from .train import TrainConfig, finetune_config, train
+from .train import TrainConfig, fine_tune
 
 TARGETS = dict(max_l0=64, min_ev=0.90, max_ce_delta=0.35, max_dead=0.03)
 """Quality a shipped GSAE aims for on held-out text (dead: never active on the evaluated tokens)."""
@@ -144,9 +144,8 @@ def check_convergence(
 ) -> Convergence:
     """Both convergence tests: `log` is the GSAE's training log; `store` its own training data;
     `baseline` the GSAE's `evaluate` on `docs` (held-out text outside the subdomain), with the same
-    `eval_kwargs`. The fine-tune uses the SSAE recipe (`finetune_config`) at the GSAE's coefficient."""
-    cfg = finetune_config(gsae, store, sparsity_coefficient, finetune_tokens, lr=lr, device="cpu")
-    tuned = train(store, cfg, init=gsae, out_dir=out_dir, resume=True).sae
+    `eval_kwargs`. The fine-tune uses the SSAE recipe (`fine_tune`) at the GSAE's coefficient."""
+    tuned = fine_tune(gsae, store, sparsity_coefficient, finetune_tokens, out_dir, lr=lr, device="cpu")
     result = evaluate(
         tuned, model, tokenizer, docs, gsae.cfg.layer, baseline=baseline.metrics, **(eval_kwargs or {})
     )

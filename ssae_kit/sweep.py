@@ -23,7 +23,7 @@ from .gsae import check_convergence, gsae_config, interval_dict, share_name
 from .io import atomic_write_bytes, atomic_write_json
 from .retrieval import select
 from .splits import dedupe, split_subdomain
-from .train import finetune_config, train
+from .train import fine_tune, train
 
 __all__ = [
     "SweepConfig",
@@ -204,10 +204,10 @@ def run_share(
     )  # fmt: skip
     ssae = {}
     for strategy, sel_store in data.selection_stores.items():
-        fcfg = finetune_config(
-            gsae, sel_store, cfg.sparsity_coefficient, cfg.ssae_tokens, cfg.ssae_lr, seed=cfg.seed
-        )
-        tuned = train(sel_store, fcfg, init=gsae, out_dir=folder / f"ssae_{strategy}", resume=True).sae
+        tuned = fine_tune(
+            gsae, sel_store, cfg.sparsity_coefficient, cfg.ssae_tokens, folder / f"ssae_{strategy}",
+            lr=cfg.ssae_lr, seed=cfg.seed,
+        )  # fmt: skip
         ssae[strategy] = {
             n: evaluate(
                 tuned, data.model, data.tokenizer, texts[n], cfg.layer, baseline=base[n].metrics, **kw

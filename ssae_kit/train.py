@@ -41,7 +41,7 @@ from .term import ScaleRule, check_tilt, objective, per_token_loss
 __all__ = [
     "TrainConfig",
     "check_finetune",
-    "finetune_config",
+    "fine_tune",
     "train",
 ]
 
@@ -225,6 +225,25 @@ def check_finetune(
             TrainConfig(
                 sparsity_coefficient=coefficient, total_tokens=total_tokens, lr=lr, tilt=tilt, device=device
             )
+
+
+def fine_tune(
+    gsae: SAE,
+    store: ActivationStore,
+    sparsity_coefficient: float,
+    total_tokens: int,
+    out_dir: str | Path,
+    lr: float = 5e-4,
+    tilt: float = 0.0,
+    seed: int = 0,
+    device: str = "auto",
+) -> SAE:
+    """`gsae` fine-tuned into an SSAE on `store` by the kit's recipe (`finetune_config`), saved in
+    `out_dir` and resumed from a run left there: the one call every notebook and the sweep use."""
+    cfg = finetune_config(
+        gsae, store, sparsity_coefficient, total_tokens, lr=lr, tilt=tilt, seed=seed, device=device
+    )
+    return train(store, cfg, init=gsae, out_dir=out_dir, resume=True).sae
 
 
 def train(

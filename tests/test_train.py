@@ -34,6 +34,7 @@ from ssae_kit.train import (
     TrainConfig,
     TrainRun,
     TrainState,
+    fine_tune,
     finetune_config,
     get_lr,
     save_checkpoint,
@@ -504,3 +505,13 @@ def test_sparse_relu_step_equals_the_dense_step_on_real_activations_through_the_
         # float rounding of sums over 1,024 tokens in another order: measured <= 7e-5 of the largest entry
         scale = grad.abs().max().item()
         torch.testing.assert_close(sparse_grads[name], grad, rtol=1e-4, atol=2e-4 * scale, msg=name)
+
+
+def test_fine_tune_is_train_on_the_finetune_recipe_and_resumes_a_finished_run(store, tmp_path):
+    gsae = train(store, small_cfg(d_sae=32, total_tokens=64 * 10)).sae
+    tuned = fine_tune(gsae, store, 0.2, 64 * 8, tmp_path / "ssae", tilt=1.0, seed=4, device="cpu")
+    cfg = finetune_config(gsae, store, 0.2, 64 * 8, tilt=1.0, seed=4, device="cpu")
+    direct = train(store, cfg, init=gsae).sae
+    assert torch.equal(tuned.W_dec, direct.W_dec) and not torch.equal(tuned.W_dec, gsae.W_dec)
+    again = fine_tune(gsae, store, 0.2, 64 * 8, tmp_path / "ssae", tilt=1.0, seed=4, device="cpu")
+    assert torch.equal(again.W_enc, tuned.W_enc), "a finished run in out_dir is returned"
