@@ -3,6 +3,7 @@ defaults and every preset, resolves the run folders, and refuses a bad value nam
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import fields
 from pathlib import Path
@@ -147,3 +148,21 @@ def test_taxonomy_is_parsed_once_and_the_shift_config_follows_the_parameters():
     assert set(subtrees(params.tree)) >= {"health", "law"}
     cfg = _with("05_debias_bias_in_bios", top_n=7, force_keep=[3]).shift_config()
     assert (cfg.top_n, cfg.force_keep) == (7, (3,))
+
+
+def test_no_notebook_reassigns_a_parameter_after_its_parameters_cell():
+    """A later `run_dir = Path(run_dir)` would make the value a reader sees differ from the one
+    passed; resolved values live on the dataclass instead (`params.run_dir`)."""
+    for stem in PARAMS:
+        nb = nbformat.read(NOTEBOOKS / f"{stem}.ipynb", as_version=4)
+        declared = set(_defaults(stem))
+        for cell in nb.cells[1:]:
+            if cell.cell_type != "code":
+                continue
+            for node in ast.parse(cell.source).body:
+                targets = [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign, ast.For)) else []
+                targets += node.targets if isinstance(node, ast.Assign) else []
+                names = {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+                assert not names & declared, (
+                    f"{stem} reassigns {sorted(names & declared)}: {cell.source[:80]}"
+                )
