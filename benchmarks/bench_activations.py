@@ -16,7 +16,7 @@ import torch
 
 from ssae_kit import cache_activations, load_corpus, load_model
 from ssae_kit.corpora import tokenize_contexts
-from ssae_kit.models import forward_to_layer
+from ssae_kit.hooks import forward_to_layer
 
 
 def main() -> None:

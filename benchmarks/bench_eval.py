@@ -22,7 +22,7 @@ import torch
 
 from ssae_kit import evaluate, load_corpus, load_model
 from ssae_kit.corpora import heldout_split, tokenize_contexts
-from ssae_kit.models import forward_to_layer
+from ssae_kit.hooks import forward_to_layer
 from ssae_kit.sae import load_pretrained
 
 

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .corpora import Document, check_documents, content_mask, corpus_checksum, tokenize_contexts
+from .hooks import iter_residuals
 from .io import (
     MANIFEST_FILE,
     atomic_write_bytes,
@@ -40,15 +41,7 @@ from .io import (
     read_json,
     sha256_bytes,
 )
-from .models import (
-    check_ctx_len,
-    check_layer,
-    check_max_norm_multiple,
-    d_model,
-    hook_name,
-    iter_residuals,
-    massive_norm_mask,
-)
+from .models import check_ctx_len, check_layer, check_max_norm_multiple, d_model, hook_name, massive_norm_mask
 
 __all__ = [
     "ActivationStore",

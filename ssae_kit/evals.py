@@ -40,6 +40,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .activations import ActivationStore
 from .corpora import Document, check_documents, content_mask, corpus_checksum, tokenize_contexts
+from .hooks import splice
 from .models import (
     check_ctx_len,
     check_layer,
@@ -49,7 +50,6 @@ from .models import (
     massive_norm_mask,
     model_precision,
     resolve_precision,
-    splice,
 )
 from .sae import SAE
 

@@ -23,8 +23,9 @@ from . import retrieval
 from .corpora import Document
 from .evals import ce_sums
 from .features import Residuals, token_mean
+from .hooks import splice
 from .latents import decoder_cosines, match_latents, ssae_only_latents
-from .models import byte_tokenizer, splice, tiny_model
+from .models import byte_tokenizer, tiny_model
 from .probe import Probe, ablation_edit
 from .sae import SAE, SAEConfig
 from .shift import shift_attribution

@@ -3,7 +3,7 @@
 them (top contexts, the latents a token fires), and the principal-component maps figures draw.
 
 Debiasing (`debias`), dashboards (`viz`) and the tree probe read texts through these, so every
-one of them runs the model the same way (`models.iter_residuals`) and gets its checks. A text's
+one of them runs the model the same way (`hooks.iter_residuals`) and gets its checks. A text's
 tokens are its content tokens: BOS/EOS/PAD and padding are left out (PAPER §3).
 """
 
@@ -19,7 +19,8 @@ from sklearn.decomposition import PCA
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .corpora import Document, content_mask, tokenize_contexts
-from .models import check_layer, d_model, iter_residuals, splice
+from .hooks import iter_residuals, splice
+from .models import check_layer, d_model
 from .sae import SAE
 
 __all__ = [

@@ -2,7 +2,7 @@
 mean-pooled residual stream (text tokens only), standardised with its training set's mean and s.d.
 (the raw residual stream has norms in the hundreds, which a one-epoch AdamW head at lr 0.01 does not
 survive), and `probe_inputs`, which applies SAE ablations at their layers and runs the blocks up to
-the probe's layer (`models.forward_from_layer`), so later computation no longer receives the ablated
+the probe's layer (`hooks.forward_from_layer`), so later computation no longer receives the ablated
 features. Ablation keeps the SAE's error term (PAPER §3): x' = decode(f with chosen latents zeroed) +
 (x - decode(f)), so only the chosen features change, not the reconstruction error.
 """
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from .features import Edit, Residuals, mean_pool, token_mean
-from .models import forward_from_layer, splice
+from .hooks import forward_from_layer, splice
 from .sae import SAE
 
 __all__ = [

@@ -11,7 +11,8 @@ import torch
 from ssae_kit import ActivationStore, cache_activations
 from ssae_kit.activations import subset_store
 from ssae_kit.corpora import content_mask, tokenize_contexts
-from ssae_kit.models import forward_to_layer, get_blocks
+from ssae_kit.hooks import forward_to_layer
+from ssae_kit.models import get_blocks
 
 
 def _cache(tiny, docs, out, **kw):

@@ -29,7 +29,7 @@ TEXTS = [
 def run_with_edits(model, r, upto, edits):
     """Reference: the full model from the tokens, with each edit spliced in at its layer on text
     tokens only, mean-pooled at layer `upto` (what probe_inputs must equal)."""
-    from ssae_kit.models import forward_to_layer, splice
+    from ssae_kit.hooks import forward_to_layer, splice
 
     with torch.no_grad(), ExitStack() as stack:
         for layer, edit in edits.items():

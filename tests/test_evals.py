@@ -130,7 +130,7 @@ def test_massive_flags_only_content_tokens_far_above_the_median():
 def test_mean_ablation_is_the_layers_mean_at_the_tokens_the_sae_replaces(tiny, docs, identity_sae):
     """An SAE that outputs the layer's mean scores the mean-ablation CE; a perfect one recovers all of it."""
     from ssae_kit.corpora import content_mask, tokenize_contexts
-    from ssae_kit.models import forward_to_layer
+    from ssae_kit.hooks import forward_to_layer
 
     model, tok = tiny
     ctx = tokenize_contexts(docs, tok, 16)

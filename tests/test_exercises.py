@@ -146,7 +146,7 @@ def _ce_without_splice(model, sae, ids, layer):
 
 
 def _ce_without_shift(model, sae, ids, layer):
-    from ssae_kit.models import splice
+    from ssae_kit.hooks import splice
 
     def ce():
         return torch.nn.functional.cross_entropy(model(input_ids=ids).logits.flatten(0, 1), ids.flatten())

@@ -15,7 +15,7 @@ from ssae_kit.features import (
     pooled_activations,
     residuals,
 )
-from ssae_kit.models import forward_to_layer
+from ssae_kit.hooks import forward_to_layer
 from ssae_kit.probe import ablation_edit
 from ssae_kit.sae import SAE, SAEConfig
 

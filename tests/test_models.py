@@ -9,21 +9,19 @@ import torch
 
 from ssae_kit import load_model
 from ssae_kit.corpora import Document, content_mask, tokenize_contexts
+from ssae_kit.hooks import forward_to_layer, iter_residuals, splice
 from ssae_kit.models import (
     byte_tokenizer,
     check_ctx_len,
     check_layer,
     describe_model,
     embedded_model_dir,
-    forward_to_layer,
     get_blocks,
     hook_name,
-    iter_residuals,
     n_layers,
     resolve_device,
     resolve_layer,
     same_model,
-    splice,
     tiny_model,
 )
 
@@ -250,7 +248,7 @@ def test_same_model_knows_hub_ids_and_their_short_names(a, b, same):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "gemma"])
 def test_forward_from_a_cached_layer_matches_the_full_pass(arch):
-    from ssae_kit.models import forward_from_layer
+    from ssae_kit.hooks import forward_from_layer
 
     model, _ = tiny_model(arch, n_layers=4)
     ids = torch.randint(0, 200, (2, 10))
