@@ -12,6 +12,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -42,6 +43,14 @@ class Difference:
     n_docs: int
     flagged: str = ""
     """Why neither SAE is healthy (their health warnings), or '': no verdict ranks two broken SAEs."""
+
+    def record(self, a: str | None = None, b: str | None = None) -> dict[str, Any]:
+        """What metrics.json keeps of it: estimate, low, high, and the verdict sentence when the two
+        SAEs are named. The one way a notebook writes a difference down."""
+        out: dict[str, Any] = dict(estimate=self.estimate, low=self.low, high=self.high)
+        if a is not None and b is not None:
+            out["sentence"] = self.verdict(a, b)
+        return out
 
     def verdict(self, a: str, b: str) -> str:
         """One sentence read off the interval: a difference only when it excludes 0."""

@@ -120,3 +120,10 @@ def test_a_higher_metric_is_better_except_for_ce_and_counts_are_neither():
     assert "(better)" in Difference("ev", 0.02, 0.01, 0.03, 0.95, 40).verdict("a", "b")
     firing = Difference("firing", 0.02, 0.01, 0.03, 0.95, 40).verdict("a", "b")
     assert "higher SSAE-only latents firing" in firing and "better" not in firing and "windows" in firing
+
+
+def test_a_difference_records_its_interval_and_the_sentence_only_when_both_saes_are_named():
+    d = Difference("ce", -0.2, -0.3, -0.1, 0.95, 40)
+    assert d.record() == {"estimate": -0.2, "low": -0.3, "high": -0.1}
+    assert d.record("SSAE", "GSAE") == {**d.record(), "sentence": d.verdict("SSAE", "GSAE")}
+    assert d.record("SSAE", "GSAE")["sentence"].startswith("SSAE has lower spliced CE than GSAE (better)")
