@@ -1,14 +1,10 @@
-"""Figures, feature dashboards and the feature browser for the notebooks.
-
-Plot functions return a `NotebookFigure` (a matplotlib Figure with labelled axes and no pyplot
-state) that a notebook cell shows inline as a PNG by ending with `fig`. Dashboards are
-self-contained HTML strings, so they render in live notebooks and in executed, static ones.
+"""The notebooks' figures: each plot function returns a `NotebookFigure` (a matplotlib Figure
+with labelled axes and no pyplot state) that a notebook cell shows inline as a PNG by ending with
+`fig`. It draws; what it draws is computed elsewhere. Feature dashboards live in `dashboards`.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 from pathlib import Path
 
@@ -17,11 +13,7 @@ import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from .features import FeatureActivations, latents_for_token, top_contexts
-
 __all__ = [
-    "dashboard_html",
-    "feature_browser",
     "plot_curves",
     "plot_domains",
     "plot_embedding_map",
@@ -311,118 +303,6 @@ def plot_histograms(
 
 
 # --- feature dashboards and the browser ----------------------------------------------------------
-def _token_html(tokenizer, token_id: int, act: float, peak: float) -> str:
-    text = html.escape(tokenizer.decode([token_id])).replace("\n", "⏎")
-    alpha = 0.0 if peak <= 0 else min(1.0, max(0.0, act / peak))
-    return f'<span title="{act:.2f}" style="background: rgba(255,120,0,{alpha:.2f})">{text}</span>'
-
-
-def dashboard_html(
-    fa: FeatureActivations,
-    sae,
-    model,
-    tokenizer,
-    latent: int,
-    title: str = "",
-    n_contexts: int = 8,
-    window: int = 12,
-    n_logits: int = 8,
-) -> str:
-    """A self-contained HTML dashboard of one latent: stats, histogram, top contexts, logit effects."""
-    acts = fa.acts[:, :, latent].float()[fa.keep]
-    active = acts[acts > 0]
-    rows = []
-    for c, pos, value in top_contexts(fa, latent, n_contexts):
-        lo, hi = max(0, pos - window), min(fa.input_ids.shape[1], pos + 4)
-        toks = "".join(
-            _token_html(tokenizer, int(fa.input_ids[c, t]), float(fa.acts[c, t, latent]), value)
-            for t in range(lo, hi)
-            if fa.keep[c, t]
-        )
-        rows.append(
-            f"<tr><td style='text-align:right;padding-right:8px'>{value:.2f}</td><td>{toks}</td></tr>"
-        )
-    direction = sae.W_dec[latent].detach().float().to(model.get_output_embeddings().weight.device)
-    effects = model.get_output_embeddings().weight.detach().float() @ direction  # (V,)
-    promoted = [html.escape(tokenizer.decode([int(i)])) for i in effects.topk(n_logits).indices]
-    suppressed = [html.escape(tokenizer.decode([int(i)])) for i in (-effects).topk(n_logits).indices]
-    fig = Figure(figsize=(4, 2.2))
-    ax = fig.subplots()
-    ax.hist(active.numpy(), bins=30, color="tab:orange")
-    ax.set_xlabel("activation (where > 0)")
-    ax.set_ylabel("tokens")
-    ax.set_title(f"latent {latent}: {len(active)} of {len(acts)} tokens active", fontsize=9)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    img = base64.b64encode(buf.getvalue()).decode()
-    return (
-        f"<div class='feature-dashboard' style='font-family:sans-serif;border:1px solid #ccc;padding:8px;margin:4px'>"
-        f"<h4 style='margin:0'>{html.escape(title)} latent {latent}</h4>"
-        f"<p style='margin:2px 0'>density {len(active) / max(len(acts), 1):.4f} · max activation "
-        f"{float(acts.max()) if len(acts) else 0:.2f}</p>"
-        f"<img src='data:image/png;base64,{img}'/>"
-        f"<p style='margin:2px 0'><b>promotes</b>: {' · '.join(promoted)}<br><b>suppresses</b>: {' · '.join(suppressed)}</p>"
-        f"<table style='font-family:monospace;font-size:12px'>{''.join(rows) or '<tr><td>never active here</td></tr>'}</table></div>"
-    )
-
-
-def feature_browser(saes: dict, activations: dict, model, tokenizer, latent: int = 0):
-    """An ipywidgets browser: pick an SAE, a latent or a token to search; shows its dashboard.
-
-    Displaying it gives two outputs: the widget, live in JupyterLab, and a static snapshot of the
-    dashboard it shows then (plain HTML). Static copies (nbconvert HTML, GitHub) cannot draw widgets
-    and, given one output holding both, pick the widget and show nothing; a separate output they draw.
-    """
-    import ipywidgets as widgets
-
-    class _Browser(widgets.VBox):
-        def _ipython_display_(self, **kwargs):
-            from IPython.display import HTML, display
-
-            bundle = self._repr_mimebundle_(**kwargs)
-            bundle["text/plain"] = (
-                "feature browser (live where widgets are; the snapshot below shows its dashboard)"
-            )
-            display(bundle, raw=True)
-            display(
-                HTML(
-                    f"<div class='feature-browser-snapshot'><p style='font-family:sans-serif;font-size:12px;"
-                    f"color:#555;margin:6px 0 0 4px'>Snapshot of the browser for copies without live widgets: "
-                    f"{html.escape(pick.value)}, latent {number.value}</p>{view.value}</div>"
-                )
-            )
-
-    pick = widgets.Dropdown(options=list(saes), description="SAE")
-    number = widgets.BoundedIntText(
-        value=latent, min=0, max=next(iter(saes.values())).cfg.d_sae - 1, description="latent"
-    )
-    search = widgets.Text(placeholder="a token, e.g. ' software'", description="search")
-    found = widgets.HTML()
-    view = widgets.HTML()
-
-    def show(*_):
-        view.value = dashboard_html(
-            activations[pick.value], saes[pick.value], model, tokenizer, number.value, pick.value
-        )
-
-    def on_search(*_):
-        ids = tokenizer(search.value, add_special_tokens=False).input_ids
-        hits = latents_for_token(activations[pick.value], ids[-1], 5) if ids else []
-        found.value = (
-            f"latents firing most on {html.escape(search.value)!r}: {hits}"
-            if hits
-            else "no occurrence in the sample"
-        )
-        if hits:
-            number.value = hits[0]
-
-    for w in (pick, number):
-        w.observe(show, names="value")
-    search.observe(on_search, names="value")
-    show()
-    return _Browser([widgets.HBox([pick, number, search]), found, view])
-
-
 def plot_domains(
     x: np.ndarray,
     y: np.ndarray,
