@@ -37,9 +37,10 @@ __all__ = [
 def fit_gsae(
     store: ActivationStore,
     d_sae: int,
+    out_dir: Path,
+    *,
     sparsity_coefficient: float,
     epochs: int,
-    out_dir: Path,
     device: str = "auto",
 ) -> SAE:
     """A GSAE trained here on general text (`epochs` passes over `store`): the case study's when no

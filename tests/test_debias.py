@@ -343,15 +343,17 @@ def general(tiny, docs, tmp_path_factory):
 
 
 def test_fit_gsae_trains_epochs_passes_at_the_width_asked_and_resumes_from_its_folder(general, tmp_path):
-    gsae = fit_gsae(general, 32, 0.5, epochs=2, out_dir=tmp_path / "gsae", device="cpu")
+    gsae = fit_gsae(general, 32, tmp_path / "gsae", sparsity_coefficient=0.5, epochs=2, device="cpu")
     assert (gsae.cfg.d_sae, gsae.cfg.d_in) == (32, general.d_model)
-    again = fit_gsae(general, 32, 0.5, epochs=2, out_dir=tmp_path / "gsae", device="cpu")
+    again = fit_gsae(general, 32, tmp_path / "gsae", sparsity_coefficient=0.5, epochs=2, device="cpu")
     assert torch.equal(gsae.W_dec, again.W_dec), "a finished run in out_dir is returned, not retrained"
 
 
 def test_fine_tune_each_pairs_every_gsae_with_its_ssae_saved_where_notebook_06_reads_it(general, tmp_path):
-    gsaes = {"GSAE": fit_gsae(general, 32, 0.5, 1, tmp_path / "g", device="cpu")}
-    gsaes["1/2 GSAE"] = fit_gsae(general, 16, 0.5, 1, tmp_path / "g2", device="cpu")
+    gsaes = {"GSAE": fit_gsae(general, 32, tmp_path / "g", sparsity_coefficient=0.5, epochs=1, device="cpu")}
+    gsaes["1/2 GSAE"] = fit_gsae(
+        general, 16, tmp_path / "g2", sparsity_coefficient=0.5, epochs=1, device="cpu"
+    )
     layout = RunLayout(tmp_path / "run")
     saes = fine_tune_each(gsaes, general, 0.5, 1024, seed=3, layout=layout, device="cpu")
     assert list(saes) == ["GSAE", "1/2 GSAE", "SSAE", "1/2 SSAE"]
