@@ -220,23 +220,8 @@ def test_select_strategy_dispatches_by_name_and_a_tracin_name_needs_a_reranker(
     with pytest.raises(ValueError, match="reranker=Reranker"):
         select_strategy(pool, seeds, "bm25_tracin", 150, tok, embedder=embedder)
     monkeypatch.setenv("SSAE_KIT_CACHE", str(tmp_path))
-    reranker = Reranker(
-        model, gsae, rerank_factor=2.0, n_checkpoints=2, sparsity_coefficient=0.5, device="cpu"
-    )
+    settings = dict(rerank_factor=2.0, n_checkpoints=2, sparsity_coefficient=0.5, device="cpu")
+    reranker = Reranker(model, gsae, **settings)
     sel = select_strategy(pool, seeds, "bm25_tracin", 150, tok, embedder=embedder, reranker=reranker)
-    direct = select_tracin(
-        pool,
-        seeds,
-        "bm25",
-        150,
-        tok,
-        model,
-        LAYER,
-        gsae,
-        rerank_factor=2.0,
-        n_checkpoints=2,
-        sparsity_coefficient=0.5,
-        device="cpu",
-        embedder=embedder,
-    )
+    direct = select_tracin(pool, seeds, "bm25", 150, tok, model, LAYER, gsae, embedder=embedder, **settings)
     assert sel.strategy == "bm25_tracin" and (sel.documents, sel.scores) == (direct.documents, direct.scores)
