@@ -26,6 +26,7 @@ from .train import TrainConfig, fine_tune, train
 
 __all__ = [
     "build_debias_data",
+    "claim_line",
     "fine_tune_each",
     "fit_gsae",
     "row_difference",
@@ -212,7 +213,8 @@ def row_difference(
     n_resamples: int = 2000,
 ) -> dict:
     """Row a minus row b in `metric` (paired: the same resampled seeds and bios for both), with its
-    95% interval and the number of seeds where it is positive."""
+    95% interval, the number of seeds where it is positive, and whether the claim "a exceeds b" holds
+    (the whole interval above 0; `claim_line` prints it)."""
     key = "gender_correct" if metric == "gender" else "profession_correct"
     stat = worst_group_accuracy if metric == "worst_group" else _accuracy
     values = np.stack([np.array([r[n][key] for r in per_seed]) for n in (a, b)], -1)  # (S, N, 2)
@@ -227,4 +229,13 @@ def row_difference(
         per_seed=per,
         n_positive=sum(d > 0 for d in per),
         n_seeds=len(per),
+        holds=low > 0,
     )
+
+
+def claim_line(claim: str, d: dict) -> str:
+    """One pre-registered claim read off `row_difference`, in points: "HOLDS: <claim>: +12.5 points
+    [+3.1, +20.0], positive on 5 of 5 seeds." or "DOES NOT HOLD: ..." (a NaN interval never holds)."""
+    span = f"{100 * d['estimate']:+.1f} points [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+    verdict = "HOLDS" if d["holds"] else "DOES NOT HOLD"
+    return f"{verdict}: {claim}: {span}, positive on {d['n_positive']} of {d['n_seeds']} seeds."

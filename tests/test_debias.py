@@ -317,6 +317,8 @@ def test_seed_and_bio_bootstrap_intervals_and_the_paired_difference():
     diff = row_difference(rows, "X", "Y", groups, n_resamples=300)
     assert diff["estimate"] == pytest.approx(0.25) and diff["n_positive"] == 1 and diff["n_seeds"] == 2
     assert diff["low"] <= diff["estimate"] <= diff["high"]
+    assert diff["holds"] is (diff["low"] > 0)
+    assert row_difference(rows, "Y", "X", groups, n_resamples=300)["holds"] is False  # -0.25: never above 0
     few = summarize_seeds(
         [{n: {k: v[:4] for k, v in r.items() if k.endswith("_correct")} for n, r in rows[0].items()}],
         groups[:4],
@@ -362,3 +364,16 @@ def test_fine_tune_each_pairs_every_gsae_with_its_ssae_saved_where_notebook_06_r
     cfg = finetune_config(gsaes["1/2 GSAE"], general, 0.5, 1024, seed=3, device="cpu")
     direct = train(general, cfg, init=gsaes["1/2 GSAE"], out_dir=tmp_path / "direct").sae
     assert torch.equal(direct.W_dec, saes["1/2 SSAE"].W_dec), "the same fine-tune as train(finetune_config)"
+
+
+def test_a_claim_holds_only_when_the_whole_interval_is_above_zero_and_its_line_says_so():
+    from ssae_kit.debias import claim_line
+
+    above = dict(estimate=0.125, low=0.031, high=0.2, n_positive=5, n_seeds=5, holds=True)
+    assert claim_line("SSAE beats GSAE", above) == (
+        "HOLDS: SSAE beats GSAE: +12.5 points [+3.1, +20.0], positive on 5 of 5 seeds."
+    )
+    across = {**above, "low": -0.01, "holds": False}
+    assert claim_line("SSAE beats GSAE", across).startswith(
+        "DOES NOT HOLD: SSAE beats GSAE: +12.5 points [-1.0,"
+    )
