@@ -1,11 +1,11 @@
 """Each notebook's parameters, checked in one call before any work.
 
-A notebook's first code cell after its parameters is `p = <Notebook>Params.from_namespace(globals())`.
+A notebook's setup cell calls `params = <Notebook>Params.from_namespace(globals())`.
 That call refuses a key papermill injected that the parameters cell does not declare, checks each
 value's type and range without reading a model or a file, and raises naming the parameter and the
-fix. It also resolves the run folders: `p.run_dir` is a Path, and an empty folder of an earlier
-notebook (`p.retrieval_dir`, `p.train_dir`, ...) becomes that notebook's folder next to `run_dir`.
-Notebooks read folders from `p`; every other parameter keeps its own name and its value.
+fix. It also resolves the run folders: `params.run_dir` is a Path, and an empty folder of an earlier
+notebook (`params.retrieval_dir`, `params.train_dir`, ...) becomes that notebook's folder next to
+`run_dir`. Notebooks read folders from `params`; every other parameter keeps its own name and value.
 The parameters cell keeps the defaults and their comments; these dataclasses add types and rules."""
 
 from __future__ import annotations
@@ -91,13 +91,16 @@ class NotebookParams:
     def from_namespace(cls: type[P], namespace: dict[str, Any]) -> P:  # noqa: PYI019 (Self is 3.11+)
         """The notebook's parameters read from its namespace (`globals()`), checked."""
         check_parameters()
-        return cls(**{f.name: namespace[f.name] for f in fields(cls) if f.init})
+        names = [f.name for f in fields(cls) if f.init]
+        if missing := [n for n in names if n not in namespace]:
+            raise NameError(f"Parameter(s) {missing} are not defined: restore them in the parameters cell.")
+        return cls(**{n: namespace[n] for n in names})
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
-        for f in fields(self):
-            value = getattr(self, f.name) if f.init else None
-            if f.init and not _type_ok(value, hints[f.name]):
+        for f in (f for f in fields(self) if f.init):
+            value = getattr(self, f.name)
+            if not _type_ok(value, hints[f.name]):
                 raise TypeError(
                     f"{f.name}={value!r} is a {type(value).__name__}; the parameters cell expects "
                     f"{f.type} (see its comment for an example)."

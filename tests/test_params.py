@@ -64,6 +64,12 @@ def test_defaults_and_presets_pass(preset):
         assert isinstance(params.run_dir, Path)
 
 
+def test_a_parameter_missing_from_the_namespace_is_named():
+    namespace = {k: v for k, v in _defaults("03_term_vs_erm").items() if k != "term_tilt"}
+    with pytest.raises(NameError, match=r"\['term_tilt'\] are not defined"):
+        TermParams.from_namespace(namespace)
+
+
 def test_extra_names_in_the_namespace_are_ignored():
     params = RetrievalParams.from_namespace({**_defaults("01_retrieval"), "In": [], "np": object()})
     assert params.main_budget == 50_000
