@@ -125,7 +125,8 @@ class Convergence:
 
 
 def interval_dict(d: Difference) -> dict[str, float]:
-    return dict(estimate=d.estimate, low=d.low, high=d.high, n_docs=d.n_docs)
+    """A difference as the convergence test and the sweep keep it: `Difference.record` and its documents."""
+    return {**d.record(), "n_docs": d.n_docs}
 
 
 def check_convergence(
