@@ -364,9 +364,9 @@ def select_strategy(
         return select(
             pool,
             seeds,
-            strategy,
+            strategy,  # type: ignore[arg-type]  # select names a bad one
             budget_tokens,
-            tokenizer,  # type: ignore[arg-type]  # select names a bad one
+            tokenizer,
             embedder=embedder,
             combine=combine,
             pool_embeddings=pool_embeddings,
@@ -376,9 +376,9 @@ def select_strategy(
     return select_tracin(
         pool,
         seeds,
-        strategy.removesuffix("_tracin"),
+        strategy.removesuffix("_tracin"),  # type: ignore[arg-type]  # "dense" or "bm25" here
         budget_tokens,
-        tokenizer,  # type: ignore[arg-type]
+        tokenizer,
         reranker.model,
         reranker.gsae.cfg.layer,
         reranker.gsae,
