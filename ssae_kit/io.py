@@ -105,10 +105,11 @@ class RunLayout:
         """Notebook 02's SSAE fine-tuned on one selection at one sparsity coefficient and seed."""
         return self.sae(f"{strategy}_sparsity{sparsity_coefficient:g}_seed{seed}")
 
-    def tilted_sae(self, tilt: float, sparsity_coefficient: float) -> Path:
-        """Notebook 03's SSAE fine-tuned with TERM at `tilt` (ERM when 0)."""
-        sparsity = f"sparsity{sparsity_coefficient:g}"
-        return self.sae(f"{TERM_PREFIX}{tilt:g}_{sparsity}" if tilt else f"erm_{sparsity}")
+    def tilted_sae(self, tilt: float, sparsity_coefficient: float, tokens: int | None = None) -> Path:
+        """Notebook 03's SSAE fine-tuned with TERM at `tilt` (ERM when 0); `tokens` names a budget other
+        than the notebook's main one (the Pareto runs'), so runs of two budgets never share a folder."""
+        name = f"sparsity{sparsity_coefficient:g}" + (f"_tok{tokens}" if tokens else "")
+        return self.sae(f"{TERM_PREFIX}{tilt:g}_{name}" if tilt else f"erm_{name}")
 
     def term_saes(self) -> list[Path]:
         """Notebook 03's TERM SSAEs (not its ERM one), in name order; empty when there are none."""

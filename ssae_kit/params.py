@@ -237,6 +237,7 @@ class TermParams(NotebookParams):
     pareto_sparsity_coefficients: list[float]
     l0_window: list[float]
     ssae_tokens: int
+    pareto_tokens: int
     seed: int
     ctx_len: int
     eval_contexts: int
@@ -245,6 +246,10 @@ class TermParams(NotebookParams):
     def check(self) -> None:
         _known_strategies([self.strategy])
         _need(self.term_tilt in self.tilts, f"term_tilt={self.term_tilt} must be one of tilts={self.tilts}.")
+        _need(
+            self.pareto_tokens > 0,
+            f"pareto_tokens={self.pareto_tokens} must be > 0, e.g. 400_000 (or ssae_tokens={self.ssae_tokens}).",
+        )
         low_high = self.l0_window
         _need(
             len(low_high) == 2 and 0 <= low_high[0] < low_high[1],

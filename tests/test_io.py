@@ -126,6 +126,7 @@ def test_run_layout_names_the_artefacts_notebooks_write_and_read(tmp_path):
     assert run.ssae("dense", 1.4, 0) == tmp_path / "saes" / "dense_sparsity1.4_seed0"
     assert run.tilted_sae(0.0, 2.0) == tmp_path / "saes" / "erm_sparsity2"
     assert run.tilted_sae(1e9, 2.0) == tmp_path / "saes" / "term_t1e+09_sparsity2"
+    assert run.tilted_sae(2.0, 0.05, tokens=400_000) == tmp_path / "saes" / "term_t2_sparsity0.05_tok400000"
     assert run.bios_ssae(0) == tmp_path / "saes" / "ssae_seed0"
 
 

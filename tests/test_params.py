@@ -107,6 +107,7 @@ def test_empty_folders_resolve_next_to_run_dir_and_given_ones_are_kept(tmp_path)
         ("02_train_ssae", {"ssae_sparsity_coefficients": []}, ["sparsity coefficients is empty"]),
         ("03_term_vs_erm", {"term_tilt": 3.0}, ["term_tilt=3.0", "tilts="]),
         ("03_term_vs_erm", {"l0_window": [140, 85]}, ["l0_window"]),
+        ("03_term_vs_erm", {"pareto_tokens": 0}, ["pareto_tokens=0"]),
         ("04_visualise", {"match_threshold": 1.5}, ["match_threshold=1.5"]),
         ("05_debias_bias_in_bios", {"probe_layer": 3}, ["probe_layer=3", "layer=6"]),
         ("05_debias_bias_in_bios", {"attribution": "shap"}, ["attribution='shap'"]),

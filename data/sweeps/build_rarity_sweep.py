@@ -83,8 +83,8 @@ def _card(cfg: SweepConfig, results: list[dict], env: dict) -> str:
 One GSAE per share of **{cfg.subdomain}** in its training tokens ({shares}; shares done: {done}), each
 trained with the kit's recipe (`ssae_kit.gsae.gsae_config`: ReLU + L1, {cfg.d_sae} latents on layer
 {cfg.layer} of SmolLM2-135M-Instruct, sparsity coefficient {cfg.sparsity_coefficient:g}, centered input
-scale, {cfg.gsae_tokens:,} training tokens: a smaller budget than the shipped GSAE's, the same for every
-share). Each GSAE is fine-tuned for {cfg.ssae_tokens:,} tokens (lr {cfg.ssae_lr:g}) on notebook 01's
+scale, {cfg.gsae_tokens:,} training tokens, the same for every share; the shipped GSAE in `data/saes/`
+follows this recipe at 1% tech). Each GSAE is fine-tuned for {cfg.ssae_tokens:,} tokens (lr {cfg.ssae_lr:g}) on notebook 01's
 `dense`, `none` and `random` selections ({cfg.budget_tokens:,}-token budget, split seed {cfg.seed}) and
 every SAE is evaluated on the first {cfg.eval_contexts} windows of {cfg.n_eval_docs} held-out {cfg.subdomain}
 documents (in domain) and {cfg.n_eval_docs} held-out others (out of domain), never trained on. Cells:
