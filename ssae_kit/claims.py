@@ -28,7 +28,6 @@ __all__ = [
     "claim_reading",
     "compare",
     "interval_over_seeds",
-    "matched_l0_pair",
     "paired_over_seeds",
     "rare_max_error_reading",
     "shift_reading",

@@ -8,11 +8,13 @@ that match no GSAE direction (`ssae_only_latents`), and decoder geometry.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from .claims import claim_reading, matched_l0_pair
 from .evals import EvalResult
 from .intervals import MIN_DOCS, Difference, bootstrap_interval, check_confidence
 from .sae import SAE
@@ -23,9 +25,11 @@ __all__ = [
     "firing_difference",
     "geometric_centres",
     "match_latents",
+    "matched_l0_tail_claim",
     "ssae_only_latents",
     "tail_coverage",
     "tail_coverage_difference",
+    "tail_summary",
 ]
 
 
@@ -82,6 +86,55 @@ def tail_coverage_difference(
         seed=seed,
     )
     return Difference("coverage", estimate, low, high, confidence, len(types))
+
+
+def matched_l0_tail_claim(
+    runs: dict[tuple[str, float], EvalResult],
+    a: str,
+    b: str,
+    window: Sequence[float],
+    discuss: str = "",
+) -> tuple[tuple[float, float] | None, Difference | None, str]:
+    """Notebook 03's pre-registered claim: among `runs` {(name, sparsity coefficient): evaluation}, the
+    `a` and `b` runs whose L0s lie in `window` and are closest (`claims.matched_l0_pair`), and whether `b`
+    covers more tail token types than `a` there (the interval above 0). Returns (their coefficients,
+    `b` minus `a`, the sentence); (None, None, why not tested) when no pair lies in the window."""
+    l0s = {key: r.metrics["l0"] for key, r in runs.items()}
+    pair = matched_l0_pair(l0s, a, b, (window[0], window[1]))
+    if pair is None:
+        coefficients = list(dict.fromkeys(c for _, c in runs))
+        found = ", ".join(f"{n} {c:g}: {v:.0f}" for (n, c), v in l0s.items())
+        return (
+            None,
+            None,
+            (
+                f"No {a} and {b} SSAEs both have L0 in {list(window)} at sparsity coefficients {coefficients} "
+                f"(L0s: {found}): the claim is not tested here; add coefficients that put both inside the window."
+            ),
+        )
+    c_a, c_b = pair
+    matched = tail_coverage_difference(runs[(b, c_b)], runs[(a, c_a)])
+    claim = (
+        f"{b} (sparsity {c_b:g}, L0 {l0s[(b, c_b)]:.0f}) covers more tail token types than "
+        f"{a} (sparsity {c_a:g}, L0 {l0s[(a, c_a)]:.0f})"
+    )
+    return pair, matched, claim_reading(claim, matched, "above", discuss=discuss)
+
+
+def tail_summary(r: EvalResult, coverage: dict[str, Any], cosines: np.ndarray) -> dict[str, float]:
+    """One SAE's row of notebook 03's summary: fidelity, sparsity, tail coverage (overall and in the
+    rarest bin of `tail_coverage`), worst token error, and how its latents fire and point."""
+    return dict(
+        ce_sae=r.metrics["ce_sae"],
+        l0=r.metrics["l0"],
+        explained_variance=r.metrics["explained_variance"],
+        tail_coverage=coverage["overall"],
+        rare_coverage=coverage["coverage"][0],
+        max_error=float(r.token_mse.max()),
+        mean_entropy=r.metrics["mean_token_entropy"],
+        mean_max_activation=r.metrics["mean_max_activation"],
+        mean_abs_cosine=float(np.abs(cosines).mean()),
+    )
 
 
 def match_latents(sae_a, sae_b) -> np.ndarray:

@@ -16,9 +16,11 @@ from ssae_kit.latents import (
     error_by_rank,
     firing_difference,
     geometric_centres,
+    matched_l0_tail_claim,
     ssae_only_latents,
     tail_coverage,
     tail_coverage_difference,
+    tail_summary,
 )
 
 
@@ -106,3 +108,55 @@ def test_firing_difference_counts_latents_that_fire_anywhere_in_each_sample():
 def test_geometric_centres_are_the_geometric_means_of_neighbouring_edges():
     assert geometric_centres([1, 4, 16]).tolist() == [2.0, 8.0]
     assert geometric_centres([1.0, 100.0]).tolist() == [10.0]
+
+
+def _coverage_run(l0: float, top: list[int], n_types: int = 40) -> EvalResult:
+    """An evaluation whose latents' top tokens are `top` over `n_types` token types, at L0 `l0`."""
+    empty = np.zeros(0)
+    ids = np.arange(n_types)
+    return EvalResult(dict(l0=l0), ids, empty, empty, empty, empty, empty, empty, np.array(top), {})
+
+
+def test_the_matched_l0_claim_compares_the_closest_pair_inside_the_window():
+    runs = {
+        ("ERM", 0.1): _coverage_run(300, list(range(5))),
+        ("TERM", 0.1): _coverage_run(120, list(range(30))),  # the TERM run inside, closest to ERM 0.4
+        ("ERM", 0.4): _coverage_run(110, list(range(5))),
+        ("TERM", 0.4): _coverage_run(70, list(range(30))),
+    }
+    pair, matched, sentence = matched_l0_tail_claim(runs, "ERM", "TERM", [85, 140], discuss="why?")
+    assert pair == (0.4, 0.1)
+    assert matched.estimate == pytest.approx(25 / 40) and matched.low > 0
+    assert sentence.startswith(
+        "TERM (sparsity 0.1, L0 120) covers more tail token types than ERM (sparsity 0.4, L0 110)"
+    )
+    assert "the claim holds here" in sentence and "why?" not in sentence  # the question only when it fails
+    _, flipped, failed = matched_l0_tail_claim(
+        {("ERM", 0.4): runs[("TERM", 0.1)], ("TERM", 0.1): runs[("ERM", 0.4)]},
+        "ERM",
+        "TERM",
+        [0, 1000],
+        "why?",
+    )
+    assert flipped.high < 0 and "does not hold" in failed and failed.endswith("For discussion: why?")
+
+
+def test_the_matched_l0_claim_says_it_is_untested_when_no_pair_is_inside():
+    runs = {("ERM", 0.4): _coverage_run(110, [1]), ("TERM", 0.4): _coverage_run(70, [1])}
+    pair, matched, sentence = matched_l0_tail_claim(runs, "ERM", "TERM", [85, 140])
+    assert (pair, matched) == (None, None)
+    assert sentence == (
+        "No ERM and TERM SSAEs both have L0 in [85, 140] at sparsity coefficients [0.4] (L0s: ERM 0.4: 110, "
+        "TERM 0.4: 70): the claim is not tested here; add coefficients that put both inside the window."
+    )
+
+
+def test_tail_summary_reads_fidelity_coverage_and_geometry_off_one_evaluation():
+    sae = fixed_sae([[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]])
+    r = run(sae, np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]], dtype=np.float32), [5, 6, 5])
+    r.metrics["ce_sae"] = 4.0
+    coverage = dict(overall=0.5, coverage=[0.25, 0.75])
+    row = tail_summary(r, coverage, np.array([0.5, -0.3]))
+    assert row["ce_sae"] == 4.0 and row["l0"] == r.metrics["l0"] and row["tail_coverage"] == 0.5
+    assert row["rare_coverage"] == 0.25 and row["mean_abs_cosine"] == pytest.approx(0.4)
+    assert row["max_error"] == pytest.approx(float(r.token_mse.max()))
