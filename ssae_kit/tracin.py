@@ -259,6 +259,53 @@ def select_tracin(
             folder per model, layer, ctx_len and documents; default: the kit's cache), so a rerun
             reuses them.
     """
+    _check_tracin(base, seeds, budget_tokens, rerank_factor, n_checkpoints, steps_per_checkpoint)
+    check_layer(model, layer)
+    check_ctx_len(model, ctx_len)
+    gsae.check_reads(model_name=model.name_or_path, layer=layer, d_in=d_model(model))
+    TrainConfig(lr=lr, sparsity_coefficient=sparsity_coefficient, device=device)  # the checkpoints' steps
+
+    started = time.perf_counter()
+    candidates = _candidates(
+        pool,
+        seeds,
+        base,
+        math.ceil(rerank_factor * budget_tokens),
+        tokenizer,
+        seed=seed,
+        embedder=embedder,
+        combine=combine,
+        pool_embeddings=pool_embeddings,
+        index=index,
+    )
+    retrieved = time.perf_counter()
+    cand_store, seed_store = (
+        _cached_store(docs, model, tokenizer, layer, ctx_len, store_dir, what)
+        for docs, what in ((candidates, "candidates"), (seeds, "seeds"))
+    )
+    cached = time.perf_counter()
+    checkpoints = build_checkpoints(
+        gsae, seed_store, n_checkpoints, steps_per_checkpoint, lr, sparsity_coefficient, seed, device
+    )
+    scores = _scores(checkpoints, seed_store, cand_store, len(candidates), sparsity_coefficient)
+    logger.info(
+        "%s_tracin: %d candidates (%d tokens) retrieved in %.1f s, activations %.1f s, "
+        "checkpoints and scores %.1f s",
+        base,
+        len(candidates),
+        cand_store.n_tokens,
+        retrieved - started,
+        cached - retrieved,
+        time.perf_counter() - cached,
+    )
+    selection = fill_budget(candidates, scores, budget_tokens, tokenizer, f"{base}_tracin")
+    return warn_if_whole_pool(selection, len(dedupe_indices(pool)))
+
+
+def _check_tracin(
+    base: str, seeds: list[Document], budget_tokens: int, rerank_factor: float, n_checkpoints: int, steps: int
+) -> None:
+    """Refuse `select_tracin` settings before any work, naming the fix."""
     if base not in ("dense", "bm25"):
         raise ValueError(f"base={base!r} must be 'dense' or 'bm25' (the retrieval TracIn reranks).")
     if not (isinstance(rerank_factor, (int, float)) and rerank_factor >= 1):
@@ -273,65 +320,39 @@ def select_tracin(
         )
     if budget_tokens is None or budget_tokens <= 0:
         raise ValueError(f"budget_tokens={budget_tokens!r} must be a positive number of LM tokens.")
-    if n_checkpoints < 1 or steps_per_checkpoint < 1:
+    if n_checkpoints < 1 or steps < 1:
         raise ValueError(
-            f"n_checkpoints={n_checkpoints} and steps_per_checkpoint={steps_per_checkpoint} must be "
+            f"n_checkpoints={n_checkpoints} and steps_per_checkpoint={steps} must be "
             ">= 1 (1 checkpoint: the GSAE alone)."
         )
-    check_layer(model, layer)
-    check_ctx_len(model, ctx_len)
-    gsae.check_reads(model_name=model.name_or_path, layer=layer, d_in=d_model(model))
-    TrainConfig(lr=lr, sparsity_coefficient=sparsity_coefficient, device=device)  # the checkpoints' steps
 
-    started = time.perf_counter()
-    with (
-        warnings.catch_warnings()
-    ):  # a candidate set holding the whole pool is fine: TracIn then ranks it all
+
+def _candidates(
+    pool: list[Document], seeds: list[Document], base: Base, tokens: int, tokenizer, **select_kw: Any
+) -> list[Document]:
+    """The documents TracIn reranks: `base`'s selection of `tokens` LM tokens (a set holding the whole
+    pool is fine: TracIn then ranks it all)."""
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*holds the whole pool")
-        found = select(
-            pool,
-            seeds,
-            base,
-            math.ceil(rerank_factor * budget_tokens),
-            tokenizer,
-            seed=seed,
-            embedder=embedder,
-            combine=combine,
-            pool_embeddings=pool_embeddings,
-            index=index,
-        )
-    candidates = found.documents
-    retrieved = time.perf_counter()
-    cand_store, seed_store = (
-        _cached_store(docs, model, tokenizer, layer, ctx_len, store_dir, what)
-        for docs, what in ((candidates, "candidates"), (seeds, "seeds"))
-    )
-    cached = time.perf_counter()
-    checkpoints = build_checkpoints(
-        gsae, seed_store, n_checkpoints, steps_per_checkpoint, lr, sparsity_coefficient, seed, device
-    )
+        return select(pool, seeds, base, tokens, tokenizer, **select_kw).documents
+
+
+def _scores(
+    checkpoints: list,
+    seed_store: ActivationStore,
+    cand_store: ActivationStore,
+    n_docs: int,
+    coefficient: float,
+) -> np.ndarray:
+    """Each candidate document's TracIn score against the seeds' loss gradients at every checkpoint;
+    -inf for a document with no cached token, so it goes last."""
     seed_acts, seed_ids = read_store(seed_store)
     seed_grads = [
-        seed_gradient(sae, seed_acts.to(sae.W_dec.device), seed_ids, sparsity_coefficient)
-        for sae, _ in checkpoints
+        seed_gradient(sae, seed_acts.to(sae.W_dec.device), seed_ids, coefficient) for sae, _ in checkpoints
     ]
-    trained = time.perf_counter()
     acts, doc_ids = read_store(cand_store)
-    scores = tracin_scores(checkpoints, seed_grads, acts, doc_ids, len(candidates), sparsity_coefficient)
-    scores = scores.nan_to_num(nan=-math.inf).numpy()  # a document with no cached token goes last
-    logger.info(
-        "%s_tracin: %d candidates (%d tokens) retrieved in %.1f s, activations %.1f s, "
-        "checkpoints %.1f s, scores %.1f s",
-        base,
-        len(candidates),
-        cand_store.n_tokens,
-        retrieved - started,
-        cached - retrieved,
-        trained - cached,
-        time.perf_counter() - trained,
-    )
-    selection = fill_budget(candidates, scores, budget_tokens, tokenizer, f"{base}_tracin")
-    return warn_if_whole_pool(selection, len(dedupe_indices(pool)))
+    scores = tracin_scores(checkpoints, seed_grads, acts, doc_ids, n_docs, coefficient)
+    return scores.nan_to_num(nan=-math.inf).numpy()
 
 
 @dataclass(frozen=True)
