@@ -43,7 +43,7 @@ gsae: $(STAMP)
 sweep: $(STAMP)
 	mkdir -p runs/gsae
 	nohup nice -n 10 $(BIN)/python data/sweeps/build_rarity_sweep.py >> runs/gsae/sweep.log 2>&1 &
-	@echo "Running the rarity sweep in the background (about 30 minutes a share on 2 idle cores). Follow it: tail -f runs/gsae/sweep.log"
+	@echo "Running the rarity sweep in the background (about 40 minutes a share on 2 idle cores). Follow it: tail -f runs/gsae/sweep.log"
 
 # JupyterLab in the kit's environment, serving the repo and opening on notebooks/ (runs/demo/ holds
 # `make demo`'s executed copies); Jupyter prints the URL with its token. Ctrl-C stops it.

@@ -228,7 +228,8 @@ def test_a_sweep_share_on_a_tiny_model_compares_each_strategy_with_its_gsae_and_
 
 def _sweep_row(reached, dense_none_in, dense_gsae_in, none_gsae_in, dense_none_ood, converged=False):
     """A sweep_rows row with 0.02-wide intervals around each estimate."""
-    row = dict(reached=reached, converged=converged)
+    row = dict(reached=reached, converged=converged, mse_drop=0.02 if converged else 0.06)
+    row["own_finetune_estimate"] = 0.004 if converged else -0.4
     for key, value in dict(
         dense_vs_none_in=dense_none_in, dense_vs_gsae_in=dense_gsae_in, none_vs_gsae_in=none_gsae_in,
         dense_vs_none_ood=dense_none_ood,
@@ -254,3 +255,11 @@ def test_the_sweep_reading_says_the_claims_hold_only_when_the_numbers_show_them(
     assert "not larger at the rare share: the claim does not hold. For discussion:" in claim2
     assert "most of it is more training, not the subdomain's data" in source
     assert source.endswith("not a cost at every share.") and "more training, not specialization" in converged
+    assert "; their training MSE fell 6.0% to 6.0% over the last quarter" in converged
+    assert "moved held-out CE by -0.400 to -0.400 nats" in converged
+    mixed = [_sweep_row(0.0, -0.20, -0.30, -0.10, 0.05, True), _sweep_row(0.2, -0.05, -0.30, +0.01, 0.05)]
+    _, _, source, converged = sweep_reading(mixed)
+    assert "buys nothing (+0.010 nats at 20.0% tech) to 33% of `dense`'s in-domain gain" in source
+    assert converged.startswith(
+        "1 of 2 sweep GSAEs pass the convergence test; for the 1 that fail, training MSE"
+    )
