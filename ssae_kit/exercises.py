@@ -83,13 +83,13 @@ from hints.yaml next to this module, where a teacher edits their wording."""
 _hints_given: dict[str, int] = {}
 
 
-def hint(exercise: str) -> None:
+def hint(exercise: str, from_start: bool = False) -> None:
     """Print the next hint for an exercise ("2.1"): the first call a nudge, later calls more, the
-    last the formula (never the code)."""
+    last the formula (never the code). `from_start=True` shows the first hint again."""
     if exercise not in HINTS:
         raise ValueError(f"No exercise {exercise!r}: the exercises are {', '.join(HINTS)}.")
     name, hints = HINTS[exercise]
-    i = min(_hints_given.get(exercise, 0), len(hints) - 1)
+    i = 0 if from_start else min(_hints_given.get(exercise, 0), len(hints) - 1)
     _hints_given[exercise] = i + 1
     more = "call hint again for the next" if i + 1 < len(hints) else "that was the last hint"
     print(f"Hint {i + 1}/{len(hints)} for {exercise} ({name}): {hints[i]} ({more})")

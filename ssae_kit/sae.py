@@ -142,9 +142,10 @@ class SAE(nn.Module):
         """(d_in,) what encoding subtracts from x: b_dec, or 0 with apply_b_dec_to_input off (as SAELens)."""
         return self.b_dec * self.cfg.apply_b_dec_to_input
 
-    def _pre(self, x: torch.Tensor) -> torch.Tensor:
-        """(x - b_dec) W_enc + b_enc, (B, d_sae), written so that backward never multiplies back
-        through x: b_dec enters as a vector-matrix product, saving a (B, d_sae, d_in) matmul."""
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """(x - b_dec) W_enc + b_enc for normalised x (B, d_in) -> (B, d_sae), before the activation
+        function (SAELens's hidden pre). Backward never multiplies back through x: b_dec enters as a
+        vector-matrix product, saving a (B, d_sae, d_in) matmul."""
         pre = torch.addmm(
             self.b_enc - self._input_bias() @ self.W_enc, x.reshape(-1, x.shape[-1]), self.W_enc
         )
@@ -160,7 +161,7 @@ class SAE(nn.Module):
 
     def encode_normalized(self, x: torch.Tensor) -> torch.Tensor:
         """(B, d_in) normalised activations -> (B, d_sae) latents."""
-        return self._activate(self._pre(x))
+        return self._activate(self.pre_activations(x))
 
     def decode_normalized(self, f: torch.Tensor) -> torch.Tensor:
         """(B, d_sae) latents -> (B, d_in) normalised reconstruction."""
@@ -182,7 +183,7 @@ class SAE(nn.Module):
             lead = x_n.shape[:-1]
             out = self._forward_topk(x_n.reshape(-1, x_n.shape[-1]))
             return ForwardOutput(*(t.reshape(*lead, *t.shape[1:]) for t in out))
-        pre = self._pre(x_n)
+        pre = self.pre_activations(x_n)
         if self.cfg.architecture == "relu" and self._sparse_relu_pays(x_n, pre):
             return self._forward_relu_sparse(x_n, pre.detach())
         f = self._activate(pre)

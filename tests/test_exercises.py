@@ -463,13 +463,18 @@ def test_a_notebook_run_with_an_undeclared_parameter_stops_in_its_setup_cell(tmp
 
 
 def test_hints_are_progressive_per_exercise_and_the_last_repeats(capsys):
-    exercises._hints_given.clear()
-    for _ in range(4):
-        exercises.hint("2.1")
+    for start in (True, False, False, False, True):
+        exercises.hint("2.1", from_start=start)
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split(" for ")[0] for line in lines] == ["Hint 1/3", "Hint 2/3", "Hint 3/3", "Hint 3/3"]
+    assert [line.split(" for ")[0] for line in lines] == [
+        "Hint 1/3",
+        "Hint 2/3",
+        "Hint 3/3",
+        "Hint 3/3",
+        "Hint 1/3",
+    ]
     assert "ReLU" not in lines[0] and "f = ReLU((x - b_dec) W_enc + b_enc)" in lines[2]
-    assert lines[-1].endswith("(that was the last hint)")
+    assert lines[3].endswith("(that was the last hint)") and lines[4] == lines[0]
     with pytest.raises(ValueError, match="No exercise '9.9': the exercises are 0.1, 0.2, 0.3, 0.4, 1.1"):
         exercises.hint("9.9")
 

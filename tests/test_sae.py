@@ -59,7 +59,9 @@ def test_topk_keeps_exactly_k_largest():
     x = torch.randn(10, 8) * 3
     f = sae.encode(x)
     assert ((f > 0).sum(1) <= 5).all() and ((f > 0).sum(1) == 5).float().mean() > 0.5
-    pre = sae._pre(x).detach()  # the kept latents are the 5 largest pre-activations, at their values
+    pre = sae.pre_activations(
+        x
+    ).detach()  # the kept latents are the 5 largest pre-activations, at their values
     top = pre.topk(5, dim=1)
     expected = torch.zeros_like(pre).scatter_(1, top.indices, top.values.clamp_min(0))
     torch.testing.assert_close(f, expected)

@@ -8,6 +8,7 @@ import torch
 from test_retrieval import FOOD, SPORT  # the same two-topic pool
 
 from ssae_kit import tracin
+from ssae_kit.activations import cache_activations
 from ssae_kit.corpora import Document
 from ssae_kit.embeddings import Embedder
 from ssae_kit.models import hook_name
@@ -149,8 +150,10 @@ def test_each_selected_document_carries_its_own_tracin_score(pool, seeds, gsae, 
         device="cpu",
     )
     candidates = select(pool, seeds, "bm25", 450, tok).documents
-    stores = {
-        what: tracin._cached_store(docs, model, tok, LAYER, 128, tmp_path, what)  # reuses select_tracin's
+    stores = {  # cached afresh, in folders select_tracin never wrote
+        what: cache_activations(
+            model, tok, docs, LAYER, tmp_path / f"explicit-{what}", ctx_len=128, dtype="float32"
+        )
         for docs, what in ((candidates, "candidates"), (seeds, "seeds"))
     }
     checkpoints = build_checkpoints(gsae, stores["seeds"], 2, 3, sparsity_coefficient=0.5, device="cpu")
