@@ -185,20 +185,20 @@ def _bio(fake: Faker, rng: np.random.Generator, profession: str, gender: Gender,
     return Bio(text, profession, gender, name=f"{fields['first']} {fields['last']}")
 
 
+def _titles(profession: str, gender: Gender) -> tuple[str, ...]:
+    """The titles a bio may put before the name: Dr. or Prof. for professors, Dr. for doctors."""
+    if profession == "professor":
+        return ("Dr.", "Prof.")
+    if profession in _DOCTORS:
+        return ("Dr.",)
+    return ("Mr.",) if gender == "male" else ("Ms.",)
+
+
 def template_fields(fake: Faker, rng: np.random.Generator, profession: str, gender: Gender) -> dict[str, str]:
     """Everything a template can name, drawn once per person so the sentences agree."""
     first = fake.first_name_male() if gender == "male" else fake.first_name_female()
     last = fake.last_name()
-    titles = (
-        ("Dr.", "Prof.")
-        if profession == "professor"
-        else ("Dr.",)
-        if profession in _DOCTORS
-        else ("Mr.",)
-        if gender == "male"
-        else ("Ms.",)
-    )
-    title = _pick(rng, titles) if rng.random() < 0.3 else ""
+    title = _pick(rng, _titles(profession, gender)) if rng.random() < 0.3 else ""
     he, his, him = ("he", "his", "him") if gender == "male" else ("she", "her", "her")
     field = _pick(rng, tuple(_FIELDS))
     topic, topic2 = (_FIELDS[field][i] for i in rng.choice(len(_FIELDS[field]), size=2, replace=False))

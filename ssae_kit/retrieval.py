@@ -109,23 +109,7 @@ def select(
     "max" exact for every document that is among some seed's candidates. A budget that holds the
     whole (de-duplicated) pool makes every strategy pick all of it, which a warning points out.
     """
-    if strategy in ("dense_tracin", "bm25_tracin"):  # tracin sits above this module: it needs the LM
-        raise ValueError(
-            f"strategy={strategy!r} reranks by TracIn, which needs the LM and a GSAE: call "
-            f"ssae_kit.tracin.select_tracin(pool, seeds, {strategy.removesuffix('_tracin')!r}, budget_tokens, "
-            "tokenizer, model, layer, gsae)."
-        )
-    if strategy not in STRATEGIES:
-        raise ValueError(f"Unknown strategy {strategy!r}; use one of {STRATEGIES}.")
-    if not seeds:
-        raise ValueError("The seed set is empty: give at least one example document of the subdomain.")
-    if blank := [i for i, d in enumerate(check_documents(seeds)) if not d.text.strip()]:
-        raise ValueError(
-            f"Seed(s) {blank} have no text: dense retrieval would rank the pool by the embedding of an "
-            "empty string. Drop them or give their text."
-        )
-    if combine not in ("max", "mean"):
-        raise ValueError(f"combine={combine!r} must be 'max' or 'mean'.")
+    _check_select(strategy, seeds, combine)
     if strategy == "seed_only":
         return fill_budget(seeds, np.zeros(len(seeds)), None, tokenizer, "seed_only")
     if not pool:
@@ -148,11 +132,7 @@ def select(
         scores = bm25_scores(pool, seeds, combine)
     else:
         embedder = embedder or Embedder()
-        if pool_embeddings is not None:
-            _check_pool_vectors("pool_embeddings", pool_embeddings.shape, n_given, embedder)
-        if index is not None:
-            _check_pool_vectors("The index", (index.ntotal, index.d), n_given, embedder)
-        seed_emb = embedder.embed([s.text for s in seeds], progress=False)
+        seed_emb = _embed_seeds(seeds, embedder, pool_embeddings, index, n_given)
         if index is not None:
             return warn_if_whole_pool(
                 _select_with_index(index, pool, keep, seed_emb, combine, budget_tokens, tokenizer), len(pool)
@@ -165,6 +145,40 @@ def select(
         sims = emb @ seed_emb.T
         scores = sims.max(1) if combine == "max" else sims.mean(1)
     return warn_if_whole_pool(fill_budget(pool, scores, budget_tokens, tokenizer, strategy), len(pool))
+
+
+def _check_select(strategy: str, seeds: list[Document], combine: str) -> None:
+    """A ValueError naming the fix for a strategy `select` cannot run, an empty or blank seed, or a
+    bad `combine`, before any work."""
+    if strategy in ("dense_tracin", "bm25_tracin"):  # tracin sits above this module: it needs the LM
+        raise ValueError(
+            f"strategy={strategy!r} reranks by TracIn, which needs the LM and a GSAE: call "
+            f"ssae_kit.tracin.select_tracin(pool, seeds, {strategy.removesuffix('_tracin')!r}, budget_tokens, "
+            "tokenizer, model, layer, gsae)."
+        )
+    if strategy not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {strategy!r}; use one of {STRATEGIES}.")
+    if not seeds:
+        raise ValueError("The seed set is empty: give at least one example document of the subdomain.")
+    if blank := [i for i, d in enumerate(check_documents(seeds)) if not d.text.strip()]:
+        raise ValueError(
+            f"Seed(s) {blank} have no text: dense retrieval would rank the pool by the embedding of an "
+            "empty string. Drop them or give their text."
+        )
+    if combine not in ("max", "mean"):
+        raise ValueError(f"combine={combine!r} must be 'max' or 'mean'.")
+
+
+def _embed_seeds(
+    seeds: list[Document], embedder: Embedder, pool_embeddings: np.ndarray | None, index, n_given: int
+) -> np.ndarray:
+    """The seeds' embeddings, after checking that given pool vectors (or index) match the pool and
+    `embedder`."""
+    if pool_embeddings is not None:
+        _check_pool_vectors("pool_embeddings", pool_embeddings.shape, n_given, embedder)
+    if index is not None:
+        _check_pool_vectors("The index", (index.ntotal, index.d), n_given, embedder)
+    return embedder.embed([s.text for s in seeds], progress=False)
 
 
 def _check_pool_vectors(what: str, shape: tuple[int, ...], n_pool: int, embedder: Embedder) -> None:

@@ -173,6 +173,18 @@ _RESULT_KEYS = (
 """The sweep settings a finished share's result depends on; a resumed sweep must match them."""
 
 
+def _finished(done: Path, cfg: SweepConfig) -> dict[str, Any]:
+    """A share's saved result, or a ValueError if other sweep settings made it (never mixed in)."""
+    result = json.loads(done.read_text())
+    made_with = {k: result.get("config", {}).get(k) for k in _RESULT_KEYS}
+    if made_with != {k: getattr(cfg, k) for k in _RESULT_KEYS}:
+        raise ValueError(
+            f"{done} was made with other sweep settings ({made_with}): pass another work folder for these "
+            "settings, or delete that share's folder to redo it."
+        )
+    return result
+
+
 def run_share(
     data: SweepData, cfg: SweepConfig, share: float | None, work: Path, count_tokens: Callable[[str], int]
 ) -> dict[str, Any]:
@@ -181,14 +193,7 @@ def run_share(
     folder = work / f"share_{share_name(share)}"
     done = folder / "result.json"
     if done.exists():
-        result = json.loads(done.read_text())
-        made_with = {k: result.get("config", {}).get(k) for k in _RESULT_KEYS}
-        if made_with != {k: getattr(cfg, k) for k in _RESULT_KEYS}:
-            raise ValueError(
-                f"{done} was made with other sweep settings ({made_with}): pass another work folder for these "
-                "settings, or delete that share's folder to redo it."
-            )
-        return result
+        return _finished(done, cfg)
     store, report = share_store(data, cfg, share, work, count_tokens)
     tcfg = gsae_config(
         cfg.gsae_tokens, cfg.sparsity_coefficient, cfg.d_sae, batch_size=cfg.batch_size, seed=cfg.seed

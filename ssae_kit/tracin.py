@@ -255,47 +255,27 @@ def select_tracin(
         n_checkpoints, steps_per_checkpoint, lr, sparsity_coefficient: the checkpoints (`build_checkpoints`):
             the GSAE and short fine-tuning stretches on the seeds, with the SSAE's LR and coefficient.
         embedder, combine, pool_embeddings, index: passed to `retrieval.select` for the candidates.
-        store_dir: where the candidates' and seeds' activations are cached (float32 stores, one
-            folder per model, layer, ctx_len and documents; default: the kit's cache), so a rerun
-            reuses them.
+        store_dir: where the candidates' and seeds' float32 activations are cached, one folder per
+            model, layer, ctx_len and documents (default: the kit's cache), for reruns to reuse.
     """
     _check_tracin(base, seeds, budget_tokens, rerank_factor, n_checkpoints, steps_per_checkpoint)
-    check_layer(model, layer)
-    check_ctx_len(model, ctx_len)
-    gsae.check_reads(model_name=model.name_or_path, layer=layer, d_in=d_model(model))
+    _check_reads(model, layer, ctx_len, gsae)
     TrainConfig(lr=lr, sparsity_coefficient=sparsity_coefficient, device=device)  # the checkpoints' steps
 
     started = time.perf_counter()
-    candidates = _candidates(
-        pool,
-        seeds,
-        base,
-        math.ceil(rerank_factor * budget_tokens),
-        tokenizer,
-        seed=seed,
-        embedder=embedder,
-        combine=combine,
-        pool_embeddings=pool_embeddings,
-        index=index,
-    )
+    kw = dict(seed=seed, embedder=embedder, combine=combine, pool_embeddings=pool_embeddings, index=index)
+    candidates = _candidates(pool, seeds, base, math.ceil(rerank_factor * budget_tokens), tokenizer, **kw)
     retrieved = time.perf_counter()
-    cand_store, seed_store = (
-        _cached_store(docs, model, tokenizer, layer, ctx_len, store_dir, what)
-        for docs, what in ((candidates, "candidates"), (seeds, "seeds"))
-    )
+    cand_store = _cached_store(candidates, model, tokenizer, layer, ctx_len, store_dir, "candidates")
+    seed_store = _cached_store(seeds, model, tokenizer, layer, ctx_len, store_dir, "seeds")
     cached = time.perf_counter()
     checkpoints = build_checkpoints(
         gsae, seed_store, n_checkpoints, steps_per_checkpoint, lr, sparsity_coefficient, seed, device
     )
     scores = _scores(checkpoints, seed_store, cand_store, len(candidates), sparsity_coefficient)
     logger.info(
-        "%s_tracin: %d candidates (%d tokens) retrieved in %.1f s, activations %.1f s, "
-        "checkpoints and scores %.1f s",
-        base,
-        len(candidates),
-        cand_store.n_tokens,
-        retrieved - started,
-        cached - retrieved,
+        "%s_tracin: %d candidates (%d tokens) retrieved in %.1f s, activations %.1f s, checkpoints and scores %.1f s",
+        *(base, len(candidates), cand_store.n_tokens, retrieved - started, cached - retrieved),
         time.perf_counter() - cached,
     )
     selection = fill_budget(candidates, scores, budget_tokens, tokenizer, f"{base}_tracin")
@@ -325,6 +305,13 @@ def _check_tracin(
             f"n_checkpoints={n_checkpoints} and steps_per_checkpoint={steps} must be "
             ">= 1 (1 checkpoint: the GSAE alone)."
         )
+
+
+def _check_reads(model, layer: int, ctx_len: int, gsae: SAE) -> None:
+    """Refuse a layer or context the model lacks, or a GSAE that reads another model or layer."""
+    check_layer(model, layer)
+    check_ctx_len(model, ctx_len)
+    gsae.check_reads(model_name=model.name_or_path, layer=layer, d_in=d_model(model))
 
 
 def _candidates(
