@@ -4,12 +4,13 @@ The package exports what the notebooks import from it; each stage's module expor
 what they use (its `__all__`).
 """
 
-from .activations import ActivationStore, cache_activations
+from .activations import cache_activations
 from .corpora import load_corpus
 from .evals import evaluate
 from .io import write_metrics
 from .models import load_model
 from .sae import SAE
+from .store import ActivationStore
 from .train import TrainConfig, train
 
 __all__ = [

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .activations import ActivationStore
 from .bios import Bio, BiosSplits, group_of
 from .claims import seed_item_bootstrap
 from .features import residuals
@@ -22,6 +21,7 @@ from .io import RunLayout
 from .probe import probe_inputs, train_probe
 from .sae import SAE
 from .shift import DebiasConfig, DebiasData, find_spurious, report_row
+from .store import ActivationStore
 from .train import TrainConfig, fine_tune, train
 
 __all__ = [

@@ -38,7 +38,6 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .activations import ActivationStore
 from .corpora import Document, check_documents, content_mask, corpus_checksum, tokenize_contexts
 from .hooks import splice
 from .models import (
@@ -52,6 +51,7 @@ from .models import (
     resolve_precision,
 )
 from .sae import SAE
+from .store import ActivationStore
 
 __all__ = [
     "evaluate",

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from .activations import ActivationStore
 from .claims import compare
 from .corpora import Document
 from .evals import EvalResult, evaluate
 from .intervals import Difference
 from .sae import SAE
+from .store import ActivationStore
 from .train import TrainConfig, fine_tune
 
 TARGETS = dict(max_l0=64, min_ev=0.90, max_ce_delta=0.35, max_dead=0.03)

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from .activations import ActivationStore
+from .store import ActivationStore
 
 
 def store_mean(store: ActivationStore, max_tokens: int = 100_000) -> torch.Tensor:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .activations import ActivationStore, cache_activations, subset_store
+from .activations import cache_activations, subset_store
 from .claims import compare
 from .corpora import Document, LabelShare, heldout_split, load_corpus, subsample_label
 from .embeddings import Embedder
@@ -23,6 +23,7 @@ from .gsae import check_convergence, gsae_config, interval_dict, share_name
 from .io import atomic_write_bytes, atomic_write_json
 from .retrieval import select
 from .splits import dedupe, split_subdomain
+from .store import ActivationStore
 from .train import fine_tune, train
 
 __all__ = [

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from .activations import ActivationStore, store_from_tensor
+from .activations import store_from_tensor
 from .sae import SAE
+from .store import ActivationStore
 
 __all__ = ["feature_recovery", "make_toy", "one_thread", "toy_store"]
 

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch.func import jvp
 
-from .activations import ActivationStore, cache_activations
+from .activations import cache_activations
 from .corpora import Document, corpus_checksum
 from .embeddings import Embedder
 from .io import cache_dir
@@ -53,6 +53,7 @@ from .models import check_ctx_len, check_layer, d_model, resolve_device
 from .retrieval import Selection, fill_budget, select, warn_if_whole_pool
 from .sae import SAE, SAEConfig
 from .splits import dedupe_indices
+from .store import ActivationStore
 from .term import per_token_loss
 from .train import TrainConfig, train
 

@@ -22,7 +22,6 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .activations import ActivationStore
 from .io import (
     CHECKPOINT_FILE,
     LOG_FILE,
@@ -37,6 +36,7 @@ from .io import (
 from .models import resolve_device
 from .sae import SAE, Architecture, SAEConfig, from_sae_lens
 from .sae_init import centered_norm_scale, geometric_median, store_mean, store_sample
+from .store import ActivationStore
 from .term import ScaleRule, check_tilt, objective, per_token_loss
 
 __all__ = [

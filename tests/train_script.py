@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-from ssae_kit.activations import ActivationStore
+from ssae_kit.store import ActivationStore
 from ssae_kit.train import TrainConfig, train
 
 store_dir, out_dir, cfg_json, resume = sys.argv[1:5]
