@@ -49,8 +49,10 @@ import torch
 import torch.nn.functional as F
 
 import ssae_kit.sae as sae_module
+from ssae_kit.checkpoints import TrainState
 from ssae_kit.sae import SAE, SAEConfig
-from ssae_kit.train import TrainConfig, TrainState, train_step
+from ssae_kit.train import train_step
+from ssae_kit.train_config import TrainConfig
 
 D_IN, D_SAE, K, SPARSITY = 512, 4096, 32, 1.0
 ALL_CASES = ["relu", "relu-term", "topk", "topk-term", "ref-relu", "saelens-relu", "sparsify-topk"]

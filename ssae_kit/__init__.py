@@ -11,7 +11,8 @@ from .io import write_metrics
 from .models import load_model
 from .sae import SAE
 from .store import ActivationStore
-from .train import TrainConfig, train
+from .train import train
+from .train_config import TrainConfig
 
 __all__ = [
     "SAE",

@@ -22,7 +22,8 @@ from .probe import probe_inputs, train_probe
 from .sae import SAE
 from .shift import DebiasConfig, DebiasData, find_spurious, report_row
 from .store import ActivationStore
-from .train import TrainConfig, fine_tune, train
+from .train import fine_tune, train
+from .train_config import TrainConfig
 
 __all__ = [
     "build_debias_data",

@@ -25,7 +25,8 @@ from .evals import EvalResult, evaluate
 from .intervals import Difference
 from .sae import SAE
 from .store import ActivationStore
-from .train import TrainConfig, fine_tune
+from .train import fine_tune
+from .train_config import TrainConfig
 
 TARGETS = dict(max_l0=64, min_ev=0.90, max_ce_delta=0.35, max_dead=0.03)
 """Quality a shipped GSAE aims for on held-out text (dead: never active on the evaluated tokens)."""

@@ -22,7 +22,7 @@ from ssae_kit.retrieval import STRATEGIES
 from ssae_kit.shift import DebiasConfig
 from ssae_kit.taxonomy import PROFESSION_TAXONOMY, Tree, leaf_paths, parse_taxonomy, subtrees
 from ssae_kit.tracin import TRACIN_STRATEGIES
-from ssae_kit.train import check_finetune
+from ssae_kit.train_config import check_finetune
 
 __all__ = [
     "DebiasParams",

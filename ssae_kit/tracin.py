@@ -55,7 +55,8 @@ from .sae import SAE, SAEConfig
 from .splits import dedupe_indices
 from .store import ActivationStore
 from .term import per_token_loss
-from .train import TrainConfig, train
+from .train import train
+from .train_config import TrainConfig
 
 __all__ = ["Reranker", "select_strategy"]
 

@@ -11,143 +11,34 @@ its own tokens; gradients are then averaged as usual.
 from __future__ import annotations
 
 import copy
-import math
 import os
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from .checkpoints import TrainRun, TrainState, load_checkpoint, save_checkpoint, save_finished, store_identity
 from .io import (
     CHECKPOINT_FILE,
-    LOG_FILE,
     SAE_CFG_FILE,
-    atomic_write_json,
-    atomic_write_with,
-    cache_dir,
     check_writable_dir,
     folder_lock,
     remove_stale_temps,
 )
 from .models import resolve_device
-from .sae import SAE, Architecture, SAEConfig, from_sae_lens
+from .sae import SAE, SAEConfig, from_sae_lens
 from .sae_init import centered_norm_scale, geometric_median, store_mean, store_sample
 from .store import ActivationStore
-from .term import ScaleRule, check_tilt, objective, per_token_loss
+from .term import objective, per_token_loss
+from .train_config import TrainConfig, finetune_config, get_lr
 
 __all__ = [
-    "TrainConfig",
-    "check_finetune",
     "fine_tune",
     "train",
 ]
-
-
-BDecInit = Literal["mean", "zeros", "geometric_median"]
-NormScaleFrom = Literal["store", "centered"]
-
-
-@dataclass
-class TrainConfig:
-    """How to train; the SAE shape fields apply only when training from scratch (no `init`)."""
-
-    d_sae: int = 2048
-    """Latents of a new SAE."""
-    architecture: Architecture = "relu"
-    """Architecture of a new SAE."""
-    k: int = 32
-    """Active latents per token of a new topk SAE."""
-    b_dec_init: BDecInit = "mean"
-    """Pre-encoder bias of a new SAE: the data mean (so a constant offset, e.g. a massive
-    dimension, is not the latents' job; SAELens' `b_dec_init_method`), zeros, or the geometric
-    median (Weiszfeld; sparsify's init, SAELens' former option; less pulled by outlier tokens)."""
-    norm_scale_from: NormScaleFrom = "centered"
-    """Input scale of a new SAE: sqrt(d_model / E||x - mean||^2), which a massive constant dimension
-    cannot shrink (see `_centered_norm_scale`), or the store's sqrt(d_model / E||x||^2) (SAELens'
-    `expected_average_only_in`; the shipped GSAE's recipe pins it). A fine-tuned SAE keeps its init's."""
-    sparsity_coefficient: float = 1.0
-    """Weight of the sparsity penalty (L1 for relu, L0 for jumprelu; unused by topk)."""
-    lr: float = 1e-3
-    """Peak Adam learning rate."""
-    warmup_tokens: int = 10_000
-    """Linear LR warm-up from 0, in tokens."""
-    decay_frac: float = 0.2
-    """Fraction of the budget, at the end, over which the LR decays linearly to 0."""
-    batch_size: int = 512
-    """Tokens per optimiser step (across all ranks)."""
-    total_tokens: int = 200_000
-    """Training budget in tokens; the store is re-read in new orders as needed."""
-    tilt: float = 0.0
-    """The objective: 0 is ERM (the mean per-token loss), t > 0 is TERM, the tilted loss (ssae_kit.term)."""
-    loss_scale: ScaleRule = "mean"
-    """How per-token losses are scaled before tilting (ssae_kit.term)."""
-    seed: int = 0
-    """Seeds the SAE init, data order and resampling."""
-    checkpoint_every: int = 0
-    """Write a resumable checkpoint every N steps (0: only at the end)."""
-    dead_window_tokens: int = 100_000
-    """A latent that has not fired for this many tokens counts as dead."""
-    resample_dead: bool = False
-    """Re-initialise dead latents towards badly reconstructed inputs, every dead window."""
-    log_every: int = 20
-    """Steps between logged metrics (and progress-bar updates)."""
-    device: str = "auto"
-    """auto: CUDA when present, else CPU (under torchrun: this rank's GPU)."""
-
-    def __post_init__(self) -> None:
-        for name, choices in (
-            ("architecture", Architecture),
-            ("loss_scale", ScaleRule),
-            ("b_dec_init", BDecInit),
-            ("norm_scale_from", NormScaleFrom),
-        ):
-            if getattr(self, name) not in get_args(choices):
-                raise ValueError(f"Unknown {name} {getattr(self, name)!r}; use one of {get_args(choices)}.")
-        for name, ok, need in (
-            ("lr", self.lr > 0 and math.isfinite(self.lr), "a positive finite number, e.g. 1e-3"),
-            (
-                "sparsity_coefficient",
-                self.sparsity_coefficient >= 0 and math.isfinite(self.sparsity_coefficient),
-                "a finite number >= 0",
-            ),
-            ("warmup_tokens", self.warmup_tokens >= 0, ">= 0 (0: no warm-up)"),
-            ("d_sae", self.d_sae >= 1, ">= 1"),
-            ("log_every", self.log_every >= 1, ">= 1 (steps between logged metrics)"),
-            ("checkpoint_every", self.checkpoint_every >= 0, ">= 0 (0: checkpoint only at the end)"),
-            ("dead_window_tokens", self.dead_window_tokens >= 1, ">= 1"),
-            (
-                "decay_frac",
-                0 <= self.decay_frac <= 1,
-                "in [0, 1] (the share of the budget the LR decays over)",
-            ),
-            ("batch_size", self.batch_size >= 1, ">= 1 (tokens per optimiser step)"),
-            ("total_tokens", self.total_tokens >= 1, ">= 1 (the training budget in tokens)"),
-            ("k", self.k >= 1, ">= 1 (active latents per token of a topk SAE)"),
-        ):
-            if not ok:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be {need}.")
-        check_tilt(self.tilt)
-        if self.architecture == "topk" and not 0 < self.k <= self.d_sae:
-            raise ValueError(f"k={self.k} must be between 1 and d_sae={self.d_sae}.")
-        if self.batch_size <= 0 or self.total_tokens < self.batch_size:
-            raise ValueError(
-                f"Need 0 < batch_size ({self.batch_size}) <= total_tokens ({self.total_tokens})."
-            )
-
-
-@dataclass
-class TrainState:
-    """Counters a resume restores."""
-
-    step: int = 0
-    tokens: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    tokens_since_fired: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
 
 
 @dataclass
@@ -155,77 +46,6 @@ class TrainResult:
     sae: SAE
     log: list[dict[str, float]]
     """One dict of metrics per `log_every` steps (step, tokens, lr, loss, mse, l0, dead_frac)."""
-
-
-@dataclass
-class TrainRun:
-    """What a training run carries from step to step and a checkpoint saves: its config, the store
-    it trains on (`trained_on`: the store's identity), the SAE, the optimiser, the counters, the
-    resampling generator, the metrics log, and this process's rank (only rank 0 writes)."""
-
-    cfg: TrainConfig
-    trained_on: dict[str, Any]
-    sae: SAE
-    opt: torch.optim.Optimizer
-    state: TrainState
-    gen: torch.Generator
-    log: list[dict[str, float]] = field(default_factory=list)
-    rank: int = 0
-
-
-def get_lr(tokens: int, cfg: TrainConfig) -> float:
-    """Warm-up, constant, then linear decay to 0 over the last `decay_frac` of the budget."""
-    warm = min(1.0, (tokens + 1) / cfg.warmup_tokens) if cfg.warmup_tokens else 1.0
-    decay_start = cfg.total_tokens * (1 - cfg.decay_frac)
-    decay = (
-        1.0
-        if tokens < decay_start
-        else max(0.0, (cfg.total_tokens - tokens) / (cfg.total_tokens - decay_start))
-    )
-    return cfg.lr * warm * decay
-
-
-def finetune_config(
-    gsae: SAE,
-    store: ActivationStore,
-    sparsity_coefficient: float,
-    total_tokens: int,
-    lr: float = 5e-4,
-    tilt: float = 0.0,
-    seed: int = 0,
-    device: str = "auto",
-) -> TrainConfig:
-    """The notebooks' recipe for fine-tuning `gsae` into an SSAE on `store`: no warm-up (the weights
-    are trained already), 512-token batches (the whole store if smaller), ERM, or TERM when `tilt` > 0."""
-    return TrainConfig(
-        d_sae=gsae.cfg.d_sae,
-        sparsity_coefficient=sparsity_coefficient,
-        total_tokens=total_tokens,
-        lr=lr,
-        warmup_tokens=0,
-        batch_size=store.capped_batch(),
-        tilt=tilt,
-        seed=seed,
-        device=device,
-    )
-
-
-def check_finetune(
-    sparsity_coefficients: list[float],
-    total_tokens: int,
-    lr: float = 5e-4,
-    tilts: tuple[float, ...] | list[float] = (0.0,),
-    device: str = "auto",
-) -> None:
-    """Refuse fine-tuning settings that `finetune_config` would refuse only after caching and training
-    other SSAEs: the notebooks call this in their first cells, before any work."""
-    if not sparsity_coefficients:
-        raise ValueError("The list of sparsity coefficients is empty: give at least one, e.g. [1.5].")
-    for coefficient in sparsity_coefficients:
-        for tilt in tilts:
-            TrainConfig(
-                sparsity_coefficient=coefficient, total_tokens=total_tokens, lr=lr, tilt=tilt, device=device
-            )
 
 
 def fine_tune(
@@ -280,7 +100,7 @@ def _train(
     sae = initial_sae(store, cfg, init).to(device)
     run = TrainRun(
         cfg,
-        _store_identity(store),
+        store_identity(store),
         sae,
         torch.optim.Adam(sae.parameters(), lr=cfg.lr),
         TrainState(tokens_since_fired=torch.zeros(sae.cfg.d_sae, device=device)),
@@ -294,12 +114,12 @@ def _train(
             raise ValueError(
                 f"{out} already holds a training run: pass resume=True to continue it, or a new out_dir."
             )
-        run.log = _load_checkpoint(out, run)
+        run.log = load_checkpoint(out, run)
     first_step = run.state.step
     _steps(run, store, out, world, device)
     finished_before = run.state.step == first_step and (out is not None and (out / SAE_CFG_FILE).exists())
     if out is not None and not finished_before:  # a resumed, already finished run is returned as it is
-        _save_finished(out, run)
+        save_finished(out, run)
     return TrainResult(run.sae, run.log)
 
 
@@ -335,28 +155,6 @@ def _steps(run: TrainRun, store: ActivationStore, out: Path | None, world: int, 
         if out is not None and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
             save_checkpoint(out, run)
     bar.close()
-
-
-def _save_finished(out: Path, run: TrainRun) -> None:
-    """The finished run into `out`; if that fails (disk full, folder gone), into the kit's cache,
-    and the error says where it went."""
-    try:
-        _save_run(out, run)
-    except OSError as err:
-        rescue = cache_dir("rescued_runs") / f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        _save_run(rescue, run)
-        raise ValueError(
-            f"Could not save the finished run in {out} ({err}); it is saved in {rescue} instead: "
-            f"move that folder to {out}, or SAE.load it from there."
-        ) from err
-
-
-def _save_run(out: Path, run: TrainRun) -> None:
-    """The final checkpoint, the SAE (SAELens format) and the metrics log."""
-    save_checkpoint(out, run)
-    if run.rank == 0:
-        run.sae.save(out)
-        atomic_write_json(out / LOG_FILE, run.log)
 
 
 def train_step(
@@ -498,93 +296,6 @@ def _resample_dead(
             if key in opt.state.get(p, {}):
                 (opt.state[p][key][dead] if p is not sae.W_enc else opt.state[p][key][:, dead]).zero_()
     state.tokens_since_fired[dead] = 0
-
-
-def _store_identity(store: ActivationStore) -> dict[str, Any]:
-    """What a checkpoint records of its store, so that a resume continues on the same data."""
-    return dict(
-        model=store.model_name,
-        layer=store.layer,
-        n_tokens=store.n_tokens,
-        norm_scale=store.norm_scale,
-        fingerprint=store.fingerprint,
-    )
-
-
-def save_checkpoint(out: Path, run: TrainRun) -> None:
-    """Everything a resume needs, written atomically (and fsynced) by rank 0; never NaN weights."""
-    cfg, sae, state = run.cfg, run.sae, run.state
-    if run.rank == 0:
-        if not all(torch.isfinite(p).all() for p in sae.parameters()):
-            raise ValueError(
-                f"The SAE's weights hold NaN/inf at step {state.step}; {out} keeps its last good "
-                f"checkpoint. Lower lr (now {cfg.lr:g}) or check the activations for NaN/inf."
-            )
-        payload = dict(
-            cfg=asdict(cfg),
-            store=run.trained_on,
-            sae_cfg=asdict(sae.cfg),
-            sae=sae.state_dict(),
-            opt=run.opt.state_dict(),
-            state=asdict(state),
-            gen=run.gen.get_state(),
-            torch_rng=torch.get_rng_state(),
-            log=run.log,
-        )
-        atomic_write_with(out / CHECKPOINT_FILE, lambda f: torch.save(payload, f))
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    """The checkpoint's tensors and plain data, read without running code: `weights_only=True`
-    refuses any pickled object other than tensors and Python containers of numbers and strings, so a
-    shared or downloaded run folder cannot execute anything on resume. A truncated, zeroed or
-    foreign file is refused naming it."""
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError by corruption kind
-        raise ValueError(
-            f"Cannot resume from {path}: it is not a checkpoint the kit can read safely ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:200]}). It may be truncated, or hold code rather than data. Delete it "
-            "to start that run afresh, or train into a new out_dir."
-        ) from err
-    if not isinstance(ckpt, dict) or not {"cfg", "sae", "opt", "state", "gen", "torch_rng", "log"} <= set(
-        ckpt
-    ):
-        raise ValueError(
-            f"Cannot resume from {path}: it is not an ssae-kit training checkpoint. Delete it, or train into a new out_dir."
-        )
-    return ckpt
-
-
-def _load_checkpoint(out: Path, run: TrainRun) -> list[dict[str, float]]:
-    """Restore `run` from `out`'s checkpoint (refused, naming the change, if the config or the store
-    differ) and return its log."""
-    cfg, trained_on = run.cfg, run.trained_on
-    ckpt = _read_checkpoint(out / CHECKPOINT_FILE, run.sae.W_dec.device)
-    for what, fix, old, new in (
-        ("the config changed since it was written", "the old config", ckpt["cfg"], asdict(cfg)),
-        (
-            "it was trained on another activation store",
-            "the store it was trained on",
-            ckpt.get("store", trained_on),
-            trained_on,
-        ),  # checkpoints from before this check record no store
-    ):
-        changed = {k: (v, new.get(k)) for k, v in old.items() if new.get(k) != v}
-        if changed:
-            raise ValueError(
-                f"Cannot resume {out}: {what} (old, new): {changed}. "
-                f"Resume with {fix}, or train into a new out_dir."
-            )
-    run.sae.load_state_dict(ckpt["sae"])
-    run.opt.load_state_dict(ckpt["opt"])
-    for k, v in ckpt["state"].items():
-        setattr(run.state, k, v)
-    run.gen.set_state(ckpt["gen"])
-    torch.set_rng_state(ckpt["torch_rng"])
-    return ckpt["log"]
 
 
 def _distributed_setup(cfg: TrainConfig) -> tuple[int, int, torch.device]:

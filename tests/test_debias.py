@@ -14,7 +14,7 @@ from ssae_kit.io import RunLayout
 from ssae_kit.probe import Probe, ablation_edit, group_accuracies, train_probe
 from ssae_kit.sae import SAE, SAEConfig
 from ssae_kit.shift import shift_attribution, spurious_latents
-from ssae_kit.train import finetune_config
+from ssae_kit.train_config import finetune_config
 
 TEXTS = [
     "she is a nurse at the ward",

@@ -34,7 +34,8 @@ from sae_lens.saes.sae import SAEMetadata
 
 from ssae_kit import cache_activations
 from ssae_kit.sae import SAE, SAEConfig, from_sae_lens, load_pretrained
-from ssae_kit.train import TrainConfig, train
+from ssae_kit.train import train
+from ssae_kit.train_config import TrainConfig
 
 HOOK = "blocks.1.hook_resid_post"
 

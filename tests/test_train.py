@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from ssae_kit import ActivationStore, cache_activations
 from ssae_kit.activations import store_from_tensor
+from ssae_kit.checkpoints import TrainRun, TrainState, save_checkpoint
 from ssae_kit.io import (
     CHECKPOINT_FILE,
     LOG_FILE,
@@ -30,17 +31,8 @@ from ssae_kit.io import (
     sha256_bytes,
 )
 from ssae_kit.sae import SAE, SAEConfig
-from ssae_kit.train import (
-    TrainConfig,
-    TrainRun,
-    TrainState,
-    fine_tune,
-    finetune_config,
-    get_lr,
-    save_checkpoint,
-    train,
-    train_step,
-)
+from ssae_kit.train import fine_tune, train, train_step
+from ssae_kit.train_config import TrainConfig, finetune_config, get_lr
 
 SCRIPT = Path(__file__).with_name("train_script.py")
 

@@ -11,7 +11,8 @@ import sys
 import torch
 
 from ssae_kit.store import ActivationStore
-from ssae_kit.train import TrainConfig, train
+from ssae_kit.train import train
+from ssae_kit.train_config import TrainConfig
 
 store_dir, out_dir, cfg_json, resume = sys.argv[1:5]
 result = train(
