@@ -2,7 +2,7 @@
 
 PAPER §2: f = act(W_enc (x - b_dec) + b_enc), x_hat = W_dec f + b_dec, decoder rows at unit norm;
 SAEs with SAELens' `apply_b_dec_to_input=False` (Gemma Scope) encode x itself, not x - b_dec.
-The SAE works on the store's *normalised* activations (x * norm_scale, see activations.py) so a
+The SAE works on the store's *normalised* activations (x * norm_scale, see store.py) so a
 sparsity coefficient means the same across models and layers; `encode`/`decode`/`forward` take
 and return raw model activations and apply the scale themselves. On disk the scale is folded into
 the weights (W_enc * s, W_dec / s, b_dec / s) so SAELens, which applies no normalisation in
@@ -14,31 +14,33 @@ kit computes and fine-tunes in float32, and upcasts bfloat16/float16 weights on 
 from __future__ import annotations
 
 import math
-import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from .io import SAE_CFG_FILE, SAE_WEIGHTS_FILE, atomic_write_dir, atomic_write_json, read_json
 from .models import layer_of_hook, same_model
+from .sae_ops import JumpStep, SparseEncode, TopKEncode
+from .saelens_format import (
+    STORED_DTYPES,
+    TO_SAELENS,
+    StoredDtype,
+    kit_cfg_from_saelens,
+    read_weights,
+    saelens_cfg,
+    stored_dtype,
+)
 
 __all__ = [
     "SAE",
-    "resolve_sae",
 ]
 
 Architecture = Literal["relu", "topk", "jumprelu"]
-_TO_SAELENS = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}
-StoredDtype = Literal["float32", "float16", "bfloat16"]
-STORED_DTYPES = ("float32", "float16", "bfloat16")
-SAELENS_TOPK_DEFAULT_K = 100
-"""The k SAELens' TopKSAEConfig uses when cfg.json names none; the kit reads such a file the same way."""
-_FROM_SAELENS = {v: k for k, v in _TO_SAELENS.items()}
 SPARSE_RELU_MAX_DENSITY = 0.2
 """A ReLU forward that trains the weights goes sparse when at most this share of the batch's
 (token, latent) pairs fire. On 2 CPU cores (benchmarks/bench_train.py --density, the shipped GSAE's
@@ -83,8 +85,8 @@ class SAEConfig:
     """What the training activations came from (SAELens' metadata.dataset_path); '': unknown."""
 
     def __post_init__(self) -> None:
-        if self.architecture not in _TO_SAELENS:
-            raise ValueError(f"Unknown architecture {self.architecture!r}; use one of {sorted(_TO_SAELENS)}.")
+        if self.architecture not in TO_SAELENS:
+            raise ValueError(f"Unknown architecture {self.architecture!r}; use one of {sorted(TO_SAELENS)}.")
         if self.architecture == "topk" and not 0 < self.k <= self.d_sae:
             raise ValueError(f"k={self.k} must be between 1 and d_sae={self.d_sae}; lower k or raise d_sae.")
         if self.context_size < 0:
@@ -157,7 +159,7 @@ class SAE(nn.Module):
         if self.cfg.architecture == "topk":
             values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
             return torch.zeros_like(pre).scatter_(-1, indices, F.relu(values))
-        return F.relu(pre) * _JumpStep.apply(pre, self.log_threshold.exp(), self.cfg.bandwidth)
+        return F.relu(pre) * JumpStep.apply(pre, self.log_threshold.exp(), self.cfg.bandwidth)
 
     def encode_normalized(self, x: torch.Tensor) -> torch.Tensor:
         """(B, d_in) normalised activations -> (B, d_sae) latents."""
@@ -192,7 +194,7 @@ class SAE(nn.Module):
         if self.cfg.architecture == "relu":
             sparsity = f.sum(-1)  # the L1 norm: ReLU latents are >= 0
         elif self.cfg.architecture == "jumprelu":  # L0 with a straight-through threshold gradient
-            sparsity = _JumpStep.apply(pre, self.log_threshold.exp(), self.cfg.bandwidth).sum(-1)
+            sparsity = JumpStep.apply(pre, self.log_threshold.exp(), self.cfg.bandwidth).sum(-1)
         else:
             sparsity = torch.zeros_like(sq_error)
         return ForwardOutput(x_hat_n / self.cfg.norm_scale, f, sq_error, sparsity)
@@ -209,7 +211,7 @@ class SAE(nn.Module):
         decoder is an embedding_bag and the encoder's backward a sparse product. Same function and
         gradients as the dense path; feature_acts is built for reporting and carries no gradient."""
         rows, cols = (pre > 0).nonzero(as_tuple=True)  # row-major, so each token's latents are contiguous
-        values = _SparseEncode.apply(x_n, self.W_enc, self.b_enc, self._input_bias(), pre, rows, cols)
+        values = SparseEncode.apply(x_n, self.W_enc, self.b_enc, self._input_bias(), pre, rows, cols)
         offsets = torch.searchsorted(rows, torch.arange(len(x_n), device=rows.device))
         x_hat_n = (
             F.embedding_bag(cols, self.W_dec, offsets, per_sample_weights=values, mode="sum") + self.b_dec
@@ -222,7 +224,7 @@ class SAE(nn.Module):
         """TopK forward that exploits sparsity, as sparsify does: only B*k latents are non-zero,
         so the decoder is an embedding_bag over them and the encoder's backward is a sparse product.
         Same function as the dense path; feature_acts is built for reporting and carries no gradient."""
-        values, indices = _TopKEncode.apply(x_n, self.W_enc, self.b_enc, self._input_bias(), self.cfg.k)
+        values, indices = TopKEncode.apply(x_n, self.W_enc, self.b_enc, self._input_bias(), self.cfg.k)
         values = F.relu(values)  # (B, k)
         x_hat_n = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum") + self.b_dec
         sq_error = (x_hat_n - x_n).pow(2).sum(-1)
@@ -285,7 +287,7 @@ class SAE(nn.Module):
         def write(tmp: Path) -> None:
             weights = {k: v.to(getattr(torch, dtype)).contiguous().cpu() for k, v in tensors.items()}
             save_file(weights, str(tmp / SAE_WEIGHTS_FILE))
-            atomic_write_json(tmp / SAE_CFG_FILE, _saelens_cfg(self.cfg, dtype))
+            atomic_write_json(tmp / SAE_CFG_FILE, saelens_cfg(self.cfg, dtype))
 
         return atomic_write_dir(path, write, marker=SAE_CFG_FILE)
 
@@ -306,12 +308,12 @@ class SAE(nn.Module):
         raw = read_json(
             path / SAE_CFG_FILE, "restore the SAE folder from where it came, or save the SAE again."
         )
-        cfg = _cfg_from_saelens(raw, path)
+        cfg = SAEConfig.from_dict(kit_cfg_from_saelens(raw, path))
         sae = cls(cfg, seed=None)
-        stored = _stored_dtype(raw, path)
+        stored = stored_dtype(raw, path)
         t = {
             k: v.to(stored).float()
-            for k, v in _read_weights(path / SAE_WEIGHTS_FILE, cfg.architecture).items()
+            for k, v in read_weights(path / SAE_WEIGHTS_FILE, cfg.architecture).items()
         }
         if cfg.architecture == "topk" and raw.get("rescale_acts_by_decoder_norm", False):
             n = t["W_dec"].norm(dim=1).clamp_min(1e-8)  # (d_sae,)
@@ -327,274 +329,3 @@ class SAE(nn.Module):
             state["log_threshold"] = t["threshold"].clamp_min(1e-12).log()
         sae.load_state_dict(state)
         return sae.to(device)
-
-
-def from_sae_lens(sae_lens_sae: Any) -> SAE:
-    """Convert a SAELens SAE object through its own save format, which `SAE.load` reads.
-
-    A SAELens training SAE is saved in its inference form (batchtopk becomes jumprelu), as SAELens
-    does at the end of training."""
-    if not hasattr(sae_lens_sae, "save_model"):
-        raise ValueError(f"Expected an ssae_kit SAE or a SAELens SAE, not {type(sae_lens_sae).__name__}.")
-    with tempfile.TemporaryDirectory() as tmp:
-        getattr(sae_lens_sae, "save_inference_model", sae_lens_sae.save_model)(tmp)
-        return SAE.load(tmp)
-
-
-SHIPPED_RELEASE = "ssae-kit"
-SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "saes"
-"""SAEs the kit ships (`load_pretrained("ssae-kit", "<folder name>")`), each with its model card."""
-
-
-RENAMED_SAES = {"smollm2-135m-l6": "smollm2-135m-l6-tech21"}
-"""Ids the kit shipped under another name before: old id -> current id."""
-
-
-def _read_weights(path: Path, architecture: str) -> dict[str, torch.Tensor]:
-    """The tensors of `path`, refused naming the tensor when one the architecture needs is missing,
-    one it cannot use is there (SAELens refuses a `threshold` on a standard SAE too), or one holds
-    NaN/inf; a file that is not safetensors is refused naming the file."""
-    try:
-        t = load_file(str(path))
-    except Exception as err:  # safetensors raises SafetensorError / OSError on garbage or truncation
-        raise ValueError(
-            f"{path} is not a readable safetensors file ({type(err).__name__}: {err}): restore the SAE folder "
-            "from where it came, or save the SAE again."
-        ) from err
-    need = {"W_enc", "b_enc", "W_dec", "b_dec"} | ({"threshold"} if architecture == "jumprelu" else set())
-    if missing := sorted(need - set(t)):
-        raise ValueError(
-            f"{path} lacks the tensor(s) {missing} that a {architecture} SAE needs; it holds {sorted(t)}."
-        )
-    if "threshold" in t and architecture != "jumprelu":
-        raise ValueError(
-            f"{path} holds a `threshold` tensor, but its cfg.json says architecture {architecture!r}: set "
-            "architecture 'jumprelu' in cfg.json if it is one, or remove the tensor."
-        )
-    for name, tensor in t.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ValueError(
-                f"Tensor {name!r} of {path} holds NaN/inf: the SAE is broken; retrain or restore it."
-            )
-    return t
-
-
-def shipped_saes() -> list[str]:
-    """Ids of the SAEs in data/saes/ (folders holding a cfg.json)."""
-    return sorted(p.parent.name for p in SHIPPED_DIR.glob(f"*/{SAE_CFG_FILE}"))
-
-
-def load_pretrained(release: str, sae_id: str, device: str | torch.device = "cpu") -> SAE:
-    """A pretrained SAE by (release, id), the call shape of SAELens' registry: release "ssae-kit"
-    is one the kit ships in data/saes/ (offline); any other release goes through SAELens' registry
-    (e.g. Gemma Scope as the GSAE), which needs `sae-lens` and internet or a cached download."""
-    if release == SHIPPED_RELEASE:
-        if sae_id in RENAMED_SAES:
-            raise ValueError(
-                f"The shipped SAE {sae_id!r} was renamed {RENAMED_SAES[sae_id]!r} (its id now says its subdomain "
-                f"share): load that id, or the default GSAE; shipped: {shipped_saes()}."
-            )
-        if sae_id not in shipped_saes():
-            raise ValueError(
-                f"The kit ships no SAE {sae_id!r}; shipped: {shipped_saes() or 'none found in ' + str(SHIPPED_DIR)}."
-            )
-        return SAE.load(SHIPPED_DIR / sae_id, device=device)
-    try:
-        from sae_lens import SAE as LensSAE
-    except ImportError as err:
-        raise ValueError(
-            "load_pretrained needs SAELens: run `pip install sae-lens` (or the kit's dev extra)."
-        ) from err
-    try:
-        lens = LensSAE.from_pretrained(release, sae_id, device="cpu")
-    except OSError as err:  # huggingface_hub's LocalEntryNotFoundError when offline and not cached
-        raise ValueError(
-            f"SAE {release!r} / {sae_id!r} is not in the local Hugging Face cache and could not be downloaded "
-            "(HF_HUB_OFFLINE=1 or no internet). Go online once to cache it, or pass a local folder to SAE.load."
-        ) from err
-    lens = lens[0] if isinstance(lens, tuple) else lens  # SAELens < 6 returned (sae, cfg, sparsity)
-    return from_sae_lens(lens).to(device)
-
-
-def resolve_sae(spec: str, device: str | torch.device = "cpu") -> SAE:
-    """An SAE from a notebook parameter: a folder with cfg.json, or "release:sae_id" (the kit's
-    shipped release "ssae-kit" or SAELens'); a clear error otherwise, before any work."""
-    if Path(spec).expanduser().is_dir():
-        return SAE.load(Path(spec).expanduser(), device=device)
-    release, sep, sae_id = spec.partition(":")
-    if not sep or not sae_id:
-        raise ValueError(
-            f"SAE {spec!r} is neither a folder nor 'release:sae_id': give a folder with {SAE_CFG_FILE}, "
-            f"'{SHIPPED_RELEASE}:<id>' (shipped: {shipped_saes()}), or a SAELens release and id."
-        )
-    return load_pretrained(release, sae_id, device=device)
-
-
-class _TopKEncode(torch.autograd.Function):
-    """Top-k of the encoder pre-activations, (values, indices), with a sparse backward.
-
-    Only the B*k selected pre-activations get gradient, so dL/dW_enc = x^T G with G sparse
-    (B*k non-zeros) costs B*k*d_in instead of the dense B*d_sae*d_in.
-    """
-
-    @staticmethod
-    def forward(ctx, x, W_enc, b_enc, b_dec, k: int):
-        pre = torch.addmm(b_enc - b_dec @ W_enc, x, W_enc)  # (B, d_sae)
-        values, indices = pre.topk(k, dim=-1, sorted=False)
-        ctx.save_for_backward(x, W_enc, b_dec, indices)
-        ctx.mark_non_differentiable(indices)
-        return values, indices
-
-    @staticmethod
-    def backward(ctx, grad_values, _grad_indices):
-        x, W_enc, b_dec, indices = ctx.saved_tensors
-        B, k = indices.shape
-        rows = torch.arange(B, device=x.device).repeat_interleave(k)
-        grads = _sparse_encoder_grads(x, W_enc, b_dec, rows, indices.flatten(), grad_values.flatten())
-        return (None, *grads, None)
-
-
-class _SparseEncode(torch.autograd.Function):
-    """The pre-activations at given (row, col) pairs, (nnz,), with the sparse backward of `_TopKEncode`:
-    the ReLU path passes the firing pairs of a pre-activation it computed without gradient."""
-
-    @staticmethod
-    def forward(ctx, x, W_enc, b_enc, b_in, pre, rows, cols):
-        ctx.save_for_backward(x, W_enc, b_in, rows, cols)
-        return pre[rows, cols]
-
-    @staticmethod
-    def backward(ctx, grad_values):
-        x, W_enc, b_in, rows, cols = ctx.saved_tensors
-        return (None, *_sparse_encoder_grads(x, W_enc, b_in, rows, cols, grad_values), None, None, None)
-
-
-def _sparse_encoder_grads(x, W_enc, b_in, rows, cols, grad) -> tuple[torch.Tensor, ...]:
-    """Gradients of W_enc, b_enc and b_in for pre = (x - b_in) W_enc + b_enc given dL/dpre at the
-    (rows, cols) pairs only: dL/dW_enc = x^T G with G sparse costs nnz*d_in, not B*d_sae*d_in."""
-    d_sae = W_enc.shape[1]
-    G_T = torch.sparse_coo_tensor(
-        torch.stack([cols, rows]), grad, (d_sae, len(x)), check_invariants=False
-    )  # (d_sae, B)
-    grad_b_enc = torch.zeros(d_sae, dtype=grad.dtype, device=x.device).index_add_(0, cols, grad)
-    # dpre/dW_enc is (x - b_in): G^T x minus the b_in part, an outer product
-    grad_W_enc = (torch.sparse.mm(G_T, x) - grad_b_enc[:, None] * b_in[None, :]).T.contiguous()
-    return grad_W_enc, grad_b_enc, -(W_enc @ grad_b_enc)
-
-
-class _JumpStep(torch.autograd.Function):
-    """Heaviside step H(pre - threshold) with a straight-through gradient for the threshold only.
-
-    Rajamanoharan et al. 2024 (JumpReLU SAEs): d/dθ H(z - θ) ≈ -K((z - θ)/ε)/ε, K a rectangle.
-    """
-
-    @staticmethod
-    def forward(ctx, pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return (pre > threshold).to(pre.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        pre, threshold = ctx.saved_tensors
-        eps = ctx.bandwidth
-        kernel = ((pre - threshold).abs() < eps / 2).to(pre.dtype) / eps
-        return None, -(grad * kernel).sum(0), None
-
-
-def _saelens_cfg(cfg: SAEConfig, dtype: StoredDtype) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "d_in": cfg.d_in,
-        "d_sae": cfg.d_sae,
-        "dtype": dtype,
-        "device": "cpu",
-        "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
-        "normalize_activations": "none",
-        "reshape_activations": "none",
-        "architecture": _TO_SAELENS[cfg.architecture],
-        "metadata": {
-            "sae_lens_version": "6.0.0",
-            "model_name": cfg.model_name,
-            "hook_name": cfg.hook_name,
-            "context_size": cfg.context_size or None,
-            "prepend_bos": cfg.prepend_bos,
-            "exclude_special_tokens": cfg.exclude_special_tokens,
-            "dataset_path": cfg.dataset_path or None,
-            "ssae_kit": asdict(cfg),  # everything else the kit needs, kept verbatim by SAELens
-        },
-    }
-    if cfg.architecture == "topk":
-        out.update(k=cfg.k, rescale_acts_by_decoder_norm=False)
-    return out
-
-
-def _cfg_from_saelens(raw: dict[str, Any], path: Path) -> SAEConfig:
-    """The kit's config for a SAELens 6 cfg.json; refuses, naming the field, what the kit cannot compute."""
-    file = path / SAE_CFG_FILE
-    meta = raw.get("metadata") or {}
-    version = str(meta.get("sae_lens_version") or raw.get("sae_lens_version") or "none")
-    major = version.split(".")[0]
-    if not (major.isdigit() and int(major) >= 6):
-        raise ValueError(
-            f"{file} has sae_lens_version={version!r}, a format older than SAELens 6 that the kit does not read: "
-            "load it with SAELens (SAE.load_from_disk) and convert it with ssae_kit.sae.from_sae_lens."
-        )
-    arch = raw.get("architecture")
-    if arch not in _FROM_SAELENS:
-        hint = (
-            " SAELens' save_inference_model saves a batchtopk SAE as jumprelu."
-            if "batchtopk" in str(arch)
-            else ""
-        )
-        raise ValueError(
-            f"{file} has architecture {arch!r}; the kit reads {sorted(_FROM_SAELENS)} (SAELens names). "
-            f"Pick an SAE of a supported architecture.{hint}"
-        )
-    for field, fix in (
-        (
-            "normalize_activations",
-            ("fold the normalisation into the weights first (SAELens: fold_activation_norm_scaling_factor)"),
-        ),
-        ("reshape_activations", "the kit reads the residual stream, not attention heads"),
-    ):
-        if raw.get(field, "none") not in ("none", None):
-            raise ValueError(f"{file} asks for {field}={raw[field]!r}, which the kit does not apply: {fix}.")
-    kit = dict(meta.get("ssae_kit", {}))
-    kit.update(
-        d_in=raw["d_in"],
-        d_sae=raw["d_sae"],
-        architecture=_FROM_SAELENS[arch],
-        dtype="float32",
-        apply_b_dec_to_input=raw.get("apply_b_dec_to_input", True),
-    )
-    # SAELens' own fields win over the kit's copy in metadata.ssae_kit: an SAE edited and re-saved
-    # by SAELens keeps a stale copy, and its hook_name is what SAELens tooling reads.
-    for key in (
-        "model_name",
-        "hook_name",
-        "context_size",
-        "prepend_bos",
-        "exclude_special_tokens",
-        "dataset_path",
-    ):
-        if meta.get(key) is not None:
-            kit[key] = meta[key]
-    kit.setdefault("model_name", "")
-    kit.setdefault("hook_name", "")
-    if kit["hook_name"]:
-        kit["layer"] = layer_of_hook(kit["hook_name"])
-    kit.setdefault("layer", -1)
-    if arch == "topk":
-        kit["k"] = raw.get("k", SAELENS_TOPK_DEFAULT_K)  # cfg.json's k is what SAELens runs, not the copy
-    return SAEConfig.from_dict(kit)
-
-
-def _stored_dtype(raw: dict[str, Any], path: Path) -> torch.dtype:
-    """The dtype SAELens casts the weights to on load (cfg.json `dtype`, its DTYPE_MAP names)."""
-    name = str(raw.get("dtype", "float32")).removeprefix("torch.")
-    if name not in ("float32", "float64", "float16", "bfloat16"):
-        raise ValueError(
-            f"{path / SAE_CFG_FILE} has dtype={raw['dtype']!r}; SAELens and the kit read "
-            "float32, float64, float16 or bfloat16."
-        )
-    return getattr(torch, name)

@@ -29,7 +29,8 @@ from .io import (
     remove_stale_temps,
 )
 from .models import resolve_device
-from .sae import SAE, SAEConfig, from_sae_lens
+from .pretrained import from_sae_lens
+from .sae import SAE, SAEConfig
 from .sae_init import centered_norm_scale, geometric_median, store_mean, store_sample
 from .store import ActivationStore
 from .term import objective, per_token_loss
