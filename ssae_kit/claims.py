@@ -17,6 +17,7 @@ from .intervals import (
     MIN_DOCS,
     MIN_SEEDS,
     Difference,
+    Interval,
     bootstrap_interval,
     check_confidence,
     has_interval,
@@ -90,15 +91,29 @@ def compare(
 
 
 def interval_over_seeds(
-    diffs: Sequence[float], confidence: float = 0.95, bounds: tuple[float, float] | None = None
-) -> tuple[float, float, float]:
+    diffs: Sequence[float],
+    confidence: float = 0.95,
+    bounds: tuple[float, float] | None = None,
+    unit: str = "seeds",
+) -> Interval:
     """(mean, low, high) of per-seed values: the mean +- the t quantile times the standard error
     (`intervals.seed_band`), the band `verdict_over_seeds` reads; NaN bounds below
-    `intervals.MIN_SEEDS` seeds (no interval, no verdict). `bounds` clips it (a proportion's (0, 1))."""
-    mean, low, high = seed_band(diffs, confidence)
-    if bounds is not None and has_interval(low, high):
-        low, high = max(low, bounds[0]), min(high, bounds[1])
-    return mean, low, high
+    `intervals.MIN_SEEDS` seeds (no interval, no verdict). `bounds` clips it (a proportion's (0, 1));
+    `unit` names what the values are over ("splits")."""
+    band = seed_band(diffs, confidence, unit)
+    if bounds is None or not has_interval(band.low, band.high):
+        return band
+    low, high = max(band.low, bounds[0]), min(band.high, bounds[1])
+    return Interval(
+        band.estimate,
+        low,
+        high,
+        n=band.n,
+        unit=unit,
+        how=f"{band.how}, clipped to {bounds}",
+        confidence=confidence,
+        floor=MIN_SEEDS,
+    )
 
 
 def paired_over_seeds(a: Sequence[float], b: Sequence[float], name: str) -> dict[str, Any]:
@@ -108,17 +123,10 @@ def paired_over_seeds(a: Sequence[float], b: Sequence[float], name: str) -> dict
     if len(a) != len(b) or not len(a):
         raise ValueError(f"a and b need one value per seed each; got {len(a)} and {len(b)}.")
     diffs = [float(x - y) for x, y in zip(a, b)]
-    mean, low, high = interval_over_seeds(diffs)
-    word = (
-        too_few(len(diffs), "seeds", MIN_SEEDS)
-        if not has_interval(low, high)
-        else f"{name} higher"
-        if low > 0
-        else f"{name} lower"
-        if high < 0
-        else "no clear difference"
-    )
-    return dict(per_seed=diffs, mean=mean, low=low, high=high, verdict=word)
+    band = interval_over_seeds(diffs)
+    side = band.side()
+    word = band.too_few() if side == "too few" else f"{name} {side}" if side in ("higher", "lower") else side
+    return dict(per_seed=diffs, mean=band.estimate, low=band.low, high=band.high, verdict=word)
 
 
 def verdict_over_seeds(
@@ -127,10 +135,8 @@ def verdict_over_seeds(
     """Per-seed differences (a minus b) read as a verdict: "better" or "worse" when the band of
     `interval_over_seeds` excludes 0, "no clear difference" when it holds 0, "too few seeds" when
     there is no band (fewer than `intervals.MIN_SEEDS` seeds, or no spread)."""
-    _, low, high = interval_over_seeds(diffs)
-    if not has_interval(low, high):
-        return "too few seeds"
-    return "better" if low > 0 else "worse" if high < 0 else "no clear difference"
+    side = interval_over_seeds(diffs).side()
+    return {"higher": "better", "lower": "worse", "too few": "too few seeds"}.get(side, side)
 
 
 def seed_item_bootstrap(
@@ -140,7 +146,7 @@ def seed_item_bootstrap(
     confidence: float = 0.95,
     n_resamples: int = 2000,
     seed: int = 0,
-) -> tuple[float, float, float]:
+) -> Interval:
     """(estimate, low, high) of `statistic(values, strata)` with a percentile bootstrap over seeds
     and items at once: each resample draws seeds with replacement, and items with replacement
     within each stratum (so every group keeps its size), the same items for every seed (they were
@@ -157,8 +163,11 @@ def seed_item_bootstrap(
         )
     check_confidence(confidence)
     groups = [np.flatnonzero(strata == g) for g in np.unique(strata)]
+    kind = dict(
+        n=len(strata), unit="items", how="percentile bootstrap over seeds and items", confidence=confidence
+    )
     if min(len(g) for g in groups) < 2 or len(strata) < MIN_DOCS:  # resampling would only restate them
-        return float(statistic(values, strata)), math.nan, math.nan
+        return Interval(float(statistic(values, strata)), math.nan, math.nan, **kind)
     rng = np.random.default_rng(seed)
     stats_ = []
     for _ in range(n_resamples):
@@ -167,16 +176,17 @@ def seed_item_bootstrap(
         stats_.append(statistic(values[s][:, items], strata[items]))
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(stats_, [tail, 100 - tail])
-    return float(statistic(values, strata)), float(low), float(high)
+    return Interval(float(statistic(values, strata)), float(low), float(high), **kind)
 
 
 def claim_reading(claim: str, d: Difference, holds_if: Literal["above", "below"], discuss: str = "") -> str:
     """A pre-registered claim read off its interval: it holds when the whole interval of `d` lies
     above (or below) zero, and the sentence says what was measured either way. `discuss`: a
     question for the reader, added only when the claim was tested and did not hold."""
-    if not has_interval(d.low, d.high):
+    side = d.interval.side()
+    if side == "too few":
         return f"{claim}: measured {d.estimate:+.3f}, but with {too_few(d.n_docs, 'samples', MIN_DOCS)}, the claim is not tested here."
-    holds = d.low > 0 if holds_if == "above" else d.high < 0
+    holds = side == ("higher" if holds_if == "above" else "lower")
     span = f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}] ({100 * d.confidence:.0f}% CI, n = {d.n_docs})"
     reading = f"{claim}: measured {span}, so the claim {'holds' if holds else 'does not hold'} here."
     return reading + (f" For discussion: {discuss}" if discuss and not holds else "")

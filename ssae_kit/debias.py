@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .bios import Bio, BiosSplits, group_of
 from .claims import seed_item_bootstrap
 from .features import residuals
+from .intervals import Interval
 from .io import RunLayout
 from .probe import probe_inputs, train_probe
 from .sae import SAE
@@ -191,11 +192,11 @@ def _accuracy(correct: np.ndarray, groups: np.ndarray) -> float:
 
 def summarize_seeds(
     per_seed: Sequence[dict[str, dict]], groups: Sequence[str], n_resamples: int = 2000
-) -> dict[str, dict[str, tuple[float, float, float]]]:
+) -> dict[str, dict[str, Interval]]:
     """Row -> metric -> (mean over seeds, 95% low, high), the interval bootstrapped over B's bios
     (within group) and seeds at once (`claims.seed_item_bootstrap`)."""
     columns = dict(profession="profession_correct", gender="gender_correct", worst_group="profession_correct")
-    out: dict[str, dict[str, tuple[float, float, float]]] = {}
+    out: dict[str, dict[str, Interval]] = {}
     for name in per_seed[0]:
         out[name] = {}
         for metric, key in columns.items():
@@ -219,18 +220,18 @@ def row_difference(
     key = "gender_correct" if metric == "gender" else "profession_correct"
     stat = worst_group_accuracy if metric == "worst_group" else _accuracy
     values = np.stack([np.array([r[n][key] for r in per_seed]) for n in (a, b)], -1)  # (S, N, 2)
-    estimate, low, high = seed_item_bootstrap(
+    band = seed_item_bootstrap(
         values, lambda v, g: stat(v[..., 0], g) - stat(v[..., 1], g), groups, n_resamples=n_resamples
     )
     per = [r[a][metric] - r[b][metric] for r in per_seed]
     return dict(
-        estimate=estimate,
-        low=low,
-        high=high,
+        estimate=band.estimate,
+        low=band.low,
+        high=band.high,
         per_seed=per,
         n_positive=sum(d > 0 for d in per),
         n_seeds=len(per),
-        holds=low > 0,
+        holds=band.side() == "higher",
     )
 
 

@@ -1,5 +1,6 @@
-"""Intervals: the one call to `scipy.stats.bootstrap` behind every bootstrap interval the kit prints,
-the t band over seeds, and the one rule for when an interval may be printed at all.
+"""Intervals: `Interval`, the one type every producer returns (with the one reading of it, `side`),
+the one call to `scipy.stats.bootstrap` behind every bootstrap interval the kit prints, the t band
+over seeds, and the one rule for when an interval may be printed at all.
 
 Below `MIN_DOCS` documents (or `MIN_SEEDS` seeds or splits) a resampled interval only restates the
 few values it resamples, so the kit reports the estimate, says there are too few for an interval,
@@ -12,7 +13,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from scipy import stats
@@ -24,10 +25,63 @@ __all__ = [
     "too_few",
 ]
 
+Side = Literal["higher", "lower", "no clear difference", "too few"]
+"""Where an interval lies with respect to 0: the one reading every verdict of the kit is worded from."""
+
 MIN_DOCS = 10
 """Fewest documents (or other resampled items) that get a bootstrap interval."""
 MIN_SEEDS = 3
 """Fewest seeds (or splits) that get a band over seeds."""
+
+
+class Interval(tuple):
+    """(estimate, low, high), and how it was computed: `n` items of `unit` ("documents", "seeds",
+    "bios"), `how` ("paired BCa bootstrap", "mean ± t·SE"), `confidence`, and `floor`, the fewest items
+    that get an interval (NaN bounds below it). A tuple, so tables and metrics.json keep three numbers."""
+
+    def __new__(  # noqa: PYI034 (typing.Self needs Python 3.11; the kit supports 3.10)
+        cls,
+        estimate: float,
+        low: float,
+        high: float,
+        *,
+        n: int,
+        unit: str,
+        how: str,
+        confidence: float = 0.95,
+        floor: int = MIN_DOCS,
+    ) -> Interval:
+        self = super().__new__(cls, (estimate, low, high))
+        self.n, self.unit, self.how, self.confidence, self.floor = n, unit, how, confidence, floor
+        return self
+
+    def __getnewargs_ex__(self) -> tuple[tuple, dict[str, Any]]:
+        return tuple(self), dict(
+            n=self.n, unit=self.unit, how=self.how, confidence=self.confidence, floor=self.floor
+        )
+
+    estimate = property(lambda self: self[0])
+    low = property(lambda self: self[1])
+    high = property(lambda self: self[2])
+
+    def side(self) -> Side:
+        """ "higher" (the interval lies above 0), "lower" (below), "no clear difference" (it holds 0),
+        or "too few" (no interval: fewer than `floor` items, or no spread)."""
+        if not has_interval(self.low, self.high):
+            return "too few"
+        return "higher" if self.low > 0 else "lower" if self.high < 0 else "no clear difference"
+
+    def too_few(self) -> str:
+        """Why there is no interval: "too few seeds for an interval (2 < 3)"."""
+        return too_few(self.n, self.unit, self.floor)
+
+    def span(self, fmt: str = ".3f") -> str:
+        """ "0.952 [0.912, 0.984]", or the estimate with why there is no interval (`span`)."""
+        return span(self.estimate, self.low, self.high, self.n, self.unit, self.floor, fmt)
+
+
+_UNITS = {"coverage": "token types", "firing": "windows of each text"}
+"""What a `Difference` resamples, by metric (documents unless named here)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +106,19 @@ class Difference:
             out["sentence"] = self.verdict(a, b)
         return out
 
+    @property
+    def interval(self) -> Interval:
+        """The estimate and bounds as an `Interval` over the documents (or token types, or windows)."""
+        return Interval(
+            self.estimate,
+            self.low,
+            self.high,
+            n=self.n_docs,
+            unit=_UNITS.get(self.metric, "documents"),
+            how="paired BCa bootstrap",
+            confidence=self.confidence,
+        )
+
     def verdict(self, a: str, b: str) -> str:
         """One sentence read off the interval: a difference only when it excludes 0."""
         better = "lower" if self.metric == "ce" else "higher"
@@ -63,14 +130,14 @@ class Difference:
             "firing": "SSAE-only latents firing",
             "precision": "token precision",
         }[self.metric]
-        units = {"coverage": "token types", "firing": "windows of each text"}.get(self.metric, "documents")
-        if not has_interval(self.low, self.high):
-            return f"{what} of {a} minus {b}: {self.estimate:+.3f}; {too_few(self.n_docs, units, MIN_DOCS)}, so no verdict."
+        units = self.interval.unit
+        side = self.interval.side()
+        if side == "too few":
+            return f"{what} of {a} minus {b}: {self.estimate:+.3f}; {self.interval.too_few()}, so no verdict."
         span = f"{self.estimate:+.3f} [{self.low:+.3f}, {self.high:+.3f}], {100 * self.confidence:.0f}% CI over {self.n_docs} {units}"
         if self.flagged:
             return f"{what} of {a} minus {b}: {span}; both SAEs are flagged unhealthy ({self.flagged}), so no verdict."
-        if self.low > 0 or self.high < 0:
-            side = "higher" if self.low > 0 else "lower"
+        if side != "no clear difference":
             if self.metric == "firing":  # a count, neither better nor worse
                 return f"{a} has {side} {what} than {b}: {span}."
             good = "better" if side == better else "worse"
@@ -85,7 +152,7 @@ def check_confidence(confidence: float) -> float:
     return float(confidence)
 
 
-def seed_band(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+def seed_band(values: Sequence[float], confidence: float = 0.95, unit: str = "seeds") -> Interval:
     """(mean, low, high) over seeds: the mean +- the Student t quantile for n - 1 degrees of freedom
     times the standard error (with 2 seeds a 95% band is +-12.7 SE, not +-2). Bounds are NaN below
     `MIN_SEEDS` values, or when the values do not vary (a zero SE says nothing of seed noise)."""
@@ -95,10 +162,11 @@ def seed_band(values: Sequence[float], confidence: float = 0.95) -> tuple[float,
         raise ValueError(f"Seed values {bad} are NaN or inf ({x.tolist()}): fix or drop those runs first.")
     mean = float(x.mean()) if len(x) else math.nan
     se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
+    band = dict(n=len(x), unit=unit, how="mean ± t·SE", confidence=confidence, floor=MIN_SEEDS)
     if len(x) < MIN_SEEDS or se <= 1e-12 * max(1.0, abs(mean)):  # identical up to rounding
-        return mean, math.nan, math.nan
+        return Interval(mean, math.nan, math.nan, **band)
     half = float(stats.t.ppf((1 + confidence) / 2, len(x) - 1)) * se
-    return mean, mean - half, mean + half
+    return Interval(mean, mean - half, mean + half, **band)
 
 
 def too_few(n: int, unit: str, floor: int) -> str:

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from .features import principal_components
-from .intervals import seed_band
+from .intervals import Interval, seed_band
 from .taxonomy import Tree, flat_matrix, leaf_paths, parse_taxonomy, subtrees, taxonomy_matrix
 from .tsda import taxonomist_loss
 
@@ -205,7 +205,7 @@ def probe_taxonomy(
     return rows
 
 
-def summarize(rows: list[dict]) -> dict[str, dict[str, tuple[float, float, float] | None]]:
+def summarize(rows: list[dict]) -> dict[str, dict[str, Interval | None]]:
     """{target: {metric: (mean, low, high) over seeds, or None where rho is undefined}}: the mean and
     its 95% seed band (`intervals.seed_band`, NaN bounds below `MIN_SEEDS` seeds), as everywhere else."""
     out: dict[str, dict] = {}

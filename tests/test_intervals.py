@@ -3,7 +3,10 @@ table prints in place of an interval."""
 
 from __future__ import annotations
 
+import copy
+import json
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from ssae_kit.intervals import (
     MIN_DOCS,
     MIN_SEEDS,
     Difference,
+    Interval,
     bootstrap_interval,
     check_confidence,
     has_interval,
@@ -127,3 +131,51 @@ def test_a_difference_records_its_interval_and_the_sentence_only_when_both_saes_
     assert d.record() == {"estimate": -0.2, "low": -0.3, "high": -0.1}
     assert d.record("SSAE", "GSAE") == {**d.record(), "sentence": d.verdict("SSAE", "GSAE")}
     assert d.record("SSAE", "GSAE")["sentence"].startswith("SSAE has lower spliced CE than GSAE (better)")
+
+
+@pytest.mark.parametrize(
+    "bounds, side",
+    [
+        ((0.1, 0.3), "higher"),
+        ((-0.3, -0.1), "lower"),
+        ((-0.1, 0.1), "no clear difference"),
+        ((math.nan, math.nan), "too few"),
+    ],
+)
+def test_an_interval_reads_one_side_of_zero_or_says_why_not(bounds, side):
+    band = Interval(
+        0.2 if side == "higher" else -0.2 if side == "lower" else 0.0,
+        *bounds,
+        n=12,
+        unit="documents",
+        how="x",
+    )
+    assert band.side() == side
+    assert band.span("+.1f") == (
+        f"{band.estimate:+.1f} [{bounds[0]:+.1f}, {bounds[1]:+.1f}]"
+        if side != "too few"
+        else "+0.0 (too few documents for an interval (12 < 10))"
+    )
+
+
+def test_an_interval_is_three_numbers_to_tables_and_json_and_keeps_how_it_was_made():
+    band = seed_band([0.5, 0.7, 0.8], unit="splits")
+    mean, low, high = band
+    assert (mean, low, high) == (band.estimate, band.low, band.high) and low < mean < high
+    assert json.loads(json.dumps({"rho": band})) == {"rho": [mean, low, high]}  # metrics.json: unchanged
+    for again in (copy.deepcopy(band), pickle.loads(pickle.dumps(band))):
+        assert again == band and (again.n, again.unit, again.how, again.floor) == (
+            3,
+            "splits",
+            "mean ± t·SE",
+            MIN_SEEDS,
+        )
+    assert band.span() == f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+    assert seed_band([0.5, 0.7], unit="splits").span() == "0.600 (too few splits for an interval (2 < 3))"
+
+
+def test_a_difference_is_read_through_its_interval():
+    d = Difference("ce", -0.05, -0.08, -0.02, 0.95, 40)
+    assert d.interval == (-0.05, -0.08, -0.02) and (d.interval.n, d.interval.unit) == (40, "documents")
+    assert d.interval.side() == "lower" and "(better)" in d.verdict("SSAE", "GSAE")
+    assert Difference("coverage", 0.1, 0.0, 0.2, 0.95, 300).interval.unit == "token types"
