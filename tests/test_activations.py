@@ -12,6 +12,7 @@ from ssae_kit import ActivationStore, cache_activations
 from ssae_kit.activations import subset_store
 from ssae_kit.corpora import content_mask, tokenize_contexts
 from ssae_kit.hooks import forward_to_layer
+from ssae_kit.io import MANIFEST_FILE
 from ssae_kit.models import get_blocks
 
 
@@ -171,7 +172,7 @@ def test_reopening_with_another_model_layer_or_width_is_refused(tiny, docs, tmp_
 
 
 def test_foreign_manifest_is_refused(tmp_path):
-    (tmp_path / "manifest.json").write_text(json.dumps({"format": "something-else"}))
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(ValueError, match="not an ssae-kit activation manifest"):
         ActivationStore(tmp_path)
 
@@ -185,7 +186,7 @@ def test_nan_or_overflowing_activations_are_refused(tiny, docs, tmp_path, scale,
             _cache(tiny, docs, tmp_path, dtype=dtype)
     finally:
         handle.remove()
-    assert not (tmp_path / "manifest.json").exists()
+    assert not (tmp_path / MANIFEST_FILE).exists()
 
 
 def test_bad_arguments(tiny, docs, tmp_path):
@@ -254,9 +255,9 @@ def test_subset_store_keeps_exactly_the_rows_of_the_chosen_documents_bit_for_bit
     assert sub.norm_scale == pytest.approx(
         (sub.d_model / sub_acts.pow(2).sum(1).mean()).sqrt().item(), rel=1e-5
     )
-    before = (tmp_path / "sub" / "manifest.json").stat().st_mtime_ns
+    before = (tmp_path / "sub" / MANIFEST_FILE).stat().st_mtime_ns
     assert subset_store(parent, keep[::-1], tmp_path / "sub").fingerprint == sub.fingerprint  # reused
-    assert (tmp_path / "sub" / "manifest.json").stat().st_mtime_ns == before
+    assert (tmp_path / "sub" / MANIFEST_FILE).stat().st_mtime_ns == before
     with pytest.raises(ValueError, match="at least one document id"):
         subset_store(parent, [], tmp_path / "empty")
     with pytest.raises(ValueError, match="None of the 1 document ids has rows"):
@@ -293,14 +294,14 @@ def test_a_store_with_nan_and_a_matching_checksum_is_rebuilt_not_reused(tiny, do
     from ssae_kit.io import npy_bytes, sha256_bytes
 
     store = _cache(tiny, docs, tmp_path, dtype="float32")
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
     shard = manifest["shards"][0]
     acts = np.load(tmp_path / shard["file"])
     acts[3] = np.nan
     data = npy_bytes(acts)
     (tmp_path / shard["file"]).write_bytes(data)
     shard.update(bytes=len(data), sha256=sha256_bytes(data))  # the attacker's (or bug's) checksum matches
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(manifest))
     assert not ActivationStore(tmp_path).all_finite()
     with pytest.warns(UserWarning, match="holds NaN/inf activations"):
         rebuilt = _cache(tiny, docs, tmp_path, dtype="float32")

@@ -15,6 +15,7 @@ import pytest
 from ssae_kit import SAE, cache_activations, evaluate, load_corpus, train
 from ssae_kit.corpora import SPLITS_DIR, heldout_split
 from ssae_kit.gsae import Convergence, check_convergence, gsae_config, mse_drop
+from ssae_kit.io import SAE_WEIGHTS_FILE
 from ssae_kit.pretrained import SHIPPED_DIR, load_pretrained, resolve_sae, shipped_saes
 from ssae_kit.sweep import (
     SweepConfig,
@@ -42,7 +43,7 @@ def test_the_shipped_gsaes_load_by_short_id_for_the_embedded_model_and_layer(sae
     card = json.loads((SHIPPED_DIR / sae_id / "card.json").read_text())
     assert card["layer"] == 6 and card["metrics"]["n_tokens"] >= 20_000 and card["id"] == sae_id
     assert (SHIPPED_DIR / sae_id / "README.md").read_text().startswith(f"# {sae_id}")
-    assert (SHIPPED_DIR / sae_id / "sae_weights.safetensors").stat().st_size <= 12 * 2**20
+    assert (SHIPPED_DIR / sae_id / SAE_WEIGHTS_FILE).stat().st_size <= 12 * 2**20
 
 
 def test_the_default_gsae_has_tech_rare_and_its_card_says_how_rare_and_whether_it_converged():
@@ -119,7 +120,7 @@ def _build(tmp: Path) -> Path:
 
 def test_the_recipe_on_a_tiny_budget_rebuilds_the_same_bits_and_writes_a_model_card(tmp_path):
     a, b = _build(tmp_path / "a"), _build(tmp_path / "b")
-    digest = lambda p: hashlib.sha256((p / "sae_weights.safetensors").read_bytes()).hexdigest()
+    digest = lambda p: hashlib.sha256((p / SAE_WEIGHTS_FILE).read_bytes()).hexdigest()
     assert digest(a) == digest(b)
     card_a, card_b = (json.loads((p / "card.json").read_text()) for p in (a, b))
     untimed = lambda m: {k: v for k, v in m.items() if k != "train_seconds"}
