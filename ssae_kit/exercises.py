@@ -5,17 +5,17 @@ normalising, a forgotten error term), each with the hint that fixes it. A checke
 a tick when every case matches, else the first failing case and its hint; a stub that still raises
 `NotImplementedError` is reported as not written yet, so a student copy runs past unfinished
 exercises. The learner's functions take plain tensors, the SAE or a tiny model, never a notebook's
-own variables, so an exercise runs wherever it is placed.
+own variables, so an exercise runs wherever it is placed. How a case is run and a mismatch told is
+in `exercise_cases`; this module is the catalogue, one checker per exercise, in notebook order.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -24,10 +24,22 @@ import yaml
 from . import retrieval
 from .corpora import Document
 from .evals import ce_sums
+from .exercise_cases import (
+    Case,
+    budget_reference,
+    centroid_reference,
+    explain_budget,
+    explain_mask,
+    randn,
+    run_cases,
+    sae_forward_reference,
+    small_sae,
+    term_weights_reference,
+)
 from .features import Residuals, token_mean
 from .hooks import splice
 from .latents import decoder_cosines, match_latents, ssae_only_latents
-from .models import byte_tokenizer, tiny_model
+from .models import tiny_model
 from .probe import Probe, ablation_edit
 from .sae import SAE, SAEConfig
 from .shift import shift_attribution
@@ -58,21 +70,6 @@ __all__ = [
 ]
 
 
-class Case(NamedTuple):
-    """One input for the learner's function, the kit's answer on it, and the hint for a mismatch."""
-
-    name: str
-    """What the case tests, as the failure line names it."""
-    args: tuple
-    """Positional arguments for the learner's function."""
-    expected: Any
-    """The kit's output on `args`."""
-    hint: str
-    """The likely mistake when this case fails, and its fix."""
-    explain: Callable[[Any, Any], str] | None = None
-    """(got, expected) -> what went wrong in the learner's terms; default: where the numbers differ."""
-
-
 HINTS: dict[str, tuple[str, list[str]]] = {
     number: (entry["function"], entry["hints"])
     for number, entry in yaml.safe_load((Path(__file__).with_name("hints.yaml")).read_text()).items()
@@ -95,73 +92,7 @@ def hint(exercise: str, from_start: bool = False) -> None:
     print(f"Hint {i + 1}/{len(hints)} for {exercise} ({name}): {hints[i]} ({more})")
 
 
-def _float64(value: Any) -> torch.Tensor:
-    """A tensor, array, number or list as a float64 tensor without autograd history."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().double()
-    return torch.as_tensor(np.asarray(value, dtype=np.float64))
-
-
-def _mismatch(got: Any, expected: Any, rtol: float, atol: float) -> str | None:
-    """None when `got` matches `expected` (arrays, tensors, numbers, lists or tuples of them), else why not."""
-    if isinstance(expected, tuple):
-        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
-            return f"expected a tuple of {len(expected)} values, got {type(got).__name__}"
-        for i, (g, e) in enumerate(zip(got, expected)):
-            if problem := _mismatch(g, e, rtol, atol):
-                return f"output {i}: {problem}"
-        return None
-    try:
-        g = _float64(got)
-    except (TypeError, ValueError, RuntimeError):
-        return f"expected numbers, got {type(got).__name__}"
-    e = _float64(expected)
-    if g.shape != e.shape:
-        return f"shape {tuple(g.shape)}, expected {tuple(e.shape)}"
-    if not torch.isfinite(g).all():
-        return f"got non-finite values ({g.flatten()[~torch.isfinite(g.flatten())][0].item()})"
-    if torch.allclose(g, e, rtol=rtol, atol=atol):
-        return None
-    if g.numel() == 1:
-        return f"got {g.item():.6g}, expected {e.item():.6g}"
-    i = int((g - e).abs().flatten().argmax())
-    return f"at flat index {i} got {g.flatten()[i].item():.6g}, expected {e.flatten()[i].item():.6g}"
-
-
-def run_cases(
-    exercise: str, fn: Callable, cases: Sequence[Case], rtol: float = 1e-4, atol: float = 1e-6
-) -> None:
-    """Run `fn` on every case and print one line: a pass, not written yet, or the failing case and its hint.
-
-    Nothing is returned, so a check cell shows that line alone."""
-    for case in cases:
-        try:
-            got = fn(*case.args)
-        except NotImplementedError:
-            print(f"… {exercise}: not written yet. Fill in the stub above, run it, then run this cell again.")
-            return
-        except Exception as err:  # noqa: BLE001 (the learner's bug, reported as one line, not a traceback)
-            print(f"✗ {exercise}, case '{case.name}': raised {type(err).__name__}: {err}. Hint: {case.hint}")
-            return
-        if problem := _mismatch(got, case.expected, rtol, atol):
-            if case.explain is not None:
-                problem = case.explain(got, case.expected)
-            print(f"✗ {exercise}, case '{case.name}': {problem}. Hint: {case.hint}")
-            return
-    print(f"✓ {exercise}: all {len(cases)} cases match the kit's own.")
-
-
-def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
 # --- 00 quickstart --------------------------------------------------------------------------------
-
-
-def _explain_mask(got: Any, expected: Any) -> str:
-    """A boolean-mask mismatch in the learner's terms: which tokens were flagged."""
-    flagged = lambda m: np.flatnonzero(np.asarray(m, dtype=bool)).tolist()
-    return f"you flagged tokens {flagged(got)}; the rule flags {flagged(expected)}"
 
 
 def check_massive_tokens(massive_tokens: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
@@ -196,7 +127,7 @@ def check_massive_tokens(massive_tokens: Callable[[torch.Tensor, float], torch.T
                 (torch.tensor(n, dtype=torch.float64), m),
                 rule(torch.tensor(n, dtype=torch.float64), m),
                 why,
-                _explain_mask,
+                explain_mask,
             )
             for name, n, m, why in cases
         ],
@@ -206,7 +137,7 @@ def check_massive_tokens(massive_tokens: Callable[[torch.Tensor, float], torch.T
 def check_norm_scale(norm_scale: Callable[[torch.Tensor], float]) -> None:
     """norm_scale(x (N, d_model)) -> the factor that makes the mean squared norm of the scaled tokens d_model."""
     reference = lambda x: float((x.shape[1] / x.pow(2).sum(1).mean()).sqrt())  # the store's norm_scale
-    x, wide = _randn(50, 8, seed=3) * 7.0, _randn(40, 32, seed=4) * 0.05
+    x, wide = randn(50, 8, seed=3) * 7.0, randn(40, 32, seed=4) * 0.05
     run_cases(
         "norm_scale",
         lambda x: float(norm_scale(x)),
@@ -232,8 +163,8 @@ def check_norm_scale(norm_scale: Callable[[torch.Tensor], float]) -> None:
 def check_explained_variance(explained_variance: Callable[[torch.Tensor, torch.Tensor], float]) -> None:
     """explained_variance(x, x_hat) (N, d) each -> the share of x's variance around its mean token that x_hat explains."""
     reference = lambda x, x_hat: float(1 - (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
-    x = _randn(60, 6, seed=5) + torch.tensor([4.0, 0, 0, 0, 0, 0], dtype=torch.float64)  # a large mean
-    good = x + 0.3 * _randn(60, 6, seed=6)
+    x = randn(60, 6, seed=5) + torch.tensor([4.0, 0, 0, 0, 0, 0], dtype=torch.float64)  # a large mean
+    good = x + 0.3 * randn(60, 6, seed=6)
     run_cases(
         "explained_variance",
         lambda x, x_hat: float(explained_variance(x, x_hat)),
@@ -303,7 +234,7 @@ def check_ce_loss_recovered(ce_loss_recovered: Callable[[float, float, float], f
 def check_centroid_scores(centroid_scores: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
     """centroid_scores(pool_emb (N, D), seed_emb (S, D)) -> (N,): the mean cosine to the seeds (dense retrieval)."""
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
-    pool, seeds = _randn(6, 4, seed=1).numpy(), _randn(3, 4, seed=2).numpy()
+    pool, seeds = randn(6, 4, seed=1).numpy(), randn(3, 4, seed=2).numpy()
     scaled_pool = pool * np.array([[0.1], [5.0], [1.0], [20.0], [0.5], [2.0]])
     expected = lambda p, s: decoder_cosines(torch.as_tensor(p), torch.as_tensor(s)).mean(1).numpy()
     run_cases(
@@ -327,13 +258,6 @@ def check_centroid_scores(centroid_scores: Callable[[np.ndarray, np.ndarray], np
         ],
         rtol=1e-3,
     )
-
-
-def _budget_reference(scores: list[float], lengths: list[int], budget: int) -> list[int]:
-    """The kit's greedy fill (retrieval.fill_budget) on documents of the given token lengths."""
-    docs = [Document("a" * n, doc_id=str(i)) for i, n in enumerate(lengths)]
-    sel = retrieval.fill_budget(docs, np.array(scores), budget, byte_tokenizer(), "dense")
-    return [int(d.doc_id) for d in sel.documents]
 
 
 def check_fill_budget(fill_budget: Callable[[np.ndarray, np.ndarray, int], list[int]]) -> None:
@@ -362,20 +286,10 @@ def check_fill_budget(fill_budget: Callable[[np.ndarray, np.ndarray, int], list[
         "fill_budget",
         lambda s, n, b: [int(i) for i in fill_budget(s, n, b)],
         [
-            Case(name, (np.array(s), np.array(n), b), _budget_reference(s, n, b), why, _explain_budget)
+            Case(name, (np.array(s), np.array(n), b), budget_reference(s, n, b), why, explain_budget)
             for name, s, n, b, why in cases
         ],
     )
-
-
-def _explain_budget(got: list[int], expected: list[int]) -> str:
-    """A fill_budget mismatch in the learner's terms: how many documents, which ones, in what order."""
-    docs = lambda n: f"{n} document{'s' * (n != 1)}"
-    if len(got) != len(expected):
-        return f"you took {docs(len(got))} {got} where {docs(len(expected))} {expected} fit"
-    if sorted(got) == sorted(expected):
-        return f"you took the right documents in the order {got}; best score first is {expected}"
-    return f"you took documents {got}; the greedy fill takes {expected}"
 
 
 _BM25_POOL = [
@@ -418,16 +332,6 @@ def check_bm25_scores(bm25_scores: Callable[[list[str], list[str]], np.ndarray])
 # --- 02 train ---------------------------------------------------------------------------------
 
 
-def _small_sae(d_in: int = 8, d_sae: int = 16, seed: int = 0, biases: bool = True) -> SAE:
-    """A random ReLU SAE in float64 (norm scale 1), with non-zero biases unless `biases` is False."""
-    sae = SAE(SAEConfig(d_in=d_in, d_sae=d_sae), seed=seed).double()
-    if biases:
-        with torch.no_grad():
-            sae.b_enc.copy_(0.3 * _randn(d_sae, seed=seed + 1))
-            sae.b_dec.copy_(_randn(d_in, seed=seed + 2))
-    return sae
-
-
 def check_sae_forward(sae_forward: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> None:
     """sae_forward(x, W_enc, b_enc, W_dec, b_dec) -> (x_hat, f), as `SAE.decode(SAE.encode(x))`."""
     cases = []
@@ -443,7 +347,7 @@ def check_sae_forward(sae_forward: Callable[..., tuple[torch.Tensor, torch.Tenso
             "subtract b_dec from x before encoding (the pre-encoder bias) and add it back after decoding",
         ),
     ):
-        sae, x = _small_sae(biases=biases), 2 * _randn(5, 8, seed=7)
+        sae, x = small_sae(biases=biases), 2 * randn(5, 8, seed=7)
         f = sae.encode(x)
         args = tuple(p.detach().clone() for p in (x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec))
         cases.append(Case(name, args, (sae.decode(f), f), hint))
@@ -487,7 +391,7 @@ def check_spliced_ce_delta(spliced_ce_delta: Callable[..., float]) -> None:
 
 def check_tilted_loss(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
     """fn(losses (N,), t > 0) -> (1/t) log mean exp(t l), finite for any t; compared with `term.tilted_loss`."""
-    losses = _randn(32, seed=3).abs()
+    losses = randn(32, seed=3).abs()
     cases = [
         ("t = 1 on small losses", losses, 1.0, "(1/t) * log(mean(exp(t * losses)))"),
         (
@@ -517,17 +421,9 @@ def check_tilted_loss(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> None
     )
 
 
-def _term_weights_reference(losses: torch.Tensor, t: float) -> torch.Tensor:
-    """The TERM weights as the gradient of the kit's tilted loss with respect to each token's loss."""
-    with torch.enable_grad():
-        l = losses.clone().requires_grad_()
-        (grad,) = torch.autograd.grad(tilted_loss(l, t), l)
-    return grad
-
-
 def check_term_weights(term_weights: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
     """term_weights(losses (N,), t) -> (N,) the weight TERM's gradient gives each token, softmax(t l)."""
-    losses = _randn(16, seed=4).abs()
+    losses = randn(16, seed=4).abs()
     cases = [
         ("t = 2", losses, 2.0, "the weights are softmax(t * losses); they sum to 1"),
         ("t = 1e-6 (close to ERM)", losses, 1e-6, "at a tiny tilt every token weighs 1/N, as in ERM"),
@@ -544,7 +440,7 @@ def check_term_weights(term_weights: Callable[[torch.Tensor, float], torch.Tenso
     run_cases(
         "term_weights",
         term_weights,
-        [Case(name, (l.clone(), t), _term_weights_reference(l, t), hint) for name, l, t, hint in cases],
+        [Case(name, (l.clone(), t), term_weights_reference(l, t), hint) for name, l, t, hint in cases],
         rtol=1e-5,
     )
 
@@ -557,8 +453,8 @@ def check_best_decoder_cosine(
 ) -> None:
     """best_decoder_cosine(W_dec_ssae (n, D), W_dec_gsae (m, D)) -> (n,) each SSAE row's best cosine to the GSAE's."""
     unit = lambda w: w / w.norm(dim=1, keepdim=True)
-    ssae, gsae = unit(_randn(5, 6, seed=5)), unit(_randn(7, 6, seed=6))
-    flipped = torch.cat([-ssae[:2], unit(_randn(5, 6, seed=8))])  # two GSAE rows point opposite to SSAE rows
+    ssae, gsae = unit(randn(5, 6, seed=5)), unit(randn(7, 6, seed=6))
+    flipped = torch.cat([-ssae[:2], unit(randn(5, 6, seed=8))])  # two GSAE rows point opposite to SSAE rows
     scaled = ssae * torch.tensor([[0.2], [3.0], [1.0], [10.0], [0.5]], dtype=torch.float64)
     expected = lambda a, b: match_latents(SimpleNamespace(W_dec=a), SimpleNamespace(W_dec=b))
     run_cases(
@@ -620,7 +516,7 @@ def check_dark_matter(dark_matter: Callable[[np.ndarray, np.ndarray, float], np.
 
 def check_ablate_keeping_error(ablate: Callable[[SAE, torch.Tensor, list[int]], torch.Tensor]) -> None:
     """ablate(sae, resid (..., D), latents) -> resid with `latents` zeroed in the SAE, its error term kept."""
-    sae, x = _small_sae(), 2 * _randn(3, 4, 8, seed=9)
+    sae, x = small_sae(), 2 * randn(3, 4, 8, seed=9)
     f = sae.encode(x)
     silent = [int(j) for j in torch.nonzero(f.amax((0, 1)) == 0).flatten()][:2]
     active = f.amax((0, 1)).topk(3).indices.tolist()
@@ -651,11 +547,11 @@ def check_shift_attribution(attribution: Callable[..., torch.Tensor]) -> None:
 
     `metric(x_hat)` maps a (N, T, D) residual to the summed probe loss -log p(y|x) of the N texts.
     """
-    sae = _small_sae().float()
-    resid = _randn(4, 5, 8, seed=10).float()
+    sae = small_sae().float()
+    resid = randn(4, 5, 8, seed=10).float()
     keep = torch.ones(4, 5, dtype=torch.bool)
     keep[:, 3:] = False  # padding
-    probe = Probe(_randn(8, seed=11).float(), torch.tensor(0.1), torch.zeros(8), torch.ones(8))
+    probe = Probe(randn(8, seed=11).float(), torch.tensor(0.1), torch.zeros(8), torch.ones(8))
     labels = torch.tensor([0, 1, 1, 0])
 
     def metric(x_hat: torch.Tensor) -> torch.Tensor:
@@ -726,23 +622,10 @@ def check_spearman_rho(spearman_rho: Callable[[np.ndarray, np.ndarray], float]) 
     )
 
 
-def _centroid_reference(pool_emb: np.ndarray, seed_emb: np.ndarray) -> np.ndarray:
-    return decoder_cosines(torch.as_tensor(pool_emb), torch.as_tensor(seed_emb)).mean(1).numpy()
-
-
-def _sae_forward_reference(x, W_enc, b_enc, W_dec, b_dec) -> tuple[torch.Tensor, torch.Tensor]:
-    sae = SAE(SAEConfig(d_in=W_enc.shape[0], d_sae=W_enc.shape[1]), seed=None)
-    with torch.no_grad():
-        for name, value in dict(W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_dec=b_dec).items():
-            getattr(sae, name).copy_(value)
-        f = sae.encode_normalized(x)
-        return sae.decode_normalized(f), f
-
-
 _LATER_USE: dict[str, tuple[Callable[[Callable], None], Callable]] = {
-    "1.1": (check_centroid_scores, _centroid_reference),
-    "1.2": (check_fill_budget, _budget_reference),
-    "2.1": (check_sae_forward, _sae_forward_reference),
+    "1.1": (check_centroid_scores, centroid_reference),
+    "1.2": (check_fill_budget, budget_reference),
+    "2.1": (check_sae_forward, sae_forward_reference),
 }
 """Exercises whose function a later cell runs on real data: (its checker, the kit's function with its signature)."""
 
