@@ -22,8 +22,8 @@ import torch
 
 from ssae_kit import evaluate, load_corpus, load_model
 from ssae_kit.corpora import heldout_split, tokenize_contexts
+from ssae_kit.gsae import load_pretrained
 from ssae_kit.hooks import forward_to_layer
-from ssae_kit.pretrained import load_pretrained
 
 
 def seconds(fn, repeats: int = 1) -> float:

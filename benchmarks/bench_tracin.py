@@ -35,7 +35,7 @@ import torch
 from ssae_kit import load_corpus, load_model
 from ssae_kit.corpora import heldout_split
 from ssae_kit.embeddings import Embedder
-from ssae_kit.pretrained import load_pretrained
+from ssae_kit.gsae import load_pretrained
 from ssae_kit.retrieval import select, selection_report
 from ssae_kit.splits import dedupe, split_subdomain
 from ssae_kit.store import ActivationStore

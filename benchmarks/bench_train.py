@@ -134,8 +134,8 @@ def real_pool(batch: int, n: int) -> tuple[list[torch.Tensor], SAE]:
     from ssae_kit import load_corpus, load_model
     from ssae_kit.activations import cache_activations
     from ssae_kit.corpora import heldout_split
+    from ssae_kit.gsae import load_pretrained
     from ssae_kit.io import cache_dir
-    from ssae_kit.pretrained import load_pretrained
 
     gsae = load_pretrained("ssae-kit", "smollm2-135m-l6-tech1")
     model, tok = load_model("smollm2-135m", device="cpu")

@@ -21,8 +21,8 @@ from sklearn.model_selection import cross_val_score
 from ssae_kit import load_corpus, load_model
 from ssae_kit.bios import synthetic_bios
 from ssae_kit.corpora import Document, content_mask, tokenize_contexts
-from ssae_kit.evals import ce_sums, replace_content
-from ssae_kit.hooks import forward_to_layer, splice
+from ssae_kit.evals import ce_sums
+from ssae_kit.hooks import forward_to_layer, replace_content, splice
 from ssae_kit.models import massive_norm_mask
 
 LAYERS = (3, 6, 9, 12, 15)

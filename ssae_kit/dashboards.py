@@ -1,18 +1,73 @@
-"""Feature dashboards and the feature browser: one latent's top contexts, activation histogram and
-logit effects as a self-contained HTML string (so it renders in live notebooks and in executed,
-static ones), and an ipywidgets browser over several SAEs' latents."""
+"""Feature dashboards and the feature browser: an SAE's latent activations on a sample of text
+(`collect_feature_activations`, run through `hooks.iter_residuals` like every other reader) and what
+is read off them (`top_contexts`, the latents a token fires); one latent's top contexts, activation
+histogram and logit effects as a self-contained HTML string (so it renders in live notebooks and in
+executed, static ones); and an ipywidgets browser over several SAEs' latents."""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+from dataclasses import dataclass
 
+import torch
 from matplotlib.figure import Figure
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .features import FeatureActivations, latents_for_token, top_contexts
+from .corpora import Document, content_mask, tokenize_contexts
+from .hooks import iter_residuals
+from .models import d_model
+from .sae import SAE
 
-__all__ = ["dashboard_html", "feature_browser"]
+__all__ = ["collect_feature_activations", "dashboard_html", "feature_browser", "top_contexts"]
+
+
+@dataclass
+class FeatureActivations:
+    """Latent activations of one SAE on a bounded sample of windows, for looking at features."""
+
+    input_ids: torch.Tensor  # (N, T)
+    keep: torch.Tensor  # (N, T) bool: content tokens
+    acts: torch.Tensor  # (N, T, d_sae) float16, zero where keep is False
+
+
+@torch.no_grad()
+def collect_feature_activations(
+    sae: SAE,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    docs: list[Document],
+    layer: int,
+    ctx_len: int = 64,
+    max_contexts: int = 64,
+    batch_size: int = 8,
+) -> FeatureActivations:
+    """Run the model to `layer` on up to `max_contexts` windows of `docs` and encode with `sae`."""
+    sae.check_reads(model_name=model.name_or_path, layer=layer, d_in=d_model(model))
+    ctx = tokenize_contexts(docs, tokenizer, ctx_len, max_contexts=max_contexts)
+    keep = content_mask(ctx, tokenizer)
+    chunks = [
+        (sae.encode(b.resid.to(sae.W_dec.dtype)) * b.keep[..., None]).half().cpu()
+        for b in iter_residuals(model, ctx.input_ids, ctx.attention_mask, keep, layer, batch_size)
+    ]
+    return FeatureActivations(ctx.input_ids, keep, torch.cat(chunks))
+
+
+def top_contexts(fa: FeatureActivations, latent: int, n: int = 8) -> list[tuple[int, int, float]]:
+    """(context, position, activation) of the `n` largest activations of `latent`, one per context."""
+    per_ctx = fa.acts[:, :, latent].float()  # (N, T)
+    best, where = per_ctx.max(1)
+    order = torch.argsort(best, descending=True)[:n]
+    return [(int(c), int(where[c]), float(best[c])) for c in order if best[c] > 0]
+
+
+def latents_for_token(fa: FeatureActivations, token_id: int, n: int = 5) -> list[int]:
+    """Latents with the largest mean activation on occurrences of `token_id`."""
+    where = (fa.input_ids == token_id) & fa.keep
+    if not where.any():
+        return []
+    return fa.acts[where].float().mean(0).topk(n).indices.tolist()
 
 
 def _token_html(tokenizer, token_id: int, act: float, peak: float) -> str:

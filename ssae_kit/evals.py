@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .corpora import Document, check_documents, content_mask, corpus_checksum, tokenize_contexts
-from .hooks import splice
+from .hooks import replace_content, splice
 from .models import (
     check_ctx_len,
     check_layer,
@@ -436,11 +436,6 @@ def health_warnings(metrics: dict[str, Any]) -> list[str]:
             f"({metrics['ce_mean']:.3f}): the SAE does worse than its decoder bias alone could."
         )
     return out
-
-
-def replace_content(resid: torch.Tensor, keep: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """Residual stream with content positions replaced by `new`; special tokens stay clean."""
-    return torch.where(keep[..., None], new.to(resid.dtype), resid)
 
 
 def ce_sums(

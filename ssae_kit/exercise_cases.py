@@ -6,17 +6,19 @@ a learner's work with."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import yaml
 
 from . import retrieval
 from .corpora import Document
 from .latents import decoder_cosines
 from .models import byte_tokenizer
 from .sae import SAE, SAEConfig
-from .term import tilted_loss
+from .train_config import tilted_loss
 
 
 class Case(NamedTuple):
@@ -146,3 +148,26 @@ def sae_forward_reference(x, W_enc, b_enc, W_dec, b_dec) -> tuple[torch.Tensor, 
             getattr(sae, name).copy_(value)
         f = sae.encode_normalized(x)
         return sae.decode_normalized(f), f
+
+
+HINTS: dict[str, tuple[str, list[str]]] = {
+    number: (entry["function"], entry["hints"])
+    for number, entry in yaml.safe_load((Path(__file__).with_name("hints.yaml")).read_text()).items()
+}
+"""Progressive hints per exercise id: (the function to write, hints from a nudge to the formula), read
+from hints.yaml next to this module, where a teacher edits their wording."""
+
+
+_hints_given: dict[str, int] = {}
+
+
+def hint(exercise: str, from_start: bool = False) -> None:
+    """Print the next hint for an exercise ("2.1"): the first call a nudge, later calls more, the
+    last the formula (never the code). `from_start=True` shows the first hint again."""
+    if exercise not in HINTS:
+        raise ValueError(f"No exercise {exercise!r}: the exercises are {', '.join(HINTS)}.")
+    name, hints = HINTS[exercise]
+    i = 0 if from_start else min(_hints_given.get(exercise, 0), len(hints) - 1)
+    _hints_given[exercise] = i + 1
+    more = "call hint again for the next" if i + 1 < len(hints) else "that was the last hint"
+    print(f"Hint {i + 1}/{len(hints)} for {exercise} ({name}): {hints[i]} ({more})")

@@ -1,8 +1,7 @@
 """Per-text features on top of the residual iterator: residuals kept in memory, mean pooling
-(with SAE edits), per-text latent means, latent activations for dashboards and what is read off
-them (top contexts, the latents a token fires), and the principal-component maps figures draw.
+(with SAE edits), per-text latent means, and the principal-component maps figures draw.
 
-Debiasing (`debias`), dashboards (`viz`) and the tree probe read texts through these, so every
+Debiasing (`debias`), the taxonomy notebook and the tree probe read texts through these, so every
 one of them runs the model the same way (`hooks.iter_residuals`) and gets its checks. A text's
 tokens are its content tokens: BOS/EOS/PAD and padding are left out (PAPER §3).
 """
@@ -24,12 +23,10 @@ from .models import check_layer, d_model
 from .sae import SAE
 
 __all__ = [
-    "collect_feature_activations",
     "latent_means",
     "mean_pool",
     "project_2d",
     "residuals",
-    "top_contexts",
 ]
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
@@ -139,37 +136,6 @@ def latent_means(sae: SAE, r: Residuals, batch_size: int = 64) -> torch.Tensor:
     )
 
 
-@dataclass
-class FeatureActivations:
-    """Latent activations of one SAE on a bounded sample of windows, for looking at features."""
-
-    input_ids: torch.Tensor  # (N, T)
-    keep: torch.Tensor  # (N, T) bool: content tokens
-    acts: torch.Tensor  # (N, T, d_sae) float16, zero where keep is False
-
-
-@torch.no_grad()
-def collect_feature_activations(
-    sae: SAE,
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    docs: list[Document],
-    layer: int,
-    ctx_len: int = 64,
-    max_contexts: int = 64,
-    batch_size: int = 8,
-) -> FeatureActivations:
-    """Run the model to `layer` on up to `max_contexts` windows of `docs` and encode with `sae`."""
-    sae.check_reads(model_name=model.name_or_path, layer=layer, d_in=d_model(model))
-    ctx = tokenize_contexts(docs, tokenizer, ctx_len, max_contexts=max_contexts)
-    keep = content_mask(ctx, tokenizer)
-    chunks = [
-        (sae.encode(b.resid.to(sae.W_dec.dtype)) * b.keep[..., None]).half().cpu()
-        for b in iter_residuals(model, ctx.input_ids, ctx.attention_mask, keep, layer, batch_size)
-    ]
-    return FeatureActivations(ctx.input_ids, keep, torch.cat(chunks))
-
-
 def principal_components(x: np.ndarray, k: int = 2, fit: np.ndarray | None = None) -> np.ndarray:
     """Every row of `x` on the top-`k` principal components of the rows in `fit` (default: all), shape (n, k).
 
@@ -183,19 +149,3 @@ def principal_components(x: np.ndarray, k: int = 2, fit: np.ndarray | None = Non
 def project_2d(x: np.ndarray) -> np.ndarray:
     """First two principal components of the rows of `x` (centred), shape (n, 2): the 2-d maps of notebooks 01 and 04."""
     return principal_components(x, 2)
-
-
-def top_contexts(fa: FeatureActivations, latent: int, n: int = 8) -> list[tuple[int, int, float]]:
-    """(context, position, activation) of the `n` largest activations of `latent`, one per context."""
-    per_ctx = fa.acts[:, :, latent].float()  # (N, T)
-    best, where = per_ctx.max(1)
-    order = torch.argsort(best, descending=True)[:n]
-    return [(int(c), int(where[c]), float(best[c])) for c in order if best[c] > 0]
-
-
-def latents_for_token(fa: FeatureActivations, token_id: int, n: int = 5) -> list[int]:
-    """Latents with the largest mean activation on occurrences of `token_id`."""
-    where = (fa.input_ids == token_id) & fa.keep
-    if not where.any():
-        return []
-    return fa.acts[where].float().mean(0).topk(n).indices.tolist()

@@ -17,7 +17,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from .models import check_ctx_len, check_layer, get_blocks
+from .models import (
+    check_ctx_len,
+    check_layer,
+    get_blocks,
+)
 
 __all__ = ["splice"]
 
@@ -199,3 +203,8 @@ def forward_from_layer(
         for h in handles:
             h.remove()
     return captured[0]
+
+
+def replace_content(resid: torch.Tensor, keep: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Residual stream with content positions replaced by `new`; special tokens stay clean."""
+    return torch.where(keep[..., None], new.to(resid.dtype), resid)

@@ -2,7 +2,8 @@
 a feature" when it is the top token of some latent: the token on which that latent reaches its
 largest activation in the evaluation data), error by frequency rank, how many latents fire on a
 text, matching one SAE's latents to another's by decoder direction (`match_latents`) and an SSAE's latents
-that match no GSAE direction (`ssae_only_latents`), and decoder geometry.
+that match no GSAE direction (`ssae_only_latents`), decoder geometry, and on notebook 00's toy,
+how well a decoder recovers the known directions (`feature_recovery`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .activations import Toy
 from .claims import claim_reading, matched_l0_pair
 from .evals import EvalResult
 from .intervals import MIN_DOCS, Difference, bootstrap_interval, check_confidence
@@ -22,6 +24,7 @@ from .sae import SAE
 __all__ = [
     "decoder_cosine_similarities",
     "error_by_rank",
+    "feature_recovery",
     "firing_difference",
     "geometric_centres",
     "match_latents",
@@ -221,3 +224,11 @@ def decoder_cosine_similarities(sae: SAE, max_latents: int = 4096, seed: int = 0
     sims = decoder_cosines(W, W)
     i, j = torch.triu_indices(len(W), len(W), offset=1)
     return sims[i, j].numpy()
+
+
+def feature_recovery(sae: SAE, toy: Toy) -> torch.Tensor:
+    """(n_features,) for each true feature, its best cosine with any of the SAE's decoder directions:
+    near 1, one latent has learned that feature."""
+    W_dec = sae.W_dec.detach().float().cpu()
+    W_dec = W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return (toy.features @ W_dec.T).max(dim=1).values

@@ -88,7 +88,7 @@ def kit_cfg_from_saelens(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     if not (major.isdigit() and int(major) >= 6):
         raise ValueError(
             f"{file} has sae_lens_version={version!r}, a format older than SAELens 6 that the kit does not read: "
-            "load it with SAELens (SAE.load_from_disk) and convert it with ssae_kit.pretrained.from_sae_lens."
+            "load it with SAELens (SAE.load_from_disk) and convert it with ssae_kit.sae.from_sae_lens."
         )
     arch = raw.get("architecture")
     if arch not in FROM_SAELENS:

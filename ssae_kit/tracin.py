@@ -54,9 +54,8 @@ from .retrieval import Selection, fill_budget, select, warn_if_whole_pool
 from .sae import SAE, SAEConfig
 from .splits import dedupe_indices
 from .store import ActivationStore
-from .term import per_token_loss
 from .train import train
-from .train_config import TrainConfig
+from .train_config import TrainConfig, per_token_loss
 
 __all__ = ["Reranker", "select_strategy"]
 
@@ -75,7 +74,7 @@ def token_losses(
     """(B,) per-token training loss (MSE + sparsity_coefficient x sparsity, normalised units) of the SAE
     with parameters `params` on raw activations x (B, d_in), in ops that forward-mode AD supports.
 
-    The same function and gradient as `SAE.forward` + `term.per_token_loss`: JumpReLU's step
+    The same function and gradient as `SAE.forward` + `train_config.per_token_loss`: JumpReLU's step
     passes its straight-through threshold gradient as `hard + s - s.detach()`."""
     x_n = x * cfg.norm_scale
     W_enc, b_enc, W_dec, b_dec = params["W_enc"], params["b_enc"], params["W_dec"], params["b_dec"]

@@ -302,7 +302,6 @@ def plot_histograms(
     return fig
 
 
-# --- feature dashboards and the browser ----------------------------------------------------------
 def plot_domains(
     x: np.ndarray,
     y: np.ndarray,

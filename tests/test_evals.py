@@ -230,7 +230,7 @@ def test_bf16_evaluation_agrees_with_fp32_on_the_embedded_model_and_the_shipped_
     10.8k tokens; here 16 windows)."""
     from ssae_kit import load_corpus, load_model
     from ssae_kit.corpora import heldout_split
-    from ssae_kit.pretrained import load_pretrained
+    from ssae_kit.gsae import load_pretrained
 
     model, tok = load_model("smollm2-135m", device="cpu")
     docs = heldout_split(load_corpus("bbc-news"))[1][:12]

@@ -8,13 +8,8 @@ import torch
 from test_debias import TEXTS  # the same gendered snippets
 
 from ssae_kit.corpora import Document
-from ssae_kit.features import (
-    collect_feature_activations,
-    latent_means,
-    mean_pool,
-    pooled_activations,
-    residuals,
-)
+from ssae_kit.dashboards import collect_feature_activations
+from ssae_kit.features import latent_means, mean_pool, pooled_activations, residuals
 from ssae_kit.hooks import forward_to_layer
 from ssae_kit.probe import ablation_edit
 from ssae_kit.sae import SAE, SAEConfig

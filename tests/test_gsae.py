@@ -14,9 +14,17 @@ import pytest
 
 from ssae_kit import SAE, cache_activations, evaluate, load_corpus, train
 from ssae_kit.corpora import SPLITS_DIR, heldout_split
-from ssae_kit.gsae import Convergence, check_convergence, gsae_config, mse_drop
+from ssae_kit.gsae import (
+    SHIPPED_DIR,
+    Convergence,
+    check_convergence,
+    gsae_config,
+    load_pretrained,
+    mse_drop,
+    resolve_sae,
+    shipped_saes,
+)
 from ssae_kit.io import SAE_WEIGHTS_FILE
-from ssae_kit.pretrained import SHIPPED_DIR, load_pretrained, resolve_sae, shipped_saes
 from ssae_kit.sweep import (
     SweepConfig,
     load_sweep,

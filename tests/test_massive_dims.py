@@ -21,8 +21,7 @@ from scipy.optimize import minimize
 from ssae_kit import ActivationStore, TrainConfig, train
 from ssae_kit.activations import store_from_tensor
 from ssae_kit.evals import evaluate_store, health_warnings
-from ssae_kit.sae_init import geometric_median, store_mean, store_sample
-from ssae_kit.train import initial_sae
+from ssae_kit.train import geometric_median, initial_sae, store_mean, store_sample
 
 D_MODEL = 32
 

@@ -33,8 +33,8 @@ from sae_lens import (
 from sae_lens.saes.sae import SAEMetadata
 
 from ssae_kit import cache_activations
-from ssae_kit.pretrained import from_sae_lens, load_pretrained
-from ssae_kit.sae import SAE, SAEConfig
+from ssae_kit.gsae import load_pretrained
+from ssae_kit.sae import SAE, SAEConfig, from_sae_lens
 from ssae_kit.train import train
 from ssae_kit.train_config import TrainConfig
 

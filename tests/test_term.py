@@ -1,4 +1,4 @@
-"""ssae_kit.term: the tilted loss against a float64 reference, its limits, and its stability."""
+"""ssae_kit.train_config's TERM: the tilted loss against a float64 reference, its limits, and its stability."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ssae_kit.term import objective, per_token_loss, tilted_loss
+from ssae_kit.train_config import objective, per_token_loss, tilted_loss
 
 
 def reference(losses: torch.Tensor, t: float) -> float:

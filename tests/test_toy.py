@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from ssae_kit import SAE, ActivationStore, TrainConfig, train
-from ssae_kit.activations import store_from_tensor
+from ssae_kit.activations import make_toy, one_thread, store_from_tensor, toy_store
+from ssae_kit.latents import feature_recovery
 from ssae_kit.sae import SAEConfig
-from ssae_kit.toy import feature_recovery, make_toy, one_thread, toy_store
 
 
 def test_the_toy_packs_more_unit_features_than_dimensions_with_the_asked_sparsity():

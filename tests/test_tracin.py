@@ -14,7 +14,6 @@ from ssae_kit.embeddings import Embedder
 from ssae_kit.models import hook_name
 from ssae_kit.retrieval import STRATEGIES, select
 from ssae_kit.sae import SAE, SAEConfig
-from ssae_kit.term import per_token_loss
 from ssae_kit.tracin import (
     TRACIN_STRATEGIES,
     Reranker,
@@ -27,6 +26,7 @@ from ssae_kit.tracin import (
     tracin_scores,
     tracin_scores_explicit,
 )
+from ssae_kit.train_config import per_token_loss
 
 LAYER = 1
 

@@ -464,7 +464,7 @@ def test_sparse_relu_step_equals_the_dense_step_on_real_activations_through_the_
     import ssae_kit.sae as sae_module
     from ssae_kit import load_corpus, load_model
     from ssae_kit.corpora import heldout_split
-    from ssae_kit.pretrained import load_pretrained
+    from ssae_kit.gsae import load_pretrained
     from ssae_kit.train import objective, per_token_loss
 
     model, tok = load_model("smollm2-135m", device="cpu")

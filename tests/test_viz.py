@@ -10,8 +10,7 @@ import nbformat
 from nbclient import NotebookClient
 
 from ssae_kit import SAE
-from ssae_kit.dashboards import feature_browser
-from ssae_kit.features import collect_feature_activations
+from ssae_kit.dashboards import collect_feature_activations, feature_browser
 from ssae_kit.sae import SAEConfig
 from ssae_kit.viz import plot_curves, plot_embedding_map, plot_rarity_sweep
 

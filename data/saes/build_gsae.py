@@ -271,7 +271,7 @@ def _model_card(c: dict) -> str:
 ReLU SAE (L1 penalty) with {c["d_sae"]} latents on the residual stream after block {c["layer"]}
 (`{c["hook_name"]}`) of SmolLM2-135M-Instruct (the embedded Q4_1 GGUF, dequantised to fp32), in
 SAELens' format (`cfg.json` + `sae_weights.safetensors`, fp16 weights loaded into fp32). Load it with
-`ssae_kit.pretrained.load_pretrained("ssae-kit", "{c["id"]}")`, or with `sae_lens.SAE.load_from_disk` on this folder.
+`ssae_kit.gsae.load_pretrained("ssae-kit", "{c["id"]}")`, or with `sae_lens.SAE.load_from_disk` on this folder.
 
 ## Data: the subdomain is rare
 - Train: BBC news (`load_corpus("bbc-news")`) minus the committed held-out split
