@@ -38,6 +38,7 @@ __all__ = [
     "precision_difference",
     "select",
     "selection_report",
+    "token_lengths",
 ]
 
 logger = logging.getLogger(__name__)
@@ -259,7 +260,7 @@ def bm25_scores(pool: list[Document], seeds: list[Document], combine: str) -> np
     return per_seed.max(1) if combine == "max" else per_seed.mean(1)
 
 
-def _token_lengths(docs: list[Document], tokenizer) -> np.ndarray:
+def token_lengths(docs: list[Document], tokenizer) -> np.ndarray:
     """LM tokens of each document (no special tokens): what budgets and token precision count."""
     return np.array(
         [len(ids) for ids in tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]],
@@ -271,7 +272,7 @@ def fill_budget(
     docs: list[Document], scores: np.ndarray, budget: int | None, tokenizer, strategy: str
 ) -> Selection:
     """Take documents by descending score while they fit in the budget (all of them if None)."""
-    lengths = _token_lengths(docs, tokenizer)
+    lengths = token_lengths(docs, tokenizer)
     order = np.argsort(-np.asarray(scores), kind="stable")
     picked, used = [], 0
     for i in order:
@@ -293,7 +294,7 @@ def selection_report(
     interval over the selected documents, then document precision and recall (of the pool's
     subdomain documents)."""
     pos = np.array([d.label == positive_label for d in selection.documents])
-    lengths = _token_lengths(selection.documents, tokenizer)
+    lengths = token_lengths(selection.documents, tokenizer)
     n_pool_pos = sum(d.label == positive_label for d in dedupe(pool))
     low, high = _ratio_interval(lengths * pos, lengths)
     return dict(
@@ -332,7 +333,7 @@ def precision_difference(
     interval below `intervals.MIN_DOCS` documents in either. `.verdict(a, b)` reads it."""
 
     def parts(sel: Selection) -> tuple[np.ndarray, np.ndarray]:
-        n = _token_lengths(sel.documents, tokenizer)
+        n = token_lengths(sel.documents, tokenizer)
         return n * np.array([d.label == positive_label for d in sel.documents]), n
 
     (pa, na), (pb, nb) = parts(a), parts(b)
