@@ -350,6 +350,7 @@ def _remove_store_files(out: Path) -> None:
             p.unlink()
 
 
+# --- notebook 00's toy: superposition in miniature, written as a store ----------------------------
 _TOY_STREAM = 7_919_000
 """Offset of the toy's random seeds: with seed s alone, `make_toy(seed=0)` drew the same numbers as
 `SAE(cfg, seed=0)`'s decoder, so an SAE would start at the answer."""

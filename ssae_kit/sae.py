@@ -335,6 +335,7 @@ class SAE(nn.Module):
         return sae.to(device)
 
 
+# --- custom autograd functions: sparse backwards for TopK and ReLU, JumpReLU's step ---------------
 class TopKEncode(torch.autograd.Function):
     """Top-k of the encoder pre-activations, (values, indices), with a sparse backward.
 

@@ -316,6 +316,7 @@ def _distributed_setup(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     return dist.get_rank(), world, device
 
 
+# --- where a new SAE starts, measured on its store ------------------------------------------------
 def store_mean(store: ActivationStore, max_tokens: int = 100_000) -> torch.Tensor:
     """Mean raw activation over the store's first shards (up to `max_tokens`), deterministic."""
     total, n = torch.zeros(store.d_model, dtype=torch.float64), 0

@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 
+# --- the objective: ERM and TERM over per-token losses --------------------------------------------
 ScaleRule = Literal["mean", "none"]
 
 
@@ -79,6 +80,7 @@ def objective(losses: torch.Tensor, t: float = 0.0, scale: ScaleRule = "mean") -
     return m * tilted_loss(losses / m, t)
 
 
+# --- the run's configuration ----------------------------------------------------------------------
 BDecInit = Literal["mean", "zeros", "geometric_median"]
 
 
