@@ -12,13 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .io import (
-    CHECKPOINT_FILE,
-    LOG_FILE,
-    atomic_write_json,
-    atomic_write_with,
-    cache_dir,
-)
+from .io import CHECKPOINT_FILE, LOG_FILE, atomic_write_json, atomic_write_with, cache_dir
 from .sae import SAE
 from .store import ActivationStore
 from .train_config import TrainConfig

@@ -17,11 +17,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from .models import (
-    check_ctx_len,
-    check_layer,
-    get_blocks,
-)
+from .models import check_ctx_len, check_layer, get_blocks
 
 __all__ = ["splice"]
 

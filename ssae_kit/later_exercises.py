@@ -12,13 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from .exercise_cases import (
-    Case,
-    randn,
-    run_cases,
-    small_sae,
-    term_weights_reference,
-)
+from .exercise_cases import Case, randn, run_cases, small_sae, term_weights_reference
 from .features import Residuals, token_mean
 from .latents import match_latents, ssae_only_latents
 from .probe import Probe, ablation_edit

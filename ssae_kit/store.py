@@ -24,11 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .io import (
-    MANIFEST_FILE,
-    read_json,
-    sha256_bytes,
-)
+from .io import MANIFEST_FILE, read_json, sha256_bytes
 
 __all__ = [
     "ActivationStore",

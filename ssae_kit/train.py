@@ -26,13 +26,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .checkpoints import TrainRun, TrainState, load_checkpoint, save_checkpoint, save_finished, store_identity
-from .io import (
-    CHECKPOINT_FILE,
-    SAE_CFG_FILE,
-    check_writable_dir,
-    folder_lock,
-    remove_stale_temps,
-)
+from .io import CHECKPOINT_FILE, SAE_CFG_FILE, check_writable_dir, folder_lock, remove_stale_temps
 from .models import resolve_device
 from .sae import SAE, SAEConfig, from_sae_lens
 from .store import ActivationStore

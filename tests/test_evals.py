@@ -10,9 +10,7 @@ import pytest
 import torch
 from sae_cases import fixed_sae, run
 
-from ssae_kit.claims import (
-    compare,
-)
+from ssae_kit.claims import compare
 from ssae_kit.evals import evaluate, evaluate_store, health_warnings
 from ssae_kit.models import massive_norm_mask
 from ssae_kit.sae import SAE, SAEConfig
