@@ -31,6 +31,7 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
+from nbval.plugin import coalesce_streams
 from test_notebooks import NOTEBOOKS, NOTEBOOKS_DIR, REQUIRES, SMOKE
 
 from ssae_kit.io import RunLayout
@@ -212,17 +213,35 @@ tqdm.std.tqdm.__init__ = _quiet_init
 
 
 def _without_progress_bars(outputs: list) -> list:
-    """`outputs` less tqdm bars: widget displays of a bar, and bar lines in text streams."""
+    """`outputs` less tqdm bars: widget displays of a bar, and bar lines in text streams.
+
+    Streams are merged by name first, as nbval merges them before comparing: a kernel may send a
+    print's text and its newline as two messages, and the newline alone is not a bar to drop."""
     kept = []
-    for out in outputs:
+    for out in coalesce_streams(outputs):
         if WIDGET in out.get("data", {}) and PROGRESS_BAR.fullmatch(out.data.get("text/plain", "") + "\n"):
             continue
         if out.output_type == "stream":
-            out.text = PROGRESS_BAR.sub("", out.text.replace("\r", "\n"))
-            if not out.text.strip():
-                continue
+            text = PROGRESS_BAR.sub("", out.text.replace("\r", "\n"))
+            if text != out.text and not text.strip():
+                continue  # nothing but bars
+            out.text = text
         kept.append(out)
     return kept
+
+
+def test_progress_bars_leave_a_print_split_over_two_messages_whole():
+    printed = [
+        nbformat.v4.new_output("stream", name="stdout", text="✓ norm_scale: all 2 cases match."),
+        nbformat.v4.new_output("stream", name="stderr", text="\rcomputing:  50%|█    | 5/10\r"),
+        nbformat.v4.new_output("stream", name="stdout", text="\n"),
+        nbformat.v4.new_output("stream", name="stderr", text="computing: 100%|██████████| 10/10\n"),
+    ]
+    kept = _without_progress_bars(printed)
+    assert [(o.name, o.text) for o in kept] == [("stdout", "✓ norm_scale: all 2 cases match.\n")]
+    assert (
+        _without_progress_bars([nbformat.v4.new_output("stream", name="stdout", text="\n")])[0].text == "\n"
+    )
 
 
 @pytest.fixture(scope="session")
