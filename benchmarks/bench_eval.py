@@ -4,6 +4,9 @@ Prints, measured in one run on the same held-out windows and batch size:
 - tokens/s of `evaluate` for one SAE with the baseline reused (one spliced forward per batch), with the
   model's forward in fp32 and in bf16 (autocast; `precision="auto"` picks it where bf16 is native), and
   of a bare fp32 forward with labels; their ratios (1.0: evaluation at the model's speed);
+- what sharing the residual up to the layer saves (`hooks.shared_prefix`): the first SAE's evaluation
+  (spliced, clean, zero- and mean-ablated passes from one prefix per batch) and a further SAE's (no
+  prefix at all), each against recomputing the prefix for every pass;
 - the bare forward's GFLOP/s (2 x the parameters each token passes through, LM head included) against
   the fp32 matmul peak measured here (a 2048^3 product);
 - the cost split of the bare forward: the prefix up to the hooked layer, the later blocks, and the LM
@@ -20,7 +23,7 @@ import time
 
 import torch
 
-from ssae_kit import evaluate, load_corpus, load_model
+from ssae_kit import evaluate, hooks, load_corpus, load_model
 from ssae_kit.corpora import heldout_split, tokenize_contexts
 from ssae_kit.gsae import load_pretrained
 from ssae_kit.hooks import forward_to_layer
@@ -79,6 +82,16 @@ def main() -> None:
         kw["precision"] = precision
         base = evaluate(sae, model, tok, docs, args.layer, **kw).metrics
         t_eval[precision] = seconds(lambda: evaluate(sae, model, tok, docs, args.layer, baseline=base, **kw))  # noqa: B023
+    t_prefix_use = {}  # bf16: (first SAE, 4 passes; a further SAE, baseline reused) with the prefix kept or not
+    budget = hooks.PREFIX_CACHE_BYTES
+    for label, bytes_kept in (("shared", budget), ("recomputed", 0)):
+        hooks.PREFIX_CACHE_BYTES = bytes_kept
+        first = seconds(lambda: evaluate(sae, model, tok, docs, args.layer, **kw))
+        t_prefix_use[label] = (
+            first,
+            seconds(lambda: evaluate(sae, model, tok, docs, args.layer, baseline=base, **kw)),
+        )
+    hooks.PREFIX_CACHE_BYTES = budget
 
     @torch.inference_mode()
     def bare():
@@ -136,6 +149,11 @@ def main() -> None:
         f"ratio evaluate fp32 / bare forward:      {t_bare / t_eval['fp32']:8.2f}  (1.0: at the model's speed)"
     )
     print(f"ratio evaluate bf16 / evaluate fp32:     {t_eval['fp32'] / t_eval['bf16']:8.2f}  (target >= 2)")
+    (s_first, s_next), (r_first, r_next) = t_prefix_use["shared"], t_prefix_use["recomputed"]
+    print(
+        f"prefix shared / recomputed (bf16):      {r_first / s_first:8.2f}  first SAE (4 passes), "
+        f"{r_next / s_next:.2f} a further SAE (hooks.PREFIX_CACHE_BYTES=0 recomputes it)"
+    )
     print(
         f"bare forward: {gflops:.0f} GFLOP/s; fp32 matmul peak here {peak:.0f} GFLOP/s; ratio {gflops / peak:.2f}"
     )

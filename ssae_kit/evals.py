@@ -21,7 +21,8 @@ Definitions (PAPER §3; one code path for training logs and evals):
 - Health: `health_warnings` flags dead fraction > 50%, EV < 0, and spliced CE at or above
   zero-ablation CE; `evaluate` warns and records them under `health_warnings`.
 Everything streams batch by batch: only per-token scalars, per-document sums and per-latent
-counters are kept.
+counters are kept, and each batch's residual after the layer, shared by every pass and every SAE
+evaluated on the same windows (`hooks.shared_prefix`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .corpora import Document, check_documents, content_mask, corpus_checksum, tokenize_contexts
-from .hooks import replace_content, splice
+from .hooks import replace_content, resume_after, shared_prefix
 from .models import (
     check_ctx_len,
     check_layer,
@@ -200,8 +201,8 @@ def evaluate(
 ) -> EvalResult:
     """All metrics on `docs`: the SAE's reconstruction at `layer` and its effect on the model's loss.
 
-    `baseline`: the metrics of an earlier `evaluate` on the same documents and windows; its clean
-    and zero-ablation CE are reused, so each further SAE costs one full forward instead of three.
+    `baseline`: the metrics of an earlier `evaluate` on the same documents and windows; its clean, zero-
+    and mean-ablation CE are reused, so a further SAE costs one pass of the blocks after `layer`.
     `max_norm_multiple`: the massive-norm rule of `cache_activations` (module docstring); None
     scores every content token. `precision`: the model's forward in "bf16" (autocast; the SAE, the
     statistics and the loss stay fp32) or "fp32"; "auto" is bf16 where the hardware runs it natively
@@ -214,19 +215,16 @@ def evaluate(
     with model_precision(model, text_id["precision"]):  # the SAE and the loss stay fp32 inside
         ctx = tokenize_contexts(docs, tokenizer, ctx_len, max_contexts=max_contexts)
         keep_all = content_mask(ctx, tokenizer)
-        device = next(model.parameters()).device
         run = _SplicedRun(MetricAccumulator(sae, n_docs=len(docs)), max_norm_multiple)
+        windows = _Windows(
+            model, layer, ctx, keep_all, batch_size, (text_id["eval_docs"], text_id["precision"])
+        )
         for start in tqdm(range(0, len(ctx), batch_size), desc="evaluating", unit="batch"):
-            sl = slice(start, start + batch_size)
-            ids, mask = ctx.input_ids[sl].to(device), ctx.attention_mask[sl].to(device)
-            run.batch(
-                model, layer, ids, mask, keep_all[sl].to(device), ctx.doc_ids[sl], clean=baseline is None
-            )
+            run.batch(model, layer, *windows.batch(start), clean=baseline is None)
         result = run.acc.result(dense_threshold)
         mean_ce = math.nan  # a baseline brings its own
         if baseline is None:
-            mean = run.resid_sum / max(run.n_scored, 1)
-            mean_ce = _mean_ablation_ce(model, ctx, keep_all, layer, mean, max_norm_multiple, batch_size)
+            mean_ce = _mean_ablation_ce(windows, run.resid_sum / max(run.n_scored, 1), max_norm_multiple)
         result.metrics.update(run.ce_metrics(baseline, mean_ce), **text_id)
         result.doc_stats.update(
             doc=np.arange(len(docs)),
@@ -297,22 +295,23 @@ class _SplicedRun:
         }
         self.resid_sum = torch.zeros(d_in, dtype=torch.float64)
 
-    def batch(self, model, layer: int, ids, mask, keep, doc, clean: bool) -> None:
-        """One batch of windows: the spliced forward, and the clean and zero-ablated ones if `clean`
-        (no baseline to reuse). ids, mask, keep: (B, T); doc: (B,) document index of each window."""
+    def batch(self, model, layer: int, resid, ids, mask, keep, doc, clean: bool) -> None:
+        """One batch of windows from their residual after `layer` (B, T, D): the spliced pass, and the
+        clean and zero-ablated ones if `clean` (no baseline to reuse), each running only the blocks
+        after `layer`. ids, mask, keep: (B, T); doc: (B,) document index of each window."""
         targets = keep[:, 1:]
         self.doc_ce["targets"].index_add_(0, doc, targets.sum(1).double().cpu())
-        with splice(model, layer, self._reconstruct(ids, keep, doc)):
-            self.doc_ce["sae"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
+        zero = lambda r: replace_content(r, keep, torch.zeros_like(r))
+        passes = dict(sae=self._reconstruct(ids, keep, doc))
         if clean:
-            with splice(model, layer, self._capture(keep)):
-                self.doc_ce["clean"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
-            with splice(model, layer, lambda r: replace_content(r, keep, torch.zeros_like(r))):
-                self.doc_ce["zero"].index_add_(0, doc, ce_sums(model, ids, mask, targets))
+            passes.update(clean=self._capture(keep), zero=zero)
+        for name, fn in passes.items():
+            with resume_after(model, layer, fn(resid)):
+                self.doc_ce[name].index_add_(0, doc, ce_sums(model, ids, mask, targets))
 
     def _reconstruct(self, ids, keep, doc) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The splice: the spliced forward's own residual (B, T, D) feeds the statistics, and its scored
-        tokens are replaced by the SAE's reconstruction (no second prefix pass)."""
+        """The splice: the residual (B, T, D) feeds the statistics, and its scored tokens are replaced by
+        the SAE's reconstruction (a copy: the shared residual stays clean)."""
         sae = self.acc.sae
 
         def fn(resid: torch.Tensor) -> torch.Tensor:
@@ -374,33 +373,36 @@ def _with_health(result: EvalResult, sae: SAE, layer: int) -> EvalResult:
     return result
 
 
-def _mean_ablation_ce(
-    model: PreTrainedModel,
-    ctx,
-    keep_all: torch.Tensor,
-    layer: int,
-    mean: torch.Tensor,
-    max_norm_multiple: float | None,
-    batch_size: int,
-) -> float:
+@dataclass
+class _Windows:
+    """An evaluation's windows, batch by batch, with their residual after `layer` (`hooks.shared_prefix`,
+    keyed by `key`: the evaluated text and the precision)."""
+
+    model: PreTrainedModel
+    layer: int
+    ctx: Any  # corpora.Contexts
+    keep: torch.Tensor  # (N, T) bool
+    batch_size: int
+    key: tuple
+
+    def batch(self, start: int) -> tuple[torch.Tensor, ...]:
+        """resid (B, T, D), ids, mask, keep (B, T) on the model's device, and doc (B,) of the windows from `start`."""
+        sl, device = slice(start, start + self.batch_size), next(self.model.parameters()).device
+        ids, mask = self.ctx.input_ids[sl].to(device), self.ctx.attention_mask[sl].to(device)
+        resid = shared_prefix(self.model, self.layer, ids, mask, (*self.key, self.batch_size, start))
+        return resid, ids, mask, self.keep[sl].to(device), self.ctx.doc_ids[sl]
+
+
+def _mean_ablation_ce(windows: _Windows, mean: torch.Tensor, max_norm_multiple: float | None) -> float:
     """CE per target token with the tokens an SAE would replace replaced by the layer's mean
     activation over them: what `b_dec` alone could do, the bar a useful SAE must clear."""
-    device = next(model.parameters()).device
     total, n_targets = 0.0, 0.0
-    for start in range(0, len(ctx), batch_size):
-        sl = slice(start, start + batch_size)
-        ids, mask, keep = (
-            ctx.input_ids[sl].to(device),
-            ctx.attention_mask[sl].to(device),
-            keep_all[sl].to(device),
-        )
-
-        def to_mean(resid: torch.Tensor, keep=keep) -> torch.Tensor:
-            scored = keep & ~massive_norm_mask(resid, keep, max_norm_multiple)
-            return replace_content(resid, scored, mean.to(resid.device).expand_as(resid))
-
-        with splice(model, layer, to_mean):
-            total += float(ce_sums(model, ids, mask, keep[:, 1:]).sum())
+    for start in range(0, len(windows.ctx), windows.batch_size):
+        resid, ids, mask, keep, _ = windows.batch(start)
+        scored = keep & ~massive_norm_mask(resid, keep, max_norm_multiple)
+        at_mean = replace_content(resid, scored, mean.to(resid.device).expand_as(resid))
+        with resume_after(windows.model, windows.layer, at_mean):
+            total += float(ce_sums(windows.model, ids, mask, keep[:, 1:]).sum())
         n_targets += float(keep[:, 1:].sum())
     return total / max(n_targets, 1.0)
 

@@ -3,15 +3,18 @@
 `forward_to_layer` stops the forward pass right after block L, so caching activations at layer 6
 of 30 costs 7 blocks, not 30 plus the unembedding. `iter_residuals` is the one pipeline from token
 windows to that residual, batch by batch, which caching, debiasing and dashboards all read through.
-`splice` replaces the residual stream at a layer inside a full forward (for spliced-in CE), and
-`forward_from_layer` runs the later blocks from a given residual (SHIFT's attribution).
+`splice` replaces the residual stream at a layer inside a full forward; `resume_after` runs the rest
+of the model from a given residual (each pass of an evaluation, from one prefix: `shared_prefix`), and
+`forward_from_layer` runs the blocks between two layers from one (SHIFT's attribution).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import nn
@@ -121,7 +124,7 @@ def splice(model: PreTrainedModel, layer: int, fn: Callable[[torch.Tensor], torc
 
 
 class _Skip(nn.Module):
-    """Stands in for a block that `forward_from_layer` skips: hands its input on unchanged."""
+    """Stands in for a block that `resume_after` skips: hands its input on unchanged."""
 
     def __init__(self, as_tuple: bool):
         super().__init__()
@@ -132,14 +135,28 @@ class _Skip(nn.Module):
         return (hidden,) if self.as_tuple else hidden
 
 
-def _block_returns_tuple(model: PreTrainedModel, input_ids: torch.Tensor) -> bool:
+class _Resume(_Skip):
+    """Stands in for the last skipped block: hands on `resid` (in the dtype the blocks are handed)."""
+
+    def __init__(self, resid: torch.Tensor, as_tuple: bool):
+        super().__init__(as_tuple)
+        self.resid = resid
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        resid = self.resid.to(hidden.dtype)
+        return (resid,) if self.as_tuple else resid
+
+
+def _block_returns_tuple(model: PreTrainedModel) -> bool:
     """Whether this family's blocks return a tuple (GPT-2) or a tensor (Llama in transformers 5)."""
     found: list[bool] = []
     handle = get_blocks(model)[0].register_forward_hook(
         lambda m, a, out: (found.append(isinstance(out, tuple)), _raise_stop())
     )
+    one_token = torch.zeros(1, 1, dtype=torch.long, device=next(model.parameters()).device)
     try:
-        model(input_ids=input_ids[:1, :1], use_cache=False)
+        model(input_ids=one_token, use_cache=False)
     except _StopForward:
         pass
     finally:
@@ -149,6 +166,26 @@ def _block_returns_tuple(model: PreTrainedModel, input_ids: torch.Tensor) -> boo
 
 def _raise_stop() -> None:
     raise _StopForward
+
+
+@contextmanager
+def resume_after(model: PreTrainedModel, layer: int, resid: torch.Tensor) -> Iterator[None]:
+    """Within the block, a forward of the model skips blocks 0..`layer` and runs the rest from `resid`
+    (B, T, d_model), the residual stream after `layer` for the windows the forward is given (e.g.
+    `forward_to_layer`'s). The same values as splicing `resid` in at `layer`, without the prefix's cost.
+    Hooks on the later blocks (and the model's embedding, positions and mask) run as usual."""
+    blocks = get_blocks(model)
+    check_layer(model, layer)
+    as_tuple = _block_returns_tuple(model)
+    originals = [blocks[i] for i in range(layer + 1)]
+    for i in range(layer):
+        blocks[i] = _Skip(as_tuple)
+    blocks[layer] = _Resume(resid, as_tuple)
+    try:
+        yield
+    finally:
+        for i, block in enumerate(originals):
+            blocks[i] = block
 
 
 def forward_from_layer(
@@ -163,42 +200,77 @@ def forward_from_layer(
     blocks start+1..stop run on `resid`, blocks 0..start are skipped. So an edit made to a cached
     residual reaches a later layer only through the blocks after it (SHIFT, PAPER §4). Differentiable;
     hooks on blocks start+1..stop (e.g. `splice`) apply."""
-    blocks = get_blocks(model)
     check_layer(model, start)
     check_layer(model, stop)
     if stop < start:
         raise ValueError(f"stop={stop} is before start={start}: the blocks run forward only.")
     if stop == start:
         return resid
-    as_tuple = _block_returns_tuple(model, input_ids)
-    originals = [blocks[i] for i in range(start + 1)]
     captured: list[torch.Tensor] = []
-
-    def inject(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if args:
-            return (resid.to(args[0].dtype),) + tuple(args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": resid.to(kwargs["hidden_states"].dtype)}
 
     def catch(module: nn.Module, args: tuple, output: object) -> None:
         captured.append(output[0] if isinstance(output, tuple) else output)
         raise _StopForward
 
-    handles = [
-        blocks[start + 1].register_forward_pre_hook(inject, with_kwargs=True),
-        blocks[stop].register_forward_hook(catch),
-    ]
-    for i in range(start + 1):
-        blocks[i] = _Skip(as_tuple)
+    handle = get_blocks(model)[stop].register_forward_hook(catch)
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        with resume_after(model, start, resid):
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     except _StopForward:
         pass
     finally:
-        for i, block in enumerate(originals):
-            blocks[i] = block
-        for h in handles:
-            h.remove()
+        handle.remove()
     return captured[0]
+
+
+PREFIX_CACHE_BYTES = 2**30
+"""Memory `shared_prefix` may hold, all models and sets together (on the model's device); the least
+recently used batches go first, and a batch larger than this is computed each time instead."""
+
+_prefixes: WeakKeyDictionary = WeakKeyDictionary()  # model -> OrderedDict[key, _Prefix]; gone with the model
+
+
+class _Prefix(NamedTuple):
+    weights: tuple  # (id, version) of every parameter when it was computed
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    resid: torch.Tensor
+
+
+def shared_prefix(
+    model: PreTrainedModel, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor, key: Hashable
+) -> torch.Tensor:
+    """`forward_to_layer(model, input_ids, layer, attention_mask)`, computed once and kept in memory
+    under `key` (what the caller knows of the windows and the precision), so that every SAE evaluated
+    on the same windows shares one prefix. Kept while the model lives, its weights are unchanged (no
+    parameter replaced or modified in place) and the same windows come under the same key; within
+    `PREFIX_CACHE_BYTES`. Hooks on blocks 0..`layer` added after a batch was kept are not seen."""
+    kept = _prefixes.setdefault(model, OrderedDict())
+    weights = tuple((id(p), p._version) for p in model.parameters())
+    full_key = (key, layer)
+    hit = kept.get(full_key)
+    if (
+        hit is not None
+        and hit.weights == weights
+        and torch.equal(hit.input_ids, input_ids)
+        and torch.equal(hit.attention_mask, attention_mask)
+    ):
+        kept.move_to_end(full_key)
+        return hit.resid
+    resid = forward_to_layer(model, input_ids, layer, attention_mask)
+    kept[full_key] = _Prefix(weights, input_ids, attention_mask, resid)
+    kept.move_to_end(full_key)
+    _evict(PREFIX_CACHE_BYTES)  # this batch too, if it alone is larger than the budget
+    return resid
+
+
+def _evict(budget: int) -> None:
+    """Drop kept batches, least recently used first (model by model), until all fit in `budget` bytes."""
+    nbytes = lambda t: t.numel() * t.element_size()
+    total = sum(nbytes(p.resid) for kept in _prefixes.values() for p in kept.values())
+    for kept in list(_prefixes.values()):
+        while kept and total > budget:
+            total -= nbytes(kept.popitem(last=False)[1].resid)
 
 
 def replace_content(resid: torch.Tensor, keep: torch.Tensor, new: torch.Tensor) -> torch.Tensor:

@@ -75,6 +75,65 @@ def test_a_baseline_from_the_same_text_gives_the_same_metrics_with_one_pass(tiny
         evaluate(sae, model, tok, docs[:-1], 1, ctx_len=16, baseline=first)
 
 
+@pytest.mark.parametrize("layer", [1, 2])  # 2: the last block, followed only by the norm and the head
+def test_shared_prefix_evaluation_equals_a_plain_spliced_evaluation_exactly(tiny, docs, layer, monkeypatch):
+    """fp32: per document, the spliced and clean CE (and the mean zero-ablated CE) from one shared prefix
+    equal full forwards with the layer spliced in, bit for bit: on a cold cache, a warm one, and with no
+    memory for it. The prefix runs once per batch for all four passes, then not at all for the next SAE,
+    and again once the model's weights change."""
+    from ssae_kit import hooks
+    from ssae_kit.corpora import content_mask, tokenize_contexts
+    from ssae_kit.evals import ce_sums
+    from ssae_kit.hooks import replace_content, splice
+
+    model, tok = tiny
+    sae = SAE(SAEConfig(d_in=32, d_sae=64, layer=layer), seed=3)
+    ctx = tokenize_contexts(docs, tok, 16)
+    keep = content_mask(ctx, tok)
+    plain = {k: torch.zeros(len(docs), dtype=torch.float64) for k in ("sae", "clean", "zero")}
+
+    def reconstruct(r: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        out = r.clone()
+        out[k] = sae(r[k]).sae_out
+        return out
+
+    with torch.no_grad():
+        for s in range(0, len(ctx), 4):
+            sl, k = slice(s, s + 4), keep[s : s + 4]
+            for name, fn in (
+                ("sae", lambda r, k=k: reconstruct(r, k)),
+                ("clean", lambda r: r),
+                ("zero", lambda r, k=k: replace_content(r, k, torch.zeros_like(r))),
+            ):
+                with splice(model, layer, fn):
+                    ce = ce_sums(model, ctx.input_ids[sl], ctx.attention_mask[sl], k[:, 1:])
+                plain[name].index_add_(0, ctx.doc_ids[sl], ce)
+    calls = []
+    counted = lambda *a, f=hooks.forward_to_layer: calls.append(1) or f(*a)
+    monkeypatch.setattr(hooks, "forward_to_layer", counted)
+
+    def run(budget: int) -> tuple:
+        monkeypatch.setattr(hooks, "PREFIX_CACHE_BYTES", budget)
+        calls.clear()
+        result = evaluate(
+            sae, model, tok, docs, layer, ctx_len=16, batch_size=4, max_norm_multiple=None, precision="fp32"
+        )
+        return result, len(calls)
+
+    runs = [run(0), run(2**30), run(2**30)]  # none kept (and the cache emptied), then cold, then warm
+    with torch.no_grad():
+        next(model.parameters()).mul_(1.0)  # an in-place change (of nothing): the weights' version moves on
+    runs.append(run(2**30))
+    results = [r for r, _ in runs]
+    n_batches = -(-len(ctx) // 4)
+    assert [n for _, n in runs] == [2 * n_batches, n_batches, 0, n_batches]
+    n_targets = float(keep[:, 1:].sum())
+    for r in results:
+        assert r.doc_stats["ce_sae"].tolist() == plain["sae"].tolist()
+        assert r.doc_stats["ce_clean"].tolist() == plain["clean"].tolist()
+        assert r.metrics["ce_zero"] == float(plain["zero"].sum()) / n_targets
+
+
 def test_store_and_model_paths_agree_on_reconstruction_metrics(tiny, docs, tmp_path):
     from ssae_kit import cache_activations
 
