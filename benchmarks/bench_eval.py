@@ -4,9 +4,10 @@ Prints, measured in one run on the same held-out windows and batch size:
 - tokens/s of `evaluate` for one SAE with the baseline reused (one spliced forward per batch), with the
   model's forward in fp32 and in bf16 (autocast; `precision="auto"` picks it where bf16 is native), and
   of a bare fp32 forward with labels; their ratios (1.0: evaluation at the model's speed);
-- what sharing the residual up to the layer saves (`hooks.shared_prefix`): the first SAE's evaluation
-  (spliced, clean, zero- and mean-ablated passes from one prefix per batch) and a further SAE's (no
-  prefix at all), each against recomputing the prefix for every pass;
+- what keeping the residual up to the layer saves (`hooks.shared_prefix`): the first SAE's evaluation
+  (spliced, clean, zero- and mean-ablated passes) and a further SAE's, kept against not kept
+  (`hooks.PREFIX_CACHE_BYTES = 0`: the prefix then runs once per batch in each evaluation and again
+  for the mean-ablated pass; before the kit shared it, once per pass);
 - the bare forward's GFLOP/s (2 x the parameters each token passes through, LM head included) against
   the fp32 matmul peak measured here (a 2048^3 product);
 - the cost split of the bare forward: the prefix up to the hooked layer, the later blocks, and the LM
@@ -152,7 +153,7 @@ def main() -> None:
     (s_first, s_next), (r_first, r_next) = t_prefix_use["shared"], t_prefix_use["recomputed"]
     print(
         f"prefix shared / recomputed (bf16):      {r_first / s_first:8.2f}  first SAE (4 passes), "
-        f"{r_next / s_next:.2f} a further SAE (hooks.PREFIX_CACHE_BYTES=0 recomputes it)"
+        f"{r_next / s_next:.2f} a further SAE (PREFIX_CACHE_BYTES=0: once per batch and evaluation)"
     )
     print(
         f"bare forward: {gflops:.0f} GFLOP/s; fp32 matmul peak here {peak:.0f} GFLOP/s; ratio {gflops / peak:.2f}"

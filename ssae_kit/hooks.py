@@ -245,6 +245,7 @@ def shared_prefix(
     on the same windows shares one prefix. Kept while the model lives, its weights are unchanged (no
     parameter replaced or modified in place) and the same windows come under the same key; within
     `PREFIX_CACHE_BYTES`. Hooks on blocks 0..`layer` added after a batch was kept are not seen."""
+    _evict(PREFIX_CACHE_BYTES)  # the budget as it is now: it may have been lowered since
     kept = _prefixes.setdefault(model, OrderedDict())
     weights = tuple((id(p), p._version) for p in model.parameters())
     full_key = (key, layer)

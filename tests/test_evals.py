@@ -80,7 +80,7 @@ def test_shared_prefix_evaluation_equals_a_plain_spliced_evaluation_exactly(tiny
     """fp32: per document, the spliced and clean CE (and the mean zero-ablated CE) from one shared prefix
     equal full forwards with the layer spliced in, bit for bit: on a cold cache, a warm one, and with no
     memory for it. The prefix runs once per batch for all four passes, then not at all for the next SAE,
-    and again once the model's weights change."""
+    and again once the model's weights change or the memory allowed drops to nothing."""
     from ssae_kit import hooks
     from ssae_kit.corpora import content_mask, tokenize_contexts
     from ssae_kit.evals import ce_sums
@@ -123,10 +123,10 @@ def test_shared_prefix_evaluation_equals_a_plain_spliced_evaluation_exactly(tiny
     runs = [run(0), run(2**30), run(2**30)]  # none kept (and the cache emptied), then cold, then warm
     with torch.no_grad():
         next(model.parameters()).mul_(1.0)  # an in-place change (of nothing): the weights' version moves on
-    runs.append(run(2**30))
+    runs += [run(2**30), run(0)]  # after it, a budget lowered to 0 drops what is kept
     results = [r for r, _ in runs]
     n_batches = -(-len(ctx) // 4)
-    assert [n for _, n in runs] == [2 * n_batches, n_batches, 0, n_batches]
+    assert [n for _, n in runs] == [2 * n_batches, n_batches, 0, n_batches, 2 * n_batches]
     n_targets = float(keep[:, 1:].sum())
     for r in results:
         assert r.doc_stats["ce_sae"].tolist() == plain["sae"].tolist()
