@@ -206,21 +206,8 @@ def forward_from_layer(
         raise ValueError(f"stop={stop} is before start={start}: the blocks run forward only.")
     if stop == start:
         return resid
-    captured: list[torch.Tensor] = []
-
-    def catch(module: nn.Module, args: tuple, output: object) -> None:
-        captured.append(output[0] if isinstance(output, tuple) else output)
-        raise _StopForward
-
-    handle = get_blocks(model)[stop].register_forward_hook(catch)
-    try:
-        with resume_after(model, start, resid):
-            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    return captured[0]
+    with resume_after(model, start, resid):
+        return forward_to_layer(model, input_ids, stop, attention_mask)
 
 
 PREFIX_CACHE_BYTES = 2**30
