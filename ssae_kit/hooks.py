@@ -254,11 +254,10 @@ def shared_prefix(
 
 def _evict(budget: int) -> None:
     """Drop kept batches, least recently used first (model by model), until all fit in `budget` bytes."""
-    nbytes = lambda t: t.numel() * t.element_size()
-    total = sum(nbytes(p.resid) for kept in _prefixes.values() for p in kept.values())
+    total = sum(p.resid.nbytes for kept in _prefixes.values() for p in kept.values())
     for kept in list(_prefixes.values()):
         while kept and total > budget:
-            total -= nbytes(kept.popitem(last=False)[1].resid)
+            total -= kept.popitem(last=False)[1].resid.nbytes
 
 
 def replace_content(resid: torch.Tensor, keep: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
